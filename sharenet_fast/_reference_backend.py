@@ -1,0 +1,29 @@
+"""The float64 oracle behind the backend interface: results cast to the input dtype."""
+from . import reference as ref
+
+
+def _kw(g):
+    return dict(stride=g.stride, padding=g.padding, dilation=g.dilation)
+
+
+def _into(result, out, dtype):
+    if out is None:
+        return result.astype(dtype)
+    out += result.astype(dtype)
+    return out
+
+
+def conv2d(x, weight, bias, g):
+    return ref.conv2d(x, weight, bias, **_kw(g)).astype(x.dtype)
+
+
+def conv2d_input_grad(dy, weight, g):
+    return ref.conv2d_input_grad(dy, g.x_shape, weight, **_kw(g)).astype(dy.dtype)
+
+
+def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
+    return _into(ref.conv2d_weight_grad(dy, x, g.w_shape, **_kw(g)), out, x.dtype)
+
+
+def conv2d_bias_grad(dy, out=None):
+    return _into(ref.conv2d_bias_grad(dy), out, dy.dtype)

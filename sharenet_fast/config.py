@@ -1,0 +1,33 @@
+"""The one place for compile and launch settings.
+
+Everything that changes how kernels are compiled (fastmath, caching) or how work is cut up
+(register tiles, chunk sizes) lives here, so tests and benchmarks can see and override it.
+"""
+import os
+
+# LLVM fast-math flags for every Numba CPU kernel. reassoc/contract let LLVM vectorise the
+# reductions and fuse multiply-adds; nnan/ninf are left out on purpose so NaN/Inf propagate.
+FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
+
+# On-disk caching of compiled kernels is opt-in: SHARENET_FAST_CACHE=1.
+CACHE = os.environ.get("SHARENET_FAST_CACHE", "0") == "1"
+
+# Register tile of the CPU microkernel (sharenet_fast/cpu/_gemm.py): 4 rows x 3 columns of
+# accumulators, each an 8-wide AVX2 vector after LLVM vectorises the reduction loop: 12 of the
+# 16 ymm registers hold accumulators, 4 + 3 hold operands. Changing these needs the microkernel
+# rewritten; they are here so the blocking loops and tests agree on them.
+MR = 4
+NR = 3
+
+# Weight-gradient reduction: positions (N*P*Q) are cut into chunks of about this many output
+# positions; each chunk writes a private partial (K x C*R*S), summed in a fixed order.
+WGRAD_CHUNK = 512
+
+NJIT_OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, nogil=True)
+
+
+def njit_options(parallel=False):
+    opts = dict(NJIT_OPTIONS)
+    if parallel:
+        opts["parallel"] = True
+    return opts

@@ -1,0 +1,157 @@
+"""Convolution geometry: output size, argument normalisation, parameter, FLOP and byte counts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+SHARINGS = ("shared", "tiled", "local")
+
+
+def pair(value, name):
+    """Normalise an int or a pair of ints to a tuple (a, b); TypeError on anything else."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int) or (hasattr(value, "__index__") and not hasattr(value, "__len__")):
+        v = int(value)
+        return (v, v)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    for v in (a, b):
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (int(a), int(b))
+
+
+def out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Shapes of one 2D convolution in NCHW: x (N,C,H,W), weight bank (K,C,R,S), y (N,K,P,Q)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+
+    @classmethod
+    def make(cls, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1):
+        """Build and validate; raises ValueError naming the argument on a bad value."""
+        st, pd, dl = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+        if min(st) < 1:
+            raise ValueError(f"stride must be positive, got {st}")
+        if min(dl) < 1:
+            raise ValueError(f"dilation must be positive, got {dl}")
+        if min(pd) < 0:
+            raise ValueError(f"padding must be non-negative, got {pd}")
+        g = cls(N, C, H, W, K, R, S, st, pd, dl)
+        if g.P < 1 or g.Q < 1:
+            raise ValueError(
+                f"output size (P, Q) = ({g.P}, {g.Q}) < 1 for input (H, W) = ({H}, {W}), "
+                f"kernel (R, S) = ({R}, {S}), stride {st}, padding {pd}, dilation {dl}")
+        return g
+
+    @property
+    def P(self):
+        return out_size(self.H, self.R, self.stride[0], self.padding[0], self.dilation[0])
+
+    @property
+    def Q(self):
+        return out_size(self.W, self.S, self.stride[1], self.padding[1], self.dilation[1])
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def w_shape(self):
+        return (self.K, self.C, self.R, self.S)
+
+    @property
+    def macs(self):
+        """Multiply-adds of the forward pass (padding taps counted, as every library does)."""
+        return self.N * self.K * self.P * self.Q * self.C * self.R * self.S
+
+    def flops(self, pass_="forward"):
+        """FLOPs: 2 per MAC per pass. 'backward' = input + weight gradient (bias is negligible)."""
+        per = 2 * self.macs
+        return {"forward": per, "input": per, "weight": per, "backward": 2 * per}[pass_]
+
+    def min_bytes(self, pass_="forward", itemsize=4, sharing="shared", tile=(1, 1)):
+        """Bytes a pass must move at least: each tensor it reads or writes, once."""
+        x = self.N * self.C * self.H * self.W
+        y = self.N * self.K * self.P * self.Q
+        w = self.K * self.C * self.R * self.S * banks(sharing, (self.P, self.Q), tile)
+        if pass_ == "forward":
+            n = x + w + y
+        elif pass_ == "backward":  # reads dy, x, w; writes dx, dw
+            n = y + 2 * x + 2 * w
+        else:
+            raise ValueError(f"pass_ must be 'forward' or 'backward', got {pass_!r}")
+        return n * itemsize
+
+
+def banks(sharing, out_hw, tile=None):
+    """Number of filter banks: 1 shared, TP*TQ tiled, P*Q locally connected."""
+    if sharing == "shared":
+        return 1
+    if sharing == "tiled":
+        tp, tq = pair(tile if tile is not None else 1, "tile")
+        return tp * tq
+    if sharing == "local":
+        return out_hw[0] * out_hw[1]
+    raise ValueError(f"sharing must be one of {SHARINGS}, got {sharing!r}")
+
+
+class ParamCount(NamedTuple):
+    neurons: int
+    weights_per_neuron: int
+    params: int
+    bytes: int
+
+
+def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,
+                tile=None, bias=True, itemsize=4):
+    """Neurons, weights per neuron, parameters and their bytes for one layer.
+
+    input_shape is (C, H, W) or (N, C, H, W) (N is ignored: parameters do not depend on it).
+    cs231n: param_count("shared", (3, 227, 227), 96, 11, stride=4)
+      -> ParamCount(neurons=290400, weights_per_neuron=363, params=34944, bytes=139776)
+    """
+    if sharing not in SHARINGS:
+        raise ValueError(f"sharing must be one of {SHARINGS}, got {sharing!r}")
+    shape = tuple(input_shape)
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
+    C, H, W = (int(v) for v in shape)
+    R, S = pair(kernel, "kernel")
+    K = int(filters)
+    if min(C, H, W, K, R, S) < 1:
+        raise ValueError(f"input_shape, filters and kernel must be positive, got "
+                         f"input_shape={input_shape!r}, filters={filters!r}, kernel={kernel!r}")
+    g = ConvGeometry.make(1, C, H, W, K, R, S, stride, padding, dilation)
+    if sharing == "tiled":
+        if tile is None:
+            raise ValueError("tile=(TP, TQ) is required for sharing='tiled'")
+        tp, tq = pair(tile, "tile")
+        if tp < 1 or tq < 1 or tp > g.P or tq > g.Q:
+            raise ValueError(f"tile {(tp, tq)} must be in [1, (P, Q)] = [1, {(g.P, g.Q)}]")
+    nb = banks(sharing, (g.P, g.Q), tile)
+    per_neuron = C * R * S
+    params = nb * K * (per_neuron + (1 if bias else 0))
+    return ParamCount(K * g.P * g.Q, per_neuron, params, params * itemsize)

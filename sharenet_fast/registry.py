@@ -1,0 +1,51 @@
+"""The one registry of backends: name -> module, loaded lazily, with the reason a backend is missing.
+
+Every backend module exposes the same host functions (conv2d, conv2d_input_grad,
+conv2d_weight_grad, conv2d_bias_grad), so dispatch is a lookup and tests iterate over this table.
+"""
+import importlib
+
+# name -> (module path, one-line description)
+BACKENDS = {
+    "cpu": ("sharenet_fast.cpu", "Numba @njit(parallel=True) kernels"),
+    "reference": ("sharenet_fast._reference_backend", "float64 NumPy oracle"),
+    "numba-cuda": (None, "Numba CUDA kernels"),
+    "cupy": (None, "CUDA C kernels from kernels/ compiled by CuPy"),
+}
+
+# Backends whose kernels are not written yet say so instead of pretending.
+_NOT_BUILT = {
+    "numba-cuda": "not implemented yet (issue 4: Numba CUDA kernels)",
+    "cupy": "not implemented yet (issue 5: CUDA C kernels for the cupy backend)",
+}
+
+_loaded = {}
+
+
+def _try_load(name):
+    if name in _loaded:
+        return _loaded[name]
+    if name in _NOT_BUILT:
+        result = (None, _NOT_BUILT[name])
+    else:
+        try:
+            result = (importlib.import_module(BACKENDS[name][0]), "available")
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            result = (None, f"import failed: {type(exc).__name__}: {exc}")
+    _loaded[name] = result
+    return result
+
+
+def backends():
+    """{name: "available" or the reason it is not}."""
+    return {name: _try_load(name)[1] for name in BACKENDS}
+
+
+def get(name):
+    """The backend module for `name`; ValueError for an unknown name, RuntimeError if missing."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(BACKENDS) + ['auto']}, got {name!r}")
+    module, why = _try_load(name)
+    if module is None:
+        raise RuntimeError(f"backend {name!r} is not available: {why}")
+    return module
