@@ -27,16 +27,37 @@ from ._gemm import gemm_nt
 _launch_lock = threading.RLock()
 
 
-def _padded(x, g, layout):
-    """Zero-padded copy of x in NCHW or NHWC, so kernels never test bounds on the input."""
-    ph, pw = g.padding
+def _padded(a, ph, pw, layout):
+    """Copy of NCHW `a` zero-padded by (ph, pw) on each side, in NCHW or NHWC layout.
+
+    Kernels read the padded copy and never test bounds. A negative amount crops instead
+    (the input-gradient-as-convolution needs that when padding > dilation * (R - 1)).
+    """
+    N, C, H, W = a.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    src = a[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)]
+    oh, ow = max(0, ph), max(0, pw)
     if layout == "nhwc":
-        out = np.zeros((g.N, g.H + 2 * ph, g.W + 2 * pw, g.C), dtype=x.dtype)
-        out[:, ph:ph + g.H, pw:pw + g.W, :] = x.transpose(0, 2, 3, 1)
+        out = np.zeros((N, Hp, Wp, C), dtype=a.dtype)
+        out[:, oh:Hp - oh, ow:Wp - ow, :] = src.transpose(0, 2, 3, 1)
     else:
-        out = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dtype=x.dtype)
-        out[:, :, ph:ph + g.H, pw:pw + g.W] = x
+        out = np.zeros((N, C, Hp, Wp), dtype=a.dtype)
+        out[:, :, oh:Hp - oh, ow:Wp - ow] = src
     return out
+
+
+@njit(**njit_options(), inline="always")
+def _copy(dst, src):
+    # Slices indexed by the loop counter only: Numba's negative-index wraparound is dropped
+    # and the loop becomes a vector copy (a flat index expression would stay scalar).
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(**njit_options(), inline="always")
+def _add(dst, src):
+    for i in range(dst.shape[0]):
+        dst[i] += src[i]
 
 
 # ----------------------------------------------------------------------------------- forward
@@ -65,12 +86,11 @@ def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw):
                 src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
                 dst = q * T + r * SC
                 if dw == 1:
-                    for i in range(SC):
-                        patch[dst + i] = xf[src + i]
+                    _copy(patch[dst:dst + SC], xf[src:src + SC])
                 else:
                     for s in range(S):
-                        for c in range(C):
-                            patch[dst + s * C + c] = xf[src + s * dw * C + c]
+                        _copy(patch[dst + s * C:dst + (s + 1) * C],
+                              xf[src + s * dw * C:src + s * dw * C + C])
         base = n * K * P * Q + p * Q
         gemm_nt(wf, 0, T, patch, 0, T, K, Q, T, yf, base, P * Q, 1, False)
         if has_bias:
@@ -81,13 +101,18 @@ def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw):
 
 
 def conv2d(x, weight, bias, g):
-    xh = _padded(x, g, "nhwc")
-    wk = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(g.K, -1)
     y = np.empty(g.y_shape, dtype=x.dtype)
+    _forward(x, weight, bias, g.padding, g.stride, g.dilation, y)
+    return y
+
+
+def _forward(x, weight, bias, padding, stride, dilation, y):
+    K, C, R, S = weight.shape
+    xh = _padded(x, *padding, "nhwc")
+    wk = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(K, -1)
     b = bias if bias is not None else np.zeros(1, dtype=x.dtype)
     with _launch_lock:
-        conv2d_forward_kernel(xh, wk, b, bias is not None, y, g.R, g.S, *g.stride, *g.dilation)
-    return y
+        conv2d_forward_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -124,8 +149,10 @@ def conv2d_wgrad_kernel(dy, xp, partial, R, S, sh, sw, dh, dw, rows):
                         for p in range(p0, p1):
                             src = ((n * C + c) * Hp + p * sh + r * dh) * Wp + s * dw
                             dst = j * L + (p - p0) * Q
-                            for q in range(Q):
-                                patch[dst + q] = xf[src + q * sw]
+                            if sw == 1:
+                                _copy(patch[dst:dst + Q], xf[src:src + Q])
+                            else:
+                                _copy(patch[dst:dst + Q], xf[src:src + (Q - 1) * sw + 1:sw])
             gemm_nt(dyf, (n * K * P + p0) * Q, P * Q, patch, 0, L, K, T, L,
                     pf, b * K * T, T, 1, not first)
             first = False
@@ -161,7 +188,7 @@ def conv2d_weight_grad(dy, x, g, out=None, deterministic=False, max_partials=64)
     The reduction order depends only on the shapes, never on the thread schedule, so the CPU
     result is bitwise reproducible whether or not `deterministic` is asked for.
     """
-    xp = _padded(x, g, "nchw")
+    xp = _padded(x, *g.padding, "nchw")
     rows, nparts = _wgrad_split(g, max_partials)
     partial = np.empty((nparts, g.K, g.C * g.R * g.S), dtype=x.dtype)
     accumulate = out is not None
@@ -206,20 +233,30 @@ def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw):
             gemm_nt(dyf, (n * P + p) * Q * K, K, wf, r * SC * K, K, Q, SC, K, tmp, 0, SC, 1,
                     False)
             for q in range(Q):
-                for s in range(S):
-                    dst = (q * sw + s * dw) * C
-                    src = q * SC + s * C
-                    for c in range(C):
-                        rowbuf[dst + c] += tmp[src + c]
+                if dw == 1:  # the S taps of one q are adjacent in the NHWC row buffer
+                    _add(rowbuf[q * sw * C:q * sw * C + SC], tmp[q * SC:(q + 1) * SC])
+                else:
+                    for s in range(S):
+                        dst = (q * sw + s * dw) * C
+                        _add(rowbuf[dst:dst + C], tmp[q * SC + s * C:q * SC + (s + 1) * C])
         for c in range(C):
             for w in range(W):
                 dx[n, c, h, w] = rowbuf[(w + pw) * C + c]
 
 
 def conv2d_input_grad(dy, weight, g):
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    if g.stride == (1, 1):
+        # With stride 1 the input gradient is itself a convolution: dy padded by
+        # dilation*(R-1) - padding, correlated with the flipped kernel with K and C swapped.
+        # That reuses the forward kernel, whose reduction runs over K*R*S instead of K.
+        (dh, dw), (ph, pw) = g.dilation, g.padding
+        wflip = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _forward(dy, wflip, None, (dh * (g.R - 1) - ph, dw * (g.S - 1) - pw), (1, 1),
+                 g.dilation, dx)
+        return dx
     dyt = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
     wt = np.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(g.R, g.S * g.C, g.K)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
     with _launch_lock:
         conv2d_dgrad_kernel(dyt, wt, dx, g.H, g.W, *g.padding, *g.stride, *g.dilation)
     return dx
