@@ -91,9 +91,16 @@ def _store_row(C, base, ldcj, j0, J, v0, v1, v2, row_ok, accumulate):
 def gemm_nt(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate):
     """C (+)= A . B^T over the whole I x J block, serially (callers parallelise around it).
 
-    Loop order: the 4 rows of A of one i-tile stay in L1 while the j loop streams B from L2.
+    Loop order: the rows of the outer tile stay in L1 while the inner loop re-streams the other
+    operand, so the smaller operand is the re-streamed one (it is the one that fits in L2).
     """
-    for i0 in range(0, I, MR):
+    if J <= I:
+        for i0 in range(0, I, MR):
+            for j0 in range(0, J, NR):
+                microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
+                                accumulate)
+    else:
         for j0 in range(0, J, NR):
-            microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
-                            accumulate)
+            for i0 in range(0, I, MR):
+                microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
+                                accumulate)
