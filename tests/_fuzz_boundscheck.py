@@ -1,0 +1,111 @@
+"""Hypothesis-fuzzed shapes, CPU backend vs the float64 oracle, under NUMBA_BOUNDSCHECK=1.
+
+Not collected by pytest (the name does not match test_*.py): tests/test_fuzz.py runs it in a
+subprocess with NUMBA_BOUNDSCHECK=1 in the environment, because the flag only takes effect if it
+is set before Numba compiles anything. Exit status 0 means every example passed. Run by hand:
+
+    NUMBA_BOUNDSCHECK=1 python tests/_fuzz_boundscheck.py [max_examples]
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+try:
+    import sharenet_fast as sf
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import sharenet_fast as sf
+
+import numba
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from sharenet_fast import reference as ref
+from sharenet_fast.geometry import out_size
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+MAX_EXAMPLES = int(sys.argv[1]) if len(sys.argv) > 1 else 25
+
+
+def rel_err(out, expected):
+    expected = np.asarray(expected, dtype=np.float64)
+    return np.linalg.norm(np.asarray(out, dtype=np.float64) - expected) / np.linalg.norm(expected)
+
+
+def check_boundscheck_is_live():
+    """The flag must be on, and must turn an out-of-bounds read into an IndexError."""
+    assert numba.config.BOUNDSCHECK, "NUMBA_BOUNDSCHECK=1 was not seen by numba"
+
+    @njit
+    def read(a, i):
+        return a[i]
+
+    try:
+        read(np.zeros(3), 3)
+    except IndexError:
+        return
+    raise AssertionError("an out-of-bounds read did not raise IndexError under NUMBA_BOUNDSCHECK")
+
+
+pair = st.tuples  # readability below
+
+
+@st.composite
+def shapes(draw):
+    N = draw(st.integers(1, 3))
+    C = draw(st.integers(1, 4))
+    K = draw(st.integers(1, 6))
+    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = draw(pair(st.integers(1, 3), st.integers(1, 3)))
+    padding = draw(pair(st.integers(0, 2), st.integers(0, 2)))
+    dilation = draw(pair(st.integers(1, 2), st.integers(1, 2)))
+    P = out_size(H, R, stride[0], padding[0], dilation[0])
+    Q = out_size(W, S, stride[1], padding[1], dilation[1])
+    assume(P >= 1 and Q >= 1)
+    seed = draw(st.integers(0, 2**32 - 1))
+    return (N, C, H, W, K, R, S, stride, padding, dilation, seed)
+
+
+def check(case):
+    N, C, H, W, K, R, S, stride, padding, dilation, seed = case
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    rng = np.random.default_rng(seed)
+    x64 = rng.uniform(0.5, 1.5, (N, C, H, W)) * rng.choice([-1.0, 1.0], (N, C, H, W))
+    w64 = rng.standard_normal((K, C, R, S)) + 0.1
+    b64 = rng.standard_normal(K) + 0.1
+    for dtype in (np.float64, np.float32):
+        x, w, b = x64.astype(dtype), w64.astype(dtype), b64.astype(dtype)
+        y = sf.conv2d(x, w, b, backend="cpu", **kw)
+        dy = rng.standard_normal(y.shape).astype(dtype) + dtype(0.1)
+        g = sf.conv2d_backward(dy, x, w, backend="cpu", **kw)
+        expected = {
+            "forward": ref.conv2d(x, w, b, **kw),
+            "input": ref.conv2d_input_grad(dy, x.shape, w, **kw),
+            "weight": ref.conv2d_weight_grad(dy, x, w.shape, **kw),
+            "bias": ref.conv2d_bias_grad(dy),
+        }
+        got = {"forward": y, "input": g.input, "weight": g.weight, "bias": g.bias}
+        for op, out in got.items():
+            assert out.dtype == dtype and out.shape == expected[op].shape, (op, case, dtype)
+            err = rel_err(out, expected[op])
+            assert err <= TOL[dtype], f"{op} {np.dtype(dtype).name} {case}: rel err {err:.3g}"
+
+
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+          print_blob=True)
+@given(shapes())
+def fuzz(case):
+    check(case)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    check_boundscheck_is_live()
+    fuzz()
+    print(f"fuzz: {MAX_EXAMPLES} examples passed under NUMBA_BOUNDSCHECK=1 "
+          f"in {time.perf_counter() - t0:.1f} s")

@@ -1,0 +1,216 @@
+"""Shared tables and helpers for the test suite (imported by conftest.py and the test modules).
+
+One registry drives the tests: every backend that sharenet_fast.backends() reports "available" is
+crossed with every op in OPS, both dtypes and every case in SHAPES, and checked through the public
+API against the float64 oracle in sharenet_fast.reference.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+import sharenet_fast as sf
+from sharenet_fast import reference, registry
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# ----------------------------------------------------------------------------- backends, dtypes
+BACKEND_STATUS = registry.backends()
+BACKENDS = [name for name, status in BACKEND_STATUS.items() if status == "available"]
+UNAVAILABLE = [name for name, status in BACKEND_STATUS.items() if status != "available"]
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["f32", "f64"]
+
+# Norm-relative error bound per dtype (DESIGN.md, Verification).
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def tol(dtype):
+    return TOL[np.dtype(dtype)]
+
+
+def rel_err(out, expected):
+    """||out - expected|| / ||expected||, computed in float64."""
+    out = np.asarray(out, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert out.shape == expected.shape, f"shape {out.shape} != expected {expected.shape}"
+    assert np.all(np.isfinite(out)), "output has non-finite elements (unwritten or garbage?)"
+    denom = np.linalg.norm(expected)
+    assert denom > 0, "degenerate reference (all zeros): choose other inputs"
+    return float(np.linalg.norm(out - expected) / denom)
+
+
+def assert_close(out, expected, dtype, what=""):
+    err = rel_err(out, expected)
+    assert err <= tol(dtype), f"{what}: rel err {err:.3g} > {tol(dtype):g} ({np.dtype(dtype).name})"
+
+
+# ------------------------------------------------------------------------------------- shapes
+class Case(NamedTuple):
+    id: str
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+
+    @property
+    def kw(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+    @property
+    def geometry(self):
+        return sf.ConvGeometry.make(self.N, self.C, self.H, self.W, self.K, self.R, self.S,
+                                    self.stride, self.padding, self.dilation)
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def w_shape(self):
+        return (self.K, self.C, self.R, self.S)
+
+    @property
+    def y_shape(self):
+        return self.geometry.y_shape
+
+
+# The CPU microkernel tile is MR x NR = 4 x 3 (rows = K in forward / weight grad, columns = Q in
+# forward, C*R*S in weight grad, S*C in input grad): the K and Q values below cover every tail.
+SHAPES = [
+    Case("alexnet_s4_k11", 2, 3, 35, 35, 8, 11, 11, stride=4),             # P = Q = 7
+    Case("pad1_3x3", 2, 4, 10, 10, 6, 3, 3, padding=1),                     # K=6, Q=10: tails
+    Case("dilation2", 2, 3, 13, 12, 5, 3, 3, padding=2, dilation=2),
+    Case("nonsquare_all", 1, 3, 11, 14, 7, 3, 5, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    Case("batch1_C1", 1, 1, 8, 9, 4, 3, 2),                                 # N=1, C=1
+    Case("K1", 3, 2, 7, 7, 1, 3, 3, stride=2, padding=1),                   # K=1
+    Case("K7_Q5_tails", 2, 3, 9, 7, 7, 3, 3),                               # K%4=3, Q%3=2
+    Case("conv1x1", 2, 5, 6, 7, 9, 1, 1),                                   # 1x1 kernel
+    Case("conv1x1_stride2_pad1", 2, 3, 7, 8, 3, 1, 1, stride=2, padding=1),
+    Case("kernel_eq_input", 2, 3, 5, 5, 4, 5, 5),                           # P = Q = 1
+    Case("stride_gt_kernel", 2, 2, 10, 10, 3, 2, 2, stride=3),              # dx has untouched rows
+    Case("pad_gt_input", 1, 2, 4, 4, 3, 3, 3, padding=2),                   # output > input
+    # stride 1 runs the input gradient as a forward conv padded by dilation*(R-1) - padding:
+    # these make that amount negative (a crop), alone and mixed with a positive one
+    Case("conv1x1_pad1_crop", 2, 3, 5, 6, 4, 1, 1, padding=1),
+    Case("crop_mixed", 1, 2, 6, 7, 3, 3, 2, padding=(3, 0), dilation=(1, 2)),
+    Case("stride_1x2", 2, 3, 8, 9, 5, 2, 3, stride=(1, 2), padding=(0, 1)),
+    Case("wgrad_chunks", 2, 2, 30, 30, 3, 3, 3, padding=1),                 # P*Q > WGRAD_CHUNK
+    Case("wide_row", 1, 1, 2, 600, 2, 1, 3),                                # Q > WGRAD_CHUNK
+]
+SHAPE_IDS = [c.id for c in SHAPES]
+SHAPES_BY_ID = {c.id: c for c in SHAPES}
+
+
+class Inputs(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    dy: np.ndarray
+
+
+def random_array(rng, shape, dtype=np.float64):
+    """Random values bounded away from zero: magnitude in [0.5, 1.5), random sign."""
+    mag = rng.uniform(0.5, 1.5, shape)
+    return (mag * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+
+
+def make_inputs(case, dtype, seed=0):
+    """Fresh random (x, weight, bias, grad_out) for `case`, in `dtype` (never zeros)."""
+    rng = np.random.default_rng([seed, SHAPE_IDS.index(case.id) if case.id in SHAPE_IDS else 99])
+    return Inputs(random_array(rng, case.x_shape, dtype), random_array(rng, case.w_shape, dtype),
+                  random_array(rng, (case.K,), dtype), random_array(rng, case.y_shape, dtype))
+
+
+# ---------------------------------------------------------------------------------------- ops
+class Op(NamedTuple):
+    api: Callable      # (backend, inputs, kw) -> array, through the public API
+    ref: Callable      # (inputs, kw) -> float64 array from sharenet_fast.reference
+
+
+OPS = {
+    "forward": Op(
+        lambda be, d, kw: sf.conv2d(d.x, d.w, d.b, backend=be, **kw),
+        lambda d, kw: reference.conv2d(d.x, d.w, d.b, **kw)),
+    "input_grad": Op(
+        lambda be, d, kw: sf.conv2d_backward(d.dy, d.x, d.w, needs=("input",), backend=be,
+                                             **kw).input,
+        lambda d, kw: reference.conv2d_input_grad(d.dy, d.x.shape, d.w, **kw)),
+    "weight_grad": Op(
+        lambda be, d, kw: sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight",), backend=be,
+                                             **kw).weight,
+        lambda d, kw: reference.conv2d_weight_grad(d.dy, d.x, d.w.shape, **kw)),
+    "bias_grad": Op(
+        lambda be, d, kw: sf.conv2d_backward(d.dy, d.x, d.w, needs=("bias",), backend=be,
+                                             **kw).bias,
+        lambda d, kw: reference.conv2d_bias_grad(d.dy)),
+}
+OP_NAMES = list(OPS)
+
+
+def reference_all(d, kw):
+    """{op: float64 reference} for one set of inputs."""
+    return {name: op.ref(d, kw) for name, op in OPS.items()}
+
+
+# ------------------------------------------------------------------ fuzz subprocess (boundscheck)
+FUZZ_SCRIPT = os.path.join(TESTS_DIR, "_fuzz_boundscheck.py")
+FUZZ_TEST_NAME = "test_fuzz_under_boundscheck"
+FUZZ_TIMEOUT_S = 420  # generous: the machine may be shared; it takes about a minute alone
+
+
+def _package_root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))
+
+
+class FuzzRun:
+    """The fuzz script running in a subprocess with NUMBA_BOUNDSCHECK=1; output to a temp file."""
+
+    def __init__(self, max_examples=25):
+        env = dict(os.environ)
+        env["NUMBA_BOUNDSCHECK"] = "1"
+        env["SHARENET_FAST_CACHE"] = "0"   # never load kernels compiled without boundscheck
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_package_root()] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        self.log = tempfile.TemporaryFile(mode="w+")
+        # a scratch cwd: hypothesis writes a .hypothesis/ cache into its working directory
+        self.workdir = tempfile.TemporaryDirectory(prefix="sharenet_fuzz_")
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, FUZZ_SCRIPT, str(max_examples)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir.name)
+
+    def result(self, timeout=FUZZ_TIMEOUT_S):
+        """(returncode, output, seconds); kills the subprocess if it overruns `timeout`."""
+        left = max(1.0, timeout - (time.perf_counter() - self.start))
+        try:
+            rc = self.proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = None
+        elapsed = time.perf_counter() - self.start
+        self.log.seek(0)
+        out = self.log.read()
+        self.stop()
+        return rc, out, elapsed
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
+        self.workdir.cleanup()

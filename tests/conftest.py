@@ -1,0 +1,66 @@
+"""pytest configuration for sharenet_fast.
+
+- Works with the package pip-installed or straight from a checkout: the repository root is put on
+  sys.path only if `import sharenet_fast` fails.
+- tests/ is put on sys.path so test modules can `import _support` under any import mode.
+- The boundscheck fuzz test (test_fuzz.py) runs a subprocess that compiles every kernel again
+  with NUMBA_BOUNDSCHECK=1. Compilation is single-threaded, so when that test is selected the
+  subprocess is started right after collection and overlaps the rest of the run; the test then
+  waits for it. Whatever happens, the subprocess is stopped when the session ends.
+"""
+import os
+import sys
+
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+
+try:
+    import sharenet_fast  # noqa: F401
+except ImportError:
+    sys.path.insert(0, REPO_ROOT)
+    import sharenet_fast  # noqa: F401
+
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+import _support  # noqa: E402
+
+collect_ignore = ["_fuzz_boundscheck.py", "_support.py", "data/make_golden.py"]
+
+_FUZZ_KEY = pytest.StashKey()
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only if the test will run
+def pytest_collection_modifyitems(session, config, items):
+    if config.option.collectonly or hasattr(config, "workerinput"):
+        return
+    if any(getattr(item, "originalname", None) == _support.FUZZ_TEST_NAME for item in items):
+        config.stash[_FUZZ_KEY] = _support.FuzzRun()
+
+
+def pytest_unconfigure(config):
+    run = config.stash.get(_FUZZ_KEY, None)
+    if run is not None:
+        run.stop()
+
+
+@pytest.fixture(scope="session")
+def fuzz_run(request):
+    """The boundscheck fuzz subprocess: the one started after collection, or a new one."""
+    run = request.config.stash.get(_FUZZ_KEY, None)
+    if run is None:
+        run = _support.FuzzRun()
+        request.config.stash[_FUZZ_KEY] = run
+    return run
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's node id: reproducible, different per test."""
+    import zlib
+
+    import numpy as np
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

@@ -1,0 +1,189 @@
+"""Bad input raises ValueError/TypeError naming the argument, before any kernel runs.
+
+Every test here runs with the kernels of every available backend replaced by functions that raise
+AssertionError, so a check that happens too late (inside or after a kernel) fails the test with
+AssertionError instead of the expected exception.
+"""
+import importlib
+
+import numpy as np
+import pytest
+
+import sharenet_fast as sf
+from _support import BACKENDS, UNAVAILABLE, random_array
+from sharenet_fast import registry
+
+KERNEL_FUNCTIONS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad")
+
+
+@pytest.fixture(autouse=True)
+def kernels_must_not_run(monkeypatch):
+    def make(backend, fn):
+        def boom(*args, **kwargs):
+            raise AssertionError(f"kernel {backend}.{fn} ran on bad input")
+        return boom
+
+    for name in BACKENDS:
+        module = importlib.import_module(registry.BACKENDS[name][0])
+        for fn in KERNEL_FUNCTIONS:
+            monkeypatch.setattr(module, fn, make(name, fn))
+
+
+def test_kernel_guard_is_active():
+    """The autouse fixture really intercepts a valid call (else the tests below prove nothing)."""
+    x, w, dy = _good()
+    for backend in BACKENDS:
+        with pytest.raises(AssertionError, match="ran on bad input"):
+            sf.conv2d(x, w, backend=backend)
+        with pytest.raises(AssertionError, match="ran on bad input"):
+            sf.conv2d_backward(dy, x, w, backend=backend)
+
+
+def _good(dtype=np.float32):
+    """x (2, 3, 8, 8), weight (4, 3, 3, 3), grad_out (2, 4, 6, 6)."""
+    rng = np.random.default_rng(3)
+    return (random_array(rng, (2, 3, 8, 8), dtype), random_array(rng, (4, 3, 3, 3), dtype),
+            random_array(rng, (2, 4, 6, 6), dtype))
+
+
+def fwd(**over):
+    x, w, _ = _good()
+    args = dict(x=x, weight=w, bias=None)
+    args.update(over)
+
+    def call(backend):
+        a = dict(args)
+        return sf.conv2d(a.pop("x"), a.pop("weight"), a.pop("bias"), backend=backend, **a)
+    return call
+
+
+def bwd(**over):
+    x, w, dy = _good()
+    args = dict(grad_out=dy, x=x, weight=w)
+    args.update(over)
+
+    def call(backend):
+        a = dict(args)
+        return sf.conv2d_backward(a.pop("grad_out"), a.pop("x"), a.pop("weight"),
+                                  backend=backend, **a)
+    return call
+
+
+def _readonly(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+f32 = np.float32
+X = _good()[0]
+W = _good()[1]
+DY = _good()[2]
+
+# id: (call builder, exception, regex the message must match: it names the argument)
+BAD = {
+    "x_3d": (fwd(x=X[0]), ValueError, r"\bx must be 4-D.*\(3, 8, 8\)"),
+    "x_3d_backward": (bwd(x=X[0]), ValueError, r"\bx must be 4-D"),
+    "weight_5d": (fwd(weight=W[None]), ValueError, r"weight must be 4-D.*\(1, 4, 3, 3, 3\)"),
+    "grad_out_3d": (bwd(grad_out=DY[0]), ValueError, r"grad_out must be 4-D"),
+    "channel_mismatch": (fwd(weight=W[:, :2]), ValueError,
+                         r"channel.*x.*\(2, 3, 8, 8\).*weight.*\(4, 2, 3, 3\)"),
+    "channel_mismatch_backward": (bwd(weight=W[:, :2]), ValueError, r"channel.*x.*weight"),
+    "bias_wrong_shape": (fwd(bias=np.ones(5, f32)), ValueError, r"bias must have shape.*\(5,\)"),
+    "bias_2d": (fwd(bias=np.ones((4, 1), f32)), ValueError, r"bias must be 1-D"),
+    "grad_out_wrong_shape": (bwd(grad_out=DY[:, :, :5]), ValueError,
+                             r"grad_out must have the output shape.*\(2, 4, 6, 6\).*\(2, 4, 5, 6\)"),
+    "grad_out_wrong_K": (bwd(grad_out=DY[:, :3]), ValueError, r"grad_out"),
+    "stride_zero": (fwd(stride=0), ValueError, r"stride must be positive"),
+    "stride_negative_pair": (bwd(stride=(1, -2)), ValueError, r"stride must be positive"),
+    "dilation_zero": (fwd(dilation=0), ValueError, r"dilation must be positive"),
+    "dilation_negative_pair": (bwd(dilation=(-1, 1)), ValueError, r"dilation must be positive"),
+    "padding_negative": (fwd(padding=-1), ValueError, r"padding must be non-negative"),
+    "padding_negative_pair": (bwd(padding=(0, -1)), ValueError, r"padding must be non-negative"),
+    "output_size_lt_1": (fwd(weight=random_array(np.random.default_rng(0), (4, 3, 9, 3), f32)),
+                         ValueError, r"output size.*kernel"),
+    "output_size_lt_1_dilated": (bwd(dilation=4), ValueError, r"output size.*dilation"),
+    "output_size_lt_1_stride_pad_ok": (fwd(weight=random_array(np.random.default_rng(0),
+                                                               (4, 3, 11, 11), f32), padding=1),
+                                       ValueError, r"output size"),
+    "mixed_dtypes_weight": (fwd(weight=W.astype(np.float64)), TypeError,
+                            r"weight has dtype float64 but x has dtype float32"),
+    "mixed_dtypes_bias": (fwd(bias=np.ones(4)), TypeError, r"bias has dtype float64"),
+    "mixed_dtypes_grad_out": (bwd(grad_out=DY.astype(np.float64)), TypeError,
+                              r"grad_out has dtype float64"),
+    "x_int64": (fwd(x=np.ones((2, 3, 8, 8), np.int64)), TypeError, r"\bx must be float32 or "
+                                                                   r"float64.*int64"),
+    "weight_float16": (fwd(weight=W.astype(np.float16)), TypeError,
+                       r"weight must be float32 or float64.*float16"),
+    "grad_out_int32": (bwd(grad_out=DY.astype(np.int32)), TypeError, r"grad_out must be float"),
+    "x_list": (fwd(x=X.tolist()), TypeError, r"\bx must be a numpy.ndarray.*list"),
+    "weight_list_backward": (bwd(weight=W.tolist()), TypeError, r"weight must be a numpy"),
+    "bias_list": (fwd(bias=[1.0, 2.0, 3.0, 4.0]), TypeError, r"bias must be a numpy"),
+    "stride_string": (fwd(stride="2"), TypeError, r"stride must be an int or a pair"),
+    "stride_3_tuple": (fwd(stride=(1, 1, 1)), TypeError, r"stride must be an int or a pair"),
+    "stride_float": (bwd(stride=1.0), TypeError, r"stride must be an int or a pair"),
+    "padding_string": (fwd(padding="same"), TypeError, r"padding must be an int or a pair"),
+    "dilation_bool": (fwd(dilation=True), TypeError, r"dilation must be an int or a pair"),
+    "needs_bad_entry": (bwd(needs=("input", "weights")), ValueError, r"needs.*'weights'"),
+    "needs_bad_string": (bwd(needs="grad"), ValueError, r"needs.*'grad'"),
+    "needs_not_iterable": (bwd(needs=3), TypeError, r"needs"),
+    "deterministic_not_bool": (bwd(deterministic="yes"), TypeError, r"deterministic"),
+    "grad_weight_wrong_shape": (bwd(grad_weight=np.zeros((4, 3, 3, 2), f32)), ValueError,
+                                r"grad_weight must have shape \(4, 3, 3, 3\)"),
+    "grad_weight_wrong_dtype": (bwd(grad_weight=np.zeros((4, 3, 3, 3))), TypeError,
+                                r"grad_weight has dtype float64"),
+    "grad_weight_read_only": (bwd(grad_weight=_readonly(np.zeros((4, 3, 3, 3), f32))),
+                              ValueError, r"grad_weight is read-only"),
+    "grad_weight_list": (bwd(grad_weight=np.zeros((4, 3, 3, 3)).tolist()), TypeError,
+                         r"grad_weight must be a numpy"),
+    "grad_bias_wrong_shape": (bwd(grad_bias=np.zeros(3, f32)), ValueError,
+                              r"grad_bias must have shape \(4,\)"),
+    "grad_bias_wrong_dtype": (bwd(grad_bias=np.zeros(4)), TypeError, r"grad_bias has dtype"),
+    "grad_bias_read_only": (bwd(grad_bias=_readonly(np.zeros(4, f32))), ValueError,
+                            r"grad_bias is read-only"),
+    "x_empty_N0": (fwd(x=np.ones((0, 3, 8, 8), f32)), ValueError,
+                   r"\bx must have no empty dimension.*\(0, 3, 8, 8\)"),
+    "weight_empty_K0": (fwd(weight=np.ones((0, 3, 3, 3), f32)), ValueError,
+                        r"weight must have no empty dimension"),
+    "x_empty_N0_backward": (bwd(x=np.ones((0, 3, 8, 8), f32)), ValueError,
+                            r"\bx must have no empty dimension"),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_raises_naming_the_argument(case, backend):
+    call, exc, match = BAD[case]
+    with pytest.raises(exc, match=match):
+        call(backend)
+
+
+# --------------------------------------------------------------------------------- backends
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_unknown_backend_is_a_value_error(which):
+    call = fwd() if which == "forward" else bwd()
+    with pytest.raises(ValueError, match=r"backend must be one of.*'no-such-backend'"):
+        call("no-such-backend")
+
+
+def test_backend_not_a_string_is_a_type_error():
+    with pytest.raises(TypeError, match=r"backend must be a str"):
+        fwd()(3)
+
+
+@pytest.mark.parametrize("name", ["cupy", "numba-cuda"])
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_unavailable_backend_is_a_runtime_error(which, name):
+    if name not in UNAVAILABLE:
+        pytest.skip(f"{name} is available on this machine")
+    call = fwd() if which == "forward" else bwd()
+    with pytest.raises(RuntimeError, match=rf"{name}.*not available"):
+        call(name)
+
+
+def test_bad_input_is_reported_before_backend_lookup_errors_matter():
+    """A bad argument is reported as such even with a valid but unavailable backend named."""
+    if "cupy" not in UNAVAILABLE:
+        pytest.skip("cupy is available")
+    with pytest.raises(ValueError, match=r"stride must be positive"):
+        fwd(stride=0)("cupy")

@@ -1,0 +1,56 @@
+"""Golden outputs made once by PyTorch in float64 (tests/data/make_golden.py): they check the oracle
+itself, and every available backend, independently of sharenet_fast.reference."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+import sharenet_fast as sf
+from _support import BACKENDS, DTYPE_IDS, DTYPES, TESTS_DIR, assert_close
+from sharenet_fast import reference
+
+GOLDEN = sorted(glob.glob(os.path.join(TESTS_DIR, "data", "golden_*.npz")))
+GOLDEN_IDS = [os.path.basename(p)[len("golden_"):-len(".npz")] for p in GOLDEN]
+KEYS = {"x", "weight", "bias", "grad_out", "y", "dx", "dw", "db", "stride", "padding", "dilation"}
+
+
+def load(path):
+    with np.load(path) as f:
+        g = {k: f[k] for k in f.files}
+    kw = {k: tuple(int(v) for v in g.pop(k)) for k in ("stride", "padding", "dilation")}
+    return g, kw
+
+
+def test_golden_files_present_and_small():
+    assert len(GOLDEN) >= 4, f"expected >= 4 golden files in tests/data, found {GOLDEN}"
+    assert sum(os.path.getsize(p) for p in GOLDEN) < 200_000
+    for path in GOLDEN:
+        with np.load(path) as f:
+            assert set(f.files) == KEYS, path
+            assert f["x"].dtype == np.float64
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=GOLDEN_IDS)
+def test_reference_oracle_matches_golden(path):
+    g, kw = load(path)
+    assert_close(reference.conv2d(g["x"], g["weight"], g["bias"], **kw), g["y"], np.float64, "y")
+    dx, dw, db = reference.conv2d_backward(g["grad_out"], g["x"], g["weight"], **kw)
+    assert_close(dx, g["dx"], np.float64, "dx")
+    assert_close(dw, g["dw"], np.float64, "dw")
+    assert_close(db, g["db"], np.float64, "db")
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=GOLDEN_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_matches_golden(backend, dtype, path):
+    g, kw = load(path)
+    x, w, b, dy = (g[k].astype(dtype) for k in ("x", "weight", "bias", "grad_out"))
+    y = sf.conv2d(x, w, b, backend=backend, **kw)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, g["y"], dtype, "y")
+    grads = sf.conv2d_backward(dy, x, w, backend=backend, **kw)
+    for name, out in zip(("dx", "dw", "db"), grads):
+        assert out.dtype == np.dtype(dtype)
+        assert_close(out, g[name], dtype, name)
