@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import WGRAD_CHUNK, njit_options
-from ._gemm import gemm_nt
+from ._gemm import gemm_nt, typed_zero
 
 # Numba's default "workqueue" threading layer aborts the process when two Python threads
 # enter parallel kernels at once. A kernel already uses every core, so serialising callers
@@ -268,9 +268,9 @@ def conv2d_bgrad_kernel(dy, out, accumulate):
     """out[k] (+)= sum over n, p, q of dy[n, k, p, q]; one task per k, rows summed in order."""
     N, K, P, Q = dy.shape
     for k in prange(K):
-        acc = dy[0, k, 0, 0] * 0
+        acc = typed_zero(dy)  # not dy[...] * 0: inf * 0 would seed the sum with NaN
         for n in range(N):
-            s = dy[n, k, 0, 0] * 0
+            s = typed_zero(dy)
             for p in range(P):
                 for q in range(Q):
                     s += dy[n, k, p, q]
