@@ -36,7 +36,7 @@ def _array(name, a, ndim, dtype=None):
     return a
 
 
-def _backend(name, arrays):
+def _backend(name):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     if name == "auto":
@@ -69,7 +69,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="au
         _array("bias", bias, 1, x.dtype)
         if bias.shape != (g.K,):
             raise ValueError(f"bias must have shape (K,) = ({g.K},), got {bias.shape}")
-    be = _backend(backend, (x, weight, bias))
+    be = _backend(backend)
     return be.conv2d(_contig(x), _contig(weight), None if bias is None else _contig(bias), g)
 
 
@@ -115,7 +115,7 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
     _check_accumulator("grad_weight", grad_weight, g.w_shape, x.dtype)
     _check_accumulator("grad_bias", grad_bias, (g.K,), x.dtype)
-    be = _backend(backend, (grad_out, x, weight, grad_weight, grad_bias))
+    be = _backend(backend)
 
     dy = _contig(grad_out)
     dx = dw = db = None
