@@ -22,6 +22,10 @@ NR = 3
 # Weight-gradient reduction: positions (N*P*Q) are cut into chunks of about this many output
 # positions; each chunk writes a private partial (K x C*R*S), summed in a fixed order.
 WGRAD_CHUNK = 512
+# At most this many partials: bounds the workspace (partials x K x C*R*S) for large batches
+# while leaving many more partials than cores. Fixed, so the summation order never depends on
+# the thread count.
+WGRAD_MAX_PARTIALS = 64
 
 NJIT_OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, nogil=True)
 

@@ -76,11 +76,11 @@ class Case(NamedTuple):
 
     @property
     def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
+        return self.geometry.x_shape
 
     @property
     def w_shape(self):
-        return (self.K, self.C, self.R, self.S)
+        return self.geometry.w_shape
 
     @property
     def y_shape(self):

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ..config import WGRAD_CHUNK, njit_options
+from ..config import WGRAD_CHUNK, WGRAD_MAX_PARTIALS, njit_options
 from ._gemm import gemm_nt, typed_zero
 
 # Numba's default "workqueue" threading layer aborts the process when two Python threads
@@ -176,20 +176,20 @@ def reduce_partials_kernel(partial, out, accumulate):
             out[i] = acc
 
 
-def _wgrad_split(g, max_partials):
+def _wgrad_split(g):
     rows = max(1, min(g.P, WGRAD_CHUNK // g.Q))
     units = g.N * (-(-g.P // rows))
-    return rows, max(1, min(units, max_partials))
+    return rows, max(1, min(units, WGRAD_MAX_PARTIALS))
 
 
-def conv2d_weight_grad(dy, x, g, out=None, deterministic=False, max_partials=64):
+def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
     """Weight gradient (K, C, R, S). With `out`, the gradient is added into it.
 
     The reduction order depends only on the shapes, never on the thread schedule, so the CPU
     result is bitwise reproducible whether or not `deterministic` is asked for.
     """
     xp = _padded(x, *g.padding, "nchw")
-    rows, nparts = _wgrad_split(g, max_partials)
+    rows, nparts = _wgrad_split(g)
     partial = np.empty((nparts, g.K, g.C * g.R * g.S), dtype=x.dtype)
     accumulate = out is not None
     if out is None:
