@@ -1,12 +1,17 @@
 """sharenet_fast: fast kernels for parameter sharing in convolutional layers.
 
 See DESIGN.md for the contract. Public API:
-    conv2d, conv2d_backward, Grads, param_count, ParamCount, backends
+    conv2d, conv2d_backward                 shared weights: one bank (K, C, R, S)
+    tiled_conv2d, tiled_conv2d_backward     a TP x TQ grid of banks (TP, TQ, K, C, R, S)
+    local2d, local2d_backward               one bank per output position (P, Q, K, C, R, S)
+    Grads, param_count, ParamCount, backends, ConvGeometry
 """
-from .api import Grads, backends, conv2d, conv2d_backward, param_count
+from .api import (Grads, backends, conv2d, conv2d_backward, local2d, local2d_backward,
+                  param_count, tiled_conv2d, tiled_conv2d_backward)
 from .geometry import ConvGeometry, ParamCount
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["conv2d", "conv2d_backward", "Grads", "param_count", "ParamCount", "backends",
+__all__ = ["conv2d", "conv2d_backward", "local2d", "local2d_backward", "tiled_conv2d",
+           "tiled_conv2d_backward", "Grads", "param_count", "ParamCount", "backends",
            "ConvGeometry", "__version__"]

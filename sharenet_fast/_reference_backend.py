@@ -27,3 +27,37 @@ def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
 
 def conv2d_bias_grad(dy, out=None):
     return _into(ref.conv2d_bias_grad(dy), out, dy.dtype)
+
+
+def local2d(x, weight, bias, g):
+    return ref.local2d(x, weight, bias, **_kw(g)).astype(x.dtype)
+
+
+def local2d_input_grad(dy, weight, g):
+    return ref.local2d_input_grad(dy, g.x_shape, weight, **_kw(g)).astype(dy.dtype)
+
+
+def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
+    w_shape = (g.P, g.Q) + g.w_shape
+    return _into(ref.local2d_weight_grad(dy, x, w_shape, **_kw(g)), out, x.dtype)
+
+
+def local2d_bias_grad(dy, out=None):
+    return _into(ref.local2d_bias_grad(dy), out, dy.dtype)
+
+
+def tiled_conv2d(x, weight, bias, g):
+    return ref.tiled_conv2d(x, weight, bias, **_kw(g)).astype(x.dtype)
+
+
+def tiled_conv2d_input_grad(dy, weight, g):
+    return ref.tiled_conv2d_input_grad(dy, g.x_shape, weight, **_kw(g)).astype(dy.dtype)
+
+
+def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
+    w_shape = tuple(tile) + g.w_shape
+    return _into(ref.tiled_conv2d_weight_grad(dy, x, w_shape, **_kw(g)), out, x.dtype)
+
+
+def tiled_conv2d_bias_grad(dy, tile, out=None):
+    return _into(ref.tiled_conv2d_bias_grad(dy, tile), out, dy.dtype)

@@ -44,12 +44,13 @@ def _backend(name):
     return registry.get(name)
 
 
-def _geometry(x, weight, stride, padding, dilation):
+def _geometry(x, bank, stride, padding, dilation):
+    """Geometry from x and one bank's (K, C, R, S); the channel counts must agree."""
     N, C, H, W = x.shape
-    K, Cw, R, S = weight.shape
+    K, Cw, R, S = bank
     if Cw != C:
         raise ValueError(f"channel mismatch: x has C={C} channels (shape {x.shape}) but weight "
-                         f"expects C={Cw} (shape {weight.shape})")
+                         f"expects C={Cw} (bank (K, C, R, S) = {tuple(bank)})")
     return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
 
 
@@ -57,48 +58,70 @@ def _contig(a):
     return np.ascontiguousarray(a)
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
-    """Shared-weight 2D convolution (cross-correlation, zero padding), NCHW.
+# ------------------------------------------------------------------------- layer kinds
+# The three layers differ only in the grid of filter banks (DESIGN.md): shared has one bank,
+# tiled a TP x TQ grid, locally connected one per output position. Each entry says how the
+# weight is shaped and checks that its grid fits the output; everything else is common.
+_LAYERS = {
+    # op: (weight shape in words, weight ndim, bias shape in words)
+    "conv2d": ("(K, C, R, S)", 4, "(K,)"),
+    "tiled_conv2d": ("(TP, TQ, K, C, R, S)", 6, "(TP, TQ, K)"),
+    "local2d": ("(P, Q, K, C, R, S)", 6, "(P, Q, K)"),
+}
 
-    x (N, C, H, W), weight (K, C, R, S), bias (K,) or None -> y (N, K, P, Q), dtype of x.
-    """
+
+def _layer_geometry(op, x, weight, stride, padding, dilation):
+    """ConvGeometry of the layer and its bank grid (TP, TQ); ValueError if the grid does not fit."""
     _array("x", x, 4)
-    _array("weight", weight, 4, x.dtype)
-    g = _geometry(x, weight, stride, padding, dilation)
+    _array("weight", weight, _LAYERS[op][1], x.dtype)
+    bank = weight.shape[-4:]  # (K, C, R, S)
+    g = _geometry(x, bank, stride, padding, dilation)
+    if op == "conv2d":
+        return g, (1, 1)
+    grid = weight.shape[:2]
+    if op == "local2d" and grid != (g.P, g.Q):
+        raise ValueError(
+            f"local2d weight {_LAYERS[op][0]} must have one bank per output position: its grid "
+            f"{grid} does not match the output size (P, Q) = ({g.P}, {g.Q}) for x {x.shape}, "
+            f"kernel ({g.R}, {g.S}), stride {g.stride}, padding {g.padding}, dilation "
+            f"{g.dilation}; weight has shape {weight.shape}")
+    if op == "tiled_conv2d" and (grid[0] > g.P or grid[1] > g.Q):
+        raise ValueError(
+            f"tiled_conv2d tile (TP, TQ) = {grid} (weight shape {weight.shape}) is larger than "
+            f"the output (P, Q) = ({g.P}, {g.Q}) for x {x.shape}: a tile class would never be "
+            f"used")
+    return g, grid
+
+
+def _bank_shapes(op, g, grid):
+    """(weight shape, bias shape) of the layer."""
+    if op == "conv2d":
+        return g.w_shape, (g.K,)
+    return tuple(grid) + g.w_shape, tuple(grid) + (g.K,)
+
+
+def _extra(op, grid):
+    """Tiled host functions take the tile; the others read their grid from the geometry."""
+    return {"tile": tuple(grid)} if op == "tiled_conv2d" else {}
+
+
+def _forward(op, x, weight, bias, stride, padding, dilation, backend):
+    g, grid = _layer_geometry(op, x, weight, stride, padding, dilation)
+    _, b_shape = _bank_shapes(op, g, grid)
     if bias is not None:
-        _array("bias", bias, 1, x.dtype)
-        if bias.shape != (g.K,):
-            raise ValueError(f"bias must have shape (K,) = ({g.K},), got {bias.shape}")
+        _array("bias", bias, len(b_shape), x.dtype)
+        if bias.shape != b_shape:
+            raise ValueError(f"bias must have shape {_LAYERS[op][2]} = {b_shape}, "
+                             f"got {bias.shape}")
     be = _backend(backend)
-    return be.conv2d(_contig(x), _contig(weight), None if bias is None else _contig(bias), g)
+    return getattr(be, op)(_contig(x), _contig(weight),
+                           None if bias is None else _contig(bias), g)
 
 
-def _check_accumulator(name, buf, shape, dtype):
-    if buf is None:
-        return
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
-    if buf.dtype != dtype:
-        raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes")
-    if buf.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
-    if not buf.flags.writeable:
-        raise ValueError(f"{name} is read-only; it is accumulated into in place")
-
-
-def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
-                    needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
-                    backend="auto"):
-    """Gradients of conv2d: Grads(input, weight, bias); an entry not in `needs` is None.
-
-    grad_weight / grad_bias, when given, are added into in place and returned (hard sharing:
-    a weight used at several call sites gets the sum of their gradients).
-    deterministic=True asks for a weight gradient with the same bits on every run.
-    """
-    _array("x", x, 4)
-    _array("weight", weight, 4, x.dtype)
+def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
+              grad_weight, grad_bias, backend):
+    g, grid = _layer_geometry(op, x, weight, stride, padding, dilation)
     _array("grad_out", grad_out, 4, x.dtype)
-    g = _geometry(x, weight, stride, padding, dilation)
     if grad_out.shape != g.y_shape:
         raise ValueError(f"grad_out must have the output shape (N, K, P, Q) = {g.y_shape} for "
                          f"x {x.shape} and weight {weight.shape}, got {grad_out.shape}")
@@ -113,20 +136,102 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
         raise ValueError(f"needs must name only {NEEDS}, got {bad!r}")
     if not isinstance(deterministic, (bool, np.bool_)):
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
-    _check_accumulator("grad_weight", grad_weight, g.w_shape, x.dtype)
-    _check_accumulator("grad_bias", grad_bias, (g.K,), x.dtype)
+    w_shape, b_shape = _bank_shapes(op, g, grid)
+    _check_accumulator("grad_weight", grad_weight, w_shape, x.dtype)
+    _check_accumulator("grad_bias", grad_bias, b_shape, x.dtype)
     be = _backend(backend)
+    extra = _extra(op, grid)
 
     dy = _contig(grad_out)
     dx = dw = db = None
     if "input" in needs:
-        dx = be.conv2d_input_grad(dy, _contig(weight), g)
+        dx = getattr(be, f"{op}_input_grad")(dy, _contig(weight), g)
     if "weight" in needs:
-        dw = _accumulate(grad_weight, lambda out: be.conv2d_weight_grad(
-            dy, _contig(x), g, out=out, deterministic=bool(deterministic)))
+        kernel = getattr(be, f"{op}_weight_grad")
+        dw = _accumulate(grad_weight, lambda out: kernel(
+            dy, _contig(x), g, out=out, deterministic=bool(deterministic), **extra))
     if "bias" in needs:
-        db = _accumulate(grad_bias, lambda out: be.conv2d_bias_grad(dy, out=out))
+        kernel = getattr(be, f"{op}_bias_grad")
+        db = _accumulate(grad_bias, lambda out: kernel(dy, out=out, **extra))
     return Grads(dx, dw, db)
+
+
+# --------------------------------------------------------------------------- public API
+_BACKWARD_DOC = """
+
+    Returns Grads(input, weight, bias); an entry not in `needs` is None. grad_weight /
+    grad_bias, when given, are added into in place and returned (hard sharing: a weight used at
+    several call sites gets the sum of their gradients). deterministic=True asks for a weight
+    gradient with the same bits on every run (the CPU kernels always give that).
+    """
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
+    """Shared-weight 2D convolution (cross-correlation, zero padding), NCHW.
+
+    x (N, C, H, W), weight (K, C, R, S), bias (K,) or None -> y (N, K, P, Q), dtype of x.
+    """
+    return _forward("conv2d", x, weight, bias, stride, padding, dilation, backend)
+
+
+def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
+                    needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
+                    backend="auto"):
+    return _backward("conv2d", grad_out, x, weight, stride, padding, dilation, needs,
+                     deterministic, grad_weight, grad_bias, backend)
+
+
+def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
+    """Locally-connected 2D layer (no weight sharing): one filter bank per output position.
+
+    x (N, C, H, W), weight (P, Q, K, C, R, S), bias (P, Q, K) or None -> y (N, K, P, Q);
+    y[n, k, p, q] = sum_{c, r, s} weight[p, q, k, c, r, s] * x_padded[n, c, p*sh + r*dh,
+    q*sw + s*dw] + bias[p, q, k]. (P, Q) must be the output size for the given geometry.
+    """
+    return _forward("local2d", x, weight, bias, stride, padding, dilation, backend)
+
+
+def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
+                     needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
+                     backend="auto"):
+    return _backward("local2d", grad_out, x, weight, stride, padding, dilation, needs,
+                     deterministic, grad_weight, grad_bias, backend)
+
+
+def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
+    """Tiled 2D convolution: a TP x TQ grid of filter banks, output (p, q) uses bank
+    [p % TP, q % TQ].
+
+    x (N, C, H, W), weight (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None -> y (N, K, P, Q).
+    TP = TQ = 1 is conv2d; TP = P, TQ = Q is local2d. The tile may not exceed the output.
+    """
+    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, backend)
+
+
+def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
+                          needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
+                          backend="auto"):
+    return _backward("tiled_conv2d", grad_out, x, weight, stride, padding, dilation, needs,
+                     deterministic, grad_weight, grad_bias, backend)
+
+
+conv2d_backward.__doc__ = "Gradients of conv2d." + _BACKWARD_DOC
+local2d_backward.__doc__ = "Gradients of local2d (weight (P, Q, K, C, R, S))." + _BACKWARD_DOC
+tiled_conv2d_backward.__doc__ = ("Gradients of tiled_conv2d (weight (TP, TQ, K, C, R, S))."
+                                 + _BACKWARD_DOC)
+
+
+def _check_accumulator(name, buf, shape, dtype):
+    if buf is None:
+        return
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    if buf.dtype != dtype:
+        raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes")
+    if buf.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is accumulated into in place")
 
 
 def _accumulate(buf, compute):

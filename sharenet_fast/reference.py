@@ -77,3 +77,121 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
     return (conv2d_input_grad(grad_out, x.shape, weight, **kw),
             conv2d_weight_grad(grad_out, x, weight.shape, **kw),
             conv2d_bias_grad(grad_out))
+
+
+# ------------------------------------------------------------------ untied and partially tied
+# A locally-connected layer has one bank (K, C, R, S) per output position: weight (P, Q, K, C, R, S).
+# A tiled layer has a TP x TQ grid of banks, output (p, q) using bank [p % TP, q % TQ]. The oracle
+# treats tiled as locally connected with each bank repeated over its tile class, so there is one
+# loop to trust: for tap (r, s), y[n, k, p, q] += sum_c x_tap[n, c, p, q] * w[p, q, k, c, r, s].
+
+def _local_geometry(x_shape, w_shape, stride, padding, dilation):
+    N, C, H, W = x_shape
+    _, _, K, _, R, S = w_shape
+    return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
+
+
+def expand_tiles(weight, out_hw):
+    """(TP, TQ, ...) banks -> (P, Q, ...): position (p, q) gets bank [p % TP, q % TQ]."""
+    P, Q = out_hw
+    TP, TQ = weight.shape[:2]
+    return np.asarray(weight)[np.arange(P)[:, None] % TP, np.arange(Q)[None, :] % TQ]
+
+
+def fold_tiles(per_position, tile):
+    """(P, Q, ...) -> (TP, TQ, ...): the sum over each tile class (adjoint of expand_tiles)."""
+    TP, TQ = tile
+    P, Q = per_position.shape[:2]
+    out = np.zeros((TP, TQ) + per_position.shape[2:])
+    for p in range(P):
+        for q in range(Q):
+            out[p % TP, q % TQ] += per_position[p, q]
+    return out
+
+
+def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    g = _local_geometry(x.shape, weight.shape, stride, padding, dilation)
+    w = np.asarray(weight, dtype=np.float64)
+    xp = _pad(x, g)
+    y = np.zeros(g.y_shape)
+    for r in range(g.R):
+        for s in range(g.S):
+            rows, cols = _tap(g, r, s)
+            y += np.einsum("ncpq,pqkc->nkpq", xp[:, :, rows, cols], w[:, :, :, :, r, s])
+    if bias is not None:
+        y += np.asarray(bias, dtype=np.float64).transpose(2, 0, 1)[None]
+    return y
+
+
+def local2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
+    g = _local_geometry(x_shape, weight.shape, stride, padding, dilation)
+    w = np.asarray(weight, dtype=np.float64)
+    dy = np.asarray(grad_out, dtype=np.float64)
+    ph, pw = g.padding
+    dxp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw))
+    for r in range(g.R):
+        for s in range(g.S):
+            rows, cols = _tap(g, r, s)
+            dxp[:, :, rows, cols] += np.einsum("nkpq,pqkc->ncpq", dy, w[:, :, :, :, r, s])
+    return dxp[:, :, ph:ph + g.H, pw:pw + g.W]
+
+
+def local2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
+    g = _local_geometry(x.shape, w_shape, stride, padding, dilation)
+    dy = np.asarray(grad_out, dtype=np.float64)
+    xp = _pad(x, g)
+    dw = np.zeros((g.P, g.Q) + g.w_shape)
+    for r in range(g.R):
+        for s in range(g.S):
+            rows, cols = _tap(g, r, s)
+            dw[:, :, :, :, r, s] = np.einsum("nkpq,ncpq->pqkc", dy, xp[:, :, rows, cols])
+    return dw
+
+
+def local2d_bias_grad(grad_out):
+    return np.asarray(grad_out, dtype=np.float64).sum(axis=0).transpose(1, 2, 0)
+
+
+def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
+    """(input, weight, bias) gradients of local2d, float64."""
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    return (local2d_input_grad(grad_out, x.shape, weight, **kw),
+            local2d_weight_grad(grad_out, x, weight.shape, **kw),
+            local2d_bias_grad(grad_out))
+
+
+def _tiled_geometry(x_shape, w_shape, stride, padding, dilation):
+    return _local_geometry(x_shape, w_shape, stride, padding, dilation)
+
+
+def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    g = _tiled_geometry(x.shape, weight.shape, stride, padding, dilation)
+    wl = expand_tiles(weight, (g.P, g.Q))
+    bl = None if bias is None else expand_tiles(bias, (g.P, g.Q))
+    return local2d(x, wl, bl, stride=stride, padding=padding, dilation=dilation)
+
+
+def tiled_conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
+    g = _tiled_geometry(x_shape, weight.shape, stride, padding, dilation)
+    return local2d_input_grad(grad_out, x_shape, expand_tiles(weight, (g.P, g.Q)),
+                              stride=stride, padding=padding, dilation=dilation)
+
+
+def tiled_conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
+    g = _tiled_geometry(x.shape, w_shape, stride, padding, dilation)
+    local_shape = (g.P, g.Q) + tuple(w_shape[2:])
+    per_position = local2d_weight_grad(grad_out, x, local_shape, stride=stride,
+                                       padding=padding, dilation=dilation)
+    return fold_tiles(per_position, w_shape[:2])
+
+
+def tiled_conv2d_bias_grad(grad_out, tile):
+    return fold_tiles(local2d_bias_grad(grad_out), tile)
+
+
+def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
+    """(input, weight, bias) gradients of tiled_conv2d, float64."""
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    return (tiled_conv2d_input_grad(grad_out, x.shape, weight, **kw),
+            tiled_conv2d_weight_grad(grad_out, x, weight.shape, **kw),
+            tiled_conv2d_bias_grad(grad_out, weight.shape[:2]))
