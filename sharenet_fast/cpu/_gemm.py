@@ -104,3 +104,81 @@ def gemm_nt(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate):
             for i0 in range(0, I, MR):
                 microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
                                 accumulate)
+
+
+# ------------------------------------------------------------------------------- NN "axpy" form
+# C[i, t] (+)= sum_j A[i, j] * B[j, t] with a SHORT reduction (j: the batch in the local-layer
+# weight gradient, or K in its input gradient) and a long unit-stride t. The NT microkernel above
+# would reduce over j, 8 lanes at a time, and pay a horizontal sum per output: useless for j = 8.
+# Here t is the vectorised loop: one C row is loaded, gets up to 8 terms (8 B rows, A scalars
+# broadcast), and is stored once. Per 8-lane step: 8 B loads + 1 C load + 1 store for 8 FMAs,
+# close to the 2 loads/cycle the core sustains. One output row at a time keeps LLVM's runtime
+# alias checks (each store against each B row) at 8, the vectoriser's default limit.
+
+@njit(**njit_options(), inline="always")
+def _row8(Ci, A, ab, laj, B, bb, ldb, T, assign):
+    a0 = A[ab]; a1 = A[ab + laj]; a2 = A[ab + 2 * laj]; a3 = A[ab + 3 * laj]
+    a4 = A[ab + 4 * laj]; a5 = A[ab + 5 * laj]; a6 = A[ab + 6 * laj]; a7 = A[ab + 7 * laj]
+    B0 = B[bb:bb + T]; B1 = B[bb + ldb:bb + ldb + T]
+    B2 = B[bb + 2 * ldb:bb + 2 * ldb + T]; B3 = B[bb + 3 * ldb:bb + 3 * ldb + T]
+    B4 = B[bb + 4 * ldb:bb + 4 * ldb + T]; B5 = B[bb + 5 * ldb:bb + 5 * ldb + T]
+    B6 = B[bb + 6 * ldb:bb + 6 * ldb + T]; B7 = B[bb + 7 * ldb:bb + 7 * ldb + T]
+    if assign:
+        for t in range(T):
+            Ci[t] = ((a0 * B0[t] + a1 * B1[t]) + (a2 * B2[t] + a3 * B3[t])) + \
+                    ((a4 * B4[t] + a5 * B5[t]) + (a6 * B6[t] + a7 * B7[t]))
+    else:
+        for t in range(T):
+            Ci[t] += ((a0 * B0[t] + a1 * B1[t]) + (a2 * B2[t] + a3 * B3[t])) + \
+                     ((a4 * B4[t] + a5 * B5[t]) + (a6 * B6[t] + a7 * B7[t]))
+
+
+@njit(**njit_options(), inline="always")
+def _row4(Ci, A, ab, laj, B, bb, ldb, T, assign):
+    a0 = A[ab]; a1 = A[ab + laj]; a2 = A[ab + 2 * laj]; a3 = A[ab + 3 * laj]
+    B0 = B[bb:bb + T]; B1 = B[bb + ldb:bb + ldb + T]
+    B2 = B[bb + 2 * ldb:bb + 2 * ldb + T]; B3 = B[bb + 3 * ldb:bb + 3 * ldb + T]
+    if assign:
+        for t in range(T):
+            Ci[t] = (a0 * B0[t] + a1 * B1[t]) + (a2 * B2[t] + a3 * B3[t])
+    else:
+        for t in range(T):
+            Ci[t] += (a0 * B0[t] + a1 * B1[t]) + (a2 * B2[t] + a3 * B3[t])
+
+
+@njit(**njit_options(), inline="always")
+def _row1(Ci, A, ab, B, bb, T, assign):
+    a0 = A[ab]
+    B0 = B[bb:bb + T]
+    if assign:
+        for t in range(T):
+            Ci[t] = a0 * B0[t]
+    else:
+        for t in range(T):
+            Ci[t] += a0 * B0[t]
+
+
+@njit(**njit_options())
+def gemm_nn(A, a0, lai, laj, B, b0, ldb, C, c0, ldc, I, J, T, accumulate):
+    """C[c0 + i*ldc + t] (+)= sum_j A[a0 + i*lai + j*laj] * B[b0 + j*ldb + t], serially.
+
+    Terms are taken 8 at a time (then 4, then 1) in the outer loop, so a block's B rows stay in
+    L1 while every row of C passes under them; with J <= 8 each C row is written exactly once.
+    The summation order depends on J only. accumulate=False overwrites C.
+    """
+    j0 = 0
+    while j0 < J:
+        nj = 8 if J - j0 >= 8 else (4 if J - j0 >= 4 else 1)
+        assign = (not accumulate) and j0 == 0
+        bb = b0 + j0 * ldb
+        for i in range(I):
+            ci = c0 + i * ldc
+            Ci = C[ci:ci + T]
+            ab = a0 + i * lai + j0 * laj
+            if nj == 8:
+                _row8(Ci, A, ab, laj, B, bb, ldb, T, assign)
+            elif nj == 4:
+                _row4(Ci, A, ab, laj, B, bb, ldb, T, assign)
+            else:
+                _row1(Ci, A, ab, B, bb, T, assign)
+        j0 += nj
