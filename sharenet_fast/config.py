@@ -35,3 +35,6 @@ def njit_options(parallel=False):
     if parallel:
         opts["parallel"] = True
     return opts
+# Workspace budget for those partials (bytes): a tiled layer's partial holds every bank, so
+# with many banks fewer partials are used (never fewer than 4, so both cores stay busy).
+WGRAD_MAX_WORKSPACE = 256 * 2**20

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ..config import WGRAD_CHUNK, WGRAD_MAX_PARTIALS, njit_options
+from ..config import WGRAD_CHUNK, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE, njit_options
 from ._gemm import gemm_nt, typed_zero
 
 # Numba's default "workqueue" threading layer aborts the process when two Python threads
@@ -62,16 +62,18 @@ def _add(dst, src):
 
 # ----------------------------------------------------------------------------------- forward
 @njit(**njit_options(parallel=True))
-def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw):
-    """xh: padded NHWC input; wk: weights as (K, R*S*C) rows; y: (N, K, P, Q) output.
+def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
+    """xh: padded NHWC input; wk: TP*TQ banks of (K, R*S*C) rows; y: (N, K, P, Q) output.
 
+    Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1), bias (TP*TQ*K).
     One task = one output row (n, p): gather its Q patches (rows of R*S*C, unit stride along
-    (s, c) when dilation is 1), then y[n, :, p, :] = wk . patch^T. The weight matrix is re-read
-    from L2 by every task; the patch buffer (Q*R*S*C) stays in L2 for the whole row.
+    (s, c) when dilation is 1), class by class of q % TQ, then for each class
+    y[n, :, p, class] = bank . patch^T. The banks are re-read from L2 by every task; the patch
+    buffer (Q*R*S*C) stays in L2 for the whole row.
     """
     N, Hp, Wp, C = xh.shape
-    K = wk.shape[0]
     _, _, P, Q = y.shape
+    K = wk.shape[0] // (TP * TQ)
     T = R * S * C
     SC = S * C
     xf = xh.ravel()
@@ -80,50 +82,65 @@ def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw):
     for task in prange(N * P):
         n = task // P
         p = task - n * P
+        tp = p % TP
         patch = np.empty(Q * T, dtype=xh.dtype)
-        for q in range(Q):
-            for r in range(R):
-                src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
-                dst = q * T + r * SC
-                if dw == 1:
-                    _copy(patch[dst:dst + SC], xf[src:src + SC])
-                else:
-                    for s in range(S):
-                        _copy(patch[dst + s * C:dst + (s + 1) * C],
-                              xf[src + s * dw * C:src + s * dw * C + C])
+        row = 0
+        for tq in range(TQ):
+            for q in range(tq, Q, TQ):
+                for r in range(R):
+                    src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
+                    dst = row * T + r * SC
+                    if dw == 1:
+                        _copy(patch[dst:dst + SC], xf[src:src + SC])
+                    else:
+                        for s in range(S):
+                            _copy(patch[dst + s * C:dst + (s + 1) * C],
+                                  xf[src + s * dw * C:src + s * dw * C + C])
+                row += 1
         base = n * K * P * Q + p * Q
-        gemm_nt(wf, 0, T, patch, 0, T, K, Q, T, yf, base, P * Q, 1, False)
-        if has_bias:
-            for k in range(K):
-                bk = bias[k]
-                for q in range(Q):
-                    yf[base + k * P * Q + q] += bk
+        row = 0
+        for tq in range(TQ):
+            nq = (Q - tq + TQ - 1) // TQ
+            bank = tp * TQ + tq
+            # columns q = tq + j*TQ of the output row: C offset base + tq, column stride TQ
+            gemm_nt(wf, bank * K * T, T, patch, row * T, T, K, nq, T, yf, base + tq, P * Q, TQ,
+                    False)
+            if has_bias:
+                for k in range(K):
+                    bk = bias[bank * K + k]
+                    for j in range(nq):
+                        yf[base + k * P * Q + tq + j * TQ] += bk
+            row += nq
 
 
 def conv2d(x, weight, bias, g):
     y = np.empty(g.y_shape, dtype=x.dtype)
-    _forward(x, weight, bias, g.padding, g.stride, g.dilation, y)
+    _forward(x, weight[None, None], None if bias is None else bias[None, None], g.padding,
+             g.stride, g.dilation, y)
     return y
 
 
-def _forward(x, weight, bias, padding, stride, dilation, y):
-    K, C, R, S = weight.shape
+def _forward(x, banks, bias, padding, stride, dilation, y):
+    """y = tiled conv of x with banks (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None."""
+    TP, TQ, K, C, R, S = banks.shape
     xh = _padded(x, *padding, "nhwc")
-    wk = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(K, -1)
-    b = bias if bias is not None else np.zeros(1, dtype=x.dtype)
+    wk = np.ascontiguousarray(banks.transpose(0, 1, 2, 4, 5, 3)).reshape(TP * TQ * K, -1)
+    b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
     with _launch_lock:
-        conv2d_forward_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation)
+        conv2d_forward_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
 
 
 # ----------------------------------------------------------------------------- weight grad
 @njit(**njit_options(parallel=True))
-def conv2d_wgrad_kernel(dy, xp, partial, R, S, sh, sw, dh, dw, rows):
-    """dy: (N, K, P, Q); xp: padded NCHW input; partial: (B, K, C*R*S) private sums.
+def conv2d_wgrad_kernel(dy, xp, partial, R, S, sh, sw, dh, dw, rows, TP, TQ):
+    """dy: (N, K, P, Q); xp: padded NCHW input; partial: (B, TP*TQ, K, C*R*S) private sums.
 
     Work unit u = (image n, block of `rows` output rows). Partial b owns units
     [b*U//B, (b+1)*U//B) and is the only writer of partial[b]: the CPU form of the per-depth-slice
-    reduction. The unit's transposed patches (C*R*S x rows*Q; unit stride along q when the stride
-    is 1) are the B operand; dy's rows are already contiguous over (p, q).
+    reduction. Within a unit, each tile class (p % TP, q % TQ) gathers its transposed patches
+    (C*R*S x positions; unit stride along q for shared conv with stride 1) as the B operand and
+    adds into its own bank. For shared conv dy's rows are already contiguous over (p, q) and are
+    used in place; a tiled class gathers its dy entries (K x positions) first.
     """
     N, K, P, Q = dy.shape
     _, C, Hp, Wp = xp.shape
@@ -131,34 +148,57 @@ def conv2d_wgrad_kernel(dy, xp, partial, R, S, sh, sw, dh, dw, rows):
     T = C * R * S
     chunks = (P + rows - 1) // rows
     U = N * chunks
+    shared = TP == 1 and TQ == 1
     dyf = dy.ravel()
     xf = xp.ravel()
     pf = partial.ravel()
     for b in prange(B):
         patch = np.empty(T * rows * Q, dtype=xp.dtype)
-        first = True
+        dyc = np.empty(1 if shared else K * rows * Q, dtype=xp.dtype)
+        pf[b * TP * TQ * K * T:(b + 1) * TP * TQ * K * T] = 0
         for u in range(b * U // B, (b + 1) * U // B):
             n = u // chunks
             p0 = (u - n * chunks) * rows
             p1 = min(p0 + rows, P)
-            L = (p1 - p0) * Q
-            for c in range(C):
-                for r in range(R):
-                    for s in range(S):
-                        j = (c * R + r) * S + s
-                        for p in range(p0, p1):
-                            src = ((n * C + c) * Hp + p * sh + r * dh) * Wp + s * dw
-                            dst = j * L + (p - p0) * Q
-                            if sw == 1:
-                                _copy(patch[dst:dst + Q], xf[src:src + Q])
-                            else:
-                                _copy(patch[dst:dst + Q], xf[src:src + (Q - 1) * sw + 1:sw])
-            gemm_nt(dyf, (n * K * P + p0) * Q, P * Q, patch, 0, L, K, T, L,
-                    pf, b * K * T, T, 1, not first)
-            first = False
-        if first:  # more partials than units cannot happen (B <= U), but never leave garbage
-            for i in range(K * T):
-                pf[b * K * T + i] = 0
+            for tp in range(TP):
+                pa = p0 + (tp - p0) % TP  # first row of the unit in this class
+                nr = (p1 - pa + TP - 1) // TP if pa < p1 else 0
+                for tq in range(TQ):
+                    nq = (Q - tq + TQ - 1) // TQ
+                    L = nr * nq
+                    if L == 0:
+                        continue
+                    for c in range(C):
+                        for r in range(R):
+                            for s in range(S):
+                                j = (c * R + r) * S + s
+                                for i in range(nr):
+                                    p = pa + i * TP
+                                    src = ((n * C + c) * Hp + p * sh + r * dh) * Wp + s * dw + \
+                                        tq * sw
+                                    dst = j * L + i * nq
+                                    step = sw * TQ
+                                    if step == 1:
+                                        _copy(patch[dst:dst + nq], xf[src:src + nq])
+                                    else:
+                                        _copy(patch[dst:dst + nq],
+                                              xf[src:src + (nq - 1) * step + 1:step])
+                    bank = tp * TQ + tq
+                    dst_off = (b * TP * TQ + bank) * K * T
+                    if shared:
+                        gemm_nt(dyf, (n * K * P + p0) * Q, P * Q, patch, 0, L, K, T, L,
+                                pf, dst_off, T, 1, True)
+                    else:
+                        for k in range(K):
+                            for i in range(nr):
+                                src = ((n * K + k) * P + pa + i * TP) * Q + tq
+                                dst = k * L + i * nq
+                                if TQ == 1:
+                                    _copy(dyc[dst:dst + nq], dyf[src:src + nq])
+                                else:
+                                    _copy(dyc[dst:dst + nq],
+                                          dyf[src:src + (nq - 1) * TQ + 1:TQ])
+                        gemm_nt(dyc, 0, L, patch, 0, L, K, T, L, pf, dst_off, T, 1, True)
 
 
 @njit(**njit_options(parallel=True))
@@ -176,10 +216,18 @@ def reduce_partials_kernel(partial, out, accumulate):
             out[i] = acc
 
 
-def _wgrad_split(g):
+def _wgrad_split(g, banks=1, itemsize=4):
+    """(rows per work unit, number of partials): depends on the shapes only, never the threads.
+
+    The partial count is capped by WGRAD_MAX_PARTIALS and by the workspace budget
+    WGRAD_MAX_WORKSPACE (a tiled layer with many banks has big partials), but kept at >= 4
+    (or the number of units) so both cores always have work.
+    """
     rows = max(1, min(g.P, WGRAD_CHUNK // g.Q))
     units = g.N * (-(-g.P // rows))
-    return rows, max(1, min(units, WGRAD_MAX_PARTIALS))
+    per_partial = banks * g.K * g.C * g.R * g.S * itemsize
+    cap = max(4, WGRAD_MAX_WORKSPACE // per_partial)
+    return rows, max(1, min(units, WGRAD_MAX_PARTIALS, cap))
 
 
 def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
@@ -188,30 +236,36 @@ def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
     The reduction order depends only on the shapes, never on the thread schedule, so the CPU
     result is bitwise reproducible whether or not `deterministic` is asked for.
     """
+    return _weight_grad(dy, x, g, (1, 1), g.w_shape, out)
+
+
+def _weight_grad(dy, x, g, tile, w_shape, out):
+    TP, TQ = tile
     xp = _padded(x, *g.padding, "nchw")
-    rows, nparts = _wgrad_split(g)
-    partial = np.empty((nparts, g.K, g.C * g.R * g.S), dtype=x.dtype)
+    rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
+    partial = np.empty((nparts, TP * TQ, g.K, g.C * g.R * g.S), dtype=x.dtype)
     accumulate = out is not None
     if out is None:
-        out = np.empty(g.w_shape, dtype=x.dtype)
+        out = np.empty(w_shape, dtype=x.dtype)
     with _launch_lock:
-        conv2d_wgrad_kernel(dy, xp, partial, g.R, g.S, *g.stride, *g.dilation, rows)
+        conv2d_wgrad_kernel(dy, xp, partial, g.R, g.S, *g.stride, *g.dilation, rows, TP, TQ)
         reduce_partials_kernel(partial.reshape(nparts, -1), out.reshape(-1), accumulate)
     return out
 
 
 # ------------------------------------------------------------------------------ input grad
 @njit(**njit_options(parallel=True))
-def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw):
-    """dyt: dy as (N, P, Q, K); wt: weights as (R, S*C, K); dx: (N, C, H, W) output.
+def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw, TP, TQ):
+    """dyt: dy as (N, P, Q, K); wt: TP*TQ banks of (R, S*C, K); dx: (N, C, H, W) output.
 
     Gather form: one task owns input row (n, h) and sums, over the taps r whose output row
-    p = (h + ph - r*dh) / sh is on the grid, tmp = dyt[n, p] (Q x K) . wt[r]^T (S*C x K), then
-    scatters tmp[q, (s, c)] to column w = q*sw + s*dw - pw of its own row buffer. No two tasks
-    write the same element.
+    p = (h + ph - r*dh) / sh is on the grid and each class tq of q % TQ,
+    tmp = dyt[n, p, class] (nq x K) . wt[bank, r]^T (S*C x K), then scatters tmp[j, (s, c)] to
+    column w = q*sw + s*dw - pw (q = tq + j*TQ) of its own row buffer. No two tasks write the
+    same element. Shared conv: TP = TQ = 1.
     """
     N, P, Q, K = dyt.shape
-    R = wt.shape[0]
+    R = wt.shape[0] // (TP * TQ)
     SC = wt.shape[1]
     C = dx.shape[1]
     S = SC // C
@@ -230,61 +284,100 @@ def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw):
             p = num // sh
             if p >= P:
                 continue
-            gemm_nt(dyf, (n * P + p) * Q * K, K, wf, r * SC * K, K, Q, SC, K, tmp, 0, SC, 1,
-                    False)
-            for q in range(Q):
-                if dw == 1:  # the S taps of one q are adjacent in the NHWC row buffer
-                    _add(rowbuf[q * sw * C:q * sw * C + SC], tmp[q * SC:(q + 1) * SC])
-                else:
-                    for s in range(S):
-                        dst = (q * sw + s * dw) * C
-                        _add(rowbuf[dst:dst + C], tmp[q * SC + s * C:q * SC + (s + 1) * C])
+            tp = p % TP
+            for tq in range(TQ):
+                nq = (Q - tq + TQ - 1) // TQ
+                bank = tp * TQ + tq
+                # rows q = tq + j*TQ of dyt[n, p]: offset tq*K, row stride TQ*K
+                gemm_nt(dyf, ((n * P + p) * Q + tq) * K, TQ * K, wf, (bank * R + r) * SC * K, K,
+                        nq, SC, K, tmp, 0, SC, 1, False)
+                for j in range(nq):
+                    q = tq + j * TQ
+                    if dw == 1:  # the S taps of one q are adjacent in the NHWC row buffer
+                        _add(rowbuf[q * sw * C:q * sw * C + SC], tmp[j * SC:(j + 1) * SC])
+                    else:
+                        for s in range(S):
+                            dst = (q * sw + s * dw) * C
+                            _add(rowbuf[dst:dst + C], tmp[j * SC + s * C:j * SC + (s + 1) * C])
         for c in range(C):
             for w in range(W):
                 dx[n, c, h, w] = rowbuf[(w + pw) * C + c]
 
 
 def conv2d_input_grad(dy, weight, g):
+    return _input_grad(dy, weight[None, None], g)
+
+
+def _input_grad(dy, banks, g):
+    """Input gradient of the tiled conv with banks (TP, TQ, K, C, R, S) (shared: 1 x 1)."""
+    TP, TQ, K, C, R, S = banks.shape
     dx = np.empty(g.x_shape, dtype=dy.dtype)
     if g.stride == (1, 1):
         # With stride 1 the input gradient is itself a convolution: dy padded by
         # dilation*(R-1) - padding, correlated with the flipped kernel with K and C swapped.
         # That reuses the forward kernel, whose reduction runs over K*R*S instead of K.
+        # Tiled: input pixel (h, w) meets output p = h + ph - r*dh through tap r, whose bank
+        # row is p % TP = (h % TP + ph - r*dh) % TP: so the flipped layer is tiled too, by
+        # input class (h % TP, w % TQ), each class bank assembling tap by tap the banks it meets.
         (dh, dw), (ph, pw) = g.dilation, g.padding
-        wflip = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        _forward(dy, wflip, None, (dh * (g.R - 1) - ph, dw * (g.S - 1) - pw), (1, 1),
+        a = np.arange(TP)[:, None]
+        b = np.arange(TQ)[:, None]
+        rr = np.arange(R)[::-1][None, :]   # flipped tap r' = R-1-r reads original tap r
+        ss = np.arange(S)[::-1][None, :]
+        rows = (a + ph - rr * dh) % TP      # (TP, R): bank row for input class a, flipped tap
+        cols = (b + pw - ss * dw) % TQ      # (TQ, S)
+        # flipped[a, b, c, k, r', s'] = banks[rows[a, r'], cols[b, s'], k, c, R-1-r', S-1-s']
+        idx_a = rows[:, None, :, None]
+        idx_b = cols[None, :, None, :]
+        taps_r = np.arange(R)[::-1][None, None, :, None]
+        taps_s = np.arange(S)[::-1][None, None, None, :]
+        flipped = banks.transpose(0, 1, 4, 5, 3, 2)[idx_a, idx_b, taps_r, taps_s]
+        flipped = np.ascontiguousarray(flipped.transpose(0, 1, 4, 5, 2, 3))
+        _forward(dy, flipped, None, (dh * (R - 1) - ph, dw * (S - 1) - pw), (1, 1),
                  g.dilation, dx)
         return dx
     dyt = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
-    wt = np.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(g.R, g.S * g.C, g.K)
+    wt = np.ascontiguousarray(banks.transpose(0, 1, 4, 5, 3, 2)).reshape(TP * TQ * R, S * C, K)
     with _launch_lock:
-        conv2d_dgrad_kernel(dyt, wt, dx, g.H, g.W, *g.padding, *g.stride, *g.dilation)
+        conv2d_dgrad_kernel(dyt, wt, dx, g.H, g.W, *g.padding, *g.stride, *g.dilation, TP, TQ)
     return dx
 
 
 # ------------------------------------------------------------------------------- bias grad
 @njit(**njit_options(parallel=True))
-def conv2d_bgrad_kernel(dy, out, accumulate):
-    """out[k] (+)= sum over n, p, q of dy[n, k, p, q]; one task per k, rows summed in order."""
+def conv2d_bgrad_kernel(dy, out, accumulate, TP, TQ):
+    """out[tp, tq, k] (+)= sum of dy[n, k, p, q] over n and the class p % TP = tp, q % TQ = tq.
+
+    One task per k; each image's class sum is formed first, then added in image order.
+    """
     N, K, P, Q = dy.shape
+    of = out.ravel()
     for k in prange(K):
-        acc = typed_zero(dy)  # not dy[...] * 0: inf * 0 would seed the sum with NaN
-        for n in range(N):
-            s = typed_zero(dy)
-            for p in range(P):
-                for q in range(Q):
-                    s += dy[n, k, p, q]
-            acc += s
-        if accumulate:
-            out[k] += acc
-        else:
-            out[k] = acc
+        for tp in range(TP):
+            for tq in range(TQ):
+                acc = typed_zero(dy)  # not dy[...] * 0: inf * 0 would seed the sum with NaN
+                for n in range(N):
+                    s = typed_zero(dy)
+                    for p in range(tp, P, TP):
+                        for q in range(tq, Q, TQ):
+                            s += dy[n, k, p, q]
+                    acc += s
+                i = (tp * TQ + tq) * K + k
+                if accumulate:
+                    of[i] += acc
+                else:
+                    of[i] = acc
 
 
 def conv2d_bias_grad(dy, out=None):
+    return _bias_grad(dy, (1, 1), (dy.shape[1],), out)
+
+
+def _bias_grad(dy, tile, shape, out):
+    """Bias gradient of the tiled conv (shared: 1 x 1 tile), shaped `shape`."""
     accumulate = out is not None
     if out is None:
-        out = np.empty(dy.shape[1], dtype=dy.dtype)
+        out = np.empty(shape, dtype=dy.dtype)
     with _launch_lock:
-        conv2d_bgrad_kernel(dy, out, accumulate)
+        conv2d_bgrad_kernel(dy, out, accumulate, *tile)
     return out

@@ -1,0 +1,31 @@
+"""Tiled 2D convolution on the CPU: a TP x TQ grid of banks, output (p, q) uses [p % TP, q % TQ].
+
+A tiled layer is the shared layer with its positions split into TP*TQ classes, so it runs on the
+shared-conv kernels of conv2d.py, which take the tile as a parameter (shared conv is the 1 x 1
+tile): the forward pass gathers each output row's patches class by class and multiplies each
+class by its bank; the weight gradient adds each class into its own bank of the per-chunk
+partials; the input gradient is, with stride 1, a tiled convolution itself (by input class, see
+conv2d._input_grad) and otherwise the gather-form kernel with one bank per class of q.
+"""
+import numpy as np
+
+from .conv2d import _bias_grad, _forward, _input_grad, _weight_grad
+
+
+def tiled_conv2d(x, weight, bias, g):
+    y = np.empty(g.y_shape, dtype=x.dtype)
+    _forward(x, weight, bias, g.padding, g.stride, g.dilation, y)
+    return y
+
+
+def tiled_conv2d_input_grad(dy, weight, g):
+    return _input_grad(dy, weight, g)
+
+
+def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
+    """(TP, TQ, K, C, R, S); with `out`, added into it. Always bitwise reproducible."""
+    return _weight_grad(dy, x, g, tuple(tile), tuple(tile) + g.w_shape, out)
+
+
+def tiled_conv2d_bias_grad(dy, tile, out=None):
+    return _bias_grad(dy, tuple(tile), tuple(tile) + (dy.shape[1],), out)
