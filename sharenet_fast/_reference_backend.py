@@ -1,4 +1,6 @@
 """The float64 oracle behind the backend interface: results cast to the input dtype."""
+import numpy as np
+
 from . import reference as ref
 
 
@@ -8,7 +10,7 @@ def _kw(g):
 
 def _into(result, out, dtype):
     if out is None:
-        return result.astype(dtype)
+        return np.ascontiguousarray(result, dtype=dtype)  # C order, like every backend
     out += result.astype(dtype)
     return out
 

@@ -165,6 +165,108 @@ def reference_all(d, kw):
     return {name: op.ref(d, kw) for name, op in OPS.items()}
 
 
+# ---------------------------------------------------------- untied layers: local2d, tiled_conv2d
+# The layers that relax sharing, in one table: each maps a Case and a tile to its weight and bias
+# shapes and to its public API and oracle functions. Tests cross LAYERS x PASSES x backends x
+# dtypes x UNTIED_CASES exactly like the conv2d table above.
+class Layer(NamedTuple):
+    forward: Callable          # sf.local2d / sf.tiled_conv2d
+    backward: Callable         # sf.local2d_backward / sf.tiled_conv2d_backward
+    ref_forward: Callable
+    ref_input: Callable        # (dy, x_shape, w, **kw)
+    ref_weight: Callable       # (dy, x, w_shape, **kw)
+    ref_bias: Callable         # (dy, grid)
+
+
+LAYERS = {
+    "local2d": Layer(sf.local2d, sf.local2d_backward, reference.local2d,
+                     reference.local2d_input_grad, reference.local2d_weight_grad,
+                     lambda dy, grid: reference.local2d_bias_grad(dy)),
+    "tiled_conv2d": Layer(sf.tiled_conv2d, sf.tiled_conv2d_backward, reference.tiled_conv2d,
+                          reference.tiled_conv2d_input_grad, reference.tiled_conv2d_weight_grad,
+                          reference.tiled_conv2d_bias_grad),
+}
+LAYER_NAMES = list(LAYERS)
+PASSES = ["forward", "input_grad", "weight_grad", "bias_grad"]
+
+
+def grid(layer, case, tile=None):
+    """The bank grid: (P, Q) for local2d, the tile for tiled_conv2d."""
+    g = case.geometry
+    return (g.P, g.Q) if layer == "local2d" else tuple(tile)
+
+
+class UntiedCase(NamedTuple):
+    case: Case
+    tile: tuple   # tiled_conv2d's (TP, TQ); local2d ignores it
+
+    @property
+    def id(self):
+        return f"{self.case.id}-t{self.tile[0]}x{self.tile[1]}"
+
+
+# Kernels to cover: stride 1 (tiled dgrad runs as a tiled conv by input class) and > 1 (gather
+# kernel), padding larger than the kernel's reach, dilation, N not a multiple of 8 or 4 (the NN
+# microkernel takes the batch 8, 4, 1 terms at a time), K and Q tails, tiles not dividing P, Q.
+UNTIED_CASES = [
+    UntiedCase(SHAPES_BY_ID["alexnet_s4_k11"], (2, 2)),              # P = Q = 7: 7 % 2 = 1
+    UntiedCase(SHAPES_BY_ID["pad1_3x3"], (3, 2)),
+    UntiedCase(SHAPES_BY_ID["dilation2"], (2, 3)),
+    UntiedCase(SHAPES_BY_ID["nonsquare_all"], (2, 1)),
+    UntiedCase(SHAPES_BY_ID["batch1_C1"], (1, 3)),
+    UntiedCase(SHAPES_BY_ID["K7_Q5_tails"], (3, 5)),                 # TQ = Q
+    UntiedCase(SHAPES_BY_ID["kernel_eq_input"], (1, 1)),             # P = Q = 1
+    UntiedCase(SHAPES_BY_ID["stride_gt_kernel"], (2, 2)),
+    UntiedCase(SHAPES_BY_ID["pad_gt_input"], (6, 4)),                # tile > input, <= output
+    UntiedCase(SHAPES_BY_ID["crop_mixed"], (2, 2)),
+    UntiedCase(Case("batch13", 13, 2, 7, 6, 5, 3, 2, stride=(1, 2), padding=1), (2, 2)),
+    UntiedCase(Case("batch9_dil", 9, 3, 9, 9, 4, 2, 3, stride=2, dilation=(2, 1)), (3, 1)),
+    UntiedCase(SHAPES_BY_ID["wgrad_chunks"], (4, 3)),                # P*Q > WGRAD_CHUNK
+]
+UNTIED_IDS = [c.id for c in UNTIED_CASES]
+UNTIED_BY_ID = {c.case.id: c for c in UNTIED_CASES}
+
+
+class LayerInputs(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    dy: np.ndarray
+
+
+def make_layer_inputs(layer, uc, dtype, seed=0):
+    """Fresh random (x, weight, bias, grad_out) for one layer and case (never zeros)."""
+    case = uc.case
+    gr = grid(layer, case, uc.tile)
+    rng = np.random.default_rng([seed, LAYER_NAMES.index(layer), sum(map(ord, uc.id))])
+    return LayerInputs(random_array(rng, case.x_shape, dtype),
+                       random_array(rng, gr + case.w_shape, dtype),
+                       random_array(rng, gr + (case.K,), dtype),
+                       random_array(rng, case.y_shape, dtype))
+
+
+def layer_call(layer, pass_, backend, d, kw, **extra):
+    """One pass of a layer through the public API."""
+    L = LAYERS[layer]
+    if pass_ == "forward":
+        return L.forward(d.x, d.w, d.b, backend=backend, **kw)
+    needs = pass_[:-len("_grad")]
+    return getattr(L.backward(d.dy, d.x, d.w, needs=(needs,), backend=backend, **kw, **extra),
+                   needs)
+
+
+def layer_reference(layer, pass_, d, kw):
+    """float64 oracle for one pass of a layer."""
+    L = LAYERS[layer]
+    if pass_ == "forward":
+        return L.ref_forward(d.x, d.w, d.b, **kw)
+    if pass_ == "input_grad":
+        return L.ref_input(d.dy, d.x.shape, d.w, **kw)
+    if pass_ == "weight_grad":
+        return L.ref_weight(d.dy, d.x, d.w.shape, **kw)
+    return L.ref_bias(d.dy, d.w.shape[:2])
+
+
 # ------------------------------------------------------------------ fuzz subprocess (boundscheck)
 FUZZ_SCRIPT = os.path.join(TESTS_DIR, "_fuzz_boundscheck.py")
 FUZZ_TEST_NAME = "test_fuzz_under_boundscheck"

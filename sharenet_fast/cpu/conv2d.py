@@ -219,14 +219,14 @@ def reduce_partials_kernel(partial, out, accumulate):
 def _wgrad_split(g, banks=1, itemsize=4):
     """(rows per work unit, number of partials): depends on the shapes only, never the threads.
 
-    The partial count is capped by WGRAD_MAX_PARTIALS and by the workspace budget
-    WGRAD_MAX_WORKSPACE (a tiled layer with many banks has big partials), but kept at >= 4
-    (or the number of units) so both cores always have work.
+    WGRAD_MAX_PARTIALS bounds the partials' total size in banks (a tiled partial holds every
+    bank, so a 2 x 2 tile gets a quarter as many partials), and so does the byte budget
+    WGRAD_MAX_WORKSPACE; at least 4 partials (or one per unit) remain, so both cores have work.
     """
     rows = max(1, min(g.P, WGRAD_CHUNK // g.Q))
     units = g.N * (-(-g.P // rows))
     per_partial = banks * g.K * g.C * g.R * g.S * itemsize
-    cap = max(4, WGRAD_MAX_WORKSPACE // per_partial)
+    cap = max(4, min(WGRAD_MAX_PARTIALS // banks, WGRAD_MAX_WORKSPACE // per_partial))
     return rows, max(1, min(units, WGRAD_MAX_PARTIALS, cap))
 
 
