@@ -13,7 +13,8 @@ import sharenet_fast as sf
 from _support import BACKENDS, UNAVAILABLE, random_array
 from sharenet_fast import registry
 
-KERNEL_FUNCTIONS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad")
+KERNEL_FUNCTIONS = tuple(f"{op}{suffix}" for op in ("conv2d", "local2d", "tiled_conv2d")
+                         for suffix in ("", "_input_grad", "_weight_grad", "_bias_grad"))
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +38,12 @@ def test_kernel_guard_is_active():
             sf.conv2d(x, w, backend=backend)
         with pytest.raises(AssertionError, match="ran on bad input"):
             sf.conv2d_backward(dy, x, w, backend=backend)
+        for layer, wl, bl in ((sf.local2d, WL, BL), (sf.tiled_conv2d, WT, BT)):
+            with pytest.raises(AssertionError, match="ran on bad input"):
+                layer(x, wl, bl, backend=backend)
+        for layer, wl in ((sf.local2d_backward, WL), (sf.tiled_conv2d_backward, WT)):
+            with pytest.raises(AssertionError, match="ran on bad input"):
+                layer(dy, x, wl, backend=backend)
 
 
 def _good(dtype=np.float32):
@@ -187,3 +194,90 @@ def test_bad_input_is_reported_before_backend_lookup_errors_matter():
         pytest.skip("cupy is available")
     with pytest.raises(ValueError, match=r"stride must be positive"):
         fwd(stride=0)("cupy")
+
+
+# ------------------------------------------------------------------ local2d and tiled_conv2d
+# x (2, 3, 8, 8) and 3x3 filters give a 6x6 output: local weight (6, 6, 4, 3, 3, 3).
+_rng = np.random.default_rng(4)
+WL = random_array(_rng, (6, 6, 4, 3, 3, 3), f32)
+BL = random_array(_rng, (6, 6, 4), f32)
+WT = random_array(_rng, (2, 3, 4, 3, 3, 3), f32)
+BT = random_array(_rng, (2, 3, 4), f32)
+
+
+def layer_fwd(fn, w, **over):
+    args = dict(x=X, weight=w, bias=None)
+    args.update(over)
+
+    def call(backend):
+        a = dict(args)
+        return fn(a.pop("x"), a.pop("weight"), a.pop("bias"), backend=backend, **a)
+    return call
+
+
+def layer_bwd(fn, w, **over):
+    args = dict(grad_out=DY, x=X, weight=w)
+    args.update(over)
+
+    def call(backend):
+        a = dict(args)
+        return fn(a.pop("grad_out"), a.pop("x"), a.pop("weight"), backend=backend, **a)
+    return call
+
+
+lf = lambda **o: layer_fwd(sf.local2d, WL, **o)            # noqa: E731
+lb = lambda **o: layer_bwd(sf.local2d_backward, WL, **o)   # noqa: E731
+tf = lambda **o: layer_fwd(sf.tiled_conv2d, WT, **o)       # noqa: E731
+tb = lambda **o: layer_bwd(sf.tiled_conv2d_backward, WT, **o)  # noqa: E731
+
+BAD_UNTIED = {
+    "local_weight_4d": (lf(weight=W), ValueError, r"weight must be 6-D.*\(4, 3, 3, 3\)"),
+    "local_grid_does_not_match_output": (
+        lf(weight=WL[:5]), ValueError,
+        r"local2d weight.*grid \(5, 6\) does not match the output size \(P, Q\) = \(6, 6\)"),
+    "local_grid_wrong_after_stride": (
+        lf(stride=2), ValueError, r"grid \(6, 6\) does not match.*\(3, 3\)"),
+    "local_grid_mismatch_backward": (lb(weight=WL[:, :4]), ValueError, r"grid \(6, 4\)"),
+    "local_channel_mismatch": (lf(weight=WL[:, :, :, :2]), ValueError, r"channel.*x.*weight"),
+    "local_bias_1d": (lf(bias=np.ones(4, f32)), ValueError, r"bias must be 3-D.*\(4,\)"),
+    "local_bias_wrong_shape": (lf(bias=np.ones((6, 5, 4), f32)), ValueError,
+                               r"bias must have shape \(P, Q, K\) = \(6, 6, 4\)"),
+    "local_bias_shape_of_shared": (lf(bias=np.ones((1, 1, 4), f32)), ValueError,
+                                   r"bias must have shape"),
+    "local_mixed_dtypes": (lf(weight=WL.astype(np.float64)), TypeError,
+                           r"weight has dtype float64 but x has dtype float32"),
+    "local_x_3d": (lf(x=X[0]), ValueError, r"\bx must be 4-D"),
+    "local_grad_out_wrong_shape": (lb(grad_out=DY[:, :, :5]), ValueError,
+                                   r"grad_out must have the output shape"),
+    "local_grad_weight_wrong_shape": (lb(grad_weight=np.zeros((4, 3, 3, 3), f32)), ValueError,
+                                      r"grad_weight must have shape \(6, 6, 4, 3, 3, 3\)"),
+    "local_grad_bias_wrong_shape": (lb(grad_bias=np.zeros(4, f32)), ValueError,
+                                    r"grad_bias must have shape \(6, 6, 4\)"),
+    "local_output_size_lt_1": (lf(dilation=5), ValueError, r"output size"),
+    "local_stride_zero": (lb(stride=0), ValueError, r"stride must be positive"),
+    "tiled_tile_larger_than_output": (
+        tf(weight=random_array(_rng, (7, 1, 4, 3, 3, 3), f32)), ValueError,
+        r"tile \(TP, TQ\) = \(7, 1\).*larger than the output \(P, Q\) = \(6, 6\)"),
+    "tiled_tile_larger_after_stride": (tb(stride=3), ValueError,
+                                       r"tile.*\(2, 3\).*larger than the output.*\(2, 2\)"),
+    "tiled_weight_5d": (tf(weight=WT[0]), ValueError, r"weight must be 6-D"),
+    "tiled_channel_mismatch": (tb(weight=WT[:, :, :, :2]), ValueError, r"channel"),
+    "tiled_bias_wrong_shape": (tf(bias=np.ones((3, 2, 4), f32)), ValueError,
+                               r"bias must have shape \(TP, TQ, K\) = \(2, 3, 4\)"),
+    "tiled_grad_weight_wrong_shape": (tb(grad_weight=np.zeros((3, 2, 4, 3, 3, 3), f32)),
+                                      ValueError, r"grad_weight must have shape \(2, 3, 4"),
+    "tiled_grad_bias_wrong_dtype": (tb(grad_bias=np.zeros((2, 3, 4))), TypeError,
+                                    r"grad_bias has dtype float64"),
+    "tiled_weight_list": (tf(weight=WT.tolist()), TypeError, r"weight must be a numpy"),
+    "tiled_needs_bad": (tb(needs=("weights",)), ValueError, r"needs"),
+    "tiled_empty_K": (tf(weight=np.ones((2, 3, 0, 3, 3, 3), f32)), ValueError,
+                      r"weight must have no empty dimension"),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(BAD_UNTIED), ids=list(BAD_UNTIED))
+def test_untied_bad_input_raises_naming_the_argument(case, backend):
+    call, exc, match = BAD_UNTIED[case]
+    with pytest.raises(exc, match=match):
+        call(backend)

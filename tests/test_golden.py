@@ -54,3 +54,48 @@ def test_backend_matches_golden(backend, dtype, path):
     for name, out in zip(("dx", "dw", "db"), grads):
         assert out.dtype == np.dtype(dtype)
         assert_close(out, g[name], dtype, name)
+
+
+# ------------------------------------------------------------------ untied and partially tied
+# PyTorch float64: local = unfold + einsum, tiled = masked full convolutions (make_golden.py).
+UNTIED = sorted(glob.glob(os.path.join(TESTS_DIR, "data", "untied_*.npz")))
+UNTIED_IDS = [os.path.basename(p)[len("untied_"):-len(".npz")] for p in UNTIED]
+UNTIED_FN = {"local": (reference.local2d, reference.local2d_backward, sf.local2d,
+                       sf.local2d_backward),
+             "tiled": (reference.tiled_conv2d, reference.tiled_conv2d_backward, sf.tiled_conv2d,
+                       sf.tiled_conv2d_backward)}
+
+
+def load_untied(path):
+    g, kw = load(path)
+    return str(g.pop("layer")), g, kw
+
+
+def test_untied_golden_files_present_and_small():
+    layers = [load_untied(p)[0] for p in UNTIED]
+    assert layers.count("local") >= 2 and layers.count("tiled") >= 2, UNTIED
+    assert sum(os.path.getsize(p) for p in UNTIED) < 400_000
+
+
+@pytest.mark.parametrize("path", UNTIED, ids=UNTIED_IDS)
+def test_reference_oracle_matches_untied_golden(path):
+    layer, g, kw = load_untied(path)
+    fwd, bwd, _, _ = UNTIED_FN[layer]
+    assert_close(fwd(g["x"], g["weight"], g["bias"], **kw), g["y"], np.float64, "y")
+    for name, out in zip(("dx", "dw", "db"), bwd(g["grad_out"], g["x"], g["weight"], **kw)):
+        assert_close(out, g[name], np.float64, name)
+
+
+@pytest.mark.parametrize("path", UNTIED, ids=UNTIED_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_matches_untied_golden(backend, dtype, path):
+    layer, g, kw = load_untied(path)
+    _, _, fwd, bwd = UNTIED_FN[layer]
+    x, w, b, dy = (g[k].astype(dtype) for k in ("x", "weight", "bias", "grad_out"))
+    y = fwd(x, w, b, backend=backend, **kw)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, g["y"], dtype, "y")
+    for name, out in zip(("dx", "dw", "db"), bwd(dy, x, w, backend=backend, **kw)):
+        assert out.dtype == np.dtype(dtype)
+        assert_close(out, g[name], dtype, name)
