@@ -1,5 +1,7 @@
 """Hypothesis-fuzzed shapes, CPU backend vs the float64 oracle, under NUMBA_BOUNDSCHECK=1.
 
+Every layer: conv2d, local2d and tiled_conv2d (with a random tile), forward and backward.
+
 Not collected by pytest (the name does not match test_*.py): tests/test_fuzz.py runs it in a
 subprocess with NUMBA_BOUNDSCHECK=1 in the environment, because the flag only takes effect if it
 is set before Numba compiles anything. Exit status 0 means every example passed. Run by hand:
@@ -67,11 +69,12 @@ def shapes(draw):
     Q = out_size(W, S, stride[1], padding[1], dilation[1])
     assume(P >= 1 and Q >= 1)
     seed = draw(st.integers(0, 2**32 - 1))
-    return (N, C, H, W, K, R, S, stride, padding, dilation, seed)
+    tile = (draw(st.integers(1, P)), draw(st.integers(1, Q)))
+    return (N, C, H, W, K, R, S, stride, padding, dilation, seed, tile)
 
 
 def check(case):
-    N, C, H, W, K, R, S, stride, padding, dilation, seed = case
+    N, C, H, W, K, R, S, stride, padding, dilation, seed, tile = case
     kw = dict(stride=stride, padding=padding, dilation=dilation)
     rng = np.random.default_rng(seed)
     x64 = rng.uniform(0.5, 1.5, (N, C, H, W)) * rng.choice([-1.0, 1.0], (N, C, H, W))
@@ -93,6 +96,26 @@ def check(case):
             assert out.dtype == dtype and out.shape == expected[op].shape, (op, case, dtype)
             err = rel_err(out, expected[op])
             assert err <= TOL[dtype], f"{op} {np.dtype(dtype).name} {case}: rel err {err:.3g}"
+        check_untied(x, w64, dy, dtype, tile, kw, rng, case)
+
+
+def check_untied(x, w64, dy, dtype, tile, kw, rng, case):
+    """local2d and tiled_conv2d on the same geometry, banks perturbed per position/tile."""
+    N, K, P, Q = dy.shape
+    for name, grid, fwd, bwd, rf, rb in (
+            ("local2d", (P, Q), sf.local2d, sf.local2d_backward, ref.local2d,
+             ref.local2d_backward),
+            ("tiled", tile, sf.tiled_conv2d, sf.tiled_conv2d_backward, ref.tiled_conv2d,
+             ref.tiled_conv2d_backward)):
+        w = (w64 + rng.standard_normal(grid + w64.shape)).astype(dtype)
+        b = (rng.standard_normal(grid + (K,)) + 0.1).astype(dtype)
+        y = fwd(x, w, b, backend="cpu", **kw)
+        g = bwd(dy, x, w, backend="cpu", **kw)
+        expected = (rf(x, w, b, **kw),) + rb(dy, x, w, **kw)
+        for op, out, e in zip(("forward", "input", "weight", "bias"), (y, *g), expected):
+            assert out.dtype == dtype and out.shape == e.shape, (name, op, case, dtype)
+            err = rel_err(out, e)
+            assert err <= TOL[dtype], f"{name} {op} {np.dtype(dtype).name} {case}: {err:.3g}"
 
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
