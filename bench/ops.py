@@ -1,7 +1,12 @@
-"""The timed calls: ours and the PyTorch peer, forward and backward, for one suite shape.
+"""The timed calls: ours and the PyTorch peers, forward and backward, for one suite shape and
+one layer kind (shared, tiled 2x2, local).
 
 Each launcher takes the inputs once and returns a zero-argument function, so the timing loops
 (pytest-benchmark and bench/report.py) time exactly the op and nothing else.
+
+Peers (DESIGN.md): shared -> torch.nn.functional.conv2d (oneDNN) and aten.convolution_backward;
+tiled and local -> PyTorch unfold + einsum (the standard way to write an untied layer in
+PyTorch), its backward run by autograd on a graph built once outside the timing.
 """
 from __future__ import annotations
 
@@ -11,55 +16,125 @@ import sharenet_fast as sf
 
 try:
     import torch
-except ImportError:  # the peer is optional: report.py prints "-" and bench_conv2d.py skips
+except ImportError:  # the peer is optional: report.py prints "-" and the bench tests skip
     torch = None
+
+LAYERS = ("shared", "tiled", "local")
+TILE = (2, 2)
+API = {"shared": (sf.conv2d, sf.conv2d_backward),
+       "tiled": (sf.tiled_conv2d, sf.tiled_conv2d_backward),
+       "local": (sf.local2d, sf.local2d_backward)}
+PEER = {"shared": "PyTorch conv2d", "tiled": "PyTorch unfold+einsum",
+        "local": "PyTorch unfold+einsum"}
+
+
+def grid(layer, g):
+    """Bank grid of a layer kind for geometry g: (1, 1), TILE or (P, Q)."""
+    return {"shared": (1, 1), "tiled": TILE, "local": (g.P, g.Q)}[layer]
+
+
+def layer_params(layer, weight, bias, g, seed=1):
+    """(weight, bias) shaped for the layer. Shared uses the suite's bank; tiled and local draw
+    fresh banks, scaled like it (1/sqrt(C*R*S)), never zeros."""
+    if layer == "shared":
+        return weight, bias
+    rng = np.random.default_rng(seed)
+    gr = grid(layer, g)
+    w = rng.standard_normal(gr + weight.shape, dtype=np.float32)
+    w *= np.float32(1 / np.sqrt(g.C * g.R * g.S))
+    b = rng.standard_normal(gr + bias.shape, dtype=np.float32)
+    return w, b
 
 
 # ------------------------------------------------------------------------------------- ours
-def ours_forward(shape, x, weight, bias):
-    """y = conv2d(x, weight, bias) on the Numba CPU backend."""
+def ours_forward(shape, layer, x, weight, bias):
+    fwd = API[layer][0]
+
     def run():
-        return sf.conv2d(x, weight, bias, stride=shape.stride, padding=shape.padding,
-                         backend="cpu")
+        return fwd(x, weight, bias, stride=shape.stride, padding=shape.padding, backend="cpu")
     return run
 
 
-def ours_backward(shape, x, weight, grad_out):
-    """(dx, dw, db) = conv2d_backward(grad_out, x, weight) on the Numba CPU backend."""
+def ours_backward(shape, layer, x, weight, grad_out):
+    """(dx, dw, db) of the layer on the Numba CPU backend."""
+    bwd = API[layer][1]
+
     def run():
-        return sf.conv2d_backward(grad_out, x, weight, stride=shape.stride,
-                                  padding=shape.padding, backend="cpu")
+        return bwd(grad_out, x, weight, stride=shape.stride, padding=shape.padding,
+                   backend="cpu")
     return run
 
 
-# ------------------------------------------------------------------------------------- peer
-def torch_forward(shape, x, weight, bias):
-    """torch.nn.functional.conv2d (oneDNN on the CPU) under no_grad."""
+# ------------------------------------------------------------------------------------ peers
+def _torch_untied(shape, layer, xt, wt, bt):
+    """y of a tiled or local layer in PyTorch: unfold (im2col), then einsum per bank."""
+    N, C, K, R, S = shape.N, shape.C, shape.K, shape.R, shape.S
+    cols = torch.nn.functional.unfold(xt, (R, S), stride=shape.stride, padding=shape.padding)
+    P, Q = bt.shape[:2] if layer == "local" else _out_hw(shape)
+    if layer == "local":
+        y = torch.einsum("ntl,lkt->nkl", cols, wt.reshape(P * Q, K, C * R * S))
+        return y.reshape(N, K, P, Q) + bt.permute(2, 0, 1)
+    TP, TQ = wt.shape[:2]
+    cols = cols.reshape(N, C * R * S, P, Q)
+    y = xt.new_empty((N, K, P, Q))
+    for tp in range(TP):
+        for tq in range(TQ):
+            y[:, :, tp::TP, tq::TQ] = torch.einsum(
+                "ntpq,kt->nkpq", cols[:, :, tp::TP, tq::TQ],
+                wt[tp, tq].reshape(K, C * R * S)) + bt[tp, tq][None, :, None, None]
+    return y
+
+
+def _out_hw(shape):
+    from bench.shapes import geometry
+    g = geometry(shape)
+    return g.P, g.Q
+
+
+def torch_forward(shape, layer, x, weight, bias):
     xt, wt, bt = (torch.from_numpy(a) for a in (x, weight, bias))
+    if layer == "shared":
+        def run():
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(xt, wt, bt, stride=shape.stride,
+                                                  padding=shape.padding)
+        return run
 
     def run():
         with torch.no_grad():
-            return torch.nn.functional.conv2d(xt, wt, bt, stride=shape.stride,
-                                              padding=shape.padding)
+            return _torch_untied(shape, layer, xt, wt, bt)
     return run
 
 
-def torch_backward(shape, x, weight, grad_out):
-    """aten.convolution_backward: the input, weight and bias gradients, no forward inside."""
-    xt, wt, dyt = (torch.from_numpy(a) for a in (x, weight, grad_out))
-    st, pd = [shape.stride] * 2, [shape.padding] * 2
+def torch_backward(shape, layer, x, weight, grad_out, bias=None):
+    """Shared: aten.convolution_backward (no forward inside). Tiled/local: autograd backward of
+    unfold + einsum on a graph built once (retain_graph), so only the backward is timed."""
+    if layer == "shared":
+        xt, wt, dyt = (torch.from_numpy(a) for a in (x, weight, grad_out))
+        st, pd = [shape.stride] * 2, [shape.padding] * 2
+
+        def run():
+            return torch.ops.aten.convolution_backward(
+                dyt, xt, wt, [shape.K], st, pd, [1, 1], False, [0, 0], 1, [True, True, True])
+        return run
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(weight).requires_grad_()
+    b = bias if bias is not None else np.zeros(weight.shape[:3], np.float32)
+    bt = torch.from_numpy(b).requires_grad_()
+    dyt = torch.from_numpy(grad_out)
+    y = _torch_untied(shape, layer, xt, wt, bt)
 
     def run():
-        return torch.ops.aten.convolution_backward(
-            dyt, xt, wt, [shape.K], st, pd, [1, 1], False, [0, 0], 1, [True, True, True])
+        return torch.autograd.grad(y, (xt, wt, bt), dyt, retain_graph=True)
     return run
 
 
 # -------------------------------------------------------------------------------- reference
-def reference(shape, x, weight, bias, grad_out):
-    """float64 (y, dx, dw, db): PyTorch when installed, else the package's NumPy oracle."""
+def reference(shape, layer, x, weight, bias, grad_out):
+    """float64 (y, dx, dw, db) from the package's NumPy oracle (PyTorch for shared conv)."""
+    from sharenet_fast import reference as ref
     kw = dict(stride=shape.stride, padding=shape.padding)
-    if torch is not None:
+    if layer == "shared" and torch is not None:
         xt, wt, bt, dyt = (torch.from_numpy(a.astype(np.float64))
                            for a in (x, weight, bias, grad_out))
         y = torch.nn.functional.conv2d(xt, wt, bt, **kw)
@@ -67,6 +142,7 @@ def reference(shape, x, weight, bias, grad_out):
             dyt, xt, wt, [shape.K], [shape.stride] * 2, [shape.padding] * 2, [1, 1], False,
             [0, 0], 1, [True, True, True])
         return tuple(t.numpy() for t in (y, dx, dw, db))
-    from sharenet_fast import reference as ref
-    dx, dw, db = ref.conv2d_backward(grad_out, x, weight, **kw)
-    return ref.conv2d(x, weight, bias, **kw), dx, dw, db
+    fwd, bwd = {"shared": (ref.conv2d, ref.conv2d_backward),
+                "tiled": (ref.tiled_conv2d, ref.tiled_conv2d_backward),
+                "local": (ref.local2d, ref.local2d_backward)}[layer]
+    return (fwd(x, weight, bias, **kw),) + tuple(bwd(grad_out, x, weight, **kw))

@@ -1,9 +1,11 @@
 """`python -m bench`: time ours vs PyTorch on the suite and print a table.
 
-For each suite shape and pass (forward, backward = input + weight + bias gradients) it reports
-the median time, GFLOP/s, GB/s (the pass's minimum bytes), the fraction of this machine's sgemm
-rate, the PyTorch peer's time and GFLOP/s, and the ratio torch time / our time (> 1: we are
-faster). Before the table it measures the machine's limits (numpy sgemm, a large copy); after
+For each suite shape, layer kind (shared, tiled 2x2, local) and pass (forward, backward = input
++ weight + bias gradients) it reports parameters and weight bytes, the median time, GFLOP/s and
+its fraction of this machine's sgemm rate, the weight stream in GB/s and its fraction of the
+measured copy bandwidth, the peer's time (PyTorch conv2d for shared, PyTorch unfold + einsum for
+tiled and local) and the ratio peer time / our time (> 1: we are faster), then the issue-3
+targets with their measured figures, and the peak memory of local2d forward vs unfold + einsum. Before the table it measures the machine's limits (numpy sgemm, a large copy); after
 it, the first call after import with a warm kernel cache (SHARENET_FAST_CACHE=1), in a
 subprocess. JIT compilation is never inside a timing: every op is called once first.
 """
@@ -71,42 +73,127 @@ def copy_gbps(mbytes=256, repeat=3):
 
 
 # -------------------------------------------------------------------------- the suite
-def bench_shape(name, shape, repeat, min_time, limits, progress):
-    """Measurements (dicts) for one shape: ours and torch, forward and backward."""
+def weight_stream_bytes(pass_, weight):
+    """Bytes of weights a pass must stream: forward reads W; backward reads W (input gradient)
+    and writes dW (weight gradient)."""
+    return weight.nbytes * (1 if pass_ == "forward" else 2)
+
+
+def bench_shape(name, shape, repeat, min_time, limits, progress, layers=ops.LAYERS):
+    """Measurements (dicts) for one shape: each layer kind, ours and the peer, both passes."""
     g = geometry(shape)
-    x, weight, bias, grad_out = make_inputs(shape)
-    ref = ops.reference(shape, x, weight, bias, grad_out)
-    launchers = {("forward", "ours"): ops.ours_forward(shape, x, weight, bias),
-                 ("backward", "ours"): ops.ours_backward(shape, x, weight, grad_out)}
-    if ops.torch is not None:
-        launchers[("forward", "torch")] = ops.torch_forward(shape, x, weight, bias)
-        launchers[("backward", "torch")] = ops.torch_backward(shape, x, weight, grad_out)
+    x, weight0, bias0, grad_out = make_inputs(shape)
     results = []
-    for pass_, impl in [("forward", "ours"), ("forward", "torch"),
-                        ("backward", "ours"), ("backward", "torch")]:
-        run = launchers.get((pass_, impl))
-        if run is None:
-            continue
-        out = run()  # warm-up: JIT compile / oneDNN kernel choice, never timed
-        err = None
-        if impl == "ours":
-            outs = (out,) if pass_ == "forward" else tuple(out)
-            refs = ref[:1] if pass_ == "forward" else ref[1:]
-            err = max(rel_error(o, r) for o, r in zip(outs, refs))
-            if err >= TOL:
-                log(f"WARNING: {name} {pass_} ours: relative error {err:.2e} >= {TOL:.0e}")
-        samples = measure(run, repeat, min_time)
-        median = float(np.median(samples))
-        flops, nbytes = g.flops(pass_), g.min_bytes(pass_)
-        gflops = flops / median / 1e9
-        results.append({
-            "shape": name, "dims": shape._asdict(), "pass": pass_, "impl": impl,
-            "samples_s": samples, "median_s": median, "gflops": gflops,
-            "gbps": nbytes / median / 1e9, "pct_sgemm": 100 * gflops / limits["sgemm_gflops"],
-            "rel_err": err})
-        progress(f"{name} {pass_} {impl}: {median * 1e3:.2f} ms, {gflops:.1f} GFLOP/s "
-                 f"({len(samples)} samples)")
+    for layer in layers:
+        weight, bias = ops.layer_params(layer, weight0, bias0, g)
+        launchers = {("forward", "ours"): ops.ours_forward(shape, layer, x, weight, bias),
+                     ("backward", "ours"): ops.ours_backward(shape, layer, x, weight, grad_out)}
+        if ops.torch is not None:
+            launchers[("forward", "torch")] = ops.torch_forward(shape, layer, x, weight, bias)
+            launchers[("backward", "torch")] = ops.torch_backward(shape, layer, x, weight,
+                                                                  grad_out, bias)
+        # correctness of the timed call: float64 oracle for shared, the peer's float32 result
+        # for tiled/local (their float64 oracle at full size would take minutes)
+        outs, checks = {}, {}
+        for pass_ in ("forward", "backward"):
+            for impl in ("ours", "torch"):
+                run = launchers.get((pass_, impl))
+                if run is None:
+                    continue
+                out = run()  # warm-up: JIT compile / oneDNN kernel choice, never timed
+                outs[(pass_, impl)] = ((out,) if pass_ == "forward" else tuple(out))
+        if layer == "shared":
+            ref = ops.reference(shape, layer, x, weight, bias, grad_out)
+            refs = {"forward": ref[:1], "backward": ref[1:]}
+        elif ops.torch is not None:
+            refs = {p: tuple(t.detach().numpy() for t in outs[(p, "torch")])
+                    for p in ("forward", "backward")}
+        else:
+            refs = {}
+        for pass_ in ("forward", "backward"):
+            if pass_ in refs:
+                checks[pass_] = max(rel_error(o, r) for o, r in zip(outs[(pass_, "ours")],
+                                                                     refs[pass_]))
+                if checks[pass_] >= TOL:
+                    log(f"WARNING: {name} {layer} {pass_} ours: relative error "
+                        f"{checks[pass_]:.2e} >= {TOL:.0e}")
+        del outs
+        wbytes = weight.nbytes
+        for pass_ in ("forward", "backward"):
+            for impl in ("ours", "torch"):
+                run = launchers.get((pass_, impl))
+                if run is None:
+                    continue
+                samples = measure(run, repeat, min_time)
+                median = float(np.median(samples))
+                flops = g.flops(pass_)
+                gflops = flops / median / 1e9
+                wgbps = weight_stream_bytes(pass_, weight) / median / 1e9
+                results.append({
+                    "shape": name, "dims": shape._asdict(), "layer": layer,
+                    "tile": list(ops.grid(layer, g)), "pass": pass_, "impl": impl,
+                    "peer": ops.PEER[layer] if impl == "torch" else "sharenet_fast cpu",
+                    "params": int(weight.size + bias.size), "weight_bytes": int(wbytes),
+                    "samples_s": samples, "median_s": median, "gflops": gflops,
+                    "gbps": g.min_bytes(pass_, sharing=layer, tile=ops.TILE) / median / 1e9,
+                    "weight_gbps": wgbps,
+                    "pct_copy": 100 * wgbps / limits["copy_gbps"],
+                    "pct_sgemm": 100 * gflops / limits["sgemm_gflops"],
+                    "rel_err": checks.get(pass_) if impl == "ours" else None})
+                progress(f"{name} {layer} {pass_} {impl}: {median * 1e3:.2f} ms, "
+                         f"{gflops:.1f} GFLOP/s, weights {wgbps:.1f} GB/s ({len(samples)} samples)")
+        del launchers, weight, bias
     return results
+
+
+# ------------------------------------------------------------------------- peak memory
+PEAK_SCRIPT = r"""
+import json, resource, sys, tracemalloc
+import numpy as np
+from bench import ops
+from bench.shapes import SUITE, geometry, make_inputs
+shape = SUITE[sys.argv[1]]
+impl = sys.argv[2]
+g = geometry(shape)
+x, w0, b0, _ = make_inputs(shape)
+w, b = ops.layer_params("local", w0, b0, g)
+run = (ops.ours_forward if impl == "ours" else ops.torch_forward)(shape, "local", x, w, b)
+small = shape._replace(N=1)
+xs = x[:1]
+(ops.ours_forward if impl == "ours" else ops.torch_forward)(small, "local", xs, w, b)()  # compile
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/statm") as f:  # resident now (the old peak may hold freed temporaries)
+    before = int(f.read().split()[1]) * resource.getpagesize()
+tracemalloc.start()
+y = run()
+_, traced = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+print(json.dumps(dict(weight_bytes=int(w.nbytes), input_bytes=int(x.nbytes),
+                      output_bytes=int(np.asarray(y).nbytes), rss_growth=peak_rss() - before,
+                      traced_peak=traced)))
+"""
+
+
+def peak_memory(name):
+    """Peak memory of local2d forward beyond the inputs, ours vs unfold+einsum, in a fresh
+    process each: peak RSS after the call minus the RSS before it (an upper bound on what the
+    call allocated: the weights and inputs are already resident), and NumPy's traced peak (our host buffers; the kernels' own buffers are
+    one patch per task)."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    out = {}
+    for impl in ("ours", "torch") if ops.torch is not None else ("ours",):
+        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, name, impl], env=env, cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            log(f"peak memory ({impl}) failed:\n{proc.stderr}")
+            continue
+        out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = out[impl]
+        log(f"peak memory, local forward {name} {impl}: RSS grew {r['rss_growth'] / 1e6:.1f} MB "
+            f"(weights {r['weight_bytes'] / 1e6:.0f} MB, input {r['input_bytes'] / 1e6:.1f} MB)")
+    return out
 
 
 # -------------------------------------------------------------- first call after import
@@ -180,41 +267,82 @@ def machine_info():
     return info
 
 
-COLUMNS = ["shape", "pass", "ours ms", "ours GFLOP/s", "ours GB/s", "% peak",
-           "PyTorch ms", "PyTorch GFLOP/s", "ratio"]
+COLUMNS = ["shape", "layer", "pass", "params", "weight MB", "ours ms", "GFLOP/s", "% sgemm",
+           "weight GB/s", "% copy", "peer", "peer ms", "ratio"]
+NUMERIC = [False, False, False, True, True, True, True, True, True, True, False, True, True]
 
 
 def table_rows(results):
-    """One row per (shape, pass); '-' where PyTorch was not measured."""
-    by_key = {(r["shape"], r["pass"], r["impl"]): r for r in results}
+    """One row per (shape, layer, pass); '-' where the peer was not measured."""
+    by_key = {(r["shape"], r.get("layer", "shared"), r["pass"], r["impl"]): r for r in results}
     rows = []
     for r in results:
         if r["impl"] != "ours":
             continue
-        peer = by_key.get((r["shape"], r["pass"], "torch"))
+        layer = r.get("layer", "shared")
+        peer = by_key.get((r["shape"], layer, r["pass"], "torch"))
+        tile = r.get("tile", [1, 1])
         rows.append([
-            r["shape"], r["pass"], f"{r['median_s'] * 1e3:.2f}", f"{r['gflops']:.1f}",
-            f"{r['gbps']:.2f}", f"{r['pct_sgemm']:.0f}%",
+            r["shape"], layer if layer != "tiled" else f"tiled {tile[0]}x{tile[1]}", r["pass"],
+            f"{r['params']:,}", f"{r['weight_bytes'] / 1e6:.2f}",
+            f"{r['median_s'] * 1e3:.2f}", f"{r['gflops']:.1f}", f"{r['pct_sgemm']:.0f}%",
+            f"{r['weight_gbps']:.2f}", f"{r['pct_copy']:.0f}%",
+            ops.PEER[layer] if peer else "-",
             f"{peer['median_s'] * 1e3:.2f}" if peer else "-",
-            f"{peer['gflops']:.1f}" if peer else "-",
             f"{peer['median_s'] / r['median_s']:.2f}" if peer else "-",
         ])
     return rows
 
 
 def format_table(rows, markdown=False):
-    numeric = [False, False] + [True] * (len(COLUMNS) - 2)
     if markdown:
         lines = ["| " + " | ".join(COLUMNS) + " |",
-                 "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+                 "|" + "|".join("---:" if n else "---" for n in NUMERIC) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
 
     def fmt(cells):
-        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric))
+        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, NUMERIC))
 
     return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows])
+
+
+def target_lines(results, peak, bullet):
+    """The issue-3 targets, each with its measured figure and met / NOT met."""
+    by = {(r["shape"], r["layer"], r["pass"], r["impl"]): r for r in results if "layer" in r}
+    out = []
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
+    for name in dict.fromkeys(r["shape"] for r in results):
+        for pass_ in ("forward", "backward"):
+            lo, pe = by.get((name, "local", pass_, "ours")), by.get((name, "local", pass_, "torch"))
+            if lo and pe:
+                ratio = pe["median_s"] / lo["median_s"]
+                out.append(f"{bullet}local2d {pass_} {name}: {ratio:.1f}x faster than PyTorch "
+                           f"unfold+einsum (target >= 5x: {verdict(ratio >= 5)})")
+            if lo:
+                out.append(f"{bullet}local2d {pass_} {name}: weight stream "
+                           f"{lo['weight_gbps']:.1f} GB/s = {lo['pct_copy']:.0f}% of the measured "
+                           f"copy bandwidth (target >= 50%: {verdict(lo['pct_copy'] >= 50)})")
+            ti, sh = by.get((name, "tiled", pass_, "ours")), by.get((name, "shared", pass_, "ours"))
+            if ti and sh:
+                ratio = ti["median_s"] / sh["median_s"]
+                out.append(f"{bullet}tiled_conv2d 2x2 {pass_} {name}: {ratio:.2f}x our conv2d "
+                           f"time (target <= 1.5x: {verdict(ratio <= 1.5)})")
+    for impl, r in (peak or {}).items():
+        what = "local2d" if impl == "ours" else "PyTorch unfold+einsum"
+        growth = r["rss_growth"]
+        line = (f"{bullet}peak memory of {what} forward ({r['shape']}): "
+                f"{growth / 1e6:.1f} MB beyond the resident inputs (weights "
+                f"{r['weight_bytes'] / 1e6:.0f} MB, input {r['input_bytes'] / 1e6:.1f} MB, "
+                f"output {r['output_bytes'] / 1e6:.1f} MB)")
+        if impl == "ours":
+            line += f" (target: no buffer larger than the weights: {verdict(growth < r['weight_bytes'])})"
+        out.append(line)
+    return out
 
 
 def format_report(report, markdown=False):
@@ -227,7 +355,7 @@ def format_report(report, markdown=False):
         f"{bullet}software: numpy {m['numpy']}, numba {m['numba']} ({m['numba_threads']} threads, "
         f"layer {m['numba_threading_layer']}), {peer}",
         f"{bullet}sgemm (numpy float32 {lim['sgemm_n']}^3, best of 3): "
-        f"{lim['sgemm_gflops']:.1f} GFLOP/s (the '% peak' reference)",
+        f"{lim['sgemm_gflops']:.1f} GFLOP/s (the '% sgemm' reference)",
         f"{bullet}copy (np.copyto {lim['copy_mb']} MB float32, read + write, best of 3): "
         f"{lim['copy_gbps']:.1f} GB/s",
     ]
@@ -240,11 +368,18 @@ def format_report(report, markdown=False):
         "",
         f"float32; median of >= {report['config']['repeat']} runs and >= "
         f"{report['config']['min_time_s']} s per measurement, after a warm-up call.",
-        "backward = input + weight + bias gradients (2x the forward FLOPs). GB/s = minimum bytes "
-        "moved / time.",
-        "% peak = ours GFLOP/s / sgemm GFLOP/s. ratio = PyTorch time / ours (> 1: ours faster).",
+        "backward = input + weight + bias gradients (2x the forward FLOPs). "
+        "% sgemm = GFLOP/s / the sgemm rate above.",
+        "weight GB/s = weight bytes streamed / time (forward reads W; backward reads W and "
+        "writes dW: 2x); % copy = that / the copy bandwidth above.",
+        "peer: PyTorch conv2d (oneDNN) for shared; PyTorch unfold + einsum for tiled and local "
+        "(backward: autograd on a graph built outside the timing). ratio = peer time / ours "
+        "(> 1: ours faster).",
         "",
     ]
+    targets = target_lines(report["results"], report.get("peak_memory"), bullet)
+    if targets:
+        out += ["Targets (issue 3):"] + targets + [""]
     for name in report["config"]["shapes"]:
         out.append(f"{bullet}{name}: x {report['shapes'][name]}")
     st = report.get("startup")
@@ -269,10 +404,18 @@ def parse_args(argv=None):
                    help=f"comma-separated suite shapes (default: all of {', '.join(SUITE)})")
     p.add_argument("--repeat", type=int, default=None,
                    help="minimum samples per measurement (default 5, --quick 3)")
+    p.add_argument("--layers", default=",".join(ops.LAYERS),
+                   help=f"comma-separated layer kinds (default: {','.join(ops.LAYERS)})")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the local2d peak-memory measurement (two subprocesses)")
     p.add_argument("--json", metavar="PATH", help="write machine info and raw samples here")
     p.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
     args = p.parse_args(argv)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.layers = tuple(s.strip() for s in args.layers.split(",") if s.strip())
+    bad = [s for s in args.layers if s not in ops.LAYERS]
+    if bad or not args.layers:
+        p.error(f"--layers: unknown {bad}; choose from {', '.join(ops.LAYERS)}")
     unknown = [s for s in args.shapes if s not in SUITE]
     if unknown or not args.shapes:
         p.error(f"--shapes: unknown {unknown}; choose from {', '.join(SUITE)}")
@@ -299,7 +442,8 @@ def main(argv=None):
     if ops.torch is None:
         log("PyTorch is not installed: peer columns will be '-'")
 
-    total = len(shapes) * (4 if ops.torch else 2)
+    layers = args.layers
+    total = len(shapes) * len(layers) * (4 if ops.torch else 2)
     done = [0]
 
     def progress(msg):
@@ -309,7 +453,13 @@ def main(argv=None):
     results = []
     for name, shape in shapes.items():
         log(f"{name}: x {shape.describe()}")
-        results += bench_shape(name, shape, args.repeat, min_time, limits, progress)
+        results += bench_shape(name, shape, args.repeat, min_time, limits, progress, layers)
+
+    peak = None
+    if "local" in layers and not args.no_memory:
+        mem_shape = "alexnet_conv1" if "alexnet_conv1" in args.shapes else args.shapes[0]
+        log(f"peak memory: local2d forward in a subprocess ({mem_shape}), ours then the peer ...")
+        peak = {impl: dict(r, shape=mem_shape) for impl, r in peak_memory(mem_shape).items()}
 
     first = args.shapes[0]
     log(f"startup: first call after import in a subprocess ({first}), cache cold then warm ...")
@@ -321,9 +471,9 @@ def main(argv=None):
 
     report = dict(machine=dict(machine_info(), load_average_at_start=load), limits=limits,
                   config=dict(quick=args.quick, repeat=args.repeat, min_time_s=min_time,
-                              shapes=args.shapes),
+                              shapes=args.shapes, layers=list(layers), tile=list(ops.TILE)),
                   shapes={n: s.describe() for n, s in shapes.items()},
-                  results=results, startup=st)
+                  results=results, startup=st, peak_memory=peak)
     print(format_report(report, args.markdown))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -31,6 +31,15 @@ class ConvShape(NamedTuple):
         """The same layer with batch size n."""
         return self._replace(N=n)
 
+    def shrunk(self, n, grid):
+        """The same layer with batch n and the input cut so the output is at most grid x grid
+        (smoke runs: a local layer's weights grow with the output grid)."""
+        g = geometry(self)
+        P, Q = min(g.P, grid), min(g.Q, grid)
+        H = (P - 1) * self.stride + (self.R - 1) + 1 - 2 * self.padding
+        W = (Q - 1) * self.stride + (self.S - 1) + 1 - 2 * self.padding
+        return self._replace(N=n, H=max(H, 1), W=max(W, 1))
+
     def describe(self):
         """'8x3x227x227 * 96x3x11x11, stride 4, pad 0'."""
         return (f"{self.N}x{self.C}x{self.H}x{self.W} * {self.K}x{self.C}x{self.R}x{self.S}, "
