@@ -144,12 +144,24 @@ def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, determi
 
     dy = _contig(grad_out)
     dx = dw = db = None
-    if "input" in needs:
-        dx = getattr(be, f"{op}_input_grad")(dy, _contig(weight), g)
-    if "weight" in needs:
-        kernel = getattr(be, f"{op}_weight_grad")
-        dw = _accumulate(grad_weight, lambda out: kernel(
-            dy, _contig(x), g, out=out, deterministic=bool(deterministic), **extra))
+    fused = getattr(be, f"{op}_input_weight_grad", None)
+    if fused is not None and "input" in needs and "weight" in needs:
+        # one pass computes both (a local layer then streams its weights once, not twice)
+        got = {}
+
+        def both(out):
+            got["dx"], dw_ = fused(dy, _contig(x), _contig(weight), g, out=out,
+                                   deterministic=bool(deterministic), **extra)
+            return dw_
+        dw = _accumulate(grad_weight, both)
+        dx = got["dx"]
+    else:
+        if "input" in needs:
+            dx = getattr(be, f"{op}_input_grad")(dy, _contig(weight), g)
+        if "weight" in needs:
+            kernel = getattr(be, f"{op}_weight_grad")
+            dw = _accumulate(grad_weight, lambda out: kernel(
+                dy, _contig(x), g, out=out, deterministic=bool(deterministic), **extra))
     if "bias" in needs:
         kernel = getattr(be, f"{op}_bias_grad")
         db = _accumulate(grad_bias, lambda out: kernel(dy, out=out, **extra))

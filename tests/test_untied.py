@@ -71,23 +71,35 @@ def test_accumulates_into_poisoned_buffers(backend, layer, dtype, case_id, rng):
         assert_close(gb, init_b.astype(np.float64) + times * ref_b, dtype, f"grad_bias x{times}")
 
 
+@pytest.mark.parametrize("needs", [("weight", "bias"), ("input", "weight", "bias")],
+                         ids=["weight_bias", "all"])   # "all" runs local2d's fused pass
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
 @pytest.mark.parametrize("layer", LAYER_NAMES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_accumulates_into_strided_views(backend, layer, rng):
+def test_accumulates_into_views(backend, layer, contiguous, needs, rng):
     uc = UNTIED_BY_ID["nonsquare_all"]
     d = make_layer_inputs(layer, uc, np.float32)
     kw = uc.case.kw
-    big = random_array(rng, d.w.shape[:-1] + (2 * d.w.shape[-1],), np.float32)
+    big = random_array(rng, (2,) + d.w.shape[:-1] + (2 * d.w.shape[-1],), np.float32)
     big0 = big.copy()
-    view = big[..., ::2]
+    # a C-contiguous view with an offset (big[1, ..., :S] is not: use a slab), or a strided one
+    view = big[1].reshape(-1)[:d.w.size].reshape(d.w.shape) if contiguous else big[1, ..., ::2]
+    assert view.flags.c_contiguous == contiguous
     bview = random_array(rng, d.b.shape[::-1], np.float32).T
     init, init_b = view.astype(np.float64), bview.astype(np.float64)
-    g = LAYERS[layer].backward(d.dy, d.x, d.w, needs=("weight", "bias"), grad_weight=view,
+    g = LAYERS[layer].backward(d.dy, d.x, d.w, needs=needs, grad_weight=view,
                                grad_bias=bview, backend=backend, **kw)
     assert g.weight is view and g.bias is bview
     assert_close(view, init + layer_reference(layer, "weight_grad", d, kw), np.float32, "view")
     assert_close(bview, init_b + layer_reference(layer, "bias_grad", d, kw), np.float32, "bias")
-    np.testing.assert_array_equal(big[..., 1::2], big0[..., 1::2])
+    if "input" in needs:
+        assert_close(g.input, layer_reference(layer, "input_grad", d, kw), np.float32, "input")
+    np.testing.assert_array_equal(big[0], big0[0])
+    if not contiguous:
+        np.testing.assert_array_equal(big[1, ..., 1::2], big0[1, ..., 1::2])
+    else:
+        rest = big[1].reshape(-1)[d.w.size:]
+        np.testing.assert_array_equal(rest, big0[1].reshape(-1)[d.w.size:])
 
 
 # ------------------------------------------------------------------ NaN-poisoned allocations

@@ -12,7 +12,9 @@ that would be a second weight-sized buffer and a second pass over memory).
   dgrad    dpatch (N x T) = dy_pq (N x K) . W_pq (K x T), then added into the input rows under
            (p, q). One task owns one output row p; tasks run in G phases of rows p = phase mod G
            with G*sh > the kernel's extent, so two tasks of one phase never touch one input row:
-           no atomics, and every input pixel gets its sum in a fixed order.
+           no atomics, and every input pixel gets its sum in a fixed order. (The gather form,
+           one task per input row, would need W with k innermost: a transposed weight copy.)
+  wgrad and dgrad run in one pass when both are needed (local2d_input_weight_grad).
 
 patch_pq (N x T) holds the C*R*S inputs under (p, q) for each image, in the (c, r, s) order of
 the weights, gathered from the zero-padded NCHW input (runs of S along w when dilation is 1).
@@ -77,74 +79,57 @@ def local2d(x, weight, bias, g):
     return y
 
 
-# ----------------------------------------------------------------------------- weight grad
+# ------------------------------------------------------------------ weight and input grads
 @njit(**njit_options(parallel=True))
-def local2d_wgrad_kernel(dyt, xp, out, R, S, sh, sw, dh, dw, accumulate):
-    """dyt: dy as (P, Q, N, K); xp: padded NCHW input; out: (P, Q, K, C, R, S).
+def local2d_backward_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, G, want_dx, want_dw,
+                            accumulate):
+    """Input and/or weight gradient in one pass over the positions.
 
-    One task = one output row p; it is the only writer of out[p]: each weight's gradient is a
-    sum over the batch alone, done in registers, and each row of out is written once when
-    N <= 8 (gemm_nn takes the batch 8 terms at a time).
+    dyt: dy as (P, Q, N, K); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed padded
+    NCHW input gradient; dwo: (P, Q, K, C, R, S) weight gradient (added into if accumulate).
+
+    One task = one output row p. Weight gradient: the task is the only writer of dwo[p]; each
+    weight's gradient is a sum over the batch alone, in registers, and each row of dwo is
+    written once when N <= 8 (gemm_nn takes the batch 8 terms at a time). Input gradient:
+    dpatch = dy_pq (N x K) . W_pq (K x T), added into the input rows under (p, q); phase f runs
+    rows p = f, f + G, ..., and G*sh > dh*(R-1), so rows of one phase write disjoint input rows.
+    Both together share the patch gather and make one pass over memory, reading W and writing
+    dW position by position (about 1.5x faster than two passes at alexnet_conv1).
     """
     P, Q, N, K = dyt.shape
-    _, C, Hp, Wp = xp.shape
+    _, C, Hp, Wp = xp.shape if want_dw else dxp.shape  # the other one is a placeholder
     T = C * R * S
     xf = xp.ravel()
-    dyf = dyt.ravel()
-    of = out.ravel()
-    for p in prange(P):
-        patch = np.empty(N * T, dtype=xp.dtype)
-        for q in range(Q):
-            _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw, dh, dw)
-            pos = p * Q + q
-            # A[k, n] = dyt[p, q, n, k]: row stride 1, term stride K
-            gemm_nn(dyf, pos * N * K, 1, K, patch, 0, T, of, pos * K * T, T, K, N, T, accumulate)
-
-
-def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
-    """(P, Q, K, C, R, S); with `out`, added into it. Always bitwise reproducible."""
-    xp = _padded(x, *g.padding, "nchw")
-    dyt = np.ascontiguousarray(dy.transpose(2, 3, 0, 1))
-    accumulate = out is not None
-    if out is None:
-        out = np.empty((g.P, g.Q) + g.w_shape, dtype=x.dtype)
-    with _launch_lock:
-        local2d_wgrad_kernel(dyt, xp, out, g.R, g.S, *g.stride, *g.dilation, accumulate)
-    return out
-
-
-# ------------------------------------------------------------------------------ input grad
-@njit(**njit_options(parallel=True))
-def local2d_dgrad_kernel(dyt, w, dxp, R, S, sh, sw, dh, dw, G):
-    """dyt: (P, Q, N, K); w: (P, Q, K, C, R, S); dxp: zeroed padded NCHW input gradient.
-
-    Phase f runs the output rows p = f, f + G, ...; a row reads input rows [p*sh, p*sh +
-    dh*(R-1)], and G*sh > dh*(R-1), so rows of one phase write disjoint input rows.
-    """
-    P, Q, N, K = dyt.shape
-    _, C, Hp, Wp = dxp.shape
-    T = C * R * S
     wf = w.ravel()
     dyf = dyt.ravel()
     dxf = dxp.ravel()
+    of = dwo.ravel()
     for f in range(G):
         for i in prange((P - f + G - 1) // G):
             p = f + i * G
-            dpatch = np.empty(N * T, dtype=dxp.dtype)
+            patch = np.empty(N * T if want_dw else 1, dtype=xp.dtype)
+            dpatch = np.empty(N * T if want_dx else 1, dtype=xp.dtype)
             for q in range(Q):
                 pos = p * Q + q
-                # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
-                gemm_nn(dyf, pos * N * K, K, 1, wf, pos * K * T, T, dpatch, 0, T, N, K, T, False)
-                for n in range(N):
-                    for c in range(C):
-                        for r in range(R):
-                            dst = ((n * C + c) * Hp + p * sh + r * dh) * Wp + q * sw
-                            src = ((n * C + c) * R + r) * S
-                            if dw == 1:
-                                _add(dxf[dst:dst + S], dpatch[src:src + S])
-                            else:
-                                for s in range(S):
-                                    dxf[dst + s * dw] += dpatch[src + s]
+                if want_dw:
+                    _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw, dh, dw)
+                    # A[k, n] = dyt[p, q, n, k]: row stride 1, term stride K
+                    gemm_nn(dyf, pos * N * K, 1, K, patch, 0, T, of, pos * K * T, T, K, N, T,
+                            accumulate)
+                if want_dx:
+                    # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
+                    gemm_nn(dyf, pos * N * K, K, 1, wf, pos * K * T, T, dpatch, 0, T, N, K, T,
+                            False)
+                    for n in range(N):
+                        for c in range(C):
+                            for r in range(R):
+                                dst = ((n * C + c) * Hp + p * sh + r * dh) * Wp + q * sw
+                                src = ((n * C + c) * R + r) * S
+                                if dw == 1:
+                                    _add(dxf[dst:dst + S], dpatch[src:src + S])
+                                else:
+                                    for s in range(S):
+                                        dxf[dst + s * dw] += dpatch[src + s]
 
 
 def _phases(g):
@@ -153,13 +138,38 @@ def _phases(g):
     return -(-extent // g.stride[0])
 
 
-def local2d_input_grad(dy, weight, g):
+def _backward(dy, x, weight, g, want_dx, want_dw, out):
+    """(dx or None, dw or None); dw added into `out` when given."""
     ph, pw = g.padding
+    dt = dy.dtype
     dyt = np.ascontiguousarray(dy.transpose(2, 3, 0, 1))
-    dxp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dtype=dy.dtype)
+    xp = _padded(x, ph, pw, "nchw") if want_dw else np.zeros((1, 1, 1, 1), dt)
+    dxp = (np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dtype=dt) if want_dx
+           else np.zeros((1, 1, 1, 1), dt))
+    accumulate = out is not None
+    if want_dw and out is None:
+        out = np.empty((g.P, g.Q) + g.w_shape, dtype=dt)
+    dwo = out if want_dw else np.zeros((1, 1, 1, 1, 1, 1), dt)
+    w = weight if want_dx else np.zeros((1, 1, 1, 1, 1, 1), dt)
     with _launch_lock:
-        local2d_dgrad_kernel(dyt, weight, dxp, g.R, g.S, *g.stride, *g.dilation, _phases(g))
-    return np.ascontiguousarray(dxp[:, :, ph:ph + g.H, pw:pw + g.W])
+        local2d_backward_kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation,
+                                _phases(g) if want_dx else 1, want_dx, want_dw, accumulate)
+    dx = np.ascontiguousarray(dxp[:, :, ph:ph + g.H, pw:pw + g.W]) if want_dx else None
+    return dx, (out if want_dw else None)
+
+
+def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
+    """(P, Q, K, C, R, S); with `out`, added into it. Always bitwise reproducible."""
+    return _backward(dy, x, None, g, False, True, out)[1]
+
+
+def local2d_input_grad(dy, weight, g):
+    return _backward(dy, None, weight, g, True, False, None)[0]
+
+
+def local2d_input_weight_grad(dy, x, weight, g, out=None, deterministic=False):
+    """(input grad, weight grad) in one pass (the API uses it when both are needed)."""
+    return _backward(dy, x, weight, g, True, True, out)
 
 
 # ------------------------------------------------------------------------------- bias grad
