@@ -18,7 +18,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ..config import WGRAD_CHUNK, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE, njit_options
+from ..config import (VEC_PAD, WGRAD_CHUNK, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE,
+                      njit_options)
 from ._gemm import gemm_nt, typed_zero
 
 # Numba's default "workqueue" threading layer aborts the process when two Python threads
@@ -132,29 +133,34 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
 
 # ----------------------------------------------------------------------------- weight grad
 @njit(**njit_options(parallel=True))
-def conv2d_wgrad_kernel(dy, xp, partial, R, S, sh, sw, dh, dw, rows, TP, TQ):
-    """dy: (N, K, P, Q); xp: padded NCHW input; partial: (B, TP*TQ, K, C*R*S) private sums.
+def conv2d_wgrad_kernel(dyd, xd, partial, Q, R, S, sh, sw, dh, dw, rows, TP, TQ):
+    """dyd: dy (N, K, P, Q) de-interleaved by q % TQ as (N, K, P, TQ, ceil(Q/TQ));
+    xd: padded NCHW input de-interleaved by column % M, M = sw*TQ, as (N, C, Hp, M, ceil(Wp/M));
+    partial: (B, TP*TQ, K, C*R*S) private sums.
 
     Work unit u = (image n, block of `rows` output rows). Partial b owns units
     [b*U//B, (b+1)*U//B) and is the only writer of partial[b]: the CPU form of the per-depth-slice
-    reduction. Within a unit, each tile class (p % TP, q % TQ) gathers its transposed patches
-    (C*R*S x positions; unit stride along q for shared conv with stride 1) as the B operand and
-    adds into its own bank. For shared conv dy's rows are already contiguous over (p, q) and are
-    used in place; a tiled class gathers its dy entries (K x positions) first.
+    reduction. Within a unit, each tile class (p % TP, q % TQ) gathers its dy entries
+    (K x positions) and its transposed patches (C*R*S x positions) and adds their product into
+    its own bank (shared conv: one class). Input column q*sw + s*dw with q = tq + j*TQ is column
+    j + (tq*sw + s*dw) // M of phase (tq*sw + s*dw) % M in xd, so every gathered run is
+    unit-stride whatever the stride and tile (a strided gather does not vectorise). Both
+    operands' rows are zero-padded to a multiple of VEC_PAD positions: the GEMM's reduction then
+    has no scalar remainder loop, which costs more than the vector body at these lengths.
     """
-    N, K, P, Q = dy.shape
-    _, C, Hp, Wp = xp.shape
+    N, K, P, _, Qd = dyd.shape
+    _, C, Hp, M, Wd = xd.shape
     B = partial.shape[0]
     T = C * R * S
     chunks = (P + rows - 1) // rows
     U = N * chunks
-    shared = TP == 1 and TQ == 1
-    dyf = dy.ravel()
-    xf = xp.ravel()
+    cap = -(-rows // TP) * Qd + VEC_PAD  # >= any class's padded length
+    dyf = dyd.ravel()
+    xf = xd.ravel()
     pf = partial.ravel()
     for b in prange(B):
-        patch = np.empty(T * rows * Q, dtype=xp.dtype)
-        dyc = np.empty(1 if shared else K * rows * Q, dtype=xp.dtype)
+        patch = np.empty(T * cap, dtype=xd.dtype)
+        dyc = np.empty(K * cap, dtype=xd.dtype)
         pf[b * TP * TQ * K * T:(b + 1) * TP * TQ * K * T] = 0
         for u in range(b * U // B, (b + 1) * U // B):
             n = u // chunks
@@ -168,37 +174,29 @@ def conv2d_wgrad_kernel(dy, xp, partial, R, S, sh, sw, dh, dw, rows, TP, TQ):
                     L = nr * nq
                     if L == 0:
                         continue
+                    Lp = -(-L // VEC_PAD) * VEC_PAD
                     for c in range(C):
                         for r in range(R):
                             for s in range(S):
                                 j = (c * R + r) * S + s
+                                col = tq * sw + s * dw
+                                m = col % M
+                                j0 = col // M
                                 for i in range(nr):
                                     p = pa + i * TP
-                                    src = ((n * C + c) * Hp + p * sh + r * dh) * Wp + s * dw + \
-                                        tq * sw
-                                    dst = j * L + i * nq
-                                    step = sw * TQ
-                                    if step == 1:
-                                        _copy(patch[dst:dst + nq], xf[src:src + nq])
-                                    else:
-                                        _copy(patch[dst:dst + nq],
-                                              xf[src:src + (nq - 1) * step + 1:step])
+                                    src = (((n * C + c) * Hp + p * sh + r * dh) * M + m) * Wd + j0
+                                    dst = j * Lp + i * nq
+                                    _copy(patch[dst:dst + nq], xf[src:src + nq])
+                                patch[j * Lp + L:(j + 1) * Lp] = 0
+                    for k in range(K):
+                        for i in range(nr):
+                            src = (((n * K + k) * P + pa + i * TP) * TQ + tq) * Qd
+                            dst = k * Lp + i * nq
+                            _copy(dyc[dst:dst + nq], dyf[src:src + nq])
+                        dyc[k * Lp + L:(k + 1) * Lp] = 0
                     bank = tp * TQ + tq
-                    dst_off = (b * TP * TQ + bank) * K * T
-                    if shared:
-                        gemm_nt(dyf, (n * K * P + p0) * Q, P * Q, patch, 0, L, K, T, L,
-                                pf, dst_off, T, 1, True)
-                    else:
-                        for k in range(K):
-                            for i in range(nr):
-                                src = ((n * K + k) * P + pa + i * TP) * Q + tq
-                                dst = k * L + i * nq
-                                if TQ == 1:
-                                    _copy(dyc[dst:dst + nq], dyf[src:src + nq])
-                                else:
-                                    _copy(dyc[dst:dst + nq],
-                                          dyf[src:src + (nq - 1) * TQ + 1:TQ])
-                        gemm_nt(dyc, 0, L, patch, 0, L, K, T, L, pf, dst_off, T, 1, True)
+                    gemm_nt(dyc, 0, Lp, patch, 0, Lp, K, T, Lp, pf,
+                            (b * TP * TQ + bank) * K * T, T, 1, True)
 
 
 @njit(**njit_options(parallel=True))
@@ -219,11 +217,12 @@ def reduce_partials_kernel(partial, out, accumulate):
 def _wgrad_split(g, banks=1, itemsize=4):
     """(rows per work unit, number of partials): depends on the shapes only, never the threads.
 
-    WGRAD_MAX_PARTIALS bounds the partials' total size in banks (a tiled partial holds every
-    bank, so a 2 x 2 tile gets a quarter as many partials), and so does the byte budget
+    A unit holds about WGRAD_CHUNK positions per tile class (so a 2 x 2 tile gets units 4x as
+    big: each class's GEMM keeps a long reduction). WGRAD_MAX_PARTIALS bounds the partials'
+    total size in banks (a tiled partial holds every bank), and so does the byte budget
     WGRAD_MAX_WORKSPACE; at least 4 partials (or one per unit) remain, so both cores have work.
     """
-    rows = max(1, min(g.P, WGRAD_CHUNK // g.Q))
+    rows = max(1, min(g.P, WGRAD_CHUNK * banks // g.Q))
     units = g.N * (-(-g.P // rows))
     per_partial = banks * g.K * g.C * g.R * g.S * itemsize
     cap = max(4, min(WGRAD_MAX_PARTIALS // banks, WGRAD_MAX_WORKSPACE // per_partial))
@@ -241,16 +240,30 @@ def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
 
 def _weight_grad(dy, x, g, tile, w_shape, out):
     TP, TQ = tile
-    xp = _padded(x, *g.padding, "nchw")
+    xd = _deinterleaved(_padded(x, *g.padding, "nchw"), g.stride[1] * TQ)
+    dyd = _deinterleaved(dy, TQ)
     rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
     partial = np.empty((nparts, TP * TQ, g.K, g.C * g.R * g.S), dtype=x.dtype)
     accumulate = out is not None
     if out is None:
         out = np.empty(w_shape, dtype=x.dtype)
     with _launch_lock:
-        conv2d_wgrad_kernel(dy, xp, partial, g.R, g.S, *g.stride, *g.dilation, rows, TP, TQ)
+        conv2d_wgrad_kernel(dyd, xd, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP,
+                            TQ)
         reduce_partials_kernel(partial.reshape(nparts, -1), out.reshape(-1), accumulate)
     return out
+
+
+def _deinterleaved(a, M):
+    """(N, C, H, W) -> (N, C, H, M, ceil(W/M)) with [..., m, j] = a[..., m + j*M] (zero past
+    the end): columns M apart become adjacent. M = 1 is a free reshape."""
+    N, C, H, W = a.shape
+    if M == 1:
+        return a.reshape(N, C, H, 1, W)
+    Wd = -(-W // M)
+    out = np.zeros((N, C, H, Wd * M), dtype=a.dtype)
+    out[..., :W] = a
+    return np.ascontiguousarray(out.reshape(N, C, H, Wd, M).transpose(0, 1, 2, 4, 3))
 
 
 # ------------------------------------------------------------------------------ input grad
