@@ -44,3 +44,7 @@ def njit_options(parallel=False):
 # Workspace budget for those partials (bytes): a tiled layer's partial holds every bank, so
 # with many banks fewer partials are used (never fewer than 4, so both cores stay busy).
 WGRAD_MAX_WORKSPACE = 256 * 2**20
+
+# CPU scratch buffers up to this size are kept between calls (cpu/_workspace.py) instead of
+# being allocated afresh: each one is reused by the next call of the same kernel.
+WORKSPACE_CACHE_BYTES = 64 * 2**20

@@ -334,3 +334,30 @@ def test_local2d_forward_allocates_no_buffer_as_big_as_the_weights():
     unfold = uc.case.N * uc.case.C * 11 * 11 * y.shape[2] * y.shape[3] * 4
     assert peak - y.nbytes < d.w.nbytes / 2, (peak, y.nbytes, d.w.nbytes)
     assert peak < unfold, (peak, unfold)
+
+
+# ---------------------------------------------------------------------- workspace reuse
+@pytest.mark.parametrize("case_id", ["pad1_3x3", "alexnet_s4_k11", "kernel_eq_input"])
+@pytest.mark.parametrize("layer", ["conv2d"] + LAYER_NAMES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_survive_the_next_call(backend, layer, case_id):
+    """CPU kernels reuse scratch buffers between calls (cpu/_workspace.py): no returned array
+    may be one of them. Results of a first call must be unchanged by a second, different call."""
+    uc = UNTIED_BY_ID[case_id]
+    kw = uc.case.kw
+    if layer == "conv2d":
+        d = make_inputs(uc.case, np.float64, seed=40)
+        fwd, bwd = sf.conv2d, sf.conv2d_backward
+    else:
+        d = make_layer_inputs(layer, uc, np.float64, seed=40)
+        fwd, bwd = LAYERS[layer].forward, LAYERS[layer].backward
+    first = [fwd(d.x, d.w, d.b, backend=backend, **kw),
+             *bwd(d.dy, d.x, d.w, backend=backend, **kw),
+             bwd(d.dy, d.x, d.w, needs="input", backend=backend, **kw).input]
+    kept = [a.copy() for a in first]
+    other = [2 * a + 1 for a in d]  # same shapes, different values
+    fwd(other[0], other[1], other[2], backend=backend, **kw)
+    bwd(other[3], other[0], other[1], backend=backend, **kw)
+    bwd(other[3], other[0], other[1], needs="input", backend=backend, **kw)
+    for a, b in zip(first, kept):
+        np.testing.assert_array_equal(a, b)

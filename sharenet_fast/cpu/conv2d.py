@@ -21,6 +21,7 @@ from numba import njit, prange
 from ..config import (VEC_PAD, WGRAD_CHUNK, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE,
                       njit_options)
 from ._gemm import gemm_nt, typed_zero
+from ._workspace import scratch
 
 # Numba's default "workqueue" threading layer aborts the process when two Python threads
 # enter parallel kernels at once. A kernel already uses every core, so serialising callers
@@ -28,22 +29,28 @@ from ._gemm import gemm_nt, typed_zero
 _launch_lock = threading.RLock()
 
 
-def _padded(a, ph, pw, layout):
+def _padded(a, ph, pw, layout, name):
     """Copy of NCHW `a` zero-padded by (ph, pw) on each side, in NCHW or NHWC layout.
 
     Kernels read the padded copy and never test bounds. A negative amount crops instead
     (the input-gradient-as-convolution needs that when padding > dilation * (R - 1)).
+    The copy is scratch `name` (call under _launch_lock).
     """
     N, C, H, W = a.shape
     Hp, Wp = H + 2 * ph, W + 2 * pw
     src = a[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)]
     oh, ow = max(0, ph), max(0, pw)
     if layout == "nhwc":
-        out = np.zeros((N, Hp, Wp, C), dtype=a.dtype)
-        out[:, oh:Hp - oh, ow:Wp - ow, :] = src.transpose(0, 2, 3, 1)
+        out = scratch(name, (N, Hp, Wp, C), a.dtype)
+        dst, src = out.transpose(0, 3, 1, 2), src
     else:
-        out = np.zeros((N, C, Hp, Wp), dtype=a.dtype)
-        out[:, :, oh:Hp - oh, ow:Wp - ow] = src
+        out = dst = scratch(name, (N, C, Hp, Wp), a.dtype)
+    # zero only the border; the interior is overwritten
+    dst[:, :, :oh] = 0
+    dst[:, :, Hp - oh:] = 0
+    dst[:, :, :, :ow] = 0
+    dst[:, :, :, Wp - ow:] = 0
+    dst[:, :, oh:Hp - oh, ow:Wp - ow] = src
     return out
 
 
@@ -64,7 +71,8 @@ def _add(dst, src):
 # ----------------------------------------------------------------------------------- forward
 @njit(**njit_options(parallel=True))
 def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
-    """xh: padded NHWC input; wk: TP*TQ banks of (K, R*S*C) rows; y: (N, K, P, Q) output.
+    """xh: padded NHWC input; wk: TP*TQ banks of (K, R*S*C) rows, each zero-padded to a multiple
+    of VEC_PAD (no scalar remainder in the GEMM's reduction); y: (N, K, P, Q) output.
 
     Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1), bias (TP*TQ*K).
     One task = one output row (n, p): gather its Q patches (rows of R*S*C, unit stride along
@@ -75,7 +83,8 @@ def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, T
     N, Hp, Wp, C = xh.shape
     _, _, P, Q = y.shape
     K = wk.shape[0] // (TP * TQ)
-    T = R * S * C
+    T = wk.shape[1]  # R*S*C rounded up to VEC_PAD; the patch rows get the same zero tail
+    RSC = R * S * C
     SC = S * C
     xf = xh.ravel()
     wf = wk.ravel()
@@ -97,6 +106,7 @@ def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, T
                         for s in range(S):
                             _copy(patch[dst + s * C:dst + (s + 1) * C],
                                   xf[src + s * dw * C:src + s * dw * C + C])
+                patch[row * T + RSC:(row + 1) * T] = 0
                 row += 1
         base = n * K * P * Q + p * Q
         row = 0
@@ -124,10 +134,13 @@ def conv2d(x, weight, bias, g):
 def _forward(x, banks, bias, padding, stride, dilation, y):
     """y = tiled conv of x with banks (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None."""
     TP, TQ, K, C, R, S = banks.shape
-    xh = _padded(x, *padding, "nhwc")
-    wk = np.ascontiguousarray(banks.transpose(0, 1, 2, 4, 5, 3)).reshape(TP * TQ * K, -1)
+    T = R * S * C
     b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
     with _launch_lock:
+        xh = _padded(x, *padding, "nhwc", "fwd_x")
+        wk = scratch("fwd_w", (TP * TQ * K, -(-T // VEC_PAD) * VEC_PAD), x.dtype)
+        wk[:, T:] = 0
+        wk[:, :T] = banks.transpose(0, 1, 2, 4, 5, 3).reshape(TP * TQ * K, T)
         conv2d_forward_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
 
 
@@ -240,30 +253,37 @@ def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
 
 def _weight_grad(dy, x, g, tile, w_shape, out):
     TP, TQ = tile
-    xd = _deinterleaved(_padded(x, *g.padding, "nchw"), g.stride[1] * TQ)
-    dyd = _deinterleaved(dy, TQ)
     rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
-    partial = np.empty((nparts, TP * TQ, g.K, g.C * g.R * g.S), dtype=x.dtype)
     accumulate = out is not None
     if out is None:
         out = np.empty(w_shape, dtype=x.dtype)
     with _launch_lock:
+        xd = _deinterleaved(_padded(x, *g.padding, "nchw", "wgrad_xp"), g.stride[1] * TQ,
+                            "wgrad_x")
+        dyd = _deinterleaved(dy, TQ, "wgrad_dy")
+        partial = scratch("wgrad_partial", (nparts, TP * TQ, g.K, g.C * g.R * g.S), x.dtype)
         conv2d_wgrad_kernel(dyd, xd, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP,
                             TQ)
         reduce_partials_kernel(partial.reshape(nparts, -1), out.reshape(-1), accumulate)
     return out
 
 
-def _deinterleaved(a, M):
+def _deinterleaved(a, M, name):
     """(N, C, H, W) -> (N, C, H, M, ceil(W/M)) with [..., m, j] = a[..., m + j*M] (zero past
-    the end): columns M apart become adjacent. M = 1 is a free reshape."""
+    the end): columns M apart become adjacent. M = 1 is a free reshape; otherwise the result
+    is scratch `name` (call under _launch_lock)."""
     N, C, H, W = a.shape
     if M == 1:
         return a.reshape(N, C, H, 1, W)
     Wd = -(-W // M)
-    out = np.zeros((N, C, H, Wd * M), dtype=a.dtype)
-    out[..., :W] = a
-    return np.ascontiguousarray(out.reshape(N, C, H, Wd, M).transpose(0, 1, 2, 4, 3))
+    out = scratch(name, (N, C, H, M, Wd), a.dtype)
+    full, rest = divmod(W, M)
+    # phase m holds columns m, m + M, ...: full + 1 of them for m < rest, else full
+    for m in range(M):
+        cnt = full + (1 if m < rest else 0)
+        out[:, :, :, m, :cnt] = a[:, :, :, m::M]
+        out[:, :, :, m, cnt:] = 0
+    return out
 
 
 # ------------------------------------------------------------------------------ input grad
@@ -349,10 +369,13 @@ def _input_grad(dy, banks, g):
         _forward(dy, flipped, None, (dh * (R - 1) - ph, dw * (S - 1) - pw), (1, 1),
                  g.dilation, dx)
         return dx
-    dyt = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
-    wt = np.ascontiguousarray(banks.transpose(0, 1, 4, 5, 3, 2)).reshape(TP * TQ * R, S * C, K)
     with _launch_lock:
-        conv2d_dgrad_kernel(dyt, wt, dx, g.H, g.W, *g.padding, *g.stride, *g.dilation, TP, TQ)
+        dyt = scratch("dgrad_dy", (g.N, g.P, g.Q, K), dy.dtype)
+        dyt[...] = dy.transpose(0, 2, 3, 1)
+        wt = scratch("dgrad_w", (TP, TQ, R, S, C, K), dy.dtype)
+        wt[...] = banks.transpose(0, 1, 4, 5, 3, 2)
+        conv2d_dgrad_kernel(dyt, wt.reshape(TP * TQ * R, S * C, K), dx, g.H, g.W, *g.padding,
+                            *g.stride, *g.dilation, TP, TQ)
     return dx
 
 

@@ -24,6 +24,7 @@ from numba import njit, prange
 
 from ..config import njit_options
 from ._gemm import gemm_nn, gemm_nt, typed_zero
+from ._workspace import scratch
 from .conv2d import _add, _copy, _launch_lock, _padded
 
 
@@ -70,10 +71,10 @@ def local2d_forward_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
 
 
 def local2d(x, weight, bias, g):
-    xp = _padded(x, *g.padding, "nchw")
     y = np.empty(g.y_shape, dtype=x.dtype)
     b = bias if bias is not None else np.zeros((1, 1, 1), dtype=x.dtype)
     with _launch_lock:
+        xp = _padded(x, *g.padding, "nchw", "local_x")
         local2d_forward_kernel(xp, weight, b, bias is not None, y, g.R, g.S, *g.stride,
                                *g.dilation)
     return y
@@ -142,19 +143,24 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out):
     """(dx or None, dw or None); dw added into `out` when given."""
     ph, pw = g.padding
     dt = dy.dtype
-    dyt = np.ascontiguousarray(dy.transpose(2, 3, 0, 1))
-    xp = _padded(x, ph, pw, "nchw") if want_dw else np.zeros((1, 1, 1, 1), dt)
-    dxp = (np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dtype=dt) if want_dx
-           else np.zeros((1, 1, 1, 1), dt))
     accumulate = out is not None
     if want_dw and out is None:
         out = np.empty((g.P, g.Q) + g.w_shape, dtype=dt)
     dwo = out if want_dw else np.zeros((1, 1, 1, 1, 1, 1), dt)
     w = weight if want_dx else np.zeros((1, 1, 1, 1, 1, 1), dt)
     with _launch_lock:
+        dyt = scratch("local_dy", (g.P, g.Q, g.N, g.K), dt)
+        dyt[...] = dy.transpose(2, 3, 0, 1)
+        xp = _padded(x, ph, pw, "nchw", "local_x") if want_dw else np.zeros((1, 1, 1, 1), dt)
+        if want_dx:
+            dxp = scratch("local_dx", (g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dt)
+            dxp[...] = 0
+        else:
+            dxp = np.zeros((1, 1, 1, 1), dt)
         local2d_backward_kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation,
                                 _phases(g) if want_dx else 1, want_dx, want_dw, accumulate)
-    dx = np.ascontiguousarray(dxp[:, :, ph:ph + g.H, pw:pw + g.W]) if want_dx else None
+        # a fresh array: the scratch is reused by the next call
+        dx = dxp[:, :, ph:ph + g.H, pw:pw + g.W].copy() if want_dx else None
     return dx, (out if want_dw else None)
 
 
