@@ -28,15 +28,49 @@ def _pad(x, g):
     return np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    g = _geometry(x.shape, weight.shape, stride, padding, dilation)
-    w = np.asarray(weight, dtype=np.float64)
+# The three tap loops every layer shares. `bank` is the weight's einsum subscript for one tap:
+# "kc" for one shared bank (K, C), "pqkc" for a bank per position (P, Q, K, C); the weight's
+# last two axes are always the tap (r, s).
+def _correlate(x, w, g, bank):
+    """y[n, k, p, q] = sum over taps and c of x_tap[n, c, p, q] * w[..., r, s]."""
     xp = _pad(x, g)
+    w = np.asarray(w, dtype=np.float64)
     y = np.zeros(g.y_shape)
     for r in range(g.R):
         for s in range(g.S):
             rows, cols = _tap(g, r, s)
-            y += np.einsum("ncpq,kc->nkpq", xp[:, :, rows, cols], w[:, :, r, s])
+            y += np.einsum(f"ncpq,{bank}->nkpq", xp[:, :, rows, cols], w[..., r, s])
+    return y
+
+
+def _correlate_input_grad(dy, w, g, bank):
+    """The adjoint of _correlate in x: each tap adds its share back into the padded input."""
+    w = np.asarray(w, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    ph, pw = g.padding
+    dxp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw))
+    for r in range(g.R):
+        for s in range(g.S):
+            rows, cols = _tap(g, r, s)
+            dxp[:, :, rows, cols] += np.einsum(f"nkpq,{bank}->ncpq", dy, w[..., r, s])
+    return dxp[:, :, ph:ph + g.H, pw:pw + g.W]
+
+
+def _correlate_weight_grad(dy, x, g, bank, w_shape):
+    """The adjoint of _correlate in w: per tap, dy against the input slice the tap read."""
+    dy = np.asarray(dy, dtype=np.float64)
+    xp = _pad(x, g)
+    dw = np.zeros(w_shape)
+    for r in range(g.R):
+        for s in range(g.S):
+            rows, cols = _tap(g, r, s)
+            dw[..., r, s] = np.einsum(f"nkpq,ncpq->{bank}", dy, xp[:, :, rows, cols])
+    return dw
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    g = _geometry(x.shape, weight.shape, stride, padding, dilation)
+    y = _correlate(x, weight, g, "kc")
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
     return y
@@ -44,27 +78,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
 
 def conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
     g = _geometry(x_shape, weight.shape, stride, padding, dilation)
-    w = np.asarray(weight, dtype=np.float64)
-    dy = np.asarray(grad_out, dtype=np.float64)
-    ph, pw = g.padding
-    dxp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw))
-    for r in range(g.R):
-        for s in range(g.S):
-            rows, cols = _tap(g, r, s)
-            dxp[:, :, rows, cols] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, r, s])
-    return dxp[:, :, ph:ph + g.H, pw:pw + g.W]
+    return _correlate_input_grad(grad_out, weight, g, "kc")
 
 
 def conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
     g = _geometry(x.shape, w_shape, stride, padding, dilation)
-    dy = np.asarray(grad_out, dtype=np.float64)
-    xp = _pad(x, g)
-    dw = np.zeros(g.w_shape)
-    for r in range(g.R):
-        for s in range(g.S):
-            rows, cols = _tap(g, r, s)
-            dw[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, xp[:, :, rows, cols])
-    return dw
+    return _correlate_weight_grad(grad_out, x, g, "kc", g.w_shape)
 
 
 def conv2d_bias_grad(grad_out):
@@ -111,13 +130,7 @@ def fold_tiles(per_position, tile):
 
 def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
     g = _local_geometry(x.shape, weight.shape, stride, padding, dilation)
-    w = np.asarray(weight, dtype=np.float64)
-    xp = _pad(x, g)
-    y = np.zeros(g.y_shape)
-    for r in range(g.R):
-        for s in range(g.S):
-            rows, cols = _tap(g, r, s)
-            y += np.einsum("ncpq,pqkc->nkpq", xp[:, :, rows, cols], w[:, :, :, :, r, s])
+    y = _correlate(x, weight, g, "pqkc")
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64).transpose(2, 0, 1)[None]
     return y
@@ -125,27 +138,12 @@ def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
 
 def local2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
     g = _local_geometry(x_shape, weight.shape, stride, padding, dilation)
-    w = np.asarray(weight, dtype=np.float64)
-    dy = np.asarray(grad_out, dtype=np.float64)
-    ph, pw = g.padding
-    dxp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw))
-    for r in range(g.R):
-        for s in range(g.S):
-            rows, cols = _tap(g, r, s)
-            dxp[:, :, rows, cols] += np.einsum("nkpq,pqkc->ncpq", dy, w[:, :, :, :, r, s])
-    return dxp[:, :, ph:ph + g.H, pw:pw + g.W]
+    return _correlate_input_grad(grad_out, weight, g, "pqkc")
 
 
 def local2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
     g = _local_geometry(x.shape, w_shape, stride, padding, dilation)
-    dy = np.asarray(grad_out, dtype=np.float64)
-    xp = _pad(x, g)
-    dw = np.zeros((g.P, g.Q) + g.w_shape)
-    for r in range(g.R):
-        for s in range(g.S):
-            rows, cols = _tap(g, r, s)
-            dw[:, :, :, :, r, s] = np.einsum("nkpq,ncpq->pqkc", dy, xp[:, :, rows, cols])
-    return dw
+    return _correlate_weight_grad(grad_out, x, g, "pqkc", (g.P, g.Q) + g.w_shape)
 
 
 def local2d_bias_grad(grad_out):
