@@ -58,3 +58,49 @@ def test_cpu_backend_from_four_python_threads():
         assert g.weight is acc
         assert_close(acc, 1.0 + ref["weight_grad"], dtype, f"job {n} weight grad")
         assert_close(g.bias, ref["bias_grad"], dtype, f"job {n} bias grad")
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
+def test_untied_layers_from_four_python_threads():
+    """local2d and tiled_conv2d too: their scratch buffers (cpu/_workspace.py) are shared
+    between calls, so this checks that concurrent callers never see each other's."""
+    from _support import (LAYER_NAMES, LAYERS, PASSES, UNTIED_BY_ID, layer_reference,
+                          make_layer_inputs)
+
+    jobs = []
+    for t in range(THREADS):
+        for i in range(CALLS_PER_THREAD):
+            layer = LAYER_NAMES[(t + i) % 2]
+            uc = UNTIED_BY_ID[THREAD_SHAPES[(t + 2 * i) % len(THREAD_SHAPES)]]
+            dtype = (np.float32, np.float64)[t % 2]
+            d = make_layer_inputs(layer, uc, dtype, seed=200 + t * CALLS_PER_THREAD + i)
+            ref = {p: layer_reference(layer, p, d, uc.case.kw) for p in PASSES}
+            jobs.append((t, layer, uc, dtype, d, ref))
+    for _, layer, uc, _, d, _ in jobs:  # compile outside the threads
+        LAYERS[layer].forward(d.x, d.w, d.b, backend="cpu", **uc.case.kw)
+        LAYERS[layer].backward(d.dy, d.x, d.w, backend="cpu", **uc.case.kw)
+
+    results, errors = {}, []
+    barrier = threading.Barrier(THREADS)
+
+    def worker(t):
+        try:
+            barrier.wait(timeout=60)
+            for n, (owner, layer, uc, _, d, _) in enumerate(jobs):
+                if owner == t:
+                    L = LAYERS[layer]
+                    results[n] = (L.forward(d.x, d.w, d.b, backend="cpu", **uc.case.kw),
+                                  *L.backward(d.dy, d.x, d.w, backend="cpu", **uc.case.kw))
+        except BaseException as exc:
+            errors.append((t, repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not any(th.is_alive() for th in threads), "a thread hung"
+    assert not errors, errors
+    for n, (_, layer, uc, dtype, d, ref) in enumerate(jobs):
+        for p, out in zip(PASSES, results[n]):
+            assert_close(out, ref[p], dtype, f"job {n} {layer} {uc.id} {p}")
