@@ -1,7 +1,15 @@
 """The one registry of backends: name -> module, loaded lazily, with the reason a backend is missing.
 
-Every backend module exposes the same host functions (conv2d, conv2d_input_grad,
-conv2d_weight_grad, conv2d_bias_grad), so dispatch is a lookup and tests iterate over this table.
+Every backend module exposes the same host functions, so dispatch is a lookup and tests iterate
+over this table. For op in conv2d, local2d, tiled_conv2d (validated arrays, a ConvGeometry g):
+
+    op(x, weight, bias, g) -> y
+    op_input_grad(dy, weight, g) -> dx
+    op_weight_grad(dy, x, g, out=None, deterministic=False[, tile]) -> dw (added into out)
+    op_bias_grad(dy, out=None[, tile]) -> db (added into out)
+    op_input_weight_grad(dy, x, weight, g, out=None, ...) -> (dx, dw)   optional: one fused pass
+
+tiled_conv2d's weight and bias gradients take tile=(TP, TQ); local2d's grid is (g.P, g.Q).
 """
 import importlib
 
