@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import njit_options
-from ._gemm import gemm_nn, gemm_nt, typed_zero
+from ._gemm import gemm_nn, gemm_nt_streamed, typed_zero
 from ._workspace import scratch
 from .conv2d import _add, _copy, _launch_lock, _padded
 
@@ -47,8 +47,8 @@ def _gather_patches(xf, patch, N, C, Hp, Wp, R, S, h0, w0, dh, dw):
 def local2d_forward_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
     """xp: padded NCHW input; w: (P, Q, K, C, R, S); bias: (P, Q, K); y: (N, K, P, Q).
 
-    One task = one output row p; per position, the K x T bank is streamed from memory once
-    (gemm_nt keeps 4 of its rows in L1 while the N patches, 4*N*T bytes, are re-read from L1).
+    One task = one output row p; per position, the K x T bank is streamed from memory once,
+    in one sequential sweep (gemm_nt_streamed); the N patches (4*N*T bytes) stay in L1.
     """
     N, C, Hp, Wp = xp.shape
     _, K, P, Q = y.shape
@@ -63,7 +63,8 @@ def local2d_forward_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
             _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw, dh, dw)
             pos = p * Q + q
             # y[n, k, p, q] at pos + k*P*Q + n*K*P*Q
-            gemm_nt(wf, pos * K * T, T, patch, 0, T, K, N, T, yf, pos, P * Q, K * P * Q, False)
+            gemm_nt_streamed(wf, pos * K * T, T, patch, 0, T, K, N, T, yf, pos, P * Q, K * P * Q,
+                             False)
             if has_bias:
                 for n in range(N):
                     for k in range(K):
