@@ -47,6 +47,25 @@ def measure(fn, repeat, min_time):
     return samples
 
 
+def measure_interleaved(fns, repeat, min_time):
+    """{name: seconds per call} for several functions timed in alternation (a, b, a, b, ...),
+    each to at least `repeat` samples and `min_time` seconds. On a shared machine the load
+    drifts over seconds; alternating lets ours and the peer see the same drift, so their ratio
+    is steadier than two back-to-back runs give. Each fn has been called once already."""
+    samples = {name: [] for name in fns}
+
+    def done(v):
+        return len(v) >= repeat and sum(v) >= min_time
+
+    while not all(done(v) for v in samples.values()):
+        for name, fn in fns.items():
+            if not done(samples[name]):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
 def best_of(fn, repeat=3):
     fn()
     return min(measure(fn, repeat, 0.0))
@@ -120,11 +139,10 @@ def bench_shape(name, shape, repeat, min_time, limits, progress, layers=ops.LAYE
         del outs
         wbytes = weight.nbytes
         for pass_ in ("forward", "backward"):
-            for impl in ("ours", "torch"):
-                run = launchers.get((pass_, impl))
-                if run is None:
-                    continue
-                samples = measure(run, repeat, min_time)
+            timed = measure_interleaved({impl: launchers[(pass_, impl)] for impl in
+                                         ("ours", "torch") if (pass_, impl) in launchers},
+                                        repeat, min_time)
+            for impl, samples in timed.items():
                 median = float(np.median(samples))
                 flops = g.flops(pass_)
                 gflops = flops / median / 1e9
@@ -387,7 +405,8 @@ def format_report(report, markdown=False):
         format_table(table_rows(report["results"]), markdown),
         "",
         f"float32; median of >= {report['config']['repeat']} runs and >= "
-        f"{report['config']['min_time_s']} s per measurement, after a warm-up call.",
+        f"{report['config']['min_time_s']} s per measurement, after a warm-up call; ours and the "
+        "peer timed in alternation.",
         "backward = input + weight + bias gradients (2x the forward FLOPs). "
         "% sgemm = GFLOP/s / the sgemm rate above.",
         "weight GB/s = weight bytes streamed / time (forward reads W; backward reads W and "
