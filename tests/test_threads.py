@@ -12,6 +12,32 @@ CALLS_PER_THREAD = 4
 THREAD_SHAPES = ["pad1_3x3", "nonsquare_all", "K7_Q5_tails", "wgrad_chunks"]
 
 
+def run_in_threads(jobs, call):
+    """Start THREADS threads together; thread t runs call(job) for every job it owns (job[0] ==
+    t). Returns {job index: result}; fails the test if a thread raised or hung."""
+    results, errors = {}, []
+    barrier = threading.Barrier(THREADS)
+
+    def worker(t):
+        try:
+            barrier.wait(timeout=60)
+            for n, job in enumerate(jobs):
+                if job[0] == t:
+                    results[n] = call(n, job)
+        except BaseException as exc:  # reported below with the thread number
+            errors.append((t, repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not any(th.is_alive() for th in threads), "a thread hung"
+    assert not errors, errors
+    assert len(results) == len(jobs)
+    return results
+
+
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
 def test_cpu_backend_from_four_python_threads():
     jobs = []  # (thread, call): inputs and expected results prepared up front
@@ -26,31 +52,15 @@ def test_cpu_backend_from_four_python_threads():
         sf.conv2d(d.x, d.w, d.b, backend="cpu", **case.kw)
         sf.conv2d_backward(d.dy, d.x, d.w, backend="cpu", **case.kw)
 
-    results, errors = {}, []
-    barrier = threading.Barrier(THREADS)
+    def call(n, job):
+        _, case, dtype, d, _ = job
+        y = sf.conv2d(d.x, d.w, d.b, backend="cpu", **case.kw)
+        acc = np.ones(case.w_shape, dtype)
+        g = sf.conv2d_backward(d.dy, d.x, d.w, backend="cpu", grad_weight=acc,
+                               deterministic=bool(n % 2), **case.kw)
+        return y, g, acc
 
-    def worker(t):
-        try:
-            barrier.wait(timeout=60)
-            for n, (owner, case, dtype, d, _) in enumerate(jobs):
-                if owner != t:
-                    continue
-                y = sf.conv2d(d.x, d.w, d.b, backend="cpu", **case.kw)
-                acc = np.ones(case.w_shape, dtype)
-                g = sf.conv2d_backward(d.dy, d.x, d.w, backend="cpu", grad_weight=acc,
-                                       deterministic=bool(n % 2), **case.kw)
-                results[n] = (y, g, acc)
-        except BaseException as exc:  # reported below with the thread number
-            errors.append((t, repr(exc)))
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=300)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
-    assert not errors, errors
-    assert len(results) == len(jobs)
+    results = run_in_threads(jobs, call)
     for n, (_, case, dtype, d, ref) in enumerate(jobs):
         y, g, acc = results[n]
         assert_close(y, ref["forward"], dtype, f"job {n} forward")
@@ -80,27 +90,13 @@ def test_untied_layers_from_four_python_threads():
         LAYERS[layer].forward(d.x, d.w, d.b, backend="cpu", **uc.case.kw)
         LAYERS[layer].backward(d.dy, d.x, d.w, backend="cpu", **uc.case.kw)
 
-    results, errors = {}, []
-    barrier = threading.Barrier(THREADS)
+    def call(n, job):
+        _, layer, uc, _, d, _ = job
+        L = LAYERS[layer]
+        return (L.forward(d.x, d.w, d.b, backend="cpu", **uc.case.kw),
+                *L.backward(d.dy, d.x, d.w, backend="cpu", **uc.case.kw))
 
-    def worker(t):
-        try:
-            barrier.wait(timeout=60)
-            for n, (owner, layer, uc, _, d, _) in enumerate(jobs):
-                if owner == t:
-                    L = LAYERS[layer]
-                    results[n] = (L.forward(d.x, d.w, d.b, backend="cpu", **uc.case.kw),
-                                  *L.backward(d.dy, d.x, d.w, backend="cpu", **uc.case.kw))
-        except BaseException as exc:
-            errors.append((t, repr(exc)))
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=300)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
-    assert not errors, errors
+    results = run_in_threads(jobs, call)
     for n, (_, layer, uc, dtype, d, ref) in enumerate(jobs):
         for p, out in zip(PASSES, results[n]):
             assert_close(out, ref[p], dtype, f"job {n} {layer} {uc.id} {p}")
