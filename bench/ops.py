@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 import sharenet_fast as sf
+from bench.shapes import geometry
 
 try:
     import torch
@@ -70,7 +71,8 @@ def _torch_untied(shape, layer, xt, wt, bt):
     """y of a tiled or local layer in PyTorch: unfold (im2col), then einsum per bank."""
     N, C, K, R, S = shape.N, shape.C, shape.K, shape.R, shape.S
     cols = torch.nn.functional.unfold(xt, (R, S), stride=shape.stride, padding=shape.padding)
-    P, Q = bt.shape[:2] if layer == "local" else _out_hw(shape)
+    g = geometry(shape)
+    P, Q = g.P, g.Q
     if layer == "local":
         y = torch.einsum("ntl,lkt->nkl", cols, wt.reshape(P * Q, K, C * R * S))
         return y.reshape(N, K, P, Q) + bt.permute(2, 0, 1)
@@ -83,12 +85,6 @@ def _torch_untied(shape, layer, xt, wt, bt):
                 "ntpq,kt->nkpq", cols[:, :, tp::TP, tq::TQ],
                 wt[tp, tq].reshape(K, C * R * S)) + bt[tp, tq][None, :, None, None]
     return y
-
-
-def _out_hw(shape):
-    from bench.shapes import geometry
-    g = geometry(shape)
-    return g.P, g.Q
 
 
 def torch_forward(shape, layer, x, weight, bias):

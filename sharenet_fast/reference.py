@@ -105,6 +105,7 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
 # loop to trust: for tap (r, s), y[n, k, p, q] += sum_c x_tap[n, c, p, q] * w[p, q, k, c, r, s].
 
 def _local_geometry(x_shape, w_shape, stride, padding, dilation):
+    """Geometry from a 6-D banked weight (grid, grid, K, C, R, S): local2d or tiled_conv2d."""
     N, C, H, W = x_shape
     _, _, K, _, R, S = w_shape
     return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
@@ -158,25 +159,21 @@ def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
             local2d_bias_grad(grad_out))
 
 
-def _tiled_geometry(x_shape, w_shape, stride, padding, dilation):
-    return _local_geometry(x_shape, w_shape, stride, padding, dilation)
-
-
 def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    g = _tiled_geometry(x.shape, weight.shape, stride, padding, dilation)
+    g = _local_geometry(x.shape, weight.shape, stride, padding, dilation)
     wl = expand_tiles(weight, (g.P, g.Q))
     bl = None if bias is None else expand_tiles(bias, (g.P, g.Q))
     return local2d(x, wl, bl, stride=stride, padding=padding, dilation=dilation)
 
 
 def tiled_conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
-    g = _tiled_geometry(x_shape, weight.shape, stride, padding, dilation)
+    g = _local_geometry(x_shape, weight.shape, stride, padding, dilation)
     return local2d_input_grad(grad_out, x_shape, expand_tiles(weight, (g.P, g.Q)),
                               stride=stride, padding=padding, dilation=dilation)
 
 
 def tiled_conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
-    g = _tiled_geometry(x.shape, w_shape, stride, padding, dilation)
+    g = _local_geometry(x.shape, w_shape, stride, padding, dilation)
     local_shape = (g.P, g.Q) + tuple(w_shape[2:])
     per_position = local2d_weight_grad(grad_out, x, local_shape, stride=stride,
                                        padding=padding, dilation=dilation)

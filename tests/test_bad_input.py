@@ -55,26 +55,27 @@ def _good(dtype=np.float32):
             random_array(rng, (2, 4, 6, 6), dtype))
 
 
-def fwd(**over):
+def fwd(fn=sf.conv2d, **over):
+    """A call of the forward `fn` on the good inputs with `over` replacing arguments."""
     x, w, _ = _good()
     args = dict(x=x, weight=w, bias=None)
     args.update(over)
 
     def call(backend):
         a = dict(args)
-        return sf.conv2d(a.pop("x"), a.pop("weight"), a.pop("bias"), backend=backend, **a)
+        return fn(a.pop("x"), a.pop("weight"), a.pop("bias"), backend=backend, **a)
     return call
 
 
-def bwd(**over):
+def bwd(fn=sf.conv2d_backward, **over):
+    """A call of the backward `fn` on the good inputs with `over` replacing arguments."""
     x, w, dy = _good()
     args = dict(grad_out=dy, x=x, weight=w)
     args.update(over)
 
     def call(backend):
         a = dict(args)
-        return sf.conv2d_backward(a.pop("grad_out"), a.pop("x"), a.pop("weight"),
-                                  backend=backend, **a)
+        return fn(a.pop("grad_out"), a.pop("x"), a.pop("weight"), backend=backend, **a)
     return call
 
 
@@ -159,45 +160,6 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_input_raises_naming_the_argument(case, backend):
-    call, exc, match = BAD[case]
-    with pytest.raises(exc, match=match):
-        call(backend)
-
-
-# --------------------------------------------------------------------------------- backends
-@pytest.mark.parametrize("which", ["forward", "backward"])
-def test_unknown_backend_is_a_value_error(which):
-    call = fwd() if which == "forward" else bwd()
-    with pytest.raises(ValueError, match=r"backend must be one of.*'no-such-backend'"):
-        call("no-such-backend")
-
-
-def test_backend_not_a_string_is_a_type_error():
-    with pytest.raises(TypeError, match=r"backend must be a str"):
-        fwd()(3)
-
-
-@pytest.mark.parametrize("name", ["cupy", "numba-cuda"])
-@pytest.mark.parametrize("which", ["forward", "backward"])
-def test_unavailable_backend_is_a_runtime_error(which, name):
-    if name not in UNAVAILABLE:
-        pytest.skip(f"{name} is available on this machine")
-    call = fwd() if which == "forward" else bwd()
-    with pytest.raises(RuntimeError, match=rf"{name}.*not available"):
-        call(name)
-
-
-def test_bad_input_is_reported_before_backend_lookup_errors_matter():
-    """A bad argument is reported as such even with a valid but unavailable backend named."""
-    if "cupy" not in UNAVAILABLE:
-        pytest.skip("cupy is available")
-    with pytest.raises(ValueError, match=r"stride must be positive"):
-        fwd(stride=0)("cupy")
-
-
 # ------------------------------------------------------------------ local2d and tiled_conv2d
 # x (2, 3, 8, 8) and 3x3 filters give a 6x6 output: local weight (6, 6, 4, 3, 3, 3).
 _rng = np.random.default_rng(4)
@@ -207,32 +169,12 @@ WT = random_array(_rng, (2, 3, 4, 3, 3, 3), f32)
 BT = random_array(_rng, (2, 3, 4), f32)
 
 
-def layer_fwd(fn, w, **over):
-    args = dict(x=X, weight=w, bias=None)
-    args.update(over)
+lf = lambda **o: fwd(sf.local2d, **{"weight": WL, **o})            # noqa: E731
+lb = lambda **o: bwd(sf.local2d_backward, **{"weight": WL, **o})   # noqa: E731
+tf = lambda **o: fwd(sf.tiled_conv2d, **{"weight": WT, **o})       # noqa: E731
+tb = lambda **o: bwd(sf.tiled_conv2d_backward, **{"weight": WT, **o})  # noqa: E731
 
-    def call(backend):
-        a = dict(args)
-        return fn(a.pop("x"), a.pop("weight"), a.pop("bias"), backend=backend, **a)
-    return call
-
-
-def layer_bwd(fn, w, **over):
-    args = dict(grad_out=DY, x=X, weight=w)
-    args.update(over)
-
-    def call(backend):
-        a = dict(args)
-        return fn(a.pop("grad_out"), a.pop("x"), a.pop("weight"), backend=backend, **a)
-    return call
-
-
-lf = lambda **o: layer_fwd(sf.local2d, WL, **o)            # noqa: E731
-lb = lambda **o: layer_bwd(sf.local2d_backward, WL, **o)   # noqa: E731
-tf = lambda **o: layer_fwd(sf.tiled_conv2d, WT, **o)       # noqa: E731
-tb = lambda **o: layer_bwd(sf.tiled_conv2d_backward, WT, **o)  # noqa: E731
-
-BAD_UNTIED = {
+BAD.update({
     "local_weight_4d": (lf(weight=W), ValueError, r"weight must be 6-D.*\(4, 3, 3, 3\)"),
     "local_grid_does_not_match_output": (
         lf(weight=WL[:5]), ValueError,
@@ -274,12 +216,43 @@ BAD_UNTIED = {
     "tiled_needs_bad": (tb(needs=("weights",)), ValueError, r"needs"),
     "tiled_empty_K": (tf(weight=np.ones((2, 3, 0, 3, 3, 3), f32)), ValueError,
                       r"weight must have no empty dimension"),
-}
+})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", list(BAD_UNTIED), ids=list(BAD_UNTIED))
-def test_untied_bad_input_raises_naming_the_argument(case, backend):
-    call, exc, match = BAD_UNTIED[case]
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_raises_naming_the_argument(case, backend):
+    call, exc, match = BAD[case]
     with pytest.raises(exc, match=match):
         call(backend)
+
+
+# --------------------------------------------------------------------------------- backends
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_unknown_backend_is_a_value_error(which):
+    call = fwd() if which == "forward" else bwd()
+    with pytest.raises(ValueError, match=r"backend must be one of.*'no-such-backend'"):
+        call("no-such-backend")
+
+
+def test_backend_not_a_string_is_a_type_error():
+    with pytest.raises(TypeError, match=r"backend must be a str"):
+        fwd()(3)
+
+
+@pytest.mark.parametrize("name", ["cupy", "numba-cuda"])
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_unavailable_backend_is_a_runtime_error(which, name):
+    if name not in UNAVAILABLE:
+        pytest.skip(f"{name} is available on this machine")
+    call = fwd() if which == "forward" else bwd()
+    with pytest.raises(RuntimeError, match=rf"{name}.*not available"):
+        call(name)
+
+
+def test_bad_input_is_reported_before_backend_lookup_errors_matter():
+    """A bad argument is reported as such even with a valid but unavailable backend named."""
+    if "cupy" not in UNAVAILABLE:
+        pytest.skip("cupy is available")
+    with pytest.raises(ValueError, match=r"stride must be positive"):
+        fwd(stride=0)("cupy")

@@ -88,6 +88,18 @@ def _store_row(C, base, ldcj, j0, J, v0, v1, v2, row_ok, accumulate):
 
 
 @njit(**njit_options())
+def gemm_nt_streamed(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate):
+    """gemm_nt for an A that comes from DRAM once and fits in L2 (a locally-connected bank):
+    column tiles outermost, so the first pass reads A as one sequential sweep (what the hardware
+    prefetchers follow best) and the other passes find it in L2. Measured 8-10% faster than
+    gemm_nt's row-tile-outer order on alexnet_conv1 and vgg_3x3 local2d forward."""
+    for j0 in range(0, J, NR):
+        for i0 in range(0, I, MR):
+            microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
+                            accumulate)
+
+
+@njit(**njit_options())
 def gemm_nt(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate):
     """C (+)= A . B^T over the whole I x J block, serially (callers parallelise around it).
 
@@ -99,23 +111,8 @@ def gemm_nt(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate):
             for j0 in range(0, J, NR):
                 microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
                                 accumulate)
-    else:
-        for j0 in range(0, J, NR):
-            for i0 in range(0, I, MR):
-                microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
-                                accumulate)
-
-
-@njit(**njit_options())
-def gemm_nt_streamed(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate):
-    """gemm_nt for an A that comes from DRAM once and fits in L2 (a locally-connected bank):
-    column tiles outermost, so the first pass reads A as one sequential sweep (what the hardware
-    prefetchers follow best) and the other passes find it in L2. Measured 8-10% faster than
-    gemm_nt's row-tile-outer order on alexnet_conv1 and vgg_3x3 local2d forward."""
-    for j0 in range(0, J, NR):
-        for i0 in range(0, I, MR):
-            microkernel_4x3(A, a0, lda, B, b0, ldb, T, i0, j0, I, J, C, c0, ldci, ldcj,
-                            accumulate)
+    else:  # column tiles outermost
+        gemm_nt_streamed(A, a0, lda, B, b0, ldb, I, J, T, C, c0, ldci, ldcj, accumulate)
 
 
 # ------------------------------------------------------------------------------- NN "axpy" form

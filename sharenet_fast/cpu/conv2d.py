@@ -42,7 +42,7 @@ def _padded(a, ph, pw, layout, name):
     oh, ow = max(0, ph), max(0, pw)
     if layout == "nhwc":
         out = scratch(name, (N, Hp, Wp, C), a.dtype)
-        dst, src = out.transpose(0, 3, 1, 2), src
+        dst = out.transpose(0, 3, 1, 2)  # written through an NCHW view
     else:
         out = dst = scratch(name, (N, C, Hp, Wp), a.dtype)
     # zero only the border; the interior is overwritten
@@ -353,18 +353,15 @@ def _input_grad(dy, banks, g):
         # row is p % TP = (h % TP + ph - r*dh) % TP: so the flipped layer is tiled too, by
         # input class (h % TP, w % TQ), each class bank assembling tap by tap the banks it meets.
         (dh, dw), (ph, pw) = g.dilation, g.padding
-        a = np.arange(TP)[:, None]
-        b = np.arange(TQ)[:, None]
-        rr = np.arange(R)[::-1][None, :]   # flipped tap r' = R-1-r reads original tap r
-        ss = np.arange(S)[::-1][None, :]
-        rows = (a + ph - rr * dh) % TP      # (TP, R): bank row for input class a, flipped tap
-        cols = (b + pw - ss * dw) % TQ      # (TQ, S)
+        rr = np.arange(R)[::-1]   # flipped tap r' reads original tap r = R-1-r
+        ss = np.arange(S)[::-1]
+        rows = (np.arange(TP)[:, None] + ph - rr * dh) % TP  # (TP, R'): bank row of class a
+        cols = (np.arange(TQ)[:, None] + pw - ss * dw) % TQ  # (TQ, S')
         # flipped[a, b, c, k, r', s'] = banks[rows[a, r'], cols[b, s'], k, c, R-1-r', S-1-s']
-        idx_a = rows[:, None, :, None]
-        idx_b = cols[None, :, None, :]
-        taps_r = np.arange(R)[::-1][None, None, :, None]
-        taps_s = np.arange(S)[::-1][None, None, None, :]
-        flipped = banks.transpose(0, 1, 4, 5, 3, 2)[idx_a, idx_b, taps_r, taps_s]
+        flipped = banks.transpose(0, 1, 4, 5, 3, 2)[rows[:, None, :, None],
+                                                    cols[None, :, None, :],
+                                                    rr[None, None, :, None],
+                                                    ss[None, None, None, :]]
         flipped = np.ascontiguousarray(flipped.transpose(0, 1, 4, 5, 2, 3))
         _forward(dy, flipped, None, (dh * (R - 1) - ph, dw * (S - 1) - pw), (1, 1),
                  g.dilation, dx)

@@ -182,7 +182,10 @@ def local2d_input_weight_grad(dy, x, weight, g, out=None, deterministic=False):
 # ------------------------------------------------------------------------------- bias grad
 @njit(**njit_options(parallel=True))
 def local2d_bgrad_kernel(dy, out, accumulate):
-    """out[p, q, k] (+)= sum_n dy[n, k, p, q]; one task per k, images summed in order."""
+    """out[p, q, k] (+)= sum_n dy[n, k, p, q]; one task per k, images summed in order.
+
+    conv2d_bgrad_kernel with a P x Q tile gives the same sums, but its per-class loops over
+    one-element classes made it 4x slower (2.2 vs 0.5 ms at alexnet_conv1)."""
     N, K, P, Q = dy.shape
     of = out.ravel()
     for k in prange(K):
