@@ -48,3 +48,28 @@ WGRAD_MAX_WORKSPACE = 256 * 2**20
 # CPU scratch buffers up to this size are kept between calls (cpu/_workspace.py) instead of
 # being allocated afresh: each one is reused by the next call of the same kernel.
 WORKSPACE_CACHE_BYTES = 64 * 2**20
+
+# ----------------------------------------------------------------------- Numba CUDA launch geometry
+# Under NUMBA_ENABLE_CUDASIM=1 every CUDA thread is a Python thread, so the tests shrink the
+# blocks here, in the one place, instead of in the kernels (which read these when first built).
+CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+# Block tile of the implicit-GEMM kernels (numba_cuda/conv2d.py): a block computes BM rows x BN
+# columns of the output with (BM/TM) x (BN/TN) threads, each holding TM x TN accumulators in
+# registers, and steps through the reduction BK at a time, staging a BM x BK and a BK x BN tile
+# in shared memory. 64 x 64 x 8 with 4 x 4 per thread: 256 threads, 16 FMAs per 8 shared loads,
+# 4 KiB of shared memory per block (float32), so many blocks fit an SM.
+CUDA_TILES = (8, 8, 4, 2, 2) if CUDASIM else (64, 64, 8, 4, 4)   # (BM, BN, BK, TM, TN)
+
+# Weight gradient: a block reduces this many output positions of its tile class before its one
+# atomic add per weight (or its partial, deterministic=True). Enough chunks to fill 132 SMs at
+# the suite's sizes; at most CUDA_WGRAD_MAX_CHUNKS, which bounds the deterministic workspace.
+CUDA_WGRAD_CHUNK = 16 if CUDASIM else 1024
+CUDA_WGRAD_MAX_CHUNKS = 256
+# Deterministic workspace cap (bytes): fewer, longer chunks beyond it.
+CUDA_WGRAD_MAX_WORKSPACE = 256 * 2**20
+
+# Threads of a bias-gradient block (a tree reduction in shared memory: a power of two).
+CUDA_BIAS_THREADS = 16 if CUDASIM else 128
+# Threads per block of the elementwise kernels (fill, partial sums).
+CUDA_THREADS = 32 if CUDASIM else 256

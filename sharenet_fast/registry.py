@@ -17,13 +17,12 @@ import importlib
 BACKENDS = {
     "cpu": ("sharenet_fast.cpu", "Numba @njit(parallel=True) kernels"),
     "reference": ("sharenet_fast._reference_backend", "float64 NumPy oracle"),
-    "numba-cuda": (None, "Numba CUDA kernels"),
+    "numba-cuda": ("sharenet_fast.numba_cuda", "Numba CUDA kernels"),
     "cupy": (None, "CUDA C kernels from kernels/ compiled by CuPy"),
 }
 
 # Backends whose kernels are not written yet say so instead of pretending.
 _NOT_BUILT = {
-    "numba-cuda": "not implemented yet (issue 4: Numba CUDA kernels)",
     "cupy": "not implemented yet (issue 5: CUDA C kernels for the cupy backend)",
 }
 
@@ -37,7 +36,10 @@ def _try_load(name):
         result = (None, _NOT_BUILT[name])
     else:
         try:
-            result = (importlib.import_module(BACKENDS[name][0]), "available")
+            module = importlib.import_module(BACKENDS[name][0])
+            # a backend that imports may still lack its device: it says why
+            why = module.unavailable() if hasattr(module, "unavailable") else None
+            result = (module, "available") if why is None else (None, why)
         except Exception as exc:  # pragma: no cover - depends on the machine
             result = (None, f"import failed: {type(exc).__name__}: {exc}")
     _loaded[name] = result

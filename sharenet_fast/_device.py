@@ -1,0 +1,87 @@
+"""Where an array lives, and moving arrays to a GPU backend and back.
+
+Three kinds of array reach the API: NumPy (host), CuPy and Numba CUDA device arrays (the
+latter also under NUMBA_ENABLE_CUDASIM=1, where they are host arrays in disguise). The kind is
+read from the type's module, so this file imports neither CuPy nor numba.cuda: importing the
+package never needs a GPU.
+"""
+import functools
+
+import numpy as np
+
+HOST = "numpy"
+GPU_KINDS = ("cupy", "numba")
+
+
+def kind(a):
+    """"numpy", "cupy", "numba" or None (not an array we take)."""
+    if isinstance(a, np.ndarray):
+        return HOST
+    module = type(a).__module__ or ""
+    if module.split(".")[0] == "cupy":
+        return "cupy"
+    if module.startswith(("numba.cuda", "numba_cuda")) and hasattr(a, "copy_to_host"):
+        return "numba"
+    return None
+
+
+def is_c_contiguous(a):
+    if kind(a) == "numba":
+        return a.is_c_contiguous()
+    return a.flags.c_contiguous
+
+
+def contiguous(a):
+    """`a` itself if C-contiguous, else a contiguous copy of the same kind."""
+    k = kind(a)
+    if k == HOST:
+        return np.ascontiguousarray(a)
+    if k == "cupy":
+        import cupy
+
+        return cupy.ascontiguousarray(a)
+    if not a.is_c_contiguous():  # Numba device arrays have no device-side reshuffle: the API
+        raise ValueError(       # refuses them up front (api._array), this is a last guard
+            f"a Numba device array must be C-contiguous, got strides {a.strides}")
+    return a
+
+
+def device_id(a):
+    k = kind(a)
+    if k == "cupy":
+        return a.device.id
+    return None
+
+
+def on_device(fn):
+    """Let a GPU backend's host function take NumPy arrays: copy them in, run, copy back.
+
+    Device arrays (CuPy or Numba) pass through untouched. With NumPy arrays every array argument
+    is copied to the device; results come back as NumPy; an `out=` accumulator is copied in,
+    added into on the device and copied back into the caller's array, which is returned.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, out=None, **kwargs):
+        if not any(kind(a) == HOST for a in args + (out,)):
+            if out is not None:
+                kwargs["out"] = out
+            return fn(*args, **kwargs)
+        from numba import cuda
+
+        dargs = tuple(cuda.to_device(a) if kind(a) == HOST else a for a in args)
+        dout = None if out is None else cuda.to_device(out)
+        if dout is not None:
+            kwargs["out"] = dout
+        result = fn(*dargs, **kwargs)
+
+        def back(r):
+            if r is None:
+                return None
+            if dout is not None and r is dout:
+                dout.copy_to_host(out)
+                return out
+            return r.copy_to_host()
+        if isinstance(result, tuple):
+            return tuple(back(r) for r in result)
+        return back(result)
+    return wrapper

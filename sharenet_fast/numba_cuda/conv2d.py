@@ -1,0 +1,569 @@
+"""Numba CUDA kernels for every layer: one banked implicit GEMM per pass.
+
+The three layers differ only in the grid of filter banks (DESIGN.md), so every kernel here takes
+the tile (TP, TQ): output (p, q) uses bank (p % TP) * TQ + q % TQ. Shared conv is the 1 x 1 tile,
+local2d the P x Q one. A block always works inside one *tile class* (the positions sharing a
+bank), so within a block the weights are one plain matrix and the pass is a GEMM:
+
+    forward      y[n, k, (p, q)]   = W[bank][k, (c, r, s)] . X[(c, r, s), (n, p, q)]
+    weight grad  dW[bank][k, crs]  = dY[k, (n, p, q)] . X[(n, p, q), crs]   over the class
+    input grad   dx[n, c, (h, w)]  = W^T[c, (k, r, s)] . dY[(k, r, s), (n, h, w)]
+
+The X operand is never materialised (implicit GEMM: the shared-memory tile is gathered straight
+from the NCHW input, zero outside the padding). Every kernel has one block tile, from
+config.CUDA_TILES: BM x BN outputs per block, TM x TN per thread in registers, the reduction
+staged BK at a time through shared memory. Arrays are passed flat and every offset is computed
+by the helpers below in 64-bit integers (Numba widens int32 products to int64): local weights of
+alexnet_conv1 at batch 64 reach 6.7e9 input-patch products, and 105.7e6 weights per bank grid.
+
+Kernels are built lazily per (dtype, tiles), so importing needs no GPU and tests may shrink the
+tiles; host launchers (no `_kernel` suffix) take device arrays (CuPy or Numba) of one kind.
+"""
+import functools
+import math
+
+import numpy as np
+from numba import cuda  # a module global: the simulator swaps it inside kernels
+
+from .. import config
+from .._device import kind, on_device
+from ._launch import check_grid, device_empty, device_zeros, flat, launch, stream_for
+
+# --------------------------------------------------------------------------- index helpers
+# Kept as plain functions so tests can compile them with int32 arguments on the CPU and prove
+# 64-bit results (tests/test_numba_cuda.py); the kernels use them as device functions.
+
+
+def off4(a, b, c, d, B, C, D):
+    """Flat offset of [a, b, c, d] in a C-contiguous (., B, C, D) array, in int64."""
+    return ((np.int64(a) * B + b) * C + c) * D + d
+
+
+def class_extent(size, first, step):
+    """How many of first, first + step, ... lie below `size` (0 if none)."""
+    if first >= size:
+        return 0
+    return (size - first + step - 1) // step
+
+
+@functools.lru_cache(maxsize=None)
+def _device_helpers():
+    return (cuda.jit(off4, device=True, inline=True),
+            cuda.jit(class_extent, device=True, inline=True))
+
+
+# --------------------------------------------------------------------------------- kernels
+@functools.lru_cache(maxsize=None)
+def kernels(dtype, tiles):
+    """The kernels for one dtype ("float32"/"float64") and block tile (BM, BN, BK, TM, TN)."""
+    from numba import float32, float64, int64
+
+    BM, BN, BK, TM, TN = tiles
+    if BM % TM or BN % TN:
+        raise ValueError(f"CUDA tiles {tiles}: BM must be a multiple of TM and BN of TN")
+    MT, NT = BM // TM, BN // TN        # thread grid of a block: MT rows x NT columns
+    NTH = MT * NT                      # threads per block
+    LA = -(-BM * BK // NTH)            # A-tile elements each thread loads
+    LB = -(-BK * BN // NTH)            # B-tile elements each thread loads
+    ft = {"float32": float32, "float64": float64}[dtype]
+    off4_d, extent_d = _device_helpers()
+    # Thread (tm, tn) owns rows tm + i*MT and columns tn + j*NT: neighbouring threads read
+    # neighbouring shared-memory words (no bank conflicts) and write neighbouring columns of
+    # the output (coalesced). The A tile is stored transposed with one pad column so that its
+    # stores, which walk the reduction index fastest for coalesced global loads, spread over
+    # the banks.
+
+    @cuda.jit(fastmath=False)
+    def conv2d_fwd_kernel(x, w, bias, y, N, C, H, W, K, P, Q, R, S, TP, TQ, sh, sw, ph, pw,
+                          dh, dw, colblocks, has_bias):
+        # grid: x = tile class * column block, y = block of BM filters k
+        t = cuda.threadIdx.x
+        tm = t // NT
+        tn = t % NT
+        cls = cuda.blockIdx.x // colblocks
+        j0 = (cuda.blockIdx.x % colblocks) * BN
+        k0 = cuda.blockIdx.y * BM
+        tp = cls // TQ
+        tq = cls % TQ
+        Pc = extent_d(P, tp, TP)
+        Qc = extent_d(Q, tq, TQ)
+        ncol = N * Pc * Qc                 # columns of this class: (n, i, j), p = tp + i*TP
+        if j0 >= ncol:                     # a narrower class: the whole block has no work
+            return
+        RS = R * S
+        CRS = C * RS
+        As = cuda.shared.array((BK, BM + 1), ft)
+        Bs = cuda.shared.array((BK, BN), ft)
+        acc = cuda.local.array((TM, TN), ft)
+        a = cuda.local.array(TM, ft)
+        b = cuda.local.array(TN, ft)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = ft(0)
+        # the columns this thread gathers never change: decode them once
+        bn = cuda.local.array(LB, int64)
+        bh = cuda.local.array(LB, int64)
+        bw = cuda.local.array(LB, int64)
+        for u in range(LB):
+            col = j0 + (t + u * NTH) % BN
+            bn[u] = -1
+            if col < ncol:
+                n = col // (Pc * Qc)
+                rem = col - n * (Pc * Qc)
+                i = rem // Qc
+                bn[u] = n
+                bh[u] = (tp + i * TP) * sh - ph
+                bw[u] = (tq + (rem - i * Qc) * TQ) * sw - pw
+        wbase = int64(cls) * K
+        for red0 in range(0, CRS, BK):
+            for u in range(LA):
+                e = t + u * NTH
+                if e < BM * BK:
+                    m = e // BK                 # reduction index fastest: coalesced rows of W
+                    kk = e - m * BK
+                    v = ft(0)
+                    if k0 + m < K and red0 + kk < CRS:
+                        v = w[(wbase + k0 + m) * CRS + red0 + kk]
+                    As[kk, m] = v
+            for u in range(LB):
+                e = t + u * NTH
+                if e < BK * BN:
+                    kk = e // BN                # column fastest: neighbouring q, coalesced x
+                    red = red0 + kk
+                    v = ft(0)
+                    if red < CRS and bn[u] >= 0:
+                        c = red // RS
+                        rs = red - c * RS
+                        r = rs // S
+                        h = bh[u] + r * dh
+                        ww = bw[u] + (rs - r * S) * dw
+                        if h >= 0 and h < H and ww >= 0 and ww < W:
+                            v = x[off4_d(bn[u], c, h, ww, C, H, W)]
+                    Bs[kk, e - kk * BN] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    a[i] = As[kk, tm + i * MT]
+                for j in range(TN):
+                    b[j] = Bs[kk, tn + j * NT]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += a[i] * b[j]
+            cuda.syncthreads()
+        for j in range(TN):
+            col = j0 + tn + j * NT
+            if col < ncol:
+                n = col // (Pc * Qc)
+                rem = col - n * (Pc * Qc)
+                i = rem // Qc
+                p = tp + i * TP
+                q = tq + (rem - i * Qc) * TQ
+                for ii in range(TM):
+                    k = k0 + tm + ii * MT
+                    if k < K:
+                        v = acc[ii, j]
+                        if has_bias:
+                            v += bias[wbase + k]
+                        y[off4_d(n, k, p, q, K, P, Q)] = v
+
+    @cuda.jit(fastmath=False)
+    def conv2d_wgrad_kernel(dy, x, out, ws, N, C, H, W, K, P, Q, R, S, TP, TQ, sh, sw, ph, pw,
+                            dh, dw, nchunks, chunk, redblocks, mode):
+        # grid: x = tile class * chunk of its positions, y = (block of BM filters k) *
+        # (block of BN reduction columns c*R*S + r*S + s). The block reduces its chunk in
+        # registers, then mode 0: adds into out (one chunk per class: it owns those weights),
+        # 1: one atomic add per weight, 2: writes its partial to ws (summed in fixed order).
+        t = cuda.threadIdx.x
+        tm = t // NT
+        tn = t % NT
+        cls = cuda.blockIdx.x // nchunks
+        ch = cuda.blockIdx.x % nchunks
+        k0 = (cuda.blockIdx.y // redblocks) * BM
+        c0 = (cuda.blockIdx.y % redblocks) * BN
+        tp = cls // TQ
+        tq = cls % TQ
+        Pc = extent_d(P, tp, TP)
+        Qc = extent_d(Q, tq, TQ)
+        ncol = N * Pc * Qc
+        start = int64(ch) * chunk
+        stop = min(start + chunk, ncol)
+        RS = R * S
+        CRS = C * RS
+        As = cuda.shared.array((BK, BM + 1), ft)
+        Bs = cuda.shared.array((BK, BN), ft)
+        acc = cuda.local.array((TM, TN), ft)
+        a = cuda.local.array(TM, ft)
+        b = cuda.local.array(TN, ft)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = ft(0)
+        # reduction columns (c, r, s) this thread gathers: fixed, decode once
+        bc = cuda.local.array(LB, int64)
+        br = cuda.local.array(LB, int64)
+        bs = cuda.local.array(LB, int64)
+        for u in range(LB):
+            red = c0 + (t + u * NTH) % BN
+            bc[u] = -1
+            if red < CRS:
+                c = red // RS
+                rs = red - c * RS
+                r = rs // S
+                bc[u] = c
+                br[u] = r * dh - ph
+                bs[u] = (rs - r * S) * dw - pw
+        for pos0 in range(start, stop, BK):
+            for u in range(LA):
+                e = t + u * NTH
+                if e < BM * BK:
+                    m = e // BK                 # position fastest: neighbouring q of dy
+                    kk = e - m * BK
+                    pos = pos0 + kk
+                    v = ft(0)
+                    if k0 + m < K and pos < stop:
+                        n = pos // (Pc * Qc)
+                        rem = pos - n * (Pc * Qc)
+                        i = rem // Qc
+                        v = dy[off4_d(n, k0 + m, tp + i * TP, tq + (rem - i * Qc) * TQ,
+                                      K, P, Q)]
+                    As[kk, m] = v
+            for u in range(LB):
+                e = t + u * NTH
+                if e < BK * BN:
+                    kk = e // BN                # (c, r, s) fastest: neighbouring s of x
+                    pos = pos0 + kk
+                    v = ft(0)
+                    if pos < stop and bc[u] >= 0:
+                        n = pos // (Pc * Qc)
+                        rem = pos - n * (Pc * Qc)
+                        i = rem // Qc
+                        h = (tp + i * TP) * sh + br[u]
+                        ww = (tq + (rem - i * Qc) * TQ) * sw + bs[u]
+                        if h >= 0 and h < H and ww >= 0 and ww < W:
+                            v = x[off4_d(n, bc[u], h, ww, C, H, W)]
+                    Bs[kk, e - kk * BN] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    a[i] = As[kk, tm + i * MT]
+                for j in range(TN):
+                    b[j] = Bs[kk, tn + j * NT]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += a[i] * b[j]
+            cuda.syncthreads()
+        bank = int64(cls) * K
+        for i in range(TM):
+            k = k0 + tm + i * MT
+            if k < K:
+                for j in range(TN):
+                    red = c0 + tn + j * NT
+                    if red < CRS:
+                        o = (bank + k) * CRS + red
+                        if mode == 0:
+                            out[o] += acc[i, j]
+                        elif mode == 1:
+                            cuda.atomic.add(out, o, acc[i, j])
+                        else:
+                            ws[int64(ch) * (int64(TP * TQ) * K * CRS) + o] = acc[i, j]
+
+    @cuda.jit(fastmath=False)
+    def conv2d_dgrad_kernel(dy, w, dx, rtab, stab, rcnt, scnt, N, C, H, W, K, P, Q, R, S,
+                            TP, TQ, LH, LW, ncw, colblocks):
+        # Input classes: h % LH, w % LW with LH = sh*TP, LW = sw*TQ. Inside one class every
+        # input row sees the same taps r (those with (h + ph - r*dh) % sh == 0) with the same
+        # bank row, so the pass is a plain GEMM over the class's valid taps only: a strided
+        # layer does no work on the taps that skip it (phase decomposition), and a tiled or
+        # local layer's A tile is one matrix. rtab[alpha, i] = (r, p at class row 0, p % TP).
+        # grid: x = input class * column block, y = block of BM channels c.
+        t = cuda.threadIdx.x
+        tm = t // NT
+        tn = t % NT
+        cls = cuda.blockIdx.x // colblocks
+        j0 = (cuda.blockIdx.x % colblocks) * BN
+        c0 = cuda.blockIdx.y * BM
+        alpha = cls // ncw
+        beta = cls % ncw
+        Hc = extent_d(H, alpha, LH)
+        Wc = extent_d(W, beta, LW)
+        ncol = N * Hc * Wc               # columns: (n, hi, wi), h = alpha + hi*LH
+        if j0 >= ncol:
+            return
+        nr = rcnt[alpha]
+        ns = scnt[beta]
+        nred = K * nr * ns               # reduction: (k, valid r, valid s)
+        RS = R * S
+        As = cuda.shared.array((BK, BM + 1), ft)
+        Bs = cuda.shared.array((BK, BN), ft)
+        acc = cuda.local.array((TM, TN), ft)
+        a = cuda.local.array(TM, ft)
+        b = cuda.local.array(TN, ft)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = ft(0)
+        bn = cuda.local.array(LB, int64)
+        bhi = cuda.local.array(LB, int64)
+        bwi = cuda.local.array(LB, int64)
+        for u in range(LB):
+            col = j0 + (t + u * NTH) % BN
+            bn[u] = -1
+            if col < ncol:
+                n = col // (Hc * Wc)
+                rem = col - n * (Hc * Wc)
+                bn[u] = n
+                bhi[u] = rem // Wc
+                bwi[u] = rem - bhi[u] * Wc
+        for red0 in range(0, nred, BK):
+            for u in range(LA):
+                e = t + u * NTH
+                if e < BM * BK:
+                    m = e // BK
+                    kk = e - m * BK
+                    red = red0 + kk
+                    v = ft(0)
+                    if c0 + m < C and red < nred:
+                        k = red // (nr * ns)
+                        rem = red - k * (nr * ns)
+                        ri = rem // ns
+                        si = rem - ri * ns
+                        bank = rtab[alpha, ri, 2] * TQ + stab[beta, si, 2]
+                        v = w[off4_d(bank * K + k, c0 + m, rtab[alpha, ri, 0],
+                                     stab[beta, si, 0], C, R, S)]
+                    As[kk, m] = v
+            for u in range(LB):
+                e = t + u * NTH
+                if e < BK * BN:
+                    kk = e // BN
+                    red = red0 + kk
+                    v = ft(0)
+                    if red < nred and bn[u] >= 0:
+                        k = red // (nr * ns)
+                        rem = red - k * (nr * ns)
+                        ri = rem // ns
+                        si = rem - ri * ns
+                        p = rtab[alpha, ri, 1] + bhi[u] * TP
+                        q = stab[beta, si, 1] + bwi[u] * TQ
+                        if p >= 0 and p < P and q >= 0 and q < Q:
+                            v = dy[off4_d(bn[u], k, p, q, K, P, Q)]
+                    Bs[kk, e - kk * BN] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    a[i] = As[kk, tm + i * MT]
+                for j in range(TN):
+                    b[j] = Bs[kk, tn + j * NT]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += a[i] * b[j]
+            cuda.syncthreads()
+        for j in range(TN):
+            col = j0 + tn + j * NT
+            if col < ncol:
+                n = col // (Hc * Wc)
+                rem = col - n * (Hc * Wc)
+                hi = rem // Wc
+                h = alpha + hi * LH
+                ww = beta + (rem - hi * Wc) * LW
+                for i in range(TM):
+                    c = c0 + tm + i * MT
+                    if c < C:
+                        dx[off4_d(n, c, h, ww, C, H, W)] = acc[i, j]
+
+    @cuda.jit(fastmath=False)
+    def conv2d_wgrad_reduce_kernel(ws, out, nchunks, size):
+        # out[e] += sum of the chunk partials of e, always in chunk order: the same bits on
+        # every run. One thread per weight (grid-stride), reads coalesced across threads.
+        start = cuda.grid(1)
+        step = cuda.gridsize(1)
+        for e in range(start, size, step):
+            s = ft(0)
+            for ch in range(nchunks):
+                s += ws[int64(ch) * size + e]
+            out[e] += s
+
+    NB = config.CUDA_BIAS_THREADS
+
+    @cuda.jit(fastmath=False)
+    def conv2d_bgrad_kernel(dy, out, N, K, P, Q, TP, TQ):
+        # one block per (tile class, k): its threads stride over the class's (n, p, q), then a
+        # shared-memory tree reduction in a fixed order (deterministic); thread 0 adds into out.
+        t = cuda.threadIdx.x
+        cls = cuda.blockIdx.x // K
+        k = cuda.blockIdx.x % K
+        tp = cls // TQ
+        tq = cls % TQ
+        Pc = extent_d(P, tp, TP)
+        Qc = extent_d(Q, tq, TQ)
+        ncol = N * Pc * Qc
+        s = ft(0)
+        for col in range(t, ncol, cuda.blockDim.x):
+            n = col // (Pc * Qc)
+            rem = col - n * (Pc * Qc)
+            i = rem // Qc
+            s += dy[off4_d(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]
+        buf = cuda.shared.array(NB, ft)
+        buf[t] = s
+        cuda.syncthreads()
+        half = cuda.blockDim.x // 2
+        while half > 0:
+            if t < half:
+                buf[t] += buf[t + half]
+            cuda.syncthreads()
+            half //= 2
+        if t == 0:
+            out[int64(cls) * K + k] += buf[0]
+
+    @cuda.jit(fastmath=False)
+    def fill_kernel(a, value, size):
+        start = cuda.grid(1)
+        for e in range(start, size, cuda.gridsize(1)):
+            a[e] = value
+
+    return dict(fwd=conv2d_fwd_kernel, wgrad=conv2d_wgrad_kernel,
+                dgrad=conv2d_dgrad_kernel, wgrad_reduce=conv2d_wgrad_reduce_kernel,
+                bgrad=conv2d_bgrad_kernel, fill=fill_kernel, threads=NTH)
+
+
+def _kernels_for(a):
+    return kernels(np.dtype(a.dtype).name, tuple(config.CUDA_TILES))
+
+
+def _elementwise_grid(size):
+    nt = config.CUDA_THREADS
+    return min(-(-size // nt), 65535 * 16), nt
+
+
+# ------------------------------------------------------------------------- host launchers
+def forward(x, w, bias, g, tile):
+    """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
+    TP, TQ = tile
+    ks = _kernels_for(x)
+    y = device_empty(x, g.y_shape, x.dtype)
+    BM, BN = config.CUDA_TILES[:2]
+    colblocks = -(-g.N * -(-g.P // TP) * -(-g.Q // TQ) // BN)   # widest class: tp = tq = 0
+    grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
+    has_bias = bias is not None
+    b = flat(bias) if has_bias else flat(w)[:1]
+    launch(ks["fwd"], grid, ks["threads"], stream_for(x),
+        flat(x), flat(w), b, flat(y), g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
+        *g.stride, *g.padding, *g.dilation, colblocks, has_bias)
+    return y
+
+
+def weight_grad(dy, x, g, tile, shape, out=None, deterministic=False):
+    """The weight gradient (TP*TQ banks of (K, C, R, S)) as `shape`, added into `out` (that
+    shape, C-contiguous) when given, which is returned."""
+    TP, TQ = tile
+    ks = _kernels_for(x)
+    w_shape = tuple(tile) + g.w_shape
+    if out is None:
+        out = device_zeros(x, shape, x.dtype)
+    BM, BN = config.CUDA_TILES[:2]
+    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)               # positions of the widest class
+    nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
+    size = math.prod(w_shape)
+    itemsize = np.dtype(x.dtype).itemsize
+    if deterministic and nchunks > 1:
+        nchunks = max(1, min(nchunks, config.CUDA_WGRAD_MAX_WORKSPACE // (size * itemsize)))
+    chunk = -(-ncol // nchunks)
+    chunk = -(-chunk // config.CUDA_TILES[2]) * config.CUDA_TILES[2]   # whole BK steps
+    nchunks = -(-ncol // chunk)
+    if nchunks == 1:
+        mode, ws = 0, flat(out)[:1]          # the block owns its weights: plain add
+    elif not deterministic:
+        mode, ws = 1, flat(out)[:1]          # one atomic add per weight per block
+    else:
+        mode, ws = 2, device_empty(x, (nchunks * size,), x.dtype)
+    redblocks = -(-g.C * g.R * g.S // BN)
+    grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
+    stream = stream_for(x)
+    launch(ks["wgrad"], grid, ks["threads"], stream,
+        flat(dy), flat(x), flat(out), ws, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
+        *g.stride, *g.padding, *g.dilation, nchunks, chunk, redblocks, mode)
+    if mode == 2:
+        launch(ks["wgrad_reduce"], *_elementwise_grid(size), stream, ws, flat(out), nchunks, size)
+    return out
+
+
+def _tap_table(size, L, pad, stride, dil, taps, T, out_size):
+    """Per input class alpha (< min(L, size)): the taps r that reach it, with their output
+    index at class row 0 (p0 = (alpha + pad - r*dil) / stride) and bank row p0 % T. Taps
+    whose outputs all fall outside [0, out_size) for this class are dropped."""
+    ncls = min(L, size)
+    table = np.zeros((ncls, taps, 3), dtype=np.int64)
+    count = np.zeros(ncls, dtype=np.int64)
+    for alpha in range(ncls):
+        rows = class_extent(size, alpha, L)
+        for r in range(taps):
+            num = alpha + pad - r * dil
+            if num % stride:
+                continue
+            p0 = num // stride
+            if not any(0 <= p0 + hi * T < out_size for hi in range(rows)):
+                continue
+            table[alpha, count[alpha]] = (r, p0, p0 % T)
+            count[alpha] += 1
+    return table, count
+
+
+def input_grad(dy, w, g, tile):
+    """dx (N, C, H, W) by input class (see conv2d_dgrad_kernel); every element is written."""
+    TP, TQ = tile
+    ks = _kernels_for(dy)
+    sh, sw = g.stride
+    LH, LW = sh * TP, sw * TQ
+    rtab, rcnt = _tap_table(g.H, LH, g.padding[0], sh, g.dilation[0], g.R, TP, g.P)
+    stab, scnt = _tap_table(g.W, LW, g.padding[1], sw, g.dilation[1], g.S, TQ, g.Q)
+    tables = [_to_device_like(dy, a) for a in (rtab, stab, rcnt, scnt)]
+    dx = device_empty(dy, g.x_shape, dy.dtype)
+    BM, BN = config.CUDA_TILES[:2]
+    nch, ncw = len(rcnt), len(scnt)
+    colblocks = -(-g.N * -(-g.H // LH) * -(-g.W // LW) // BN)
+    grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
+    launch(ks["dgrad"], grid, ks["threads"], stream_for(dy),
+        flat(dy), flat(w), flat(dx), *tables, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S,
+        TP, TQ, LH, LW, ncw, colblocks)
+    return dx
+
+
+def bias_grad(dy, tile, shape, out=None):
+    """The bias gradient (TP*TQ banks of K) as `shape`, added into `out` when given.
+    Always deterministic."""
+    TP, TQ = tile
+    N, K, P, Q = dy.shape
+    ks = _kernels_for(dy)
+    if out is None:
+        out = device_zeros(dy, shape, dy.dtype)
+    ncol = N * -(-P // TP) * -(-Q // TQ)
+    threads = min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length()))
+    grid = check_grid(TP * TQ * K, 1)
+    launch(ks["bgrad"], grid, threads, stream_for(dy), flat(dy), flat(out), N, K, P, Q, TP, TQ)
+    return out
+
+
+def _to_device_like(like, a):
+    if kind(like) == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    return cuda.to_device(a)
+
+
+# ------------------------------------------------------------------ shared conv: the 1 x 1 tile
+@on_device
+def conv2d(x, weight, bias, g):
+    return forward(x, weight, bias, g, (1, 1))
+
+
+@on_device
+def conv2d_input_grad(dy, weight, g):
+    return input_grad(dy, weight, g, (1, 1))
+
+
+@on_device
+def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
+    return weight_grad(dy, x, g, (1, 1), g.w_shape, out, deterministic)
+
+
+@on_device
+def conv2d_bias_grad(dy, out=None):
+    return bias_grad(dy, (1, 1), (dy.shape[1],), out)
