@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import registry
+from . import _device, registry
 from .geometry import ConvGeometry
 
 DTYPES = (np.float32, np.float64)
@@ -23,8 +23,10 @@ class Grads(NamedTuple):
 
 
 def _array(name, a, ndim, dtype=None):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    k = _device.kind(a)
+    if k is None:
+        raise TypeError(f"{name} must be a numpy.ndarray, cupy.ndarray or Numba CUDA device "
+                        f"array, got {type(a).__name__}")
     if a.dtype not in DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -33,14 +35,41 @@ def _array(name, a, ndim, dtype=None):
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
     if 0 in a.shape:
         raise ValueError(f"{name} must have no empty dimension, got shape {a.shape}")
+    if k == "numba" and not a.is_c_contiguous():
+        raise ValueError(f"{name}: a Numba device array must be C-contiguous (got strides "
+                         f"{a.strides}); pass a contiguous copy or a CuPy array")
     return a
 
 
-def _backend(name):
+def _same_place(**arrays):
+    """The one kind ("numpy", "cupy", "numba") of all given arrays: mixing is a TypeError,
+    CuPy arrays on different devices a ValueError."""
+    given = {name: a for name, a in arrays.items() if a is not None}
+    kinds = {name: _device.kind(a) for name, a in given.items()}
+    if len(set(kinds.values())) > 1:
+        listing = ", ".join(f"{name} is {k}" for name, k in kinds.items())
+        raise TypeError(f"arrays of one call must all be NumPy or all on the GPU (CuPy or "
+                        f"Numba device arrays), not mixed: {listing}")
+    devices = {name: _device.device_id(a) for name, a in given.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on device {d}" for name, d in devices.items())
+        raise ValueError(f"arrays of one call must be on one GPU: {listing}")
+    return next(iter(kinds.values()))
+
+
+# backend="auto" by where the arrays live: NumPy on the CPU; device arrays on the GPU backend.
+AUTO = {"numpy": "cpu", "cupy": "numba-cuda", "numba": "numba-cuda"}
+_HOST_ONLY = ("cpu", "reference")
+
+
+def _backend(name, kind="numpy"):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     if name == "auto":
-        name = "cpu"  # NumPy arrays run on the CPU; CuPy dispatch arrives with the GPU backends
+        name = AUTO[kind]
+    elif name in _HOST_ONLY and kind != "numpy":
+        raise TypeError(f"backend {name!r} takes NumPy arrays, got {kind} device arrays; "
+                        f"use backend='auto' or a GPU backend, or copy them to the host")
     return registry.get(name)
 
 
@@ -55,7 +84,7 @@ def _geometry(x, bank, stride, padding, dilation):
 
 
 def _contig(a):
-    return np.ascontiguousarray(a)
+    return _device.contiguous(a)
 
 
 # ------------------------------------------------------------------------- layer kinds
@@ -113,7 +142,7 @@ def _forward(op, x, weight, bias, stride, padding, dilation, backend):
         if bias.shape != b_shape:
             raise ValueError(f"bias must have shape {_LAYERS[op][2]} = {b_shape}, "
                              f"got {bias.shape}")
-    be = _backend(backend)
+    be = _backend(backend, _same_place(x=x, weight=weight, bias=bias))
     return getattr(be, op)(_contig(x), _contig(weight),
                            None if bias is None else _contig(bias), g)
 
@@ -139,7 +168,8 @@ def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, determi
     w_shape, b_shape = _bank_shapes(op, g, grid)
     _check_accumulator("grad_weight", grad_weight, w_shape, x.dtype)
     _check_accumulator("grad_bias", grad_bias, b_shape, x.dtype)
-    be = _backend(backend)
+    be = _backend(backend, _same_place(grad_out=grad_out, x=x, weight=weight,
+                                       grad_weight=grad_weight, grad_bias=grad_bias))
     extra = _extra(op, grid)
 
     dy = _contig(grad_out)
@@ -236,14 +266,18 @@ tiled_conv2d_backward.__doc__ = ("Gradients of tiled_conv2d (weight (TP, TQ, K, 
 def _check_accumulator(name, buf, shape, dtype):
     if buf is None:
         return
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    k = _device.kind(buf)
+    if k is None:
+        raise TypeError(f"{name} must be a numpy.ndarray, cupy.ndarray or Numba CUDA device "
+                        f"array, got {type(buf).__name__}")
     if buf.dtype != dtype:
         raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes")
     if buf.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
-    if not buf.flags.writeable:
+    if k == "numpy" and not buf.flags.writeable:
         raise ValueError(f"{name} is read-only; it is accumulated into in place")
+    if k == "numba" and not buf.is_c_contiguous():
+        raise ValueError(f"{name}: a Numba device array accumulator must be C-contiguous")
 
 
 def _accumulate(buf, compute):
@@ -254,7 +288,7 @@ def _accumulate(buf, compute):
     """
     if buf is None:
         return compute(None)
-    if buf.flags.c_contiguous:
+    if _device.is_c_contiguous(buf):
         return compute(buf)
     buf += compute(None)
     return buf

@@ -109,6 +109,9 @@ SHAPES = [
     Case("stride_1x2", 2, 3, 8, 9, 5, 2, 3, stride=(1, 2), padding=(0, 1)),
     Case("wgrad_chunks", 2, 2, 30, 30, 3, 3, 3, padding=1),                 # P*Q > WGRAD_CHUNK
     Case("wide_row", 1, 1, 2, 600, 2, 1, 3),                                # Q > WGRAD_CHUNK
+    # alexnet's stride 4 and 11 x 11 kernel small enough for the CUDA simulator: 16 input
+    # classes in the GPU input gradient, each with its own taps
+    Case("stride4_k11_small", 1, 2, 19, 21, 3, 11, 11, stride=4, padding=(0, 1)),
 ]
 SHAPE_IDS = [c.id for c in SHAPES]
 SHAPES_BY_ID = {c.id: c for c in SHAPES}
@@ -222,9 +225,40 @@ UNTIED_CASES = [
     UntiedCase(Case("batch13", 13, 2, 7, 6, 5, 3, 2, stride=(1, 2), padding=1), (2, 2)),
     UntiedCase(Case("batch9_dil", 9, 3, 9, 9, 4, 2, 3, stride=2, dilation=(2, 1)), (3, 1)),
     UntiedCase(SHAPES_BY_ID["wgrad_chunks"], (4, 3)),                # P*Q > WGRAD_CHUNK
+    UntiedCase(SHAPES_BY_ID["stride4_k11_small"], (2, 3)),
 ]
 UNTIED_IDS = [c.id for c in UNTIED_CASES]
 UNTIED_BY_ID = {c.case.id: c for c in UNTIED_CASES}
+
+
+# ------------------------------------------------------------------------------ CUDA simulator
+# Under NUMBA_ENABLE_CUDASIM=1 every CUDA thread is a Python thread: a kernel costs about 20 us
+# per multiply-add. Cases above this many forward multiply-adds (N*K*P*Q*C*R*S) are skipped for
+# the numba-cuda backend on the simulator (conftest.py); a GPU (-m gpu and the plain suite on a
+# GPU machine) runs them all. Every kernel path is still covered by the smaller cases.
+SIM_MAX_MACS = 20000
+
+
+def case_macs(case):
+    g = case.geometry
+    return g.N * g.K * g.P * g.Q * g.C * g.R * g.S
+
+
+def sim_too_slow(params):
+    """Why a test with these parametrize values is too slow for the simulator, or None."""
+    from sharenet_fast import config
+
+    if not config.CUDASIM or params.get("backend") != "numba-cuda":
+        return None
+    for value in params.values():
+        if isinstance(value, UntiedCase):
+            value = value.case
+        if isinstance(value, str):
+            value = SHAPES_BY_ID.get(value) or getattr(UNTIED_BY_ID.get(value), "case", None)
+        if isinstance(value, Case) and case_macs(value) > SIM_MAX_MACS:
+            return (f"CUDA simulator: {value.id} has {case_macs(value)} multiply-adds "
+                    f"(> {SIM_MAX_MACS}); runs on a GPU")
+    return None
 
 
 class LayerInputs(NamedTuple):

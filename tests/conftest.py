@@ -3,6 +3,9 @@
 - Works with the package pip-installed or straight from a checkout: the repository root is put on
   sys.path only if `import sharenet_fast` fails.
 - tests/ is put on sys.path so test modules can `import _support` under any import mode.
+- Without a GPU the Numba CUDA kernels run on Numba's simulator: NUMBA_ENABLE_CUDASIM=1 is set
+  here, before numba.cuda or sharenet_fast.config is imported (config shrinks the launch
+  geometry under the simulator). Set NUMBA_ENABLE_CUDASIM yourself to override either way.
 - The boundscheck fuzz test (test_fuzz.py) runs a subprocess that compiles every kernel again
   with NUMBA_BOUNDSCHECK=1. Compilation is single-threaded, so when that test is selected the
   subprocess is started right after collection and overlaps the rest of the run; the test then
@@ -12,6 +15,9 @@ import os
 import sys
 
 import pytest
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not os.path.exists("/dev/nvidiactl"):
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TESTS_DIR)
@@ -34,6 +40,10 @@ _FUZZ_KEY = pytest.StashKey()
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only if the test will run
 def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        why = _support.sim_too_slow(getattr(getattr(item, "callspec", None), "params", {}))
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
     if config.option.collectonly or hasattr(config, "workerinput"):
         return
     if any(getattr(item, "originalname", None) == _support.FUZZ_TEST_NAME for item in items):
