@@ -54,8 +54,9 @@ def _device_helpers():
 
 # --------------------------------------------------------------------------------- kernels
 @functools.lru_cache(maxsize=None)
-def kernels(dtype, tiles):
-    """The kernels for one dtype ("float32"/"float64") and block tile (BM, BN, BK, TM, TN)."""
+def kernels(dtype, tiles, bias_threads):
+    """The kernels for one dtype ("float32"/"float64"), block tile (BM, BN, BK, TM, TN) and
+    bias-gradient block size (the size of its shared reduction buffer)."""
     from numba import float32, float64, int64
 
     BM, BN, BK, TM, TN = tiles
@@ -63,6 +64,7 @@ def kernels(dtype, tiles):
         raise ValueError(f"CUDA tiles {tiles}: BM must be a multiple of TM and BN of TN")
     MT, NT = BM // TM, BN // TN        # thread grid of a block: MT rows x NT columns
     NTH = MT * NT                      # threads per block
+    BM1 = BM + 1                       # padded A-tile row (a constant: shared array shapes are)
     LA = -(-BM * BK // NTH)            # A-tile elements each thread loads
     LB = -(-BK * BN // NTH)            # B-tile elements each thread loads
     ft = {"float32": float32, "float64": float64}[dtype]
@@ -92,7 +94,7 @@ def kernels(dtype, tiles):
             return
         RS = R * S
         CRS = C * RS
-        As = cuda.shared.array((BK, BM + 1), ft)
+        As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
         acc = cuda.local.array((TM, TN), ft)
         a = cuda.local.array(TM, ft)
@@ -189,7 +191,7 @@ def kernels(dtype, tiles):
         stop = min(start + chunk, ncol)
         RS = R * S
         CRS = C * RS
-        As = cuda.shared.array((BK, BM + 1), ft)
+        As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
         acc = cuda.local.array((TM, TN), ft)
         a = cuda.local.array(TM, ft)
@@ -292,7 +294,7 @@ def kernels(dtype, tiles):
         ns = scnt[beta]
         nred = K * nr * ns               # reduction: (k, valid r, valid s)
         RS = R * S
-        As = cuda.shared.array((BK, BM + 1), ft)
+        As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
         acc = cuda.local.array((TM, TN), ft)
         a = cuda.local.array(TM, ft)
@@ -380,7 +382,7 @@ def kernels(dtype, tiles):
                 s += ws[int64(ch) * size + e]
             out[e] += s
 
-    NB = config.CUDA_BIAS_THREADS
+    NB = bias_threads
 
     @cuda.jit(fastmath=False)
     def conv2d_bgrad_kernel(dy, out, N, K, P, Q, TP, TQ):
@@ -423,8 +425,34 @@ def kernels(dtype, tiles):
                 bgrad=conv2d_bgrad_kernel, fill=fill_kernel, threads=NTH)
 
 
+def signatures(dtype):
+    """{kernel: argument types} as the launchers below pass them (flat C-contiguous arrays,
+    int64 scalars): what tests compile to PTX without a GPU (compile_ptx)."""
+    from numba import boolean, float32, float64, int64
+
+    ft = {"float32": float32, "float64": float64}[dtype]
+    arr, i = ft[::1], int64
+    geometry = (i,) * 11 + (i,) * 8            # N C H W K P Q R S TP TQ, sh sw ph pw dh dw + 2
+    return {
+        "fwd": (arr, arr, arr, arr) + geometry[:17] + (i, boolean),
+        "wgrad": (arr, arr, arr, arr) + geometry[:17] + (i, i, i, i),
+        "dgrad": (arr, arr, arr, int64[:, :, ::1], int64[:, :, ::1], int64[::1], int64[::1])
+        + (i,) * 11 + (i, i, i, i),
+        "wgrad_reduce": (arr, arr, i, i),
+        "bgrad": (arr, arr) + (i,) * 6,
+        "fill": (arr, ft, i),
+    }
+
+
+def compile_ptx(dtype, cc=(9, 0)):
+    """{kernel: PTX} for every kernel at the configured tiles; needs NVVM, not a GPU."""
+    ks = kernels(dtype, tuple(config.CUDA_TILES), config.CUDA_BIAS_THREADS)
+    return {name: cuda.compile_ptx(ks[name].py_func, sig, cc=cc)[0]
+            for name, sig in signatures(dtype).items()}
+
+
 def _kernels_for(a):
-    return kernels(np.dtype(a.dtype).name, tuple(config.CUDA_TILES))
+    return kernels(np.dtype(a.dtype).name, tuple(config.CUDA_TILES), config.CUDA_BIAS_THREADS)
 
 
 def _elementwise_grid(size):

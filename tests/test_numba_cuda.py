@@ -1,0 +1,264 @@
+"""The numba-cuda backend beyond the registry-driven tests: compilation for a real GPU (PTX for
+sm_90, without a GPU), 64-bit index arithmetic, device arrays through the public API, the three
+weight-gradient reduction modes, and the production block tiles under the simulator.
+
+The registry-driven tests (test_conv2d_backends.py, test_untied.py, ...) already run every op of
+this backend against the oracle, on the simulator when there is no GPU (conftest.py).
+"""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sharenet_fast as sf
+from sharenet_fast import config, reference
+from _support import (BACKENDS, DTYPE_IDS, DTYPES, SHAPES_BY_ID, Case, assert_close,
+                      make_inputs, random_array)
+
+pytestmark = pytest.mark.skipif("numba-cuda" not in BACKENDS,
+                                reason=f"numba-cuda: {sf.backends()['numba-cuda']}")
+
+kmod = importlib.import_module("sharenet_fast.numba_cuda.conv2d")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))
+
+# ------------------------------------------------------------------- PTX for sm_90, no GPU needed
+_PTX_SCRIPT = r"""
+import importlib, json, re, sys
+from numba import cuda, int32
+k = importlib.import_module("sharenet_fast.numba_cuda.conv2d")
+report = {}
+for dtype in ("float32", "float64"):
+    for name, ptx in k.compile_ptx(dtype, cc=(9, 0)).items():
+        report[f"{dtype}/{name}"] = {
+            "target": ".target sm_90" in ptx,
+            "entry": ".entry" in ptx,
+            "local_depot": bool(re.search(r"__local_depot", ptx)),
+            "atomic": "atom.global.add" in ptx or "red.global.add" in ptx,
+        }
+# the offset helper with int32 indices and extents: every multiply must be 64-bit
+ptx, _ = cuda.compile_ptx(k.off4, (int32,) * 7, device=True, cc=(9, 0))
+muls = re.findall(r"\bmul\.(?:lo|wide)\.[su](?:32|64)\b|\bmad\.(?:lo|wide)\.[su](?:32|64)\b", ptx)
+report["off4_muls"] = sorted(set(muls))
+json.dump(report, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def ptx_report():
+    """Compile every kernel (both dtypes, production tiles) to PTX in a subprocess without the
+    simulator: this is the real type-checking and code generation path a GPU would run."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode and "NVVM" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip(f"NVVM not installed: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+KERNEL_NAMES = list(kmod.signatures("float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
+    r = ptx_report[f"{dtype}/{name}"]
+    assert r["target"] and r["entry"], r
+    # accumulators, tile decodes and a, b fragments all live in registers: a local-memory
+    # depot would mean a per-thread array spilled to (slow, off-chip) local memory
+    assert not r["local_depot"], f"{name} ({dtype}) uses local memory"
+    if name == "wgrad":
+        assert r["atomic"], "the atomic weight-gradient reduction should be a global atomic add"
+
+
+def test_offsets_are_64_bit_in_ptx(ptx_report):
+    """off4 on int32 indices compiles to 64-bit (wide) multiplies only, so an offset past 2**31
+    cannot wrap, whatever the integer types the indices arrive in."""
+    muls = ptx_report["off4_muls"]
+    assert muls, "no multiplies found: the probe did not compile as expected"
+    assert all(m.endswith("64") or ".wide." in m for m in muls), muls
+
+
+def test_offsets_past_2_31_on_int32_inputs():
+    """The same helper compiled for the CPU with int32 arguments (Numba's integer typing is the
+    same on both targets: int32 * int32 -> int64) gives exact offsets past 2**31; the indices
+    are those of alexnet_conv1's locally connected layer at batch 64 (6.7e9 patch products)."""
+    from numba import int32, int64, njit
+
+    off4 = njit(int64(int32, int32, int32, int32, int32, int32, int32))(kmod.off4)
+    # flat (P*Q*K, C, R, S) weight index of the last tap of the last bank, times batch 64
+    P = Q = 55
+    K, C, R, S = 96, 3, 11, 11
+    cases = [
+        (64 * P * Q * K - 1, C - 1, R - 1, S - 1, C, R, S),   # > 2**31 if it were int32
+        (63, 95, 54, 54, 2**20, 2**10, 2**10),                 # = 63 * 2**40 + ...
+        (2**31 - 1, 2**31 - 1, 0, 0, 2**31 - 1, 1, 1),
+    ]
+    for args in cases:
+        a, b, c, d, B, C_, D = args
+        exact = ((a * B + b) * C_ + c) * D + d
+        assert exact > 2**31
+        assert off4(*args) == exact, args
+
+
+def test_class_extent():
+    for size in range(1, 12):
+        for step in range(1, 6):
+            for first in range(0, 14):
+                assert kmod.class_extent(size, first, step) == len(range(first, size, step))
+
+
+# ------------------------------------------------------------------ device arrays through the API
+def _device(a):
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+def test_device_arrays_in_device_arrays_out(rng):
+    """Numba device arrays in -> Numba device arrays out (backend="auto" picks the GPU), the
+    values those of the oracle; accumulators on the device are added into in place."""
+    case = SHAPES_BY_ID["nonsquare_all"]
+    d = make_inputs(case, np.float32, seed=21)
+    y = sf.conv2d(_device(d.x), _device(d.w), _device(d.b), **case.kw)
+    assert sf._device.kind(y) == "numba"
+    assert_close(y.copy_to_host(), reference.conv2d(d.x, d.w, d.b, **case.kw), np.float32, "y")
+    gw0 = random_array(rng, case.w_shape, np.float32)
+    gw = _device(gw0)
+    g = sf.conv2d_backward(_device(d.dy), _device(d.x), _device(d.w), grad_weight=gw,
+                           **case.kw)
+    assert g.weight is gw
+    want = gw0 + reference.conv2d_weight_grad(d.dy, d.x, d.w.shape, **case.kw)
+    assert_close(gw.copy_to_host(), want, np.float32, "grad_weight accumulated on the device")
+    assert_close(g.input.copy_to_host(),
+                 reference.conv2d_input_grad(d.dy, d.x.shape, d.w, **case.kw), np.float32, "dx")
+
+
+def test_numpy_with_gpu_backend_gives_numpy_and_accumulates_in_place(rng):
+    case = SHAPES_BY_ID["K7_Q5_tails"]
+    d = make_inputs(case, np.float64, seed=22)
+    gw = random_array(rng, (2, 3) + case.w_shape, np.float64)
+    gw0 = gw.copy()
+    w = random_array(rng, (2, 3) + case.w_shape, np.float64)
+    g = sf.tiled_conv2d_backward(d.dy, d.x, w, needs=("weight",), grad_weight=gw,
+                                 backend="numba-cuda", **case.kw)
+    assert g.weight is gw and isinstance(gw, np.ndarray)
+    want = gw0 + reference.tiled_conv2d_weight_grad(d.dy, d.x, w.shape, **case.kw)
+    assert_close(gw, want, np.float64, "tiled grad_weight")
+
+
+def test_mixing_numpy_and_device_arrays_is_a_type_error():
+    case = SHAPES_BY_ID["batch1_C1"]
+    d = make_inputs(case, np.float32)
+    with pytest.raises(TypeError, match="not mixed.*weight is numba"):
+        sf.conv2d(d.x, _device(d.w), backend="numba-cuda")
+    with pytest.raises(TypeError, match="not mixed"):
+        sf.conv2d(_device(d.x), _device(d.w), d.b)
+    with pytest.raises(TypeError, match="not mixed.*grad_weight is numba"):
+        sf.conv2d_backward(d.dy, d.x, d.w, grad_weight=_device(np.zeros(case.w_shape,
+                                                                       np.float32)))
+
+
+def test_host_backends_refuse_device_arrays():
+    case = SHAPES_BY_ID["batch1_C1"]
+    d = make_inputs(case, np.float32)
+    for backend in ("cpu", "reference"):
+        with pytest.raises(TypeError, match=f"backend '{backend}' takes NumPy arrays"):
+            sf.conv2d(_device(d.x), _device(d.w), backend=backend)
+
+
+def test_non_contiguous_device_array_is_a_value_error():
+    case = SHAPES_BY_ID["batch1_C1"]
+    d = make_inputs(case, np.float32)
+    wide = _device(np.concatenate([d.x, d.x], axis=-1))
+    x = wide[:, :, :, ::2]
+    assert not x.is_c_contiguous()
+    with pytest.raises(ValueError, match="x: a Numba device array must be C-contiguous"):
+        sf.conv2d(x, _device(d.w))
+
+
+# --------------------------------------------------------------- weight-gradient reduction modes
+MODE_CASES = [
+    Case("modes_n2_6x6", 2, 2, 6, 6, 3, 3, 3, padding=1),        # 72 positions: 5 chunks
+    Case("modes_stride2", 3, 2, 9, 8, 4, 2, 3, stride=2, dilation=(2, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", MODE_CASES, ids=[c.id for c in MODE_CASES])
+def test_atomic_and_deterministic_weight_grad(case, dtype, monkeypatch):
+    """Both reductions agree with the oracle and each other; deterministic runs are bitwise
+    equal; each really takes its path (spied on the launch mode); accumulating works in each."""
+    d = make_inputs(case, dtype, seed=23)
+    ref = reference.conv2d_weight_grad(d.dy, d.x, d.w.shape, **case.kw)
+    modes = []
+    real_launch = kmod.launch
+
+    def spy(kernel, grid, threads, stream, *args):
+        if kernel is kmod._kernels_for(d.x)["wgrad"]:
+            modes.append(args[-1])
+        return real_launch(kernel, grid, threads, stream, *args)
+    monkeypatch.setattr(kmod, "launch", spy)
+    out = {}
+    for det in (False, True, True):
+        acc = np.full(case.w_shape, 0.25, dtype)
+        g = sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight",), deterministic=det,
+                               grad_weight=acc, backend="numba-cuda", **case.kw)
+        assert_close(g.weight - dtype(0.25), ref, dtype, f"deterministic={det}")
+        out.setdefault(det, []).append(g.weight)
+    assert modes == [1, 2, 2], modes      # atomic, then partials + fixed-order sum
+    assert np.array_equal(out[True][0], out[True][1])
+    monkeypatch.setattr(config, "CUDA_WGRAD_CHUNK", 10**6)     # one chunk: owner-computes
+    g = sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight",), backend="numba-cuda", **case.kw)
+    assert modes[-1] == 0
+    assert_close(g.weight, ref, dtype, "one chunk")
+
+
+def test_deterministic_workspace_cap_reduces_chunks(monkeypatch):
+    """A workspace cap smaller than the partials shrinks the number of chunks, never the
+    result: the sum is still the oracle's."""
+    case = MODE_CASES[0]
+    d = make_inputs(case, np.float64, seed=24)
+    size = int(np.prod(case.w_shape)) * 8
+    monkeypatch.setattr(config, "CUDA_WGRAD_MAX_WORKSPACE", 2 * size)
+    g = sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight",), deterministic=True,
+                           backend="numba-cuda", **case.kw)
+    assert_close(g.weight, reference.conv2d_weight_grad(d.dy, d.x, d.w.shape, **case.kw),
+                 np.float64, "capped workspace")
+
+
+# ------------------------------------------------------------ the production tiles, simulated
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", ["conv2d", "tiled_conv2d", "local2d"])
+def test_production_tiles_on_tiny_shapes(layer, monkeypatch):
+    """The simulator normally runs shrunk blocks (config.CUDA_TILES); this runs the real
+    64 x 64 x 8 / 4 x 4 tiles (256 threads, two loads per thread per tile) once per layer, so
+    the block-level index arithmetic a GPU would execute is checked against the oracle."""
+    if not config.CUDASIM:
+        pytest.skip("on a GPU the whole suite runs the production tiles")
+    monkeypatch.setattr(config, "CUDA_TILES", (64, 64, 8, 4, 4))
+    monkeypatch.setattr(config, "CUDA_WGRAD_CHUNK", 8)          # several chunks: atomics
+    monkeypatch.setattr(config, "CUDA_BIAS_THREADS", 128)
+    case = Case("tiny", 2, 2, 5, 6, 3, 2, 3, stride=(2, 1), padding=1)
+    g = case.geometry
+    grid = {"conv2d": (), "tiled_conv2d": (2, 3), "local2d": (g.P, g.Q)}[layer]
+    rng = np.random.default_rng(25)
+    x = random_array(rng, g.x_shape, np.float32)
+    w = random_array(rng, grid + g.w_shape, np.float32)
+    b = random_array(rng, grid + (g.K,), np.float32)
+    dy = random_array(rng, g.y_shape, np.float32)
+    fwd, bwd = getattr(sf, layer), getattr(sf, layer + "_backward")
+    ref = getattr(reference, layer)
+    assert_close(fwd(x, w, b, backend="numba-cuda", **case.kw), ref(x, w, b, **case.kw),
+                 np.float32, "forward")
+    got = bwd(dy, x, w, backend="numba-cuda", deterministic=True, **case.kw)
+    assert_close(got.input, getattr(reference, layer + "_input_grad")(dy, x.shape, w, **case.kw),
+                 np.float32, "input grad")
+    assert_close(got.weight,
+                 getattr(reference, layer + "_weight_grad")(dy, x, w.shape, **case.kw),
+                 np.float32, "weight grad")
