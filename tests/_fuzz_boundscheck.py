@@ -1,5 +1,8 @@
 """Hypothesis-fuzzed shapes, CPU backend vs the float64 oracle, under NUMBA_BOUNDSCHECK=1.
 
+(tests/test_fuzz.py also imports `shapes` and `check` to fuzz the numba-cuda backend in process,
+on smaller shapes, where the simulator bounds-checks every array access itself.)
+
 Every layer: conv2d, local2d and tiled_conv2d (with a random tile), forward and backward.
 
 Not collected by pytest (the name does not match test_*.py): tests/test_fuzz.py runs it in a
@@ -29,7 +32,7 @@ from sharenet_fast import reference as ref
 from sharenet_fast.geometry import out_size
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
-MAX_EXAMPLES = int(sys.argv[1]) if len(sys.argv) > 1 else 25
+MAX_EXAMPLES = int(sys.argv[1]) if __name__ == "__main__" and len(sys.argv) > 1 else 25
 
 
 def rel_err(out, expected):
@@ -56,12 +59,12 @@ pair = st.tuples  # readability below
 
 
 @st.composite
-def shapes(draw):
-    N = draw(st.integers(1, 3))
-    C = draw(st.integers(1, 4))
-    K = draw(st.integers(1, 6))
-    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+def shapes(draw, max_n=3, max_c=4, max_k=6, max_hw=12, max_rs=5):
+    N = draw(st.integers(1, max_n))
+    C = draw(st.integers(1, max_c))
+    K = draw(st.integers(1, max_k))
+    H, W = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))
+    R, S = draw(st.integers(1, max_rs)), draw(st.integers(1, max_rs))
     stride = draw(pair(st.integers(1, 3), st.integers(1, 3)))
     padding = draw(pair(st.integers(0, 2), st.integers(0, 2)))
     dilation = draw(pair(st.integers(1, 2), st.integers(1, 2)))
@@ -73,18 +76,18 @@ def shapes(draw):
     return (N, C, H, W, K, R, S, stride, padding, dilation, seed, tile)
 
 
-def check(case):
+def check(case, backend="cpu", dtypes=(np.float64, np.float32)):
     N, C, H, W, K, R, S, stride, padding, dilation, seed, tile = case
     kw = dict(stride=stride, padding=padding, dilation=dilation)
     rng = np.random.default_rng(seed)
     x64 = rng.uniform(0.5, 1.5, (N, C, H, W)) * rng.choice([-1.0, 1.0], (N, C, H, W))
     w64 = rng.standard_normal((K, C, R, S)) + 0.1
     b64 = rng.standard_normal(K) + 0.1
-    for dtype in (np.float64, np.float32):
+    for dtype in dtypes:
         x, w, b = x64.astype(dtype), w64.astype(dtype), b64.astype(dtype)
-        y = sf.conv2d(x, w, b, backend="cpu", **kw)
+        y = sf.conv2d(x, w, b, backend=backend, **kw)
         dy = rng.standard_normal(y.shape).astype(dtype) + dtype(0.1)
-        g = sf.conv2d_backward(dy, x, w, backend="cpu", **kw)
+        g = sf.conv2d_backward(dy, x, w, backend=backend, **kw)
         expected = {
             "forward": ref.conv2d(x, w, b, **kw),
             "input": ref.conv2d_input_grad(dy, x.shape, w, **kw),
@@ -96,10 +99,10 @@ def check(case):
             assert out.dtype == dtype and out.shape == expected[op].shape, (op, case, dtype)
             err = rel_err(out, expected[op])
             assert err <= TOL[dtype], f"{op} {np.dtype(dtype).name} {case}: rel err {err:.3g}"
-        check_untied(x, w64, dy, dtype, tile, kw, rng, case)
+        check_untied(x, w64, dy, dtype, tile, kw, rng, case, backend)
 
 
-def check_untied(x, w64, dy, dtype, tile, kw, rng, case):
+def check_untied(x, w64, dy, dtype, tile, kw, rng, case, backend="cpu"):
     """local2d and tiled_conv2d on the same geometry, banks perturbed per position/tile."""
     N, K, P, Q = dy.shape
     for name, grid, fwd, bwd, rf, rb in (
@@ -109,8 +112,8 @@ def check_untied(x, w64, dy, dtype, tile, kw, rng, case):
              ref.tiled_conv2d_backward)):
         w = (w64 + rng.standard_normal(grid + w64.shape)).astype(dtype)
         b = (rng.standard_normal(grid + (K,)) + 0.1).astype(dtype)
-        y = fwd(x, w, b, backend="cpu", **kw)
-        g = bwd(dy, x, w, backend="cpu", **kw)
+        y = fwd(x, w, b, backend=backend, **kw)
+        g = bwd(dy, x, w, backend=backend, **kw)
         expected = (rf(x, w, b, **kw),) + rb(dy, x, w, **kw)
         for op, out, e in zip(("forward", "input", "weight", "bias"), (y, *g), expected):
             assert out.dtype == dtype and out.shape == e.shape, (name, op, case, dtype)

@@ -4,6 +4,7 @@ The flag only takes effect if set before Numba compiles, so the fuzzing runs in 
 (tests/_fuzz_boundscheck.py). conftest.py starts that subprocess right after collection so its
 compilation overlaps the rest of the run; this test waits for it and checks it exited 0.
 """
+import numpy as np
 import pytest
 
 from _support import BACKENDS, FUZZ_TEST_NAME, FUZZ_TIMEOUT_S
@@ -19,3 +20,21 @@ def test_fuzz_under_boundscheck(fuzz_run):
 
 
 assert test_fuzz_under_boundscheck.__name__ == FUZZ_TEST_NAME  # conftest finds it by this name
+
+
+@pytest.mark.skipif("numba-cuda" not in BACKENDS, reason="numba-cuda backend not available")
+def test_fuzz_numba_cuda():
+    """The same fuzz for the numba-cuda backend, in process: on the simulator (no GPU) every
+    array access is bounds-checked by NumPy indexing, and shapes are kept small (the simulator
+    runs each CUDA thread as a Python thread); on a GPU the same shapes run for real."""
+    from hypothesis import HealthCheck, given, settings
+
+    import _fuzz_boundscheck as fz
+
+    @settings(max_examples=8, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+              print_blob=True)
+    @given(fz.shapes(max_n=2, max_c=2, max_k=3, max_hw=7, max_rs=3))
+    def fuzz(case):
+        fz.check(case, backend="numba-cuda", dtypes=(np.float32,))
+    fuzz()
