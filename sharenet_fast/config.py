@@ -54,12 +54,25 @@ WORKSPACE_CACHE_BYTES = 64 * 2**20
 # blocks here, in the one place, instead of in the kernels (which read these when first built).
 CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
-# Block tile of the implicit-GEMM kernels (numba_cuda/conv2d.py): a block computes BM rows x BN
-# columns of the output with (BM/TM) x (BN/TN) threads, each holding TM x TN accumulators in
-# registers, and steps through the reduction BK at a time, staging a BM x BK and a BK x BN tile
-# in shared memory. 64 x 64 x 8 with 4 x 4 per thread: 256 threads, 16 FMAs per 8 shared loads,
-# 4 KiB of shared memory per block (float32), so many blocks fit an SM.
-CUDA_TILES = (8, 8, 4, 2, 2) if CUDASIM else (64, 64, 8, 4, 4)   # (BM, BN, BK, TM, TN)
+# Block tiles of the implicit-GEMM kernels (numba_cuda/conv2d.py), (BM, BN, BK, TM, TN): a
+# block computes BM rows x BN columns of the output with (BM/TM) x (BN/TN) threads, each holding
+# TM x TN accumulators in registers, and steps through the reduction BK at a time, staging a
+# BM x BK and a BK x BN tile in shared memory. Each launch picks the menu entry that pads its
+# (rows, columns) least (numba_cuda.conv2d.pick_tiles): the suite's rows are 3 to 96 filters or
+# channels (a fixed 64-row tile would leave 95% of alexnet's input-gradient block idle) and a
+# local layer's columns are the batch. The first entry, 64 x 64 with 4 x 4 per thread (16 FMAs
+# per 8 shared loads, 256 threads), is the general one. Every entry keeps 128-256 threads and
+# at most 8 staged elements per thread, so nothing spills (the PTX tests check).
+CUDA_TILE_MENU = (
+    (8, 8, 4, 2, 2), (4, 16, 4, 2, 2), (2, 16, 4, 1, 2), (16, 4, 4, 4, 1),
+) if CUDASIM else (
+    (64, 64, 8, 4, 4),      # general
+    (32, 128, 8, 4, 4),     # K = 32, 96
+    (16, 128, 8, 2, 4),     # K or C = 16
+    (4, 256, 8, 1, 4),      # C = 3 (alexnet's input gradient)
+    (128, 16, 8, 8, 2),     # a local layer at batch 16
+    (128, 8, 8, 8, 1),      # ... at batch 8
+)
 
 # Weight gradient: a block reduces this many output positions of its tile class before its one
 # atomic add per weight (or its partial, deterministic=True). Enough chunks to fill 132 SMs at

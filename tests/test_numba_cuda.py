@@ -32,8 +32,8 @@ from numba import cuda, int32
 k = importlib.import_module("sharenet_fast.numba_cuda.conv2d")
 report = {}
 for dtype in ("float32", "float64"):
-    for name, ptx in k.compile_ptx(dtype, cc=(9, 0)).items():
-        report[f"{dtype}/{name}"] = {
+    for (name, tiles), ptx in k.compile_ptx(dtype, cc=(9, 0)).items():
+        report[f"{dtype}/{name}/{tiles}"] = {
             "target": ".target sm_90" in ptx,
             "entry": ".entry" in ptx,
             "local_depot": bool(re.search(r"__local_depot", ptx)),
@@ -62,18 +62,28 @@ def ptx_report():
 
 
 KERNEL_NAMES = list(kmod.signatures("float32"))
+PRODUCTION_MENU = json.loads(subprocess.run(
+    [sys.executable, "-c", "import json; from sharenet_fast import config; "
+     "print(json.dumps(config.CUDA_TILE_MENU))"],
+    env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), capture_output=True, text=True,
+    check=True).stdout) if config.CUDASIM else config.CUDA_TILE_MENU
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
-    r = ptx_report[f"{dtype}/{name}"]
-    assert r["target"] and r["entry"], r
-    # accumulators, tile decodes and a, b fragments all live in registers: a local-memory
-    # depot would mean a per-thread array spilled to (slow, off-chip) local memory
-    assert not r["local_depot"], f"{name} ({dtype}) uses local memory"
-    if name == "wgrad":
-        assert r["atomic"], "the atomic weight-gradient reduction should be a global atomic add"
+    """Every kernel, at every production block tile (the subprocess runs without the simulator,
+    so config holds the real menu)."""
+    found = {key: r for key, r in ptx_report.items() if key.startswith(f"{dtype}/{name}/")}
+    tiled = name in ("fwd", "wgrad", "dgrad")
+    assert len(found) == (len(PRODUCTION_MENU) if tiled else 1), sorted(found)
+    for key, r in found.items():
+        assert r["target"] and r["entry"], (key, r)
+        # accumulators, tile decodes and a, b fragments all live in registers: a local-memory
+        # depot would mean a per-thread array spilled to (slow, off-chip) local memory
+        assert not r["local_depot"], f"{key} uses local memory"
+        if name == "wgrad":
+            assert r["atomic"], f"{key}: the atomic reduction should be a global atomic add"
 
 
 def test_offsets_are_64_bit_in_ptx(ptx_report):
@@ -204,6 +214,7 @@ def test_atomic_and_deterministic_weight_grad(case, dtype, monkeypatch):
             modes.append(args[-1])
         return real_launch(kernel, grid, threads, stream, *args)
     monkeypatch.setattr(kmod, "launch", spy)
+    monkeypatch.setattr(config, "CUDA_TILE_MENU", config.CUDA_TILE_MENU[:1])
     out = {}
     for det in (False, True, True):
         acc = np.full(case.w_shape, 0.25, dtype)
@@ -232,33 +243,54 @@ def test_deterministic_workspace_cap_reduces_chunks(monkeypatch):
                  np.float64, "capped workspace")
 
 
+# ------------------------------------------------------------------------------ tile choice
+def test_pick_tiles_pads_least():
+    """The choice for the suite's passes: rows are K (forward, weight grad) or C (input grad),
+    columns the positions of a class (a local layer's: the batch) or C*R*S."""
+    menu = PRODUCTION_MENU
+    pick = kmod.pick_tiles
+    import unittest.mock as mock
+    with mock.patch.object(config, "CUDA_TILE_MENU", tuple(map(tuple, menu))):
+        assert pick(64, 10**6) == (64, 64, 8, 4, 4)       # vgg forward
+        assert pick(96, 10**6)[0] == 32                   # alexnet forward: 3 x 32 rows
+        assert pick(16, 10**6)[0] == 16                   # deepface
+        assert pick(3, 10**6)[0] == 4                     # alexnet input grad (C = 3)
+        assert pick(96, 8)[:2] == (128, 8)                # local layer at batch 8
+        assert pick(96, 64) == (64, 64, 8, 4, 4)          # ... at batch 64
+        for rows in range(1, 200, 7):                     # never worse than the general tile
+            for cols in (1, 5, 8, 33, 64, 1000):
+                def padded(t):
+                    return -(-rows // t[0]) * t[0] * -(-cols // t[1]) * t[1]
+                assert padded(pick(rows, cols)) <= padded(menu[0]) * 1.5
+
+
 # ------------------------------------------------------------ the production tiles, simulated
 @pytest.mark.slow
-@pytest.mark.parametrize("layer", ["conv2d", "tiled_conv2d", "local2d"])
-def test_production_tiles_on_tiny_shapes(layer, monkeypatch):
-    """The simulator normally runs shrunk blocks (config.CUDA_TILES); this runs the real
-    64 x 64 x 8 / 4 x 4 tiles (256 threads, two loads per thread per tile) once per layer, so
-    the block-level index arithmetic a GPU would execute is checked against the oracle."""
+@pytest.mark.parametrize("tiles", PRODUCTION_MENU, ids=lambda t: "x".join(map(str, t)))
+def test_production_tiles_on_tiny_shapes(tiles, monkeypatch):
+    """The simulator normally runs a shrunk tile menu (config.CUDA_TILE_MENU); this runs each
+    real tile (128-256 threads a block) on one tiny layer of each kind, so the block-level index
+    arithmetic a GPU would execute is checked against the oracle for every tile."""
     if not config.CUDASIM:
         pytest.skip("on a GPU the whole suite runs the production tiles")
-    monkeypatch.setattr(config, "CUDA_TILES", (64, 64, 8, 4, 4))
+    monkeypatch.setattr(config, "CUDA_TILE_MENU", (tuple(tiles),))
     monkeypatch.setattr(config, "CUDA_WGRAD_CHUNK", 8)          # several chunks: atomics
-    monkeypatch.setattr(config, "CUDA_BIAS_THREADS", 128)
     case = Case("tiny", 2, 2, 5, 6, 3, 2, 3, stride=(2, 1), padding=1)
     g = case.geometry
-    grid = {"conv2d": (), "tiled_conv2d": (2, 3), "local2d": (g.P, g.Q)}[layer]
     rng = np.random.default_rng(25)
     x = random_array(rng, g.x_shape, np.float32)
-    w = random_array(rng, grid + g.w_shape, np.float32)
-    b = random_array(rng, grid + (g.K,), np.float32)
     dy = random_array(rng, g.y_shape, np.float32)
-    fwd, bwd = getattr(sf, layer), getattr(sf, layer + "_backward")
-    ref = getattr(reference, layer)
-    assert_close(fwd(x, w, b, backend="numba-cuda", **case.kw), ref(x, w, b, **case.kw),
-                 np.float32, "forward")
-    got = bwd(dy, x, w, backend="numba-cuda", deterministic=True, **case.kw)
-    assert_close(got.input, getattr(reference, layer + "_input_grad")(dy, x.shape, w, **case.kw),
-                 np.float32, "input grad")
-    assert_close(got.weight,
-                 getattr(reference, layer + "_weight_grad")(dy, x, w.shape, **case.kw),
-                 np.float32, "weight grad")
+    for layer, grid in (("conv2d", ()), ("tiled_conv2d", (2, 3)), ("local2d", (g.P, g.Q))):
+        w = random_array(rng, grid + g.w_shape, np.float32)
+        b = random_array(rng, grid + (g.K,), np.float32)
+        fwd, bwd = getattr(sf, layer), getattr(sf, layer + "_backward")
+        assert_close(fwd(x, w, b, backend="numba-cuda", **case.kw),
+                     getattr(reference, layer)(x, w, b, **case.kw), np.float32, layer)
+        got = bwd(dy, x, w, backend="numba-cuda", needs=("input", "weight"),
+                  deterministic=layer == "tiled_conv2d", **case.kw)
+        assert_close(got.input,
+                     getattr(reference, layer + "_input_grad")(dy, x.shape, w, **case.kw),
+                     np.float32, f"{layer} input grad")
+        assert_close(got.weight,
+                     getattr(reference, layer + "_weight_grad")(dy, x, w.shape, **case.kw),
+                     np.float32, f"{layer} weight grad")

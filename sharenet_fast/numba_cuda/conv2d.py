@@ -10,9 +10,9 @@ bank), so within a block the weights are one plain matrix and the pass is a GEMM
     input grad   dx[n, c, (h, w)]  = W^T[c, (k, r, s)] . dY[(k, r, s), (n, h, w)]
 
 The X operand is never materialised (implicit GEMM: the shared-memory tile is gathered straight
-from the NCHW input, zero outside the padding). Every kernel has one block tile, from
-config.CUDA_TILES: BM x BN outputs per block, TM x TN per thread in registers, the reduction
-staged BK at a time through shared memory. Arrays are passed flat and every offset is computed
+from the NCHW input, zero outside the padding). Each launch picks its block tile from
+config.CUDA_TILE_MENU (pick_tiles: least padding for its rows x columns): BM x BN outputs per
+block, TM x TN per thread in registers, the reduction staged BK at a time through shared memory. Arrays are passed flat and every offset is computed
 by the helpers below in 64-bit integers (Numba widens int32 products to int64): local weights of
 alexnet_conv1 at batch 64 reach 6.7e9 input-patch products, and 105.7e6 weights per bank grid.
 
@@ -445,14 +445,30 @@ def signatures(dtype):
 
 
 def compile_ptx(dtype, cc=(9, 0)):
-    """{kernel: PTX} for every kernel at the configured tiles; needs NVVM, not a GPU."""
-    ks = kernels(dtype, tuple(config.CUDA_TILES), config.CUDA_BIAS_THREADS)
-    return {name: cuda.compile_ptx(ks[name].py_func, sig, cc=cc)[0]
-            for name, sig in signatures(dtype).items()}
+    """{(kernel, tiles): PTX} for every kernel at every tile of the menu; needs NVVM, not a
+    GPU. The tile-independent kernels (wgrad_reduce, bgrad, fill) are compiled once."""
+    out = {}
+    for tiles in config.CUDA_TILE_MENU:
+        ks = kernels(dtype, tuple(tiles), config.CUDA_BIAS_THREADS)
+        for name, sig in signatures(dtype).items():
+            if name in ("fwd", "wgrad", "dgrad") or tiles == config.CUDA_TILE_MENU[0]:
+                out[name, tuple(tiles)] = cuda.compile_ptx(ks[name].py_func, sig, cc=cc)[0]
+    return out
 
 
-def _kernels_for(a):
-    return kernels(np.dtype(a.dtype).name, tuple(config.CUDA_TILES), config.CUDA_BIAS_THREADS)
+def pick_tiles(rows, cols):
+    """The menu tile (config.CUDA_TILE_MENU) with the least padded work for a rows x cols
+    output: ceil(rows/BM)*BM * ceil(cols/BN)*BN, weighted by 1 + 1/TM + 1/TN for the shared-
+    memory loads per FMA of a thread's TM x TN fragment. Ties go to the earlier entry."""
+    def cost(t):
+        BM, BN, _, TM, TN = t
+        return -(-rows // BM) * BM * -(-cols // BN) * BN * (1 + 1 / TM + 1 / TN)
+    return tuple(min(config.CUDA_TILE_MENU, key=cost))
+
+
+def _kernels_for(a, tiles=None):
+    tiles = tuple(config.CUDA_TILE_MENU[0]) if tiles is None else tiles
+    return kernels(np.dtype(a.dtype).name, tiles, config.CUDA_BIAS_THREADS)
 
 
 def _elementwise_grid(size):
@@ -464,10 +480,12 @@ def _elementwise_grid(size):
 def forward(x, w, bias, g, tile):
     """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
     TP, TQ = tile
-    ks = _kernels_for(x)
+    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)                 # widest class: tp = tq = 0
+    tiles = pick_tiles(g.K, ncol)
+    ks = _kernels_for(x, tiles)
     y = device_empty(x, g.y_shape, x.dtype)
-    BM, BN = config.CUDA_TILES[:2]
-    colblocks = -(-g.N * -(-g.P // TP) * -(-g.Q // TQ) // BN)   # widest class: tp = tq = 0
+    BM, BN = tiles[:2]
+    colblocks = -(-ncol // BN)
     grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
     has_bias = bias is not None
     b = flat(bias) if has_bias else flat(w)[:1]
@@ -481,11 +499,12 @@ def weight_grad(dy, x, g, tile, shape, out=None, deterministic=False):
     """The weight gradient (TP*TQ banks of (K, C, R, S)) as `shape`, added into `out` (that
     shape, C-contiguous) when given, which is returned."""
     TP, TQ = tile
-    ks = _kernels_for(x)
+    tiles = pick_tiles(g.K, g.C * g.R * g.S)
+    ks = _kernels_for(x, tiles)
     w_shape = tuple(tile) + g.w_shape
     if out is None:
         out = device_zeros(x, shape, x.dtype)
-    BM, BN = config.CUDA_TILES[:2]
+    BM, BN, BK = tiles[:3]
     ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)               # positions of the widest class
     nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
     size = math.prod(w_shape)
@@ -493,7 +512,7 @@ def weight_grad(dy, x, g, tile, shape, out=None, deterministic=False):
     if deterministic and nchunks > 1:
         nchunks = max(1, min(nchunks, config.CUDA_WGRAD_MAX_WORKSPACE // (size * itemsize)))
     chunk = -(-ncol // nchunks)
-    chunk = -(-chunk // config.CUDA_TILES[2]) * config.CUDA_TILES[2]   # whole BK steps
+    chunk = -(-chunk // BK) * BK                              # whole BK steps
     nchunks = -(-ncol // chunk)
     if nchunks == 1:
         mode, ws = 0, flat(out)[:1]          # the block owns its weights: plain add
@@ -536,16 +555,18 @@ def _tap_table(size, L, pad, stride, dil, taps, T, out_size):
 def input_grad(dy, w, g, tile):
     """dx (N, C, H, W) by input class (see conv2d_dgrad_kernel); every element is written."""
     TP, TQ = tile
-    ks = _kernels_for(dy)
     sh, sw = g.stride
     LH, LW = sh * TP, sw * TQ
     rtab, rcnt = _tap_table(g.H, LH, g.padding[0], sh, g.dilation[0], g.R, TP, g.P)
     stab, scnt = _tap_table(g.W, LW, g.padding[1], sw, g.dilation[1], g.S, TQ, g.Q)
     tables = [_to_device_like(dy, a) for a in (rtab, stab, rcnt, scnt)]
     dx = device_empty(dy, g.x_shape, dy.dtype)
-    BM, BN = config.CUDA_TILES[:2]
     nch, ncw = len(rcnt), len(scnt)
-    colblocks = -(-g.N * -(-g.H // LH) * -(-g.W // LW) // BN)
+    ncol = g.N * -(-g.H // LH) * -(-g.W // LW)                 # widest input class
+    tiles = pick_tiles(g.C, ncol)
+    ks = _kernels_for(dy, tiles)
+    BM, BN = tiles[:2]
+    colblocks = -(-ncol // BN)
     grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
     launch(ks["dgrad"], grid, ks["threads"], stream_for(dy),
         flat(dy), flat(w), flat(dx), *tables, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S,
