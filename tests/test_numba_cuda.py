@@ -294,3 +294,38 @@ def test_production_tiles_on_tiny_shapes(tiles, monkeypatch):
         assert_close(got.weight,
                      getattr(reference, layer + "_weight_grad")(dy, x, w.shape, **case.kw),
                      np.float32, f"{layer} weight grad")
+
+
+# ------------------------------------------------------------------ the simulator's shared arrays
+def test_simulator_shared_array_is_one_array_per_block():
+    """Numba's simulator creates a block's cuda.shared.array with an unlocked check-then-set,
+    so two threads could get two arrays (seen: 1 bias gradient in 150 wrong). _launch installs a
+    locked lookup on the first simulated launch; 64 threads asking at once get one array."""
+    if not config.CUDASIM:
+        pytest.skip("simulator only")
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    from sharenet_fast.numba_cuda import _launch
+
+    _launch._fix_simulator_shared_arrays()
+    shared = kernelapi.FakeCUDAShared(0)
+    barrier = threading.Barrier(64)
+    got = []
+
+    def ask():
+        barrier.wait()
+        got.append(shared.array((4, 5), np.float32))   # one source line: one array
+    threads = [threading.Thread(target=ask) for _ in range(64)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert len(got) == 64 and all(a is got[0] for a in got)
+    assert got[0].shape == (4, 5) and got[0].dtype == np.float32
