@@ -75,6 +75,25 @@ def kernels(dtype, tiles, bias_threads):
     # stores, which walk the reduction index fastest for coalesced global loads, spread over
     # the banks.
 
+    @cuda.jit(device=True, inline=True)
+    def zero_acc(acc):
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = ft(0)
+
+    @cuda.jit(device=True, inline=True)
+    def tile_fma(As, Bs, acc, a, b, tm, tn):
+        # one BK step of the block's GEMM: the thread's TM x TN fragment += A^T[:, rows] x
+        # B[:, cols], TM + TN shared loads per TM*TN FMAs
+        for kk in range(BK):
+            for i in range(TM):
+                a[i] = As[kk, tm + i * MT]
+            for j in range(TN):
+                b[j] = Bs[kk, tn + j * NT]
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i, j] += a[i] * b[j]
+
     @cuda.jit(fastmath=False)
     def conv2d_fwd_kernel(x, w, bias, y, N, C, H, W, K, P, Q, R, S, TP, TQ, sh, sw, ph, pw,
                           dh, dw, colblocks, has_bias):
@@ -99,9 +118,7 @@ def kernels(dtype, tiles, bias_threads):
         acc = cuda.local.array((TM, TN), ft)
         a = cuda.local.array(TM, ft)
         b = cuda.local.array(TN, ft)
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = ft(0)
+        zero_acc(acc)
         # the columns this thread gathers never change: decode them once
         bn = cuda.local.array(LB, int64)
         bh = cuda.local.array(LB, int64)
@@ -143,14 +160,7 @@ def kernels(dtype, tiles, bias_threads):
                             v = x[off4_d(bn[u], c, h, ww, C, H, W)]
                     Bs[kk, e - kk * BN] = v
             cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    a[i] = As[kk, tm + i * MT]
-                for j in range(TN):
-                    b[j] = Bs[kk, tn + j * NT]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += a[i] * b[j]
+            tile_fma(As, Bs, acc, a, b, tm, tn)
             cuda.syncthreads()
         for j in range(TN):
             col = j0 + tn + j * NT
@@ -196,9 +206,7 @@ def kernels(dtype, tiles, bias_threads):
         acc = cuda.local.array((TM, TN), ft)
         a = cuda.local.array(TM, ft)
         b = cuda.local.array(TN, ft)
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = ft(0)
+        zero_acc(acc)
         # reduction columns (c, r, s) this thread gathers: fixed, decode once
         bc = cuda.local.array(LB, int64)
         br = cuda.local.array(LB, int64)
@@ -244,14 +252,7 @@ def kernels(dtype, tiles, bias_threads):
                             v = x[off4_d(n, bc[u], h, ww, C, H, W)]
                     Bs[kk, e - kk * BN] = v
             cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    a[i] = As[kk, tm + i * MT]
-                for j in range(TN):
-                    b[j] = Bs[kk, tn + j * NT]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += a[i] * b[j]
+            tile_fma(As, Bs, acc, a, b, tm, tn)
             cuda.syncthreads()
         bank = int64(cls) * K
         for i in range(TM):
@@ -299,9 +300,7 @@ def kernels(dtype, tiles, bias_threads):
         acc = cuda.local.array((TM, TN), ft)
         a = cuda.local.array(TM, ft)
         b = cuda.local.array(TN, ft)
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = ft(0)
+        zero_acc(acc)
         bn = cuda.local.array(LB, int64)
         bhi = cuda.local.array(LB, int64)
         bwi = cuda.local.array(LB, int64)
@@ -348,14 +347,7 @@ def kernels(dtype, tiles, bias_threads):
                             v = dy[off4_d(bn[u], k, p, q, K, P, Q)]
                     Bs[kk, e - kk * BN] = v
             cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    a[i] = As[kk, tm + i * MT]
-                for j in range(TN):
-                    b[j] = Bs[kk, tn + j * NT]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += a[i] * b[j]
+            tile_fma(As, Bs, acc, a, b, tm, tn)
             cuda.syncthreads()
         for j in range(TN):
             col = j0 + tn + j * NT
