@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif("numba-cuda" not in BACKENDS,
                                 reason=f"numba-cuda: {sf.backends()['numba-cuda']}")
 
 kmod = importlib.import_module("sharenet_fast.numba_cuda.conv2d")
+host = importlib.import_module("sharenet_fast._gpu_host")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))
 
 # ------------------------------------------------------------------- PTX for sm_90, no GPU needed
@@ -120,7 +121,7 @@ def test_class_extent():
     for size in range(1, 12):
         for step in range(1, 6):
             for first in range(0, 14):
-                assert kmod.class_extent(size, first, step) == len(range(first, size, step))
+                assert host.class_extent(size, first, step) == len(range(first, size, step))
 
 
 # ------------------------------------------------------------------ device arrays through the API
@@ -248,7 +249,7 @@ def test_pick_tiles_pads_least():
     """The choice for the suite's passes: rows are K (forward, weight grad) or C (input grad),
     columns the positions of a class (a local layer's: the batch) or C*R*S."""
     menu = PRODUCTION_MENU
-    pick = kmod.pick_tiles
+    pick = host.pick_tiles
     import unittest.mock as mock
     with mock.patch.object(config, "CUDA_TILE_MENU", tuple(map(tuple, menu))):
         assert pick(64, 10**6) == (64, 64, 8, 4, 4)       # vgg forward

@@ -12,9 +12,6 @@ import numpy as np
 from .. import config
 from .._device import kind
 
-MAX_GRID_Y = 65535
-
-
 def flat(a):
     """A 1-D view of a C-contiguous device array (kernels index it with 64-bit offsets)."""
     return a.reshape(a.size)
@@ -53,14 +50,6 @@ def stream_for(like):
         ptr = cupy.cuda.get_current_stream().ptr
         return cuda.external_stream(ptr) if ptr else 0     # 0: the legacy default stream
     return 0
-
-
-def check_grid(gx, gy):
-    """(gx, gy) as a launch grid; ValueError if the layer is too large for one launch."""
-    if gy > MAX_GRID_Y or gx >= 2**31:
-        raise ValueError(f"layer too large for one launch: grid ({gx}, {gy}) exceeds the "
-                         f"CUDA limits (2**31 - 1, {MAX_GRID_Y})")
-    return (gx, gy)
 
 
 _sim_lock = threading.Lock()

@@ -20,14 +20,14 @@ Kernels are built lazily per (dtype, tiles), so importing needs no GPU and tests
 tiles; host launchers (no `_kernel` suffix) take device arrays (CuPy or Numba) of one kind.
 """
 import functools
-import math
 
 import numpy as np
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
+from .. import _gpu_host as host
 from .. import config
 from .._device import kind, on_device
-from ._launch import check_grid, device_empty, device_zeros, flat, launch, stream_for
+from ._launch import device_empty, device_zeros, flat, launch, stream_for
 
 # --------------------------------------------------------------------------- index helpers
 # Kept as plain functions so tests can compile them with int32 arguments on the CPU and prove
@@ -39,17 +39,10 @@ def off4(a, b, c, d, B, C, D):
     return ((np.int64(a) * B + b) * C + c) * D + d
 
 
-def class_extent(size, first, step):
-    """How many of first, first + step, ... lie below `size` (0 if none)."""
-    if first >= size:
-        return 0
-    return (size - first + step - 1) // step
-
-
 @functools.lru_cache(maxsize=None)
 def _device_helpers():
     return (cuda.jit(off4, device=True, inline=True),
-            cuda.jit(class_extent, device=True, inline=True))
+            cuda.jit(host.class_extent, device=True, inline=True))
 
 
 # --------------------------------------------------------------------------------- kernels
@@ -294,7 +287,6 @@ def kernels(dtype, tiles, bias_threads):
         nr = rcnt[alpha]
         ns = scnt[beta]
         nred = K * nr * ns               # reduction: (k, valid r, valid s)
-        RS = R * S
         As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
         acc = cuda.local.array((TM, TN), ft)
@@ -448,145 +440,54 @@ def compile_ptx(dtype, cc=(9, 0)):
     return out
 
 
-def pick_tiles(rows, cols):
-    """The menu tile (config.CUDA_TILE_MENU) with the least padded work for a rows x cols
-    output: ceil(rows/BM)*BM * ceil(cols/BN)*BN, weighted by 1 + 1/TM + 1/TN for the shared-
-    memory loads per FMA of a thread's TM x TN fragment. Ties go to the earlier entry."""
-    def cost(t):
-        BM, BN, _, TM, TN = t
-        return -(-rows // BM) * BM * -(-cols // BN) * BN * (1 + 1 / TM + 1 / TN)
-    return tuple(min(config.CUDA_TILE_MENU, key=cost))
-
-
 def _kernels_for(a, tiles=None):
     tiles = tuple(config.CUDA_TILE_MENU[0]) if tiles is None else tiles
     return kernels(np.dtype(a.dtype).name, tiles, config.CUDA_BIAS_THREADS)
 
 
 def _elementwise_grid(size):
-    nt = config.CUDA_THREADS
-    return min(-(-size // nt), 65535 * 16), nt
+    return host.elementwise_grid(size)
 
 
-# ------------------------------------------------------------------------- host launchers
+class _NumbaDevice:
+    """The `dev` of _gpu_host for Numba: kernels from kernels(), arrays as given (CuPy or
+    Numba), launches on CuPy's current stream for CuPy arrays (see _launch)."""
+    empty = staticmethod(device_empty)
+    zeros = staticmethod(device_zeros)
+    flat = staticmethod(flat)
+
+    @staticmethod
+    def to_device_like(like, a):
+        if kind(like) == "cupy":
+            import cupy
+
+            return cupy.asarray(a)
+        return cuda.to_device(a)
+
+    @staticmethod
+    def launch(name, dtype, tiles, grid, threads, like, *args):
+        ks = kernels(np.dtype(dtype).name, tuple(tiles or config.CUDA_TILE_MENU[0]),
+                     config.CUDA_BIAS_THREADS)
+        launch(ks[name], grid, threads, stream_for(like), *args)
+
+
+DEV = _NumbaDevice()
+
+
 def forward(x, w, bias, g, tile):
-    """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
-    TP, TQ = tile
-    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)                 # widest class: tp = tq = 0
-    tiles = pick_tiles(g.K, ncol)
-    ks = _kernels_for(x, tiles)
-    y = device_empty(x, g.y_shape, x.dtype)
-    BM, BN = tiles[:2]
-    colblocks = -(-ncol // BN)
-    grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
-    has_bias = bias is not None
-    b = flat(bias) if has_bias else flat(w)[:1]
-    launch(ks["fwd"], grid, ks["threads"], stream_for(x),
-        flat(x), flat(w), b, flat(y), g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
-        *g.stride, *g.padding, *g.dilation, colblocks, has_bias)
-    return y
+    return host.forward(DEV, x, w, bias, g, tile)
 
 
 def weight_grad(dy, x, g, tile, shape, out=None, deterministic=False):
-    """The weight gradient (TP*TQ banks of (K, C, R, S)) as `shape`, added into `out` (that
-    shape, C-contiguous) when given, which is returned."""
-    TP, TQ = tile
-    tiles = pick_tiles(g.K, g.C * g.R * g.S)
-    ks = _kernels_for(x, tiles)
-    w_shape = tuple(tile) + g.w_shape
-    if out is None:
-        out = device_zeros(x, shape, x.dtype)
-    BM, BN, BK = tiles[:3]
-    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)               # positions of the widest class
-    nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
-    size = math.prod(w_shape)
-    itemsize = np.dtype(x.dtype).itemsize
-    if deterministic and nchunks > 1:
-        nchunks = max(1, min(nchunks, config.CUDA_WGRAD_MAX_WORKSPACE // (size * itemsize)))
-    chunk = -(-ncol // nchunks)
-    chunk = -(-chunk // BK) * BK                              # whole BK steps
-    nchunks = -(-ncol // chunk)
-    if nchunks == 1:
-        mode, ws = 0, flat(out)[:1]          # the block owns its weights: plain add
-    elif not deterministic:
-        mode, ws = 1, flat(out)[:1]          # one atomic add per weight per block
-    else:
-        mode, ws = 2, device_empty(x, (nchunks * size,), x.dtype)
-    redblocks = -(-g.C * g.R * g.S // BN)
-    grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
-    stream = stream_for(x)
-    launch(ks["wgrad"], grid, ks["threads"], stream,
-        flat(dy), flat(x), flat(out), ws, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
-        *g.stride, *g.padding, *g.dilation, nchunks, chunk, redblocks, mode)
-    if mode == 2:
-        launch(ks["wgrad_reduce"], *_elementwise_grid(size), stream, ws, flat(out), nchunks, size)
-    return out
-
-
-def _tap_table(size, L, pad, stride, dil, taps, T, out_size):
-    """Per input class alpha (< min(L, size)): the taps r that reach it, with their output
-    index at class row 0 (p0 = (alpha + pad - r*dil) / stride) and bank row p0 % T. Taps
-    whose outputs all fall outside [0, out_size) for this class are dropped."""
-    ncls = min(L, size)
-    table = np.zeros((ncls, taps, 3), dtype=np.int64)
-    count = np.zeros(ncls, dtype=np.int64)
-    for alpha in range(ncls):
-        rows = class_extent(size, alpha, L)
-        for r in range(taps):
-            num = alpha + pad - r * dil
-            if num % stride:
-                continue
-            p0 = num // stride
-            if not any(0 <= p0 + hi * T < out_size for hi in range(rows)):
-                continue
-            table[alpha, count[alpha]] = (r, p0, p0 % T)
-            count[alpha] += 1
-    return table, count
+    return host.weight_grad(DEV, dy, x, g, tile, shape, out, deterministic)
 
 
 def input_grad(dy, w, g, tile):
-    """dx (N, C, H, W) by input class (see conv2d_dgrad_kernel); every element is written."""
-    TP, TQ = tile
-    sh, sw = g.stride
-    LH, LW = sh * TP, sw * TQ
-    rtab, rcnt = _tap_table(g.H, LH, g.padding[0], sh, g.dilation[0], g.R, TP, g.P)
-    stab, scnt = _tap_table(g.W, LW, g.padding[1], sw, g.dilation[1], g.S, TQ, g.Q)
-    tables = [_to_device_like(dy, a) for a in (rtab, stab, rcnt, scnt)]
-    dx = device_empty(dy, g.x_shape, dy.dtype)
-    nch, ncw = len(rcnt), len(scnt)
-    ncol = g.N * -(-g.H // LH) * -(-g.W // LW)                 # widest input class
-    tiles = pick_tiles(g.C, ncol)
-    ks = _kernels_for(dy, tiles)
-    BM, BN = tiles[:2]
-    colblocks = -(-ncol // BN)
-    grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
-    launch(ks["dgrad"], grid, ks["threads"], stream_for(dy),
-        flat(dy), flat(w), flat(dx), *tables, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S,
-        TP, TQ, LH, LW, ncw, colblocks)
-    return dx
+    return host.input_grad(DEV, dy, w, g, tile)
 
 
 def bias_grad(dy, tile, shape, out=None):
-    """The bias gradient (TP*TQ banks of K) as `shape`, added into `out` when given.
-    Always deterministic."""
-    TP, TQ = tile
-    N, K, P, Q = dy.shape
-    ks = _kernels_for(dy)
-    if out is None:
-        out = device_zeros(dy, shape, dy.dtype)
-    ncol = N * -(-P // TP) * -(-Q // TQ)
-    threads = min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length()))
-    grid = check_grid(TP * TQ * K, 1)
-    launch(ks["bgrad"], grid, threads, stream_for(dy), flat(dy), flat(out), N, K, P, Q, TP, TQ)
-    return out
-
-
-def _to_device_like(like, a):
-    if kind(like) == "cupy":
-        import cupy
-
-        return cupy.asarray(a)
-    return cuda.to_device(a)
+    return host.bias_grad(DEV, dy, tile, shape, out)
 
 
 # ------------------------------------------------------------------ shared conv: the 1 x 1 tile

@@ -1,0 +1,167 @@
+"""Host side of the GPU backends: launch geometry, tile choice, chunking and tap tables.
+
+The numba-cuda and cupy backends run the same kernels (same names, argument order and
+semantics; numba_cuda/conv2d.py in Numba, kernels/conv2d.cu in CUDA C), so everything decided on
+the host lives here once. A backend passes a `dev` object that knows its arrays and kernels:
+
+    dev.empty(like, shape, dtype), dev.zeros(like, shape, dtype)   allocate like `like`
+    dev.to_device_like(like, numpy_array)                          a small table, on the device
+    dev.flat(a)                                                    1-D view of a C-contiguous array
+    dev.launch(name, dtype, tiles, grid, threads, like, *args)     run kernel `name`
+                                                                   (fwd, wgrad, wgrad_reduce,
+                                                                   dgrad, bgrad, fill)
+
+Integer arguments are Python ints (the kernels take them as 64-bit), has_bias a bool.
+"""
+import math
+
+import numpy as np
+
+from . import config
+
+MAX_GRID_Y = 65535
+
+
+def check_grid(gx, gy):
+    """(gx, gy) as a launch grid; ValueError if the layer is too large for one launch."""
+    if gy > MAX_GRID_Y or gx >= 2**31:
+        raise ValueError(f"layer too large for one launch: grid ({gx}, {gy}) exceeds the "
+                         f"CUDA limits (2**31 - 1, {MAX_GRID_Y})")
+    return (gx, gy)
+
+
+def threads(tiles):
+    """Threads of a block for a GEMM tile (BM, BN, BK, TM, TN)."""
+    BM, BN, _, TM, TN = tiles
+    return (BM // TM) * (BN // TN)
+
+
+def elementwise_grid(size):
+    nt = config.CUDA_THREADS
+    return min(-(-size // nt), 65535 * 16), nt
+
+
+def class_extent(size, first, step):
+    """How many of first, first + step, ... lie below `size` (0 if none)."""
+    if first >= size:
+        return 0
+    return (size - first + step - 1) // step
+
+
+def pick_tiles(rows, cols):
+    """The menu tile (config.CUDA_TILE_MENU) with the least padded work for a rows x cols
+    output: ceil(rows/BM)*BM * ceil(cols/BN)*BN, weighted by 1 + 1/TM + 1/TN for the shared-
+    memory loads per FMA of a thread's TM x TN fragment. Ties go to the earlier entry."""
+    def cost(t):
+        BM, BN, _, TM, TN = t
+        return -(-rows // BM) * BM * -(-cols // BN) * BN * (1 + 1 / TM + 1 / TN)
+    return tuple(min(config.CUDA_TILE_MENU, key=cost))
+
+
+def forward(dev, x, w, bias, g, tile):
+    """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
+    TP, TQ = tile
+    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)                 # widest class: tp = tq = 0
+    tiles = pick_tiles(g.K, ncol)
+    y = dev.empty(x, g.y_shape, x.dtype)
+    BM, BN = tiles[:2]
+    colblocks = -(-ncol // BN)
+    grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
+    has_bias = bias is not None
+    b = dev.flat(bias) if has_bias else dev.flat(w)[:1]
+    dev.launch("fwd", x.dtype, tiles, grid, threads(tiles), x,
+               dev.flat(x), dev.flat(w), b, dev.flat(y), g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
+        *g.stride, *g.padding, *g.dilation, colblocks, has_bias)
+    return y
+
+
+def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
+    """The weight gradient (TP*TQ banks of (K, C, R, S)) as `shape`, added into `out` (that
+    shape, C-contiguous) when given, which is returned."""
+    TP, TQ = tile
+    tiles = pick_tiles(g.K, g.C * g.R * g.S)
+    w_shape = tuple(tile) + g.w_shape
+    if out is None:
+        out = dev.zeros(x, shape, x.dtype)
+    BM, BN, BK = tiles[:3]
+    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)               # positions of the widest class
+    nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
+    size = math.prod(w_shape)
+    itemsize = np.dtype(x.dtype).itemsize
+    if deterministic and nchunks > 1:
+        nchunks = max(1, min(nchunks, config.CUDA_WGRAD_MAX_WORKSPACE // (size * itemsize)))
+    chunk = -(-ncol // nchunks)
+    chunk = -(-chunk // BK) * BK                              # whole BK steps
+    nchunks = -(-ncol // chunk)
+    if nchunks == 1:
+        mode, ws = 0, dev.flat(out)[:1]          # the block owns its weights: plain add
+    elif not deterministic:
+        mode, ws = 1, dev.flat(out)[:1]          # one atomic add per weight per block
+    else:
+        mode, ws = 2, dev.empty(x, (nchunks * size,), x.dtype)
+    redblocks = -(-g.C * g.R * g.S // BN)
+    grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
+    dev.launch("wgrad", x.dtype, tiles, grid, threads(tiles), x,
+               dev.flat(dy), dev.flat(x), dev.flat(out), ws, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
+        *g.stride, *g.padding, *g.dilation, nchunks, chunk, redblocks, mode)
+    if mode == 2:
+        dev.launch("wgrad_reduce", x.dtype, None, *elementwise_grid(size), x,
+                   ws, dev.flat(out), nchunks, size)
+    return out
+
+
+def _tap_table(size, L, pad, stride, dil, taps, T, out_size):
+    """Per input class alpha (< min(L, size)): the taps r that reach it, with their output
+    index at class row 0 (p0 = (alpha + pad - r*dil) / stride) and bank row p0 % T. Taps
+    whose outputs all fall outside [0, out_size) for this class are dropped."""
+    ncls = min(L, size)
+    table = np.zeros((ncls, taps, 3), dtype=np.int64)
+    count = np.zeros(ncls, dtype=np.int64)
+    for alpha in range(ncls):
+        rows = class_extent(size, alpha, L)
+        for r in range(taps):
+            num = alpha + pad - r * dil
+            if num % stride:
+                continue
+            p0 = num // stride
+            if not any(0 <= p0 + hi * T < out_size for hi in range(rows)):
+                continue
+            table[alpha, count[alpha]] = (r, p0, p0 % T)
+            count[alpha] += 1
+    return table, count
+
+
+def input_grad(dev, dy, w, g, tile):
+    """dx (N, C, H, W) by input class (see conv2d_dgrad_kernel); every element is written."""
+    TP, TQ = tile
+    sh, sw = g.stride
+    LH, LW = sh * TP, sw * TQ
+    rtab, rcnt = _tap_table(g.H, LH, g.padding[0], sh, g.dilation[0], g.R, TP, g.P)
+    stab, scnt = _tap_table(g.W, LW, g.padding[1], sw, g.dilation[1], g.S, TQ, g.Q)
+    tables = [dev.to_device_like(dy, a) for a in (rtab, stab, rcnt, scnt)]
+    dx = dev.empty(dy, g.x_shape, dy.dtype)
+    nch, ncw = len(rcnt), len(scnt)
+    ncol = g.N * -(-g.H // LH) * -(-g.W // LW)                 # widest input class
+    tiles = pick_tiles(g.C, ncol)
+    BM, BN = tiles[:2]
+    colblocks = -(-ncol // BN)
+    grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
+    dev.launch("dgrad", dy.dtype, tiles, grid, threads(tiles), dy,
+               dev.flat(dy), dev.flat(w), dev.flat(dx), *tables, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S,
+        TP, TQ, LH, LW, ncw, colblocks)
+    return dx
+
+
+def bias_grad(dev, dy, tile, shape, out=None):
+    """The bias gradient (TP*TQ banks of K) as `shape`, added into `out` when given.
+    Always deterministic."""
+    TP, TQ = tile
+    N, K, P, Q = dy.shape
+    if out is None:
+        out = dev.zeros(dy, shape, dy.dtype)
+    ncol = N * -(-P // TP) * -(-Q // TQ)
+    nthreads = min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length()))
+    grid = check_grid(TP * TQ * K, 1)
+    dev.launch("bgrad", dy.dtype, None, grid, nthreads, dy,
+               dev.flat(dy), dev.flat(out), N, K, P, Q, TP, TQ)
+    return out
