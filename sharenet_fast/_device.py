@@ -53,35 +53,47 @@ def device_id(a):
     return None
 
 
-def on_device(fn):
-    """Let a GPU backend's host function take NumPy arrays: copy them in, run, copy back.
+def host_io(to_device, to_host, copy_into):
+    """A decorator letting a GPU backend's host function take NumPy arrays: copy them in, run,
+    copy back. `to_device(a)`, `to_host(d)` and `copy_into(d, out)` are the backend's transfers.
 
-    Device arrays (CuPy or Numba) pass through untouched. With NumPy arrays every array argument
-    is copied to the device; results come back as NumPy; an `out=` accumulator is copied in,
-    added into on the device and copied back into the caller's array, which is returned.
+    Device arrays pass through untouched. With NumPy arrays every array argument is copied to
+    the device; results come back as NumPy; an `out=` accumulator is copied in, added into on
+    the device and copied back into the caller's array, which is returned.
     """
-    @functools.wraps(fn)
-    def wrapper(*args, out=None, **kwargs):
-        if not any(kind(a) == HOST for a in args + (out,)):
-            if out is not None:
-                kwargs["out"] = out
-            return fn(*args, **kwargs)
-        from numba import cuda
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, out=None, **kwargs):
+            if not any(kind(a) == HOST for a in args + (out,)):
+                if out is not None:
+                    kwargs["out"] = out
+                return fn(*args, **kwargs)
+            dargs = tuple(to_device(a) if kind(a) == HOST else a for a in args)
+            dout = None if out is None else to_device(out)
+            if dout is not None:
+                kwargs["out"] = dout
+            result = fn(*dargs, **kwargs)
 
-        dargs = tuple(cuda.to_device(a) if kind(a) == HOST else a for a in args)
-        dout = None if out is None else cuda.to_device(out)
-        if dout is not None:
-            kwargs["out"] = dout
-        result = fn(*dargs, **kwargs)
+            def back(r):
+                if r is None:
+                    return None
+                if dout is not None and r is dout:
+                    copy_into(dout, out)
+                    return out
+                return to_host(r)
+            if isinstance(result, tuple):
+                return tuple(back(r) for r in result)
+            return back(result)
+        return wrapper
+    return decorate
 
-        def back(r):
-            if r is None:
-                return None
-            if dout is not None and r is dout:
-                dout.copy_to_host(out)
-                return out
-            return r.copy_to_host()
-        if isinstance(result, tuple):
-            return tuple(back(r) for r in result)
-        return back(result)
-    return wrapper
+
+def _numba_to_device(a):
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+# The Numba CUDA backend's transfers (also the simulator's).
+on_device = host_io(_numba_to_device, lambda d: d.copy_to_host(),
+                    lambda d, out: d.copy_to_host(out))

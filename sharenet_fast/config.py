@@ -63,9 +63,7 @@ CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 # local layer's columns are the batch. The first entry, 64 x 64 with 4 x 4 per thread (16 FMAs
 # per 8 shared loads, 256 threads), is the general one. Every entry keeps 128-256 threads and
 # at most 8 staged elements per thread, so nothing spills (the PTX tests check).
-CUDA_TILE_MENU = (
-    (8, 8, 4, 2, 2), (4, 16, 4, 2, 2), (2, 16, 4, 1, 2), (16, 4, 4, 4, 1),
-) if CUDASIM else (
+CUDA_TILE_MENU_GPU = (
     (64, 64, 8, 4, 4),      # general
     (32, 128, 8, 4, 4),     # K = 32, 96
     (16, 128, 8, 2, 4),     # K or C = 16
@@ -73,6 +71,8 @@ CUDA_TILE_MENU = (
     (128, 16, 8, 8, 2),     # a local layer at batch 16
     (128, 8, 8, 8, 1),      # ... at batch 8
 )
+CUDA_TILE_MENU_SIM = ((8, 8, 4, 2, 2), (4, 16, 4, 2, 2), (2, 16, 4, 1, 2), (16, 4, 4, 4, 1))
+CUDA_TILE_MENU = CUDA_TILE_MENU_SIM if CUDASIM else CUDA_TILE_MENU_GPU
 
 # Weight gradient: a block reduces this many output positions of its tile class before its one
 # atomic add per weight (or its partial, deterministic=True). Enough chunks to fill 132 SMs at

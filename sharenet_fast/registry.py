@@ -18,12 +18,7 @@ BACKENDS = {
     "cpu": ("sharenet_fast.cpu", "Numba @njit(parallel=True) kernels"),
     "reference": ("sharenet_fast._reference_backend", "float64 NumPy oracle"),
     "numba-cuda": ("sharenet_fast.numba_cuda", "Numba CUDA kernels"),
-    "cupy": (None, "CUDA C kernels from kernels/ compiled by CuPy"),
-}
-
-# Backends whose kernels are not written yet say so instead of pretending.
-_NOT_BUILT = {
-    "cupy": "not implemented yet (issue 5: CUDA C kernels for the cupy backend)",
+    "cupy": ("sharenet_fast.cupy_backend", "CUDA C kernels from kernels/ compiled by CuPy"),
 }
 
 _loaded = {}
@@ -32,16 +27,13 @@ _loaded = {}
 def _try_load(name):
     if name in _loaded:
         return _loaded[name]
-    if name in _NOT_BUILT:
-        result = (None, _NOT_BUILT[name])
-    else:
-        try:
-            module = importlib.import_module(BACKENDS[name][0])
-            # a backend that imports may still lack its device: it says why
-            why = module.unavailable() if hasattr(module, "unavailable") else None
-            result = (module, "available") if why is None else (None, why)
-        except Exception as exc:  # pragma: no cover - depends on the machine
-            result = (None, f"import failed: {type(exc).__name__}: {exc}")
+    try:
+        module = importlib.import_module(BACKENDS[name][0])
+        # a backend that imports may still lack its device: it says why
+        why = module.unavailable() if hasattr(module, "unavailable") else None
+        result = (module, "available") if why is None else (None, why)
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        result = (None, f"import failed: {type(exc).__name__}: {exc}")
     _loaded[name] = result
     return result
 

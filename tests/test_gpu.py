@@ -26,6 +26,9 @@ sys.path.insert(0, ROOT)
 from bench.shapes import SUITE  # noqa: E402
 
 LAYER_FN = {"conv2d": (1, 1), "tiled_conv2d": (2, 2), "local2d": None}
+GPU_BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(
+    sf.backends()[b] != "available", reason=f"{b}: {sf.backends()[b]}"))
+    for b in ("numba-cuda", "cupy")]
 
 
 def _inputs(layer, shape, dtype, seed):
@@ -42,14 +45,15 @@ def _inputs(layer, shape, dtype, seed):
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("layer", list(LAYER_FN))
 @pytest.mark.parametrize("name", list(SUITE))
-def test_suite_layer_against_oracle(name, layer, deterministic):
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_suite_layer_against_oracle(backend, name, layer, deterministic):
     shape = SUITE[name].with_batch(2)
     g, x, w, b, dy = _inputs(layer, shape, np.float32, seed=31)
     kw = dict(stride=shape.stride, padding=shape.padding)
     fwd, bwd = getattr(sf, layer), getattr(sf, layer + "_backward")
-    y = fwd(x, w, b, backend="numba-cuda", **kw)
+    y = fwd(x, w, b, backend=backend, **kw)
     assert_close(y, getattr(reference, layer)(x, w, b, **kw), np.float32, "forward")
-    got = bwd(dy, x, w, backend="numba-cuda", deterministic=deterministic, **kw)
+    got = bwd(dy, x, w, backend=backend, deterministic=deterministic, **kw)
     assert_close(got.input, getattr(reference, layer + "_input_grad")(dy, x.shape, w, **kw),
                  np.float32, "input grad")
     assert_close(got.weight, getattr(reference, layer + "_weight_grad")(dy, x, w.shape, **kw),
@@ -61,23 +65,25 @@ def test_suite_layer_against_oracle(name, layer, deterministic):
 
 
 @pytest.mark.parametrize("layer", list(LAYER_FN))
-def test_float64_at_real_size(layer):
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_float64_at_real_size(backend, layer):
     shape = SUITE["cifar_5x5"].with_batch(2)
     g, x, w, b, dy = _inputs(layer, shape, np.float64, seed=32)
     kw = dict(stride=shape.stride, padding=shape.padding)
-    got = getattr(sf, layer + "_backward")(dy, x, w, backend="numba-cuda", **kw)
+    got = getattr(sf, layer + "_backward")(dy, x, w, backend=backend, **kw)
     assert_close(got.weight, getattr(reference, layer + "_weight_grad")(dy, x, w.shape, **kw),
                  np.float64, "weight grad")
     assert_close(got.input, getattr(reference, layer + "_input_grad")(dy, x.shape, w, **kw),
                  np.float64, "input grad")
 
 
-def test_deterministic_is_bitwise_reproducible_at_batch_64():
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_deterministic_is_bitwise_reproducible_at_batch_64(backend):
     cupy = pytest.importorskip("cupy")
     shape = SUITE["alexnet_conv1"].with_batch(64)
     g, x, w, b, dy = _inputs("conv2d", shape, np.float32, seed=33)
     xd, wd, dyd = (cupy.asarray(a) for a in (x, w, dy))
-    kw = dict(stride=shape.stride, padding=shape.padding, needs=("weight",))
+    kw = dict(stride=shape.stride, padding=shape.padding, needs=("weight",), backend=backend)
     det = [sf.conv2d_backward(dyd, xd, wd, deterministic=True, **kw).weight.get()
            for _ in range(3)]
     assert all(np.array_equal(d, det[0]) for d in det[1:])
@@ -125,6 +131,7 @@ def test_input_past_2_31_elements():
 _SANITIZE = r"""
 import numpy as np, sharenet_fast as sf
 rng = np.random.default_rng(0)
+backends = [b for b in ("numba-cuda", "cupy") if sf.backends()[b] == "available"]
 cases = [((2, 3, 23, 25), (5, 3, 11, 11), dict(stride=4, padding=(0, 1))),
          ((3, 4, 9, 10), (7, 4, 3, 3), dict(padding=1)),
          ((1, 2, 12, 11), (3, 2, 3, 2), dict(stride=(2, 1), dilation=(2, 1), padding=(1, 0)))]
@@ -137,10 +144,11 @@ for xs, ws, kw in cases:
             w = rng.standard_normal(grid + ws).astype(dt)
             b = rng.standard_normal(grid + ws[:1]).astype(dt)
             dy = rng.standard_normal(g.y_shape).astype(dt)
-            getattr(sf, layer)(x, w, b, backend="numba-cuda", **kw)
-            for det in (False, True):
-                getattr(sf, layer + "_backward")(dy, x, w, deterministic=det,
-                                                 backend="numba-cuda", **kw)
+            for be in backends:
+                getattr(sf, layer)(x, w, b, backend=be, **kw)
+                for det in (False, True):
+                    getattr(sf, layer + "_backward")(dy, x, w, deterministic=det, backend=be,
+                                                     **kw)
 print("ok")
 """
 

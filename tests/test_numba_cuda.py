@@ -63,11 +63,7 @@ def ptx_report():
 
 
 KERNEL_NAMES = list(kmod.signatures("float32"))
-PRODUCTION_MENU = json.loads(subprocess.run(
-    [sys.executable, "-c", "import json; from sharenet_fast import config; "
-     "print(json.dumps(config.CUDA_TILE_MENU))"],
-    env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), capture_output=True, text=True,
-    check=True).stdout) if config.CUDASIM else config.CUDA_TILE_MENU
+PRODUCTION_MENU = config.CUDA_TILE_MENU_GPU
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

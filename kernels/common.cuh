@@ -1,0 +1,39 @@
+// Shared by every kernel of the cupy backend (compiled at run time by NVRTC through CuPy).
+//
+// Index arithmetic is 64-bit throughout (i64): a local layer's weights at batch 64 take part in
+// 6.7e9 input-patch products, and any tensor may pass 2**31 elements. Offsets come from off4.
+#pragma once
+
+typedef long long i64;
+
+// Flat offset of [a, b, c, d] in a C-contiguous (., B, C, D) array.
+__device__ __forceinline__ i64 off4(i64 a, i64 b, i64 c, i64 d, i64 B, i64 C, i64 D) {
+    return ((a * B + b) * C + c) * D + d;
+}
+
+// How many of first, first + step, ... lie below size (0 if none).
+__device__ __forceinline__ i64 class_extent(i64 size, i64 first, i64 step) {
+    return first >= size ? 0 : (size - first + step - 1) / step;
+}
+
+// One BK step of a block's GEMM: thread (tm, tn) owns rows tm + i*MT and columns tn + j*NT of
+// the block tile, so neighbouring threads read neighbouring shared words (no bank conflicts)
+// and write neighbouring output columns (coalesced). As is the A tile stored transposed
+// (BK x (BM + 1): the pad column spreads its column-wise stores over the banks).
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__device__ __forceinline__ void tile_fma(const T (&As)[BK][BM + 1], const T (&Bs)[BK][BN],
+                                         T (&acc)[TM][TN], int tm, int tn) {
+    constexpr int MT = BM / TM, NT = BN / TN;
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        T a[TM], b[TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i) a[i] = As[kk][tm + i * MT];
+#pragma unroll
+        for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tn + j * NT];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+}

@@ -1,0 +1,334 @@
+// Banked implicit-GEMM kernels for every layer of the cupy backend: shared (1 x 1 tile), tiled
+// (TP x TQ) and locally connected (P x Q). Output (p, q) uses bank (p % TP) * TQ + q % TQ, and
+// a block always works inside one tile class, so within a block the weights are one matrix:
+//
+//   forward      y[n, k, (p, q)]  = W[bank][k, (c, r, s)] . X[(c, r, s), (n, p, q)]
+//   weight grad  dW[bank][k, crs] = dY[k, (n, p, q)] . X[(n, p, q), crs]    over the class
+//   input grad   dx[n, c, (h, w)] = W^T[c, (k, r, s)] . dY[(k, r, s), (n, h, w)]  by input class
+//
+// Same algorithms, names and argument order as the Numba kernels (numba_cuda/conv2d.py); the
+// host side (grid, tile choice, chunking, tap tables) is sharenet_fast/_gpu_host.py, shared by
+// both backends. Template parameters: T (float, double) and the block tile BM x BN (TM x TN per
+// thread, reduction staged BK at a time); instances are requested by name_expressions.
+#include "common.cuh"
+
+#define THREADS ((BM / TM) * (BN / TN))
+
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__(THREADS)
+conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                  T* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
+                  i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                  i64 colblocks, i64 has_bias) {
+    // grid: x = tile class * column block, y = block of BM filters k
+    constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
+    constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
+    __shared__ T As[BK][BM + 1];
+    __shared__ T Bs[BK][BN];
+    const int t = threadIdx.x, tm = t / NT, tn = t % NT;
+    const i64 cls = blockIdx.x / colblocks;
+    const i64 j0 = (blockIdx.x % colblocks) * (i64)BN;
+    const i64 k0 = (i64)blockIdx.y * BM;
+    const i64 tp = cls / TQ, tq = cls % TQ;
+    const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
+    const i64 ncol = N * Pc * Qc;           // columns of this class: (n, i, j), p = tp + i*TP
+    if (j0 >= ncol) return;                 // a narrower class: the whole block has no work
+    const i64 RS = R * S, CRS = C * RS;
+    T acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    // the columns this thread gathers never change: decode them once
+    i64 bn[LB], bh[LB], bw[LB];
+#pragma unroll
+    for (int u = 0; u < LB; ++u) {
+        const i64 col = j0 + (t + u * NTH) % BN;
+        bn[u] = -1;
+        bh[u] = bw[u] = 0;
+        if (col < ncol) {
+            const i64 n = col / (Pc * Qc), rem = col - n * (Pc * Qc), i = rem / Qc;
+            bn[u] = n;
+            bh[u] = (tp + i * TP) * sh - ph;
+            bw[u] = (tq + (rem - i * Qc) * TQ) * sw - pw;
+        }
+    }
+    const i64 wbase = cls * K;
+    for (i64 red0 = 0; red0 < CRS; red0 += BK) {
+#pragma unroll
+        for (int u = 0; u < LA; ++u) {
+            const int e = t + u * NTH;
+            if (e < BM * BK) {
+                const int m = e / BK, kk = e % BK;   // reduction fastest: coalesced rows of W
+                T v = T(0);
+                if (k0 + m < K && red0 + kk < CRS) v = __ldg(&w[(wbase + k0 + m) * CRS + red0 + kk]);
+                As[kk][m] = v;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < LB; ++u) {
+            const int e = t + u * NTH;
+            if (e < BK * BN) {
+                const int kk = e / BN;               // column fastest: neighbouring q
+                const i64 red = red0 + kk;
+                T v = T(0);
+                if (red < CRS && bn[u] >= 0) {
+                    const i64 c = red / RS, rs = red - c * RS, r = rs / S;
+                    const i64 h = bh[u] + r * dh, ww = bw[u] + (rs - r * S) * dw;
+                    if (h >= 0 && h < H && ww >= 0 && ww < W) v = __ldg(&x[off4(bn[u], c, h, ww, C, H, W)]);
+                }
+                Bs[kk][e % BN] = v;
+            }
+        }
+        __syncthreads();
+        tile_fma<T, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+        const i64 col = j0 + tn + j * NT;
+        if (col >= ncol) continue;
+        const i64 n = col / (Pc * Qc), rem = col - n * (Pc * Qc), i = rem / Qc;
+        const i64 p = tp + i * TP, q = tq + (rem - i * Qc) * TQ;
+#pragma unroll
+        for (int ii = 0; ii < TM; ++ii) {
+            const i64 k = k0 + tm + ii * MT;
+            if (k < K) y[off4(n, k, p, q, K, P, Q)] = acc[ii][j] + (has_bias ? __ldg(&bias[wbase + k]) : T(0));
+        }
+    }
+}
+
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__(THREADS)
+conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out,
+                    T* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
+                    i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                    i64 nchunks, i64 chunk, i64 redblocks, i64 mode) {
+    // grid: x = tile class * chunk of its positions, y = filter block * (c, r, s) block. The
+    // block reduces its chunk in registers, then mode 0: adds into out (one chunk per class:
+    // it owns those weights), 1: one atomicAdd per weight, 2: its partial into ws (summed in
+    // chunk order by conv2d_wgrad_reduce_kernel: deterministic).
+    constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
+    constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
+    __shared__ T As[BK][BM + 1];
+    __shared__ T Bs[BK][BN];
+    const int t = threadIdx.x, tm = t / NT, tn = t % NT;
+    const i64 cls = blockIdx.x / nchunks, ch = blockIdx.x % nchunks;
+    const i64 k0 = (blockIdx.y / redblocks) * (i64)BM;
+    const i64 c0 = (blockIdx.y % redblocks) * (i64)BN;
+    const i64 tp = cls / TQ, tq = cls % TQ;
+    const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
+    const i64 ncol = N * Pc * Qc;
+    const i64 start = ch * chunk, stop = min(start + chunk, ncol);
+    const i64 RS = R * S, CRS = C * RS;
+    T acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    i64 bc[LB], br[LB], bs[LB];     // the (c, r, s) columns this thread gathers: decode once
+#pragma unroll
+    for (int u = 0; u < LB; ++u) {
+        const i64 red = c0 + (t + u * NTH) % BN;
+        bc[u] = -1;
+        br[u] = bs[u] = 0;
+        if (red < CRS) {
+            const i64 c = red / RS, rs = red - c * RS, r = rs / S;
+            bc[u] = c;
+            br[u] = r * dh - ph;
+            bs[u] = (rs - r * S) * dw - pw;
+        }
+    }
+    for (i64 pos0 = start; pos0 < stop; pos0 += BK) {
+#pragma unroll
+        for (int u = 0; u < LA; ++u) {
+            const int e = t + u * NTH;
+            if (e < BM * BK) {
+                const int m = e / BK, kk = e % BK;   // position fastest: neighbouring q of dy
+                const i64 pos = pos0 + kk;
+                T v = T(0);
+                if (k0 + m < K && pos < stop) {
+                    const i64 n = pos / (Pc * Qc), rem = pos - n * (Pc * Qc), i = rem / Qc;
+                    v = __ldg(&dy[off4(n, k0 + m, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]);
+                }
+                As[kk][m] = v;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < LB; ++u) {
+            const int e = t + u * NTH;
+            if (e < BK * BN) {
+                const int kk = e / BN;               // (c, r, s) fastest: neighbouring s of x
+                const i64 pos = pos0 + kk;
+                T v = T(0);
+                if (pos < stop && bc[u] >= 0) {
+                    const i64 n = pos / (Pc * Qc), rem = pos - n * (Pc * Qc), i = rem / Qc;
+                    const i64 h = (tp + i * TP) * sh + br[u];
+                    const i64 ww = (tq + (rem - i * Qc) * TQ) * sw + bs[u];
+                    if (h >= 0 && h < H && ww >= 0 && ww < W) v = __ldg(&x[off4(n, bc[u], h, ww, C, H, W)]);
+                }
+                Bs[kk][e % BN] = v;
+            }
+        }
+        __syncthreads();
+        tile_fma<T, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
+        __syncthreads();
+    }
+    const i64 bank = cls * K;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const i64 k = k0 + tm + i * MT;
+        if (k >= K) continue;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const i64 red = c0 + tn + j * NT;
+            if (red >= CRS) continue;
+            const i64 o = (bank + k) * CRS + red;
+            if (mode == 0) out[o] += acc[i][j];
+            else if (mode == 1) atomicAdd(&out[o], acc[i][j]);
+            else ws[ch * (TP * TQ * K * CRS) + o] = acc[i][j];
+        }
+    }
+}
+
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__(THREADS)
+conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                    const i64* __restrict__ rtab, const i64* __restrict__ stab,
+                    const i64* __restrict__ rcnt, const i64* __restrict__ scnt, i64 N, i64 C,
+                    i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R, i64 S, i64 TP, i64 TQ, i64 LH,
+                    i64 LW, i64 ncw, i64 colblocks) {
+    // Input classes h % LH, w % LW (LH = sh*TP): inside one, every pixel sees the same valid
+    // taps through the same bank row, so the pass is a GEMM over those taps only (a gather:
+    // each dx element written once). rtab[alpha][i] = (r, p at class row 0, that p % TP),
+    // laid out (min(LH, H), R, 3); stab likewise for columns. grid: x = input class * column
+    // block, y = block of BM channels.
+    constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
+    constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
+    __shared__ T As[BK][BM + 1];
+    __shared__ T Bs[BK][BN];
+    const int t = threadIdx.x, tm = t / NT, tn = t % NT;
+    const i64 cls = blockIdx.x / colblocks;
+    const i64 j0 = (blockIdx.x % colblocks) * (i64)BN;
+    const i64 c0 = (i64)blockIdx.y * BM;
+    const i64 alpha = cls / ncw, beta = cls % ncw;
+    const i64 Hc = class_extent(H, alpha, LH), Wc = class_extent(W, beta, LW);
+    const i64 ncol = N * Hc * Wc;           // columns: (n, hi, wi), h = alpha + hi*LH
+    if (j0 >= ncol) return;
+    const i64 nr = rcnt[alpha], ns = scnt[beta];
+    const i64 nred = K * nr * ns;            // reduction: (k, valid r, valid s)
+    const i64* rt = rtab + alpha * R * 3;
+    const i64* st = stab + beta * S * 3;
+    T acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    i64 bn[LB], bhi[LB], bwi[LB];
+#pragma unroll
+    for (int u = 0; u < LB; ++u) {
+        const i64 col = j0 + (t + u * NTH) % BN;
+        bn[u] = -1;
+        bhi[u] = bwi[u] = 0;
+        if (col < ncol) {
+            const i64 n = col / (Hc * Wc), rem = col - n * (Hc * Wc);
+            bn[u] = n;
+            bhi[u] = rem / Wc;
+            bwi[u] = rem - bhi[u] * Wc;
+        }
+    }
+    for (i64 red0 = 0; red0 < nred; red0 += BK) {
+#pragma unroll
+        for (int u = 0; u < LA; ++u) {
+            const int e = t + u * NTH;
+            if (e < BM * BK) {
+                const int m = e / BK, kk = e % BK;
+                const i64 red = red0 + kk;
+                T v = T(0);
+                if (c0 + m < C && red < nred) {
+                    const i64 k = red / (nr * ns), rem = red - k * (nr * ns);
+                    const i64 ri = rem / ns, si = rem - ri * ns;
+                    const i64 bank = rt[ri * 3 + 2] * TQ + st[si * 3 + 2];
+                    v = __ldg(&w[off4(bank * K + k, c0 + m, rt[ri * 3], st[si * 3], C, R, S)]);
+                }
+                As[kk][m] = v;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < LB; ++u) {
+            const int e = t + u * NTH;
+            if (e < BK * BN) {
+                const int kk = e / BN;
+                const i64 red = red0 + kk;
+                T v = T(0);
+                if (red < nred && bn[u] >= 0) {
+                    const i64 k = red / (nr * ns), rem = red - k * (nr * ns);
+                    const i64 ri = rem / ns, si = rem - ri * ns;
+                    const i64 p = rt[ri * 3 + 1] + bhi[u] * TP, q = st[si * 3 + 1] + bwi[u] * TQ;
+                    if (p >= 0 && p < P && q >= 0 && q < Q) v = __ldg(&dy[off4(bn[u], k, p, q, K, P, Q)]);
+                }
+                Bs[kk][e % BN] = v;
+            }
+        }
+        __syncthreads();
+        tile_fma<T, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+        const i64 col = j0 + tn + j * NT;
+        if (col >= ncol) continue;
+        const i64 n = col / (Hc * Wc), rem = col - n * (Hc * Wc), hi = rem / Wc;
+        const i64 h = alpha + hi * LH, ww = beta + (rem - hi * Wc) * LW;
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const i64 c = c0 + tm + i * MT;
+            if (c < C) dx[off4(n, c, h, ww, C, H, W)] = acc[i][j];
+        }
+    }
+}
+
+template <typename T>
+__global__ void conv2d_wgrad_reduce_kernel(const T* __restrict__ ws, T* __restrict__ out,
+                                           i64 nchunks, i64 size) {
+    // out[e] += the chunk partials of e, always in chunk order: the same bits on every run.
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < size;
+         e += (i64)gridDim.x * blockDim.x) {
+        T s = T(0);
+        for (i64 ch = 0; ch < nchunks; ++ch) s += ws[ch * size + e];
+        out[e] += s;
+    }
+}
+
+template <typename T, int NB>
+__global__ void __launch_bounds__(NB)
+conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K, i64 P, i64 Q,
+                    i64 TP, i64 TQ) {
+    // one block per (tile class, k): a strided sum over the class's (n, p, q), then a tree in
+    // shared memory in a fixed order (deterministic); blockDim.x is a power of two <= NB.
+    __shared__ T buf[NB];
+    const int t = threadIdx.x;
+    const i64 cls = blockIdx.x / K, k = blockIdx.x % K;
+    const i64 tp = cls / TQ, tq = cls % TQ;
+    const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
+    const i64 ncol = N * Pc * Qc;
+    T s = T(0);
+    for (i64 col = t; col < ncol; col += blockDim.x) {
+        const i64 n = col / (Pc * Qc), rem = col - n * (Pc * Qc), i = rem / Qc;
+        s += __ldg(&dy[off4(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]);
+    }
+    buf[t] = s;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (t < half) buf[t] += buf[t + half];
+        __syncthreads();
+    }
+    if (t == 0) out[cls * K + k] += buf[0];
+}
+
+template <typename T>
+__global__ void fill_kernel(T* __restrict__ a, T value, i64 size) {
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < size;
+         e += (i64)gridDim.x * blockDim.x)
+        a[e] = value;
+}
