@@ -1,0 +1,72 @@
+// Run CUDA C kernels on the CPU, for tests on machines without a GPU.
+//
+// Included before a kernels/*.cu source and compiled by g++ (-std=c++20 -pthread). A launch runs
+// its blocks one after another; a block's threads are real OS threads (std::thread), so
+// __syncthreads is a std::barrier and races between threads stay possible, as on a GPU.
+// __shared__ arrays become function statics: one per kernel instance, shared by the threads of
+// the block that runs (blocks never overlap). atomicAdd is std::atomic_ref::fetch_add.
+// Kernel arguments arrive like cuLaunchKernel's: an array of pointers to each argument.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+inline std::barrier<>* emu_barrier = nullptr;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __shared__ static
+
+inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+template <class T> inline T __ldg(const T* p) { return *p; }
+template <class T> inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+using std::fma;
+using std::max;
+using std::min;
+
+// One launch: `threads` OS threads walk the grid block by block, in the same order, meeting at
+// a barrier after each block (so the next block may reuse the statics).
+template <class F>
+void emu_run(unsigned gx, unsigned gy, unsigned threads, F&& body) {
+    gridDim = dim3{gx, gy, 1};
+    blockDim = dim3{threads, 1, 1};
+    std::barrier<> bar(threads);
+    emu_barrier = &bar;
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            threadIdx = dim3{t, 0, 0};
+            for (unsigned by = 0; by < gy; ++by)
+                for (unsigned bx = 0; bx < gx; ++bx) {
+                    blockIdx = dim3{bx, by, 0};
+                    body();
+                    bar.arrive_and_wait();
+                }
+        });
+    for (auto& th : pool) th.join();
+    emu_barrier = nullptr;
+}
+
+template <class... A, std::size_t... I>
+void emu_call(void (*k)(A...), void** args, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+}
+
+template <class... A>
+void emu_launch(void (*k)(A...), unsigned gx, unsigned gy, unsigned threads, void** args) {
+    emu_run(gx, gy, threads, [&] { emu_call(k, args, std::index_sequence_for<A...>{}); });
+}

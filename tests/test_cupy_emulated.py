@@ -1,0 +1,112 @@
+"""The cupy backend's CUDA C kernels, run on the CPU (tests/_cuda_emu.py: g++, one OS thread per
+CUDA thread, NaN guard bands around every array) through the host side they share with the
+Numba CUDA backend, against the float64 oracle. Every layer and pass, both dtypes, both weight-
+gradient reductions, the production tile menu. On a GPU, tests/test_gpu.py runs the same
+kernels for real."""
+import numpy as np
+import pytest
+
+import sharenet_fast as sf
+from sharenet_fast import _gpu_host as host
+from sharenet_fast import config, reference
+from _support import (DTYPE_IDS, DTYPES, SHAPES, SHAPE_IDS, UNTIED_CASES, UNTIED_IDS, Case,
+                      assert_close, random_array)
+
+pytest.importorskip("cupy", reason="the kernel names come from the cupy backend's loader")
+import _cuda_emu  # noqa: E402
+
+if _cuda_emu.CXX is None:
+    pytest.skip("no C++ compiler to build the emulated kernels", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return _cuda_emu.build(config.CUDA_TILE_MENU_GPU)
+
+
+@pytest.fixture
+def dev(emu, monkeypatch):
+    """The emulated device with the production configuration, chunks shortened so the suite's
+    small cases still reduce over several chunks (atomics, partials)."""
+    monkeypatch.setattr(config, "CUDA_TILE_MENU", config.CUDA_TILE_MENU_GPU)
+    monkeypatch.setattr(config, "CUDA_BIAS_THREADS", _cuda_emu.BIAS_THREADS)
+    monkeypatch.setattr(config, "CUDA_WGRAD_CHUNK", 24)
+    return _cuda_emu.EmuDevice(*emu)
+
+
+def _check_layer(dev, layer, case, tile, dtype, seed):
+    """All passes of one layer through the shared host launchers vs the oracle."""
+    g = case.geometry
+    kw = case.kw
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, g.x_shape, dtype)
+    dy = random_array(rng, g.y_shape, dtype)
+    w = random_array(rng, tile + g.w_shape, dtype)
+    b = random_array(rng, tile + (g.K,), dtype)
+    # the oracle's shapes: conv2d's weight has no grid
+    wr, br = (w.reshape(g.w_shape), b.reshape(g.K)) if layer == "conv2d" else (w, b)
+    ref_dw = getattr(reference, layer + "_weight_grad")(dy, x, wr.shape, **kw)
+    assert_close(host.forward(dev, x, w, b, g, tile),
+                 getattr(reference, layer)(x, wr, br, **kw), dtype, f"{layer} forward")
+    assert_close(host.forward(dev, x, w, None, g, tile),
+                 getattr(reference, layer)(x, wr, None, **kw), dtype, f"{layer} no bias")
+    assert_close(host.input_grad(dev, dy, w, g, tile),
+                 getattr(reference, layer + "_input_grad")(dy, x.shape, wr, **kw), dtype,
+                 f"{layer} input grad")
+    for det in (False, True):
+        dw = host.weight_grad(dev, dy, x, g, tile, tile + g.w_shape, None, det)
+        assert_close(dw.reshape(wr.shape), ref_dw, dtype, f"{layer} weight grad det={det}")
+        acc = random_array(rng, tile + g.w_shape, dtype)
+        start = acc.copy()
+        host.weight_grad(dev, dy, x, g, tile, tile + g.w_shape, acc, det)
+        assert_close((acc - start).reshape(wr.shape), ref_dw, dtype,
+                     f"{layer} weight grad accumulated det={det}")
+    db = host.bias_grad(dev, dy, tile, tile + (g.K,))
+    ref_db = (reference.conv2d_bias_grad(dy) if layer == "conv2d" else
+              reference.local2d_bias_grad(dy) if layer == "local2d" else
+              reference.tiled_conv2d_bias_grad(dy, tile))
+    assert_close(db.reshape(ref_db.shape), ref_db, dtype, f"{layer} bias grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_conv2d_emulated(dev, case, dtype):
+    _check_layer(dev, "conv2d", case, (1, 1), dtype, seed=41)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layer", ["tiled_conv2d", "local2d"])
+@pytest.mark.parametrize("uc", UNTIED_CASES, ids=UNTIED_IDS)
+def test_untied_emulated(dev, uc, layer, dtype):
+    g = uc.case.geometry
+    tile = tuple(uc.tile) if layer == "tiled_conv2d" else (g.P, g.Q)
+    _check_layer(dev, layer, uc.case, tile, dtype, seed=42)
+
+
+# (layer, shape) pairs that make pick_tiles choose every tile of the production menu
+TILE_CASES = [
+    ("conv2d", Case("k96_wide", 2, 3, 39, 39, 96, 11, 11, stride=4)),   # K = 96, C = 3
+    ("conv2d", Case("k16", 2, 16, 12, 12, 16, 3, 3, padding=1)),        # K = C = 16
+    ("conv2d", Case("k64", 2, 8, 12, 12, 64, 3, 3, padding=1)),         # the general tile
+    ("local2d", Case("local_b8", 8, 3, 15, 15, 96, 11, 11, stride=4)),  # 8 columns
+    ("local2d", Case("local_b16", 16, 3, 15, 15, 96, 11, 11, stride=4)),
+]
+
+
+def test_every_production_tile_runs_correctly(dev):
+    for layer, case in TILE_CASES:
+        g = case.geometry
+        _check_layer(dev, layer, case, (1, 1) if layer == "conv2d" else (g.P, g.Q),
+                     np.float32, seed=43)
+    used = {n.split("<")[1].rstrip(">").split(",", 1)[1] for n in dev.launched
+            if n.startswith(("conv2d_fwd", "conv2d_wgrad_kernel", "conv2d_dgrad"))}
+    menu = {",".join(map(str, t)) for t in config.CUDA_TILE_MENU_GPU}
+    assert used == menu, f"tiles never run: {sorted(menu - used)}"
+
+
+def test_guard_bands_catch_an_out_of_bounds_write(dev):
+    """The emulator's own check: a launch told the array is longer than it is fails."""
+    a = np.zeros(10, np.float32)
+    with pytest.raises(AssertionError, match="wrote outside an array"):
+        dev.launch("fill", np.float32, None, 1, 32, a, a, np.float32(1), 12)
+    assert sf.backends()  # the package is untouched by the failure
