@@ -18,7 +18,8 @@ TINY = ConvShape(2, 2, 9, 9, 4, 3, 3, stride=2, padding=1)
 
 
 def test_gpu_report_runs_end_to_end(tmp_path):
-    result = gpu.run({"tiny": TINY}, batch=None, reps=1, warmup=0, log=lambda *a: None)
+    result = gpu.run({"tiny": TINY}, batch=None, reps=1, warmup=0, log=lambda *a: None,
+                     backends=["numba-cuda"])
     rows = [r for r in result["rows"] if r["pass_"] in ("forward", "backward")]
     assert [(r["layer"], r["pass_"]) for r in rows] == [
         (layer, p) for layer in ("shared", "tiled", "local") for p in ("forward", "backward")]
@@ -29,7 +30,7 @@ def test_gpu_report_runs_end_to_end(tmp_path):
         if "err" in r:                      # a CUDA PyTorch peer ran: ours must agree with it
             assert r["err"] < 1e-4, r
     text = gpu.markdown(result)
-    assert "| tiny | local | backward |" in text and "Targets (issue 4)" in text
+    assert "| tiny | local | backward | numba-cuda |" in text and "Targets (issue 4" in text
     path = tmp_path / "r.json"
     path.write_text(json.dumps(result))
     assert json.loads(path.read_text())["rows"][0]["shape"] == "tiny"

@@ -33,7 +33,7 @@ import sharenet_fast as sf
 from bench import ops
 from bench.shapes import SUITE, geometry, make_inputs
 
-BACKEND = "numba-cuda"
+GPU_BACKENDS = ("numba-cuda", "cupy")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -150,9 +150,10 @@ def machine_limits(reps=10):
 
 
 # ------------------------------------------------------------------------------- the timings
-def _ours(layer, shape, x, w, b, dy, deterministic=False, needs=("input", "weight", "bias")):
+def _ours(backend, layer, shape, x, w, b, dy, deterministic=False,
+          needs=("input", "weight", "bias")):
     fwd, bwd = ops.API[layer]
-    kw = dict(stride=shape.stride, padding=shape.padding, backend=BACKEND)
+    kw = dict(stride=shape.stride, padding=shape.padding, backend=backend)
     return (lambda: fwd(x, w, b, **kw),
             lambda: bwd(dy, x, w, needs=needs, deterministic=deterministic, **kw))
 
@@ -195,12 +196,18 @@ def _rate(amount, ms):
     return amount / ms / 1e6 if ms > 0 else float("nan")
 
 
-def run(shapes, batch=64, reps=20, layers=ops.LAYERS, log=print, warmup=3):
-    """Time every shape in `shapes` ({name: ConvShape}) at `batch` (None: the shape's own)."""
+def available_backends():
+    return [b for b in GPU_BACKENDS if sf.backends()[b] == "available"]
+
+
+def run(shapes, batch=64, reps=20, layers=ops.LAYERS, log=print, warmup=3, backends=None):
+    """Time every shape in `shapes` ({name: ConvShape}) at `batch` (None: the shape's own) on
+    each GPU backend (default: every available one) against the peer, timed once per layer."""
     torch = _torch_cuda()
+    backends = available_backends() if backends is None else list(backends)
     limits = machine_limits()
-    log(f"device: {device_name()}; limits: " + ", ".join(f"{k} {v:.0f}" for k, v in
-                                                        limits.items()))
+    log(f"device: {device_name()}; backends: {', '.join(backends)}; limits: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
     rows = []
     for name, shape in shapes.items():
         shape = shape.with_batch(batch) if batch else shape
@@ -209,52 +216,64 @@ def run(shapes, batch=64, reps=20, layers=ops.LAYERS, log=print, warmup=3):
         for layer in layers:
             w, b = ops.layer_params(layer, w0, b0, g)
             dev = [to_device(a) for a in (x, w, b, dy)]
-            ours_f, ours_b = _ours(layer, shape, *dev)
             peer = _peer(torch, layer, shape, x, w, b, dy) if torch is not None else None
-            weight_bytes = w.nbytes
-            for pass_, ours_fn, i in (("forward", ours_f, 0), ("backward", ours_b, 1)):
-                t0 = time.perf_counter()
-                got = ours_fn()
-                row = dict(shape=name, layer=layer, pass_=pass_, batch=shape.N,
-                           params=int(w.size + b.size), weight_mb=weight_bytes / 1e6,
-                           flops=g.flops(pass_))
-                row["ours_samples"] = time_events(ours_fn, reps, warmup)
-                row["ours_ms"] = statistics.median(row["ours_samples"])
+            for i, pass_ in enumerate(("forward", "backward")):
+                want, peer_ms, peer_samples = None, None, None
                 if peer is not None:
                     want = peer[i]()
-                    if pass_ == "forward":
-                        row["err"] = _rel(got, want)
-                    else:                    # dx, dw, db: the worst of the three
-                        row["err"] = max(_rel(a, bb) for a, bb in zip(got, want))
-                    row["peer_samples"] = time_events(peer[i], reps, warmup)
-                    row["peer_ms"] = statistics.median(row["peer_samples"])
-                    row["speedup"] = (row["peer_ms"] / row["ours_ms"] if row["ours_ms"] > 0
-                                      else float("nan"))
-                # weight stream: the bank grid read once (forward), read + dW written (bwd)
-                stream = weight_bytes * (1 if pass_ == "forward" else 2)
-                row["weight_gbs"] = _rate(stream, row["ours_ms"])
-                if limits.get("copy_gbs"):
-                    row["pct_copy"] = 100 * row["weight_gbs"] / limits["copy_gbs"]
-                row["gflops"] = _rate(row["flops"], row["ours_ms"])
-                rows.append(row)
-                log(f"  {name:14s} {layer:6s} {pass_:8s} ours {row['ours_ms']:8.3f} ms"
-                    + (f"  peer {row['peer_ms']:8.3f} ms  x{row['speedup']:.2f}  err "
-                       f"{row['err']:.1e}" if "peer_ms" in row else "")
-                    + f"  ({time.perf_counter() - t0:.1f} s)")
+                    peer_samples = time_events(peer[i], reps, warmup)
+                    peer_ms = statistics.median(peer_samples)
+                for backend in backends:
+                    rows.append(_time_ours(backend, name, shape, g, layer, pass_, dev, w, b,
+                                           reps, warmup, limits, want, peer_ms, peer_samples))
+                    r = rows[-1]
+                    log(f"  {name:14s} {layer:6s} {pass_:8s} {backend:10s} ours "
+                        f"{r['ours_ms']:8.3f} ms"
+                        + (f"  peer {r['peer_ms']:8.3f} ms  x{r['speedup']:.2f}  err "
+                           f"{r['err']:.1e}" if "peer_ms" in r else ""))
             if layer == "shared":
-                rows.append(_atomic_vs_deterministic(name, shape, dev, reps, warmup))
-                log(f"  {name:14s} shared wgrad atomic {rows[-1]['atomic_ms']:.3f} ms, "
-                    f"deterministic {rows[-1]['deterministic_ms']:.3f} ms "
-                    f"(x{rows[-1]['det_over_atomic']:.2f})")
+                for backend in backends:
+                    rows.append(_atomic_vs_deterministic(backend, name, shape, dev, reps,
+                                                         warmup))
+                    r = rows[-1]
+                    log(f"  {name:14s} shared wgrad {backend}: atomic {r['atomic_ms']:.3f} ms, "
+                        f"deterministic {r['deterministic_ms']:.3f} ms "
+                        f"(x{r['det_over_atomic']:.2f})")
             del dev
-    return dict(device=device_name(), limits=limits, rows=rows, meta=_meta(torch, batch, reps))
+    return dict(device=device_name(), limits=limits, backends=backends, rows=rows,
+                meta=_meta(torch, batch, reps))
 
 
-def _atomic_vs_deterministic(name, shape, dev, reps, warmup):
+def _time_ours(backend, name, shape, g, layer, pass_, dev, w, b, reps, warmup, limits, want,
+               peer_ms, peer_samples):
+    fn = _ours(backend, layer, shape, *dev)[0 if pass_ == "forward" else 1]
+    got = fn()
+    row = dict(shape=name, layer=layer, pass_=pass_, backend=backend, batch=shape.N,
+               params=int(w.size + b.size), weight_mb=w.nbytes / 1e6, flops=g.flops(pass_))
+    row["ours_samples"] = time_events(fn, reps, warmup)
+    row["ours_ms"] = statistics.median(row["ours_samples"])
+    if want is not None:
+        if pass_ == "forward":
+            row["err"] = _rel(got, want)
+        else:                                # dx, dw, db: the worst of the three
+            row["err"] = max(_rel(a, bb) for a, bb in zip(got, want))
+        row["peer_samples"], row["peer_ms"] = peer_samples, peer_ms
+        row["speedup"] = peer_ms / row["ours_ms"] if row["ours_ms"] > 0 else float("nan")
+    # weight stream: the bank grid read once (forward), read + dW written (backward)
+    row["weight_gbs"] = _rate(w.nbytes * (1 if pass_ == "forward" else 2), row["ours_ms"])
+    if limits.get("copy_gbs"):
+        row["pct_copy"] = 100 * row["weight_gbs"] / limits["copy_gbs"]
+    row["gflops"] = _rate(row["flops"], row["ours_ms"])
+    return row
+
+
+def _atomic_vs_deterministic(backend, name, shape, dev, reps, warmup):
     x, w, b, dy = dev
-    out = dict(shape=name, layer="shared", pass_="weight_grad_modes", batch=shape.N)
+    out = dict(shape=name, layer="shared", pass_="weight_grad_modes", backend=backend,
+               batch=shape.N)
     for det in (False, True):
-        fn = _ours("shared", shape, x, w, b, dy, deterministic=det, needs=("weight",))[1]
+        fn = _ours(backend, "shared", shape, x, w, b, dy, deterministic=det,
+                   needs=("weight",))[1]
         key = "deterministic" if det else "atomic"
         out[key + "_samples"] = time_events(fn, reps, warmup)
         out[key + "_ms"] = statistics.median(out[key + "_samples"])
@@ -284,33 +303,35 @@ def _meta(torch, batch, reps):
 
 
 # ---------------------------------------------------------------------------------- reports
-TARGETS = """Targets (issue 4): conv2d fwd and bwd >= 0.5x cuDNN (speedup column >= 0.5);
+TARGETS = """Targets (issue 4, numba-cuda): conv2d fwd and bwd >= 0.5x cuDNN (peer/ours >= 0.5);
 local2d >= 60% of copy bandwidth on the weight stream and >= 10x unfold+einsum;
-deterministic weight gradient <= 1.3x the atomic one."""
+deterministic weight gradient <= 1.3x the atomic one.
+Targets (issue 5, cupy): conv2d fwd and bwd >= 0.8x cuDNN on each shape; local2d forward >= 75%
+of copy bandwidth on the weight stream; faster than numba-cuda on every op."""
 
 
 def markdown(result):
     lines = [f"# GPU benchmark: {result['device']}", "",
              "limits: " + ", ".join(f"{k} = {v:.0f}" for k, v in result["limits"].items()),
              "", "meta: " + ", ".join(f"{k} {v}" for k, v in result["meta"].items()), ""]
-    head = ("| shape | layer | pass | params | weight MB | ours ms | GFLOP/s | weight GB/s "
-            "| % copy | peer ms | peer/ours | err vs peer |")
-    lines += [head, "|" + "---|" * 12]
+    head = ("| shape | layer | pass | backend | params | weight MB | ours ms | GFLOP/s "
+            "| weight GB/s | % copy | peer ms | peer/ours | err vs peer |")
+    lines += [head, "|" + "---|" * 13]
     for r in result["rows"]:
         if r["pass_"] == "weight_grad_modes":
             continue
         lines.append(
-            f"| {r['shape']} | {r['layer']} | {r['pass_']} | {r['params']:,} | "
+            f"| {r['shape']} | {r['layer']} | {r['pass_']} | {r['backend']} | {r['params']:,} | "
             f"{r['weight_mb']:.1f} | {r['ours_ms']:.3f} | {r['gflops']:.0f} | "
             f"{r['weight_gbs']:.0f} | {r.get('pct_copy', float('nan')):.0f} | "
             f"{r.get('peer_ms', float('nan')):.3f} | {r.get('speedup', float('nan')):.2f} | "
             f"{r.get('err', float('nan')):.1e} |")
-    lines += ["", "| shape | wgrad atomic ms | deterministic ms | det / atomic |",
-              "|---|---|---|---|"]
+    lines += ["", "| shape | backend | wgrad atomic ms | deterministic ms | det / atomic |",
+              "|---|---|---|---|---|"]
     for r in result["rows"]:
         if r["pass_"] == "weight_grad_modes":
-            lines.append(f"| {r['shape']} | {r['atomic_ms']:.3f} | {r['deterministic_ms']:.3f} "
-                         f"| {r['det_over_atomic']:.2f} |")
+            lines.append(f"| {r['shape']} | {r['backend']} | {r['atomic_ms']:.3f} | "
+                         f"{r['deterministic_ms']:.3f} | {r['det_over_atomic']:.2f} |")
     lines += ["", TARGETS, ""]
     return "\n".join(lines)
 
@@ -319,6 +340,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
     p.add_argument("--shapes", nargs="+", default=list(SUITE), choices=list(SUITE))
     p.add_argument("--layers", nargs="+", default=list(ops.LAYERS), choices=list(ops.LAYERS))
+    p.add_argument("--backend", nargs="+", choices=GPU_BACKENDS,
+                   help="GPU backends to time (default: every available one)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--json", help="write the full results (with samples) here")
@@ -326,10 +349,13 @@ def main(argv=None):
     p.add_argument("--save", action="store_true",
                    help="write bench/results/gpu_<device>.{json,md}")
     args = p.parse_args(argv)
-    if sf.backends()[BACKEND] != "available":
-        print(f"{BACKEND} is not available: {sf.backends()[BACKEND]}", file=sys.stderr)
+    backends = args.backend or available_backends()
+    missing = {b: sf.backends()[b] for b in backends if sf.backends()[b] != "available"}
+    if not backends or missing:
+        print(f"no GPU backend to time: {missing or sf.backends()}", file=sys.stderr)
         return 2
-    result = run({n: SUITE[n] for n in args.shapes}, args.batch, args.reps, args.layers)
+    result = run({n: SUITE[n] for n in args.shapes}, args.batch, args.reps, args.layers,
+                 backends=backends)
     text = markdown(result)
     print(text)
     paths = [(args.json, "json"), (args.markdown, "md")]

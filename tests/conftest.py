@@ -3,9 +3,8 @@
 - Works with the package pip-installed or straight from a checkout: the repository root is put on
   sys.path only if `import sharenet_fast` fails.
 - tests/ is put on sys.path so test modules can `import _support` under any import mode.
-- Without a GPU the Numba CUDA kernels run on Numba's simulator: NUMBA_ENABLE_CUDASIM=1 is set
-  here, before numba.cuda or sharenet_fast.config is imported (config shrinks the launch
-  geometry under the simulator). Set NUMBA_ENABLE_CUDASIM yourself to override either way.
+- Without a GPU the Numba CUDA kernels run on Numba's simulator: the repository's root
+  conftest.py sets NUMBA_ENABLE_CUDASIM=1 (for tests/ and bench/ alike).
 - The boundscheck fuzz test (test_fuzz.py) runs a subprocess that compiles every kernel again
   with NUMBA_BOUNDSCHECK=1. Compilation is single-threaded, so when that test is selected the
   subprocess is started right after collection and overlaps the rest of the run; the test then
@@ -15,9 +14,6 @@ import os
 import sys
 
 import pytest
-
-if "NUMBA_ENABLE_CUDASIM" not in os.environ and not os.path.exists("/dev/nvidiactl"):
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TESTS_DIR)
