@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _device, registry
+from . import _device, config, registry
 from .geometry import ConvGeometry
 
 DTYPES = (np.float32, np.float64)
@@ -57,16 +57,29 @@ def _same_place(**arrays):
     return next(iter(kinds.values()))
 
 
-# backend="auto" by where the arrays live: NumPy on the CPU; device arrays on the GPU backend.
-AUTO = {"numpy": "cpu", "cupy": "numba-cuda", "numba": "numba-cuda"}
 _HOST_ONLY = ("cpu", "reference")
+_GPU = ("numba-cuda", "cupy")
 
 
-def _backend(name, kind="numpy"):
+def _auto(kind, op):
+    """backend="auto": NumPy -> cpu; CuPy -> config.AUTO_GPU[op] (or the other GPU backend if
+    that one is missing here); Numba device arrays -> numba-cuda."""
+    if kind == "numpy":
+        return "cpu"
+    if kind == "numba":
+        return "numba-cuda"
+    first = config.AUTO_GPU[op]
+    for name in (first,) + tuple(b for b in _GPU if b != first):
+        if registry.backends()[name] == "available":
+            return name
+    return first     # registry.get reports why it is missing
+
+
+def _backend(name, kind="numpy", op="conv2d"):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     if name == "auto":
-        name = AUTO[kind]
+        name = _auto(kind, op)
     elif name in _HOST_ONLY and kind != "numpy":
         raise TypeError(f"backend {name!r} takes NumPy arrays, got {kind} device arrays; "
                         f"use backend='auto' or a GPU backend, or copy them to the host")
@@ -142,7 +155,7 @@ def _forward(op, x, weight, bias, stride, padding, dilation, backend):
         if bias.shape != b_shape:
             raise ValueError(f"bias must have shape {_LAYERS[op][2]} = {b_shape}, "
                              f"got {bias.shape}")
-    be = _backend(backend, _same_place(x=x, weight=weight, bias=bias))
+    be = _backend(backend, _same_place(x=x, weight=weight, bias=bias), op)
     return getattr(be, op)(_contig(x), _contig(weight),
                            None if bias is None else _contig(bias), g)
 
@@ -169,7 +182,7 @@ def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, determi
     _check_accumulator("grad_weight", grad_weight, w_shape, x.dtype)
     _check_accumulator("grad_bias", grad_bias, b_shape, x.dtype)
     be = _backend(backend, _same_place(grad_out=grad_out, x=x, weight=weight,
-                                       grad_weight=grad_weight, grad_bias=grad_bias))
+                                       grad_weight=grad_weight, grad_bias=grad_bias), op)
     extra = _extra(op, grid)
 
     dy = _contig(grad_out)
