@@ -8,21 +8,25 @@
 //
 // Same algorithms, names and argument order as the Numba kernels (numba_cuda/conv2d.py); the
 // host side (grid, tile choice, chunking, tap tables) is sharenet_fast/_gpu_host.py, shared by
-// both backends. Template parameters: T (float, double) and the block tile BM x BN (TM x TN per
-// thread, reduction staged BK at a time); instances are requested by name_expressions.
+// both backends. Template parameters: T (float, double), the block tile BM x BN (TM x TN per
+// thread, reduction staged BK at a time) and, for the forward and weight-gradient kernels, the
+// kernel size KR x KS when it is one of the common ones (0 = read R, S at run time): the (c, r, s)
+// decode of every staged element then divides by constants (a multiply and a shift) instead of
+// run-time 64-bit divisions. Instances are requested by name_expressions (cupy_backend/_loader).
 #include "common.cuh"
 
 #define THREADS ((BM / TM) * (BN / TN))
 
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+template <typename T, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
 __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
-                  i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                  T* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 Rr,
+                  i64 Sr, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                   i64 colblocks, i64 has_bias) {
     // grid: x = tile class * column block, y = block of BM filters k
     constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
     constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
+    const i64 R = KR ? KR : Rr, S = KS ? KS : Sr;   // compile-time when specialised
     __shared__ T As[BK][BM + 1];
     __shared__ T Bs[BK][BN];
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;
@@ -98,11 +102,11 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     }
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+template <typename T, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
 __global__ void __launch_bounds__(THREADS)
 conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out,
-                    T* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
-                    i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                    T* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 Rr,
+                    i64 Sr, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                     i64 nchunks, i64 chunk, i64 redblocks, i64 mode) {
     // grid: x = tile class * chunk of its positions, y = filter block * (c, r, s) block. The
     // block reduces its chunk in registers, then mode 0: adds into out (one chunk per class:
@@ -110,6 +114,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
     // chunk order by conv2d_wgrad_reduce_kernel: deterministic).
     constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
     constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
+    const i64 R = KR ? KR : Rr, S = KS ? KS : Sr;   // compile-time when specialised
     __shared__ T As[BK][BM + 1];
     __shared__ T Bs[BK][BN];
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;

@@ -7,9 +7,12 @@ the host lives here once. A backend passes a `dev` object that knows its arrays 
     dev.empty(like, shape, dtype), dev.zeros(like, shape, dtype)   allocate like `like`
     dev.to_device_like(like, numpy_array)                          a small table, on the device
     dev.flat(a)                                                    1-D view of a C-contiguous array
-    dev.launch(name, dtype, tiles, grid, threads, like, *args)     run kernel `name`
-                                                                   (fwd, wgrad, wgrad_reduce,
-                                                                   dgrad, bgrad, fill)
+    dev.launch(name, dtype, tiles, grid, threads, like, *args, ksize=None)
+                                                                   run kernel `name` (fwd, wgrad,
+                                                                   wgrad_reduce, dgrad, bgrad,
+                                                                   fill); ksize = (R, S) for fwd
+                                                                   and wgrad, which a backend may
+                                                                   have specialised
 
 Integer arguments are Python ints (the kernels take them as 64-bit), has_bias a bool.
 """
@@ -71,7 +74,7 @@ def forward(dev, x, w, bias, g, tile):
     b = dev.flat(bias) if has_bias else dev.flat(w)[:1]
     dev.launch("fwd", x.dtype, tiles, grid, threads(tiles), x,
                dev.flat(x), dev.flat(w), b, dev.flat(y), g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
-        *g.stride, *g.padding, *g.dilation, colblocks, has_bias)
+        *g.stride, *g.padding, *g.dilation, colblocks, has_bias, ksize=(g.R, g.S))
     return y
 
 
@@ -103,7 +106,7 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
     grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
     dev.launch("wgrad", x.dtype, tiles, grid, threads(tiles), x,
                dev.flat(dy), dev.flat(x), dev.flat(out), ws, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
-        *g.stride, *g.padding, *g.dilation, nchunks, chunk, redblocks, mode)
+        *g.stride, *g.padding, *g.dilation, nchunks, chunk, redblocks, mode, ksize=(g.R, g.S))
     if mode == 2:
         dev.launch("wgrad_reduce", x.dtype, None, *elementwise_grid(size), x,
                    ws, dev.flat(out), nchunks, size)

@@ -74,6 +74,10 @@ CUDA_TILE_MENU_GPU = (
 CUDA_TILE_MENU_SIM = ((8, 8, 4, 2, 2), (4, 16, 4, 2, 2), (2, 16, 4, 1, 2), (16, 4, 4, 4, 1))
 CUDA_TILE_MENU = CUDA_TILE_MENU_SIM if CUDASIM else CUDA_TILE_MENU_GPU
 
+# Kernel sizes (R, S) the CUDA C forward and weight-gradient kernels are compiled for with R and
+# S as constants (kernels/conv2d.cu); any other size runs the generic instance.
+CUDA_KERNEL_SIZES = ((1, 1), (3, 3), (5, 5), (7, 7), (9, 9), (11, 11))
+
 # Weight gradient: a block reduces this many output positions of its tile class before its one
 # atomic add per weight (or its partial, deterministic=True). Enough chunks to fill 132 SMs at
 # the suite's sizes; at most CUDA_WGRAD_MAX_CHUNKS, which bounds the deterministic workspace.

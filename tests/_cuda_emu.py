@@ -77,8 +77,8 @@ class EmuDevice:
     to_device_like = staticmethod(lambda like, a: np.ascontiguousarray(a))
     flat = staticmethod(lambda a: a.reshape(a.size))
 
-    def launch(self, name, dtype, tiles, grid, threads, like, *args):
-        inst = _loader.name(name, np.dtype(dtype).name, tiles, BIAS_THREADS)
+    def launch(self, name, dtype, tiles, grid, threads, like, *args, ksize=None):
+        inst = _loader.name(name, np.dtype(dtype).name, tiles, BIAS_THREADS, ksize)
         self.launched.append(inst)
         values, guarded = [], []
         for a in args:

@@ -47,8 +47,12 @@ def test_instances_cover_every_tile_and_dtype():
     names = set(_loader.name_expressions())
     for dtype in ("float32", "float64"):
         for tiles in config.CUDA_TILE_MENU:
-            for k in _loader.TILED:
-                assert _loader.name(k, dtype, tuple(tiles)) in names
+            assert _loader.name("dgrad", dtype, tuple(tiles)) in names
+            for k in _loader.SIZED:
+                for ksize in [(0, 0), (2, 7)] + list(config.CUDA_KERNEL_SIZES):
+                    assert _loader.name(k, dtype, tuple(tiles), ksize=ksize) in names
+        assert _loader.name("fwd", dtype, (64, 64, 8, 4, 4), ksize=(3, 3)).endswith(",3,3>")
+        assert _loader.name("fwd", dtype, (64, 64, 8, 4, 4), ksize=(2, 7)).endswith(",0,0>")
         for k in ("bgrad", "wgrad_reduce", "fill"):
             assert _loader.name(k, dtype, bias_threads=config.CUDA_BIAS_THREADS) in names
 
@@ -64,9 +68,9 @@ class _RecordingDevice:
     to_device_like = staticmethod(lambda like, a: a)
     flat = staticmethod(lambda a: a.reshape(a.size))
 
-    def launch(self, name, dtype, tiles, grid, threads, like, *args):
+    def launch(self, name, dtype, tiles, grid, threads, like, *args, ksize=None):
         self.launched.append((_loader.name(name, np.dtype(dtype).name, tiles,
-                                           config.CUDA_BIAS_THREADS), grid, threads, args))
+                                           config.CUDA_BIAS_THREADS, ksize), grid, threads, args))
 
 
 @pytest.mark.parametrize("menu", ["gpu", "sim"])
@@ -93,12 +97,12 @@ def test_host_side_requests_only_compiled_instances(dtype, menu, monkeypatch):
             host.bias_grad(dev, dy, tile, tile + (g.K,))
     used = {n for n, *_ in dev.launched}
     assert used <= names, sorted(used - names)
-    tiled_used = {n.split("<")[1] for n in used if n.split("<")[0].endswith(
-        ("fwd_kernel", "wgrad_kernel", "dgrad_kernel"))}
+    tiled_used = {",".join(n.split("<")[1].rstrip(">").split(",")[1:6]) for n in used
+                  if n.split("<")[0].endswith(("fwd_kernel", "wgrad_kernel", "dgrad_kernel"))}
     assert len(tiled_used) == len(config.CUDA_TILE_MENU), "some menu tile was never chosen"
     for n, grid, threads, _ in dev.launched:
         if n.startswith(("conv2d_fwd", "conv2d_wgrad_kernel", "conv2d_dgrad")):
-            BM, BN, _, TM, TN = map(int, n[:-1].split(",")[1:])
+            BM, BN, _, TM, TN = map(int, n[:-1].split(",")[1:6])
             assert threads == (BM // TM) * (BN // TN), n
         if n.startswith("conv2d_bgrad"):
             assert threads <= config.CUDA_BIAS_THREADS and threads & (threads - 1) == 0

@@ -54,9 +54,9 @@ class _CupyDevice:
         return a.reshape(a.size)
 
     @staticmethod
-    def launch(name, dtype, tiles, grid, threads, like, *args):
+    def launch(name, dtype, tiles, grid, threads, like, *args, ksize=None):
         kernel = _loader.module().get_function(
-            _loader.name(name, np.dtype(dtype).name, tiles, config.CUDA_BIAS_THREADS))
+            _loader.name(name, np.dtype(dtype).name, tiles, config.CUDA_BIAS_THREADS, ksize))
         # the kernels take every integer as long long; bools and Python ints become int64
         args = tuple(np.int64(a) if isinstance(a, (bool, int, np.bool_)) else a for a in args)
         grid = tuple(grid) if isinstance(grid, tuple) else (grid,)

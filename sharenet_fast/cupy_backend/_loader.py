@@ -16,6 +16,7 @@ HEADERS = ("common.cuh",)
 OPTIONS = ("-std=c++17",)
 CTYPES = {"float32": "float", "float64": "double"}
 TILED = ("fwd", "wgrad", "dgrad")         # templated on the block tile
+SIZED = ("fwd", "wgrad")                  # ... and on the kernel size (0, 0: generic)
 
 
 def kernel_dir():
@@ -28,9 +29,18 @@ def kernel_dir():
                             f"{os.path.join(here, '_kernels')} or the repository's kernels/")
 
 
-def name(kernel, dtype, tiles=None, bias_threads=None):
-    """The C++ name of one instance, e.g. conv2d_fwd_kernel<float,64,64,8,4,4>."""
+def specialised(ksize):
+    """(KR, KS) template arguments for a kernel size: itself if compiled in, else (0, 0)."""
+    ksize = tuple(ksize) if ksize is not None else None
+    return ksize if ksize in map(tuple, config.CUDA_KERNEL_SIZES) else (0, 0)
+
+
+def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None):
+    """The C++ name of one instance, e.g. conv2d_fwd_kernel<float,64,64,8,4,4,3,3>."""
     ct = CTYPES[dtype]
+    if kernel in SIZED:
+        args = tuple(tiles) + specialised(ksize)
+        return f"conv2d_{kernel}_kernel<{ct},{','.join(map(str, args))}>"
     if kernel in TILED:
         return f"conv2d_{kernel}_kernel<{ct},{','.join(map(str, tiles))}>"
     if kernel == "bgrad":
@@ -43,12 +53,15 @@ def name(kernel, dtype, tiles=None, bias_threads=None):
 
 
 def name_expressions(menu=None, bias_threads=None):
-    """Every instance the host side may launch (both dtypes, every menu tile)."""
+    """Every instance the host side may launch (both dtypes, every menu tile, every
+    specialised kernel size and the generic one)."""
     menu = config.CUDA_TILE_MENU if menu is None else menu
     nb = config.CUDA_BIAS_THREADS if bias_threads is None else bias_threads
     names = []
+    sizes = [(0, 0)] + [tuple(k) for k in config.CUDA_KERNEL_SIZES]
     for dtype in CTYPES:
-        names += [name(k, dtype, tuple(t)) for t in menu for k in TILED]
+        names += [name(k, dtype, tuple(t), ksize=z) for t in menu for k in SIZED for z in sizes]
+        names += [name("dgrad", dtype, tuple(t)) for t in menu]
         names += [name(k, dtype, bias_threads=nb) for k in ("bgrad", "wgrad_reduce", "fill")]
     return names
 

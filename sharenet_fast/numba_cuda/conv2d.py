@@ -465,7 +465,7 @@ class _NumbaDevice:
         return cuda.to_device(a)
 
     @staticmethod
-    def launch(name, dtype, tiles, grid, threads, like, *args):
+    def launch(name, dtype, tiles, grid, threads, like, *args, ksize=None):
         ks = kernels(np.dtype(dtype).name, tuple(tiles or config.CUDA_TILE_MENU[0]),
                      config.CUDA_BIAS_THREADS)
         launch(ks[name], grid, threads, stream_for(like), *args)
