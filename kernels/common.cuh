@@ -6,6 +6,18 @@
 
 typedef long long i64;
 
+// 16-byte vector of T (4 floats or 2 doubles), read through the read-only cache and taken apart
+// element by element (the union keeps it in registers).
+template <typename T> struct Vec16;
+template <> struct Vec16<float> { typedef float4 type; };
+template <> struct Vec16<double> { typedef double2 type; };
+
+template <typename T>
+union Lanes16 {
+    typename Vec16<T>::type v;
+    T s[16 / sizeof(T)];
+};
+
 // Flat offset of [a, b, c, d] in a C-contiguous (., B, C, D) array.
 __device__ __forceinline__ i64 off4(i64 a, i64 b, i64 c, i64 d, i64 B, i64 C, i64 D) {
     return ((a * B + b) * C + c) * D + d;

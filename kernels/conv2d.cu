@@ -58,15 +58,40 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
         }
     }
     const i64 wbase = cls * K;
+    // W rows are read 16 bytes at a time when every row start is 16-byte aligned (C*R*S a
+    // multiple of the vector, the array aligned): the weight stream of a local layer is what
+    // bounds it at small batch. Uniform over the launch, so no divergence.
+    constexpr int V = 16 / sizeof(T);
+    const bool wvec = CRS % V == 0 && reinterpret_cast<unsigned long long>(w) % 16 == 0;
     for (i64 red0 = 0; red0 < CRS; red0 += BK) {
+        if (wvec) {
+            constexpr int NV = BM * BK / V, LV = (NV + NTH - 1) / NTH;
 #pragma unroll
-        for (int u = 0; u < LA; ++u) {
-            const int e = t + u * NTH;
-            if (e < BM * BK) {
-                const int m = e / BK, kk = e % BK;   // reduction fastest: coalesced rows of W
-                T v = T(0);
-                if (k0 + m < K && red0 + kk < CRS) v = __ldg(&w[(wbase + k0 + m) * CRS + red0 + kk]);
-                As[kk][m] = v;
+            for (int u = 0; u < LV; ++u) {
+                const int e = t + u * NTH;
+                if (e < NV) {
+                    const int m = e / (BK / V), kk = (e % (BK / V)) * V;
+                    Lanes16<T> l;
+                    if (k0 + m < K && red0 + kk < CRS)   // then all V lanes are < CRS
+                        l.v = __ldg(reinterpret_cast<const typename Vec16<T>::type*>(
+                            &w[(wbase + k0 + m) * CRS + red0 + kk]));
+                    else
+#pragma unroll
+                        for (int i = 0; i < V; ++i) l.s[i] = T(0);
+#pragma unroll
+                    for (int i = 0; i < V; ++i) As[kk + i][m] = l.s[i];
+                }
+            }
+        } else {
+#pragma unroll
+            for (int u = 0; u < LA; ++u) {
+                const int e = t + u * NTH;
+                if (e < BM * BK) {
+                    const int m = e / BK, kk = e % BK;   // reduction fastest: coalesced W rows
+                    T v = T(0);
+                    if (k0 + m < K && red0 + kk < CRS) v = __ldg(&w[(wbase + k0 + m) * CRS + red0 + kk]);
+                    As[kk][m] = v;
+                }
             }
         }
 #pragma unroll
@@ -309,10 +334,11 @@ template <typename T, int NB>
 __global__ void __launch_bounds__(NB)
 conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K, i64 P, i64 Q,
                     i64 TP, i64 TQ) {
-    // one block per (tile class, k): a strided sum over the class's (n, p, q), then a tree in
-    // shared memory in a fixed order (deterministic); blockDim.x is a power of two <= NB.
-    __shared__ T buf[NB];
-    const int t = threadIdx.x;
+    // one block per (tile class, k): a strided sum over the class's (n, p, q), then warp
+    // shuffles (fixed pattern: deterministic) and one shared-memory step across the warps;
+    // blockDim.x is a power of two <= NB (the host shrinks it for short classes).
+    __shared__ T warp_sums[NB / 32 > 0 ? NB / 32 : 1];
+    const int t = threadIdx.x, lane = t % 32, warp = t / 32;
     const i64 cls = blockIdx.x / K, k = blockIdx.x % K;
     const i64 tp = cls / TQ, tq = cls % TQ;
     const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
@@ -322,13 +348,21 @@ conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K,
         const i64 n = col / (Pc * Qc), rem = col - n * (Pc * Qc), i = rem / Qc;
         s += __ldg(&dy[off4(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]);
     }
-    buf[t] = s;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (t < half) buf[t] += buf[t + half];
-        __syncthreads();
+    const int width = blockDim.x < 32 ? blockDim.x : 32;
+    const unsigned mask = width == 32 ? 0xffffffffu : (1u << width) - 1u;
+    for (int off = width / 2; off > 0; off /= 2) s += __shfl_down_sync(mask, s, off, width);
+    const int nwarps = (blockDim.x + 31) / 32;
+    if (nwarps == 1) {
+        if (t == 0) out[cls * K + k] += s;
+        return;
     }
-    if (t == 0) out[cls * K + k] += buf[0];
+    if (lane == 0) warp_sums[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        s = lane < nwarps ? warp_sums[lane] : T(0);
+        for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off, 32);
+        if (lane == 0) out[cls * K + k] += s;
+    }
 }
 
 template <typename T>

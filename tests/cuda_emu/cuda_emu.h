@@ -12,10 +12,18 @@
 #include <barrier>
 #include <cmath>
 #include <cstddef>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -23,6 +31,7 @@ struct dim3 {
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 inline std::barrier<>* emu_barrier = nullptr;
+inline std::vector<std::barrier<>*> emu_warp_barriers;   // one per warp of the block
 
 #define __global__
 #define __device__
@@ -34,6 +43,22 @@ inline std::barrier<>* emu_barrier = nullptr;
 inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
 template <class T> inline T __ldg(const T* p) { return *p; }
 template <class T> inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+// Warp shuffle: the warp's threads publish their value, meet at the warp's barrier, read their
+// source lane (or keep their own past `width`), meet again. Only the calling warp takes part,
+// as on a GPU, so a shuffle inside `if (warp == 0)` works.
+template <class T>
+inline T __shfl_down_sync(unsigned, T v, int delta, int width = 32) {
+    static T slots[1024];
+    const unsigned t = threadIdx.x;
+    std::barrier<>& bar = *emu_warp_barriers[t / 32];
+    slots[t] = v;
+    bar.arrive_and_wait();
+    const int lane = static_cast<int>(t % 32) % width;
+    const T r = lane + delta < width ? slots[t + delta] : v;
+    bar.arrive_and_wait();
+    return r;
+}
+
 using std::fma;
 using std::max;
 using std::min;
@@ -46,6 +71,12 @@ void emu_run(unsigned gx, unsigned gy, unsigned threads, F&& body) {
     blockDim = dim3{threads, 1, 1};
     std::barrier<> bar(threads);
     emu_barrier = &bar;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    emu_warp_barriers.clear();
+    for (unsigned w0 = 0; w0 < threads; w0 += 32) {
+        warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w0)));
+        emu_warp_barriers.push_back(warps.back().get());
+    }
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; ++t)
         pool.emplace_back([&, t] {
