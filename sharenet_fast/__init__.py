@@ -10,7 +10,7 @@ from .api import (Grads, backends, conv2d, conv2d_backward, local2d, local2d_bac
                   param_count, tiled_conv2d, tiled_conv2d_backward)
 from .geometry import ConvGeometry, ParamCount
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["conv2d", "conv2d_backward", "local2d", "local2d_backward", "tiled_conv2d",
            "tiled_conv2d_backward", "Grads", "param_count", "ParamCount", "backends",

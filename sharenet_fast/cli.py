@@ -1,0 +1,260 @@
+"""`sharenet-fast info | verify | params` (also `python -m sharenet_fast ...`).
+
+    info     versions, backends (with the reason for each missing one), CPU threads and
+             threading layer, GPU
+    verify   every available backend x layer x pass x dtype against the float64 oracle on fresh
+             random inputs (stride, padding, dilation, tiles); exit status 1 on any failure
+    params   the cs231n comparison for one layer: shared vs tiled vs locally connected
+             neurons, weights per neuron, parameters and bytes
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import api, reference, registry
+from .geometry import ConvGeometry, param_count
+
+TOL = {"float32": 1e-5, "float64": 1e-12}   # DESIGN.md, Verification
+LAYERS = ("conv2d", "tiled_conv2d", "local2d")
+PASSES = ("forward", "input", "weight", "bias")
+TILE = (2, 2)
+
+# (name, N, C, H, W, K, R, S, stride, padding, dilation): small, but every path of the kernels
+VERIFY_SHAPES = [
+    ("stride4_k11", 2, 3, 23, 23, 4, 11, 11, 4, 0, 1),
+    ("pad1_3x3", 2, 4, 9, 10, 5, 3, 3, 1, 1, 1),
+    ("stride2_dil2", 2, 3, 13, 12, 4, 3, 3, 2, 2, 2),
+    ("nonsquare", 1, 3, 11, 14, 5, 3, 5, (2, 1), (1, 2), (1, 2)),
+]
+
+
+# ---------------------------------------------------------------------------------------- info
+def _version(module):
+    try:
+        mod = __import__(module)
+        return getattr(mod, "__version__", "installed")
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
+        return f"not available ({type(exc).__name__})"
+
+
+def info(out=sys.stdout):
+    import numba
+
+    from . import __version__
+
+    print(f"sharenet_fast {__version__}", file=out)
+    print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})",
+          file=out)
+    for mod in ("numpy", "numba", "numba_cuda", "cupy", "torch"):
+        print(f"{mod:12s} {_version(mod)}", file=out)
+    print("backends:", file=out)
+    for name, status in registry.backends().items():
+        print(f"  {name:11s} {status}", file=out)
+    print(f"CPU threads: {numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}", file=out)
+    print(f"threading layer: {_threading_layer()}", file=out)
+    print(f"GPU: {_gpu_name()}", file=out)
+    return 0
+
+
+def _threading_layer():
+    """Numba knows its layer only after a parallel kernel has run: run the smallest one."""
+    import numba
+
+    try:
+        x = np.ones((1, 1, 1, 1), np.float32)
+        api.conv2d(x, x, backend="cpu")
+        return numba.threading_layer()
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+def _gpu_name():
+    why = registry.backends()["numba-cuda"]
+    if why != "available":
+        return f"none ({why})"
+    try:
+        from numba import cuda
+
+        from . import config
+
+        if config.CUDASIM:
+            return "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+        dev = cuda.get_current_device()
+        name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+        return f"{name} (compute capability {dev.compute_capability[0]}.{dev.compute_capability[1]})"
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+# -------------------------------------------------------------------------------------- params
+def params(input_shape, filters, kernel, stride=1, padding=0, dilation=1, tile=TILE, bias=True,
+           out=sys.stdout):
+    g = ConvGeometry.make(1, *input_shape, filters, *_pair(kernel), stride, padding, dilation)
+    print(f"layer: input {'x'.join(map(str, input_shape))}, {filters} filters "
+          f"{g.R}x{g.S}, stride {g.stride}, padding {g.padding}, dilation {g.dilation} "
+          f"-> output {g.K}x{g.P}x{g.Q}", file=out)
+    rows = [("shared", None), (f"tiled {tile[0]}x{tile[1]}", tile), ("local", None)]
+    print("| sharing | banks | neurons | weights/neuron | parameters | bytes (float32) |",
+          file=out)
+    print("|---|---|---|---|---|---|", file=out)
+    for label, t in rows:
+        sharing = label.split()[0]
+        pc = param_count(sharing, input_shape, filters, kernel, stride=stride, padding=padding,
+                         dilation=dilation, tile=t, bias=bias)
+        banks = {"shared": 1, "tiled": tile[0] * tile[1], "local": g.P * g.Q}[sharing]
+        print(f"| {label} | {banks:,} | {pc.neurons:,} | {pc.weights_per_neuron:,} | "
+              f"{pc.params:,} | {_bytes(pc.bytes)} |", file=out)
+    return 0
+
+
+def _bytes(n):
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# -------------------------------------------------------------------------------------- verify
+def _calls(layer, x, w, b, dy, kw, backend):
+    """{pass: array} of one layer on one backend (NumPy in and out)."""
+    fwd, bwd = getattr(api, layer), getattr(api, layer + "_backward")
+    g = bwd(dy, x, w, backend=backend, **kw)
+    return {"forward": fwd(x, w, b, backend=backend, **kw), "input": g.input,
+            "weight": g.weight, "bias": g.bias}
+
+
+def _oracle(layer, x, w, b, dy, kw):
+    dx, dw, db = getattr(reference, layer + "_backward")(dy, x, w, **kw)
+    return {"forward": getattr(reference, layer)(x, w, b, **kw), "input": dx, "weight": dw,
+            "bias": db}
+
+
+def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdout):
+    """Run the checks, print the table; 0 if all pass, 1 otherwise."""
+    status = registry.backends()
+    if backends is None:
+        backends = [n for n, s in status.items() if s == "available" and n != "reference"]
+    seed = int(time.time_ns() % 2**32) if seed is None else seed
+    rng = np.random.default_rng(seed)
+    print(f"verify: backends {', '.join(backends)}; dtypes {', '.join(dtypes)}; seed {seed}",
+          file=out)
+    print("| backend | layer | shape | dtype | forward | input | weight | bias | result |",
+          file=out)
+    print("|---|---|---|---|---|---|---|---|---|", file=out)
+    failures = checks = 0
+    for name, N, C, H, W, K, R, S, st, pd, dl in VERIFY_SHAPES:
+        kw = dict(stride=st, padding=pd, dilation=dl)
+        g = ConvGeometry.make(N, C, H, W, K, R, S, st, pd, dl)
+        x64 = _random(rng, g.x_shape)
+        dy64 = _random(rng, g.y_shape)
+        for layer in LAYERS:
+            grid = {"conv2d": (), "tiled_conv2d": TILE, "local2d": (g.P, g.Q)}[layer]
+            w64 = _random(rng, grid + g.w_shape)
+            b64 = _random(rng, grid + (K,))
+            for backend in backends:
+                for dtype in dtypes:
+                    cells, ok = [], True
+                    try:
+                        arrays = [a.astype(dtype) for a in (x64, w64, b64, dy64)]
+                        # the oracle on the same (rounded) inputs: only the kernel's error counts
+                        ref = _oracle(layer, *(a.astype(np.float64) for a in arrays), kw)
+                        got = _calls(layer, *arrays, kw, backend)
+                        for p in PASSES:
+                            err = _rel(got[p], ref[p])
+                            good = bool(err <= TOL[dtype])
+                            ok &= good
+                            cells.append(f"{err:.1e}" + ("" if good else " (!)"))
+                    except Exception as exc:  # noqa: BLE001 - a crash is a failure to report
+                        ok = False
+                        cells = [f"error: {type(exc).__name__}: {exc}"[:60]] + [""] * 3
+                    checks += 1
+                    failures += not ok
+                    print(f"| {backend} | {layer} | {name} | {dtype} | " + " | ".join(cells)
+                          + f" | {'pass' if ok else 'FAIL'} |", file=out)
+    print(f"{checks} checks, {failures} failed (tolerance: norm-relative error <= "
+          + ", ".join(f"{v:g} {k}" for k, v in TOL.items() if k in dtypes) + ")", file=out)
+    return 1 if failures else 0
+
+
+def _random(rng, shape):
+    """Magnitudes in [0.5, 1.5) with random signs: never zeros."""
+    return rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _rel(out, ref):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape or not np.all(np.isfinite(out)):
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+# ---------------------------------------------------------------------------------------- main
+def _shape(text):
+    try:
+        parts = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CxHxW like 3x227x227, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected CxHxW like 3x227x227, got {text!r}")
+    return parts
+
+
+def _ints(text):
+    """'11' -> 11, '3x5' -> (3, 5)."""
+    try:
+        parts = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or NxM, got {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or NxM, got {text!r}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def main(argv=None, out=sys.stdout):
+    p = argparse.ArgumentParser(prog="sharenet-fast", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, backends, threads, GPU")
+    v = sub.add_parser("verify", help="every backend x layer x pass x dtype vs the oracle")
+    v.add_argument("--backend", nargs="+", choices=list(registry.BACKENDS),
+                   help="backends to check (default: every available one)")
+    v.add_argument("--dtype", nargs="+", default=["float32", "float64"],
+                   choices=["float32", "float64"])
+    v.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed)")
+    q = sub.add_parser("params", help="shared vs tiled vs local parameter counts")
+    q.add_argument("input", type=_shape, help="input C x H x W, e.g. 3x227x227")
+    q.add_argument("--filters", type=int, required=True)
+    q.add_argument("--kernel", type=_ints, required=True, help="R or RxS")
+    q.add_argument("--stride", type=_ints, default=1)
+    q.add_argument("--padding", type=_ints, default=0)
+    q.add_argument("--dilation", type=_ints, default=1)
+    q.add_argument("--tile", type=_ints, default=TILE, help="tiled layer's TPxTQ (default 2x2)")
+    q.add_argument("--no-bias", action="store_true")
+    args = p.parse_args(argv)
+    if args.command == "info":
+        return info(out)
+    if args.command == "verify":
+        missing = {b: s for b, s in registry.backends().items()
+                   if args.backend and b in args.backend and s != "available"}
+        if missing:
+            print(f"not available: {missing}", file=out)
+            return 1
+        return verify(args.backend, tuple(args.dtype), args.seed, out)
+    try:
+        return params(args.input, args.filters, args.kernel, args.stride, args.padding,
+                      args.dilation, _pair(args.tile), not args.no_bias, out)
+    except ValueError as exc:
+        print(f"sharenet-fast params: {exc}", file=out)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
