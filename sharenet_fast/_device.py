@@ -10,7 +10,6 @@ import functools
 import numpy as np
 
 HOST = "numpy"
-GPU_KINDS = ("cupy", "numba")
 
 
 def kind(a):

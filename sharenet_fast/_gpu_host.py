@@ -39,6 +39,16 @@ def threads(tiles):
     return (BM // TM) * (BN // TN)
 
 
+def _dims(g):
+    """The kernels' geometry arguments, in their order."""
+    return (g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S)
+
+
+def _conv(g):
+    """Stride, padding and dilation as the kernels take them: sh, sw, ph, pw, dh, dw."""
+    return (*g.stride, *g.padding, *g.dilation)
+
+
 def elementwise_grid(size):
     nt = config.CUDA_THREADS
     return min(-(-size // nt), 65535 * 16), nt
@@ -73,8 +83,8 @@ def forward(dev, x, w, bias, g, tile):
     has_bias = bias is not None
     b = dev.flat(bias) if has_bias else dev.flat(w)[:1]
     dev.launch("fwd", x.dtype, tiles, grid, threads(tiles), x,
-               dev.flat(x), dev.flat(w), b, dev.flat(y), g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
-        *g.stride, *g.padding, *g.dilation, colblocks, has_bias, ksize=(g.R, g.S))
+               dev.flat(x), dev.flat(w), b, dev.flat(y), *_dims(g), TP, TQ, *_conv(g),
+               colblocks, has_bias, ksize=(g.R, g.S))
     return y
 
 
@@ -105,8 +115,8 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
     redblocks = -(-g.C * g.R * g.S // BN)
     grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
     dev.launch("wgrad", x.dtype, tiles, grid, threads(tiles), x,
-               dev.flat(dy), dev.flat(x), dev.flat(out), ws, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, TP, TQ,
-        *g.stride, *g.padding, *g.dilation, nchunks, chunk, redblocks, mode, ksize=(g.R, g.S))
+               dev.flat(dy), dev.flat(x), dev.flat(out), ws, *_dims(g), TP, TQ, *_conv(g),
+               nchunks, chunk, redblocks, mode, ksize=(g.R, g.S))
     if mode == 2:
         dev.launch("wgrad_reduce", x.dtype, None, *elementwise_grid(size), x,
                    ws, dev.flat(out), nchunks, size)
@@ -150,8 +160,8 @@ def input_grad(dev, dy, w, g, tile):
     colblocks = -(-ncol // BN)
     grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
     dev.launch("dgrad", dy.dtype, tiles, grid, threads(tiles), dy,
-               dev.flat(dy), dev.flat(w), dev.flat(dx), *tables, g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S,
-        TP, TQ, LH, LW, ncw, colblocks)
+               dev.flat(dy), dev.flat(w), dev.flat(dx), *tables, *_dims(g), TP, TQ, LH, LW, ncw,
+               colblocks)
     return dx
 
 
@@ -168,3 +178,64 @@ def bias_grad(dev, dy, tile, shape, out=None):
     dev.launch("bgrad", dy.dtype, None, grid, nthreads, dy,
                dev.flat(dy), dev.flat(out), N, K, P, Q, TP, TQ)
     return out
+
+
+# ----------------------------------------------------- the registry interface, for every layer
+OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
+       "tiled_conv2d", "tiled_conv2d_input_grad", "tiled_conv2d_weight_grad",
+       "tiled_conv2d_bias_grad",
+       "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad")
+
+
+def layer_ops(dev):
+    """{name: host function} of registry.py's interface on `dev`, for all three layers: shared
+    is the 1 x 1 tile, tiled the weight's (TP, TQ), locally connected the output's (P, Q). A GPU
+    backend exports these (wrapped with its host transfers), so both run the same host code."""
+    def conv2d(x, weight, bias, g):
+        return forward(dev, x, weight, bias, g, (1, 1))
+
+    def conv2d_input_grad(dy, weight, g):
+        return input_grad(dev, dy, weight, g, (1, 1))
+
+    def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
+        return weight_grad(dev, dy, x, g, (1, 1), g.w_shape, out, deterministic)
+
+    def conv2d_bias_grad(dy, out=None):
+        return bias_grad(dev, dy, (1, 1), (dy.shape[1],), out)
+
+    def tiled_conv2d(x, weight, bias, g):
+        return forward(dev, x, weight, bias, g, weight.shape[:2])
+
+    def tiled_conv2d_input_grad(dy, weight, g):
+        return input_grad(dev, dy, weight, g, weight.shape[:2])
+
+    def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
+        tile = tuple(tile)
+        return weight_grad(dev, dy, x, g, tile, tile + g.w_shape, out, deterministic)
+
+    def tiled_conv2d_bias_grad(dy, tile, out=None):
+        tile = tuple(tile)
+        return bias_grad(dev, dy, tile, tile + (dy.shape[1],), out)
+
+    # a locally connected layer: one position per tile class, so each forward block streams
+    # its bank once for the whole batch (N <= BN) and each weight-gradient block owns its
+    # weights (one chunk per class: no atomics)
+    def local2d(x, weight, bias, g):
+        return forward(dev, x, weight, bias, g, (g.P, g.Q))
+
+    def local2d_input_grad(dy, weight, g):
+        return input_grad(dev, dy, weight, g, (g.P, g.Q))
+
+    def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
+        return weight_grad(dev, dy, x, g, (g.P, g.Q), (g.P, g.Q) + g.w_shape, out,
+                           deterministic)
+
+    def local2d_bias_grad(dy, out=None):
+        return bias_grad(dev, dy, dy.shape[2:], dy.shape[2:] + (dy.shape[1],), out)
+
+    ops = {f.__name__: f for f in (
+        conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad,
+        tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bias_grad,
+        local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad)}
+    assert tuple(ops) == OPS
+    return ops

@@ -54,11 +54,12 @@ WORKSPACE_CACHE_BYTES = 64 * 2**20
 # blocks here, in the one place, instead of in the kernels (which read these when first built).
 CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
-# Block tiles of the implicit-GEMM kernels (numba_cuda/conv2d.py), (BM, BN, BK, TM, TN): a
+# Block tiles of the implicit-GEMM kernels (numba_cuda/conv2d.py, kernels/conv2d.cu), (BM, BN,
+# BK, TM, TN): a
 # block computes BM rows x BN columns of the output with (BM/TM) x (BN/TN) threads, each holding
 # TM x TN accumulators in registers, and steps through the reduction BK at a time, staging a
 # BM x BK and a BK x BN tile in shared memory. Each launch picks the menu entry that pads its
-# (rows, columns) least (numba_cuda.conv2d.pick_tiles): the suite's rows are 3 to 96 filters or
+# (rows, columns) least (_gpu_host.pick_tiles; both GPU backends): the suite's rows are 3 to 96 filters or
 # channels (a fixed 64-row tile would leave 95% of alexnet's input-gradient block idle) and a
 # local layer's columns are the batch. The first entry, 64 x 64 with 4 x 4 per thread (16 FMAs
 # per 8 shared loads, 256 threads), is the general one. Every entry keeps 128-256 threads and
@@ -86,7 +87,7 @@ CUDA_WGRAD_MAX_CHUNKS = 256
 # Deterministic workspace cap (bytes): fewer, longer chunks beyond it.
 CUDA_WGRAD_MAX_WORKSPACE = 256 * 2**20
 
-# Threads of a bias-gradient block (a tree reduction in shared memory: a power of two).
+# Threads of a bias-gradient block (at most: the host launches a power of two up to this).
 CUDA_BIAS_THREADS = 16 if CUDASIM else 128
 # Threads per block of the elementwise kernels (fill, partial sums).
 CUDA_THREADS = 32 if CUDASIM else 256

@@ -1,10 +1,13 @@
 """CuPy backend: the CUDA C kernels of kernels/ compiled at run time by NVRTC (cupy.RawModule),
 launched with the host logic shared with the Numba CUDA backend (sharenet_fast/_gpu_host.py).
 
-Host functions follow registry.py. They take CuPy arrays (returned as CuPy) or NumPy arrays
-(copied to the device and back); the kernels run on CuPy's current stream. Status: compiled
-and name-checked by NVRTC without a GPU (tests/test_cupy_backend.py); not yet run on a GPU.
+Host functions follow registry.py (_gpu_host.layer_ops on this backend's DEV). They take CuPy
+arrays (returned as CuPy) or NumPy arrays (copied to the device and back); the kernels run on
+CuPy's current stream. Status: compiled by NVRTC (tests/test_cupy_backend.py) and run by a g++
+emulation (tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
 """
+import functools
+
 import numpy as np
 
 from .. import _gpu_host as host
@@ -28,6 +31,12 @@ def unavailable():
     return None
 
 
+def _to_device(a):
+    import cupy
+
+    return cupy.asarray(a)
+
+
 class _CupyDevice:
     """The `dev` of _gpu_host for CuPy: RawModule kernels, CuPy arrays, the current stream."""
 
@@ -45,9 +54,7 @@ class _CupyDevice:
 
     @staticmethod
     def to_device_like(like, a):
-        import cupy
-
-        return cupy.asarray(a)
+        return _to_device(a)
 
     @staticmethod
     def flat(a):
@@ -66,82 +73,18 @@ class _CupyDevice:
 DEV = _CupyDevice()
 
 
-def _to_device(a):
-    import cupy
-
-    return cupy.asarray(a)
-
-
 def _cupy_only(fn):
     """NumPy arrays are copied in and out; Numba device arrays are refused (use CuPy)."""
     wrapped = host_io(_to_device, lambda d: d.get(), lambda d, out: d.get(out=out))(fn)
 
+    @functools.wraps(fn)
     def checked(*args, **kwargs):
         if any(kind(a) == "numba" for a in args + (kwargs.get("out"),)):
             raise TypeError("the cupy backend takes CuPy or NumPy arrays, not Numba device "
                             "arrays (wrap them with cupy.asarray, or use backend='numba-cuda')")
         return wrapped(*args, **kwargs)
-    checked.__name__, checked.__doc__ = fn.__name__, fn.__doc__
     return checked
 
 
-@_cupy_only
-def conv2d(x, weight, bias, g):
-    return host.forward(DEV, x, weight, bias, g, (1, 1))
-
-
-@_cupy_only
-def conv2d_input_grad(dy, weight, g):
-    return host.input_grad(DEV, dy, weight, g, (1, 1))
-
-
-@_cupy_only
-def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
-    return host.weight_grad(DEV, dy, x, g, (1, 1), g.w_shape, out, deterministic)
-
-
-@_cupy_only
-def conv2d_bias_grad(dy, out=None):
-    return host.bias_grad(DEV, dy, (1, 1), (dy.shape[1],), out)
-
-
-@_cupy_only
-def tiled_conv2d(x, weight, bias, g):
-    return host.forward(DEV, x, weight, bias, g, weight.shape[:2])
-
-
-@_cupy_only
-def tiled_conv2d_input_grad(dy, weight, g):
-    return host.input_grad(DEV, dy, weight, g, weight.shape[:2])
-
-
-@_cupy_only
-def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
-    return host.weight_grad(DEV, dy, x, g, tuple(tile), tuple(tile) + g.w_shape, out,
-                            deterministic)
-
-
-@_cupy_only
-def tiled_conv2d_bias_grad(dy, tile, out=None):
-    return host.bias_grad(DEV, dy, tuple(tile), tuple(tile) + (dy.shape[1],), out)
-
-
-@_cupy_only
-def local2d(x, weight, bias, g):
-    return host.forward(DEV, x, weight, bias, g, (g.P, g.Q))
-
-
-@_cupy_only
-def local2d_input_grad(dy, weight, g):
-    return host.input_grad(DEV, dy, weight, g, (g.P, g.Q))
-
-
-@_cupy_only
-def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
-    return host.weight_grad(DEV, dy, x, g, (g.P, g.Q), (g.P, g.Q) + g.w_shape, out,
-                            deterministic)
-
-
-@_cupy_only
-def local2d_bias_grad(dy, out=None):
-    return host.bias_grad(DEV, dy, dy.shape[2:], dy.shape[2:] + (dy.shape[1],), out)
+globals().update({name: _cupy_only(fn) for name, fn in host.layer_ops(DEV).items()})
+__all__ = list(host.OPS)

@@ -3,13 +3,12 @@
 Host functions follow the interface in registry.py. They take device arrays (CuPy or Numba) and
 return the same kind; NumPy arrays are copied to the device and back (_device.on_device), which
 is also how the kernels run under NUMBA_ENABLE_CUDASIM=1. All three layers run on the banked
-kernels of conv2d.py with their tile: shared = 1 x 1, tiled = (TP, TQ), local = (P, Q).
+kernels of conv2d.py with their tile (shared = 1 x 1, tiled = (TP, TQ), local = (P, Q)),
+through the host side shared with the cupy backend (_gpu_host.layer_ops).
 """
-from .conv2d import conv2d, conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
-from .local2d import local2d, local2d_bias_grad, local2d_input_grad, local2d_weight_grad
-from .tiled import (tiled_conv2d, tiled_conv2d_bias_grad, tiled_conv2d_input_grad,
-                    tiled_conv2d_weight_grad)
-
+from .. import _gpu_host
+from .._device import on_device
+from .conv2d import DEV
 
 
 def unavailable():
@@ -31,7 +30,5 @@ def unavailable():
             "NUMBA_ENABLE_CUDASIM=1 runs these kernels on Numba's simulator")
 
 
-__all__ = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
-           "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad",
-           "tiled_conv2d", "tiled_conv2d_input_grad", "tiled_conv2d_weight_grad",
-           "tiled_conv2d_bias_grad"]
+globals().update({name: on_device(fn) for name, fn in _gpu_host.layer_ops(DEV).items()})
+__all__ = list(_gpu_host.OPS)

@@ -1,4 +1,4 @@
-"""Launch plumbing shared by the Numba CUDA launchers: allocation, streams, grid limits.
+"""Launch plumbing of the Numba CUDA backend: allocation, streams, the simulator.
 
 Outputs are allocated as the inputs' kind: CuPy arrays (from CuPy's memory pool) for CuPy
 inputs, Numba device arrays otherwise. Kernels run on CuPy's current stream for CuPy inputs,
@@ -10,7 +10,9 @@ import threading
 import numpy as np
 
 from .. import config
+from .. import _gpu_host as host
 from .._device import kind
+
 
 def flat(a):
     """A 1-D view of a C-contiguous device array (kernels index it with 64-bit offsets)."""
@@ -32,11 +34,11 @@ def device_zeros(like, shape, dtype):
         import cupy
 
         return cupy.zeros(shape, dtype=dtype)
-    from .conv2d import _elementwise_grid, _kernels_for
+    from .conv2d import _kernels_for
 
     a = device_empty(like, shape, dtype)
     if a.size:
-        launch(_kernels_for(a)["fill"], *_elementwise_grid(a.size), stream_for(like),
+        launch(_kernels_for(a)["fill"], *host.elementwise_grid(a.size), stream_for(like),
                flat(a), np.dtype(dtype).type(0), a.size)
     return a
 

@@ -11,13 +11,15 @@ bank), so within a block the weights are one plain matrix and the pass is a GEMM
 
 The X operand is never materialised (implicit GEMM: the shared-memory tile is gathered straight
 from the NCHW input, zero outside the padding). Each launch picks its block tile from
-config.CUDA_TILE_MENU (pick_tiles: least padding for its rows x columns): BM x BN outputs per
-block, TM x TN per thread in registers, the reduction staged BK at a time through shared memory. Arrays are passed flat and every offset is computed
-by the helpers below in 64-bit integers (Numba widens int32 products to int64): local weights of
-alexnet_conv1 at batch 64 reach 6.7e9 input-patch products, and 105.7e6 weights per bank grid.
+config.CUDA_TILE_MENU (_gpu_host.pick_tiles: least padding for its rows x columns): BM x BN
+outputs per block, TM x TN per thread in registers, the reduction staged BK at a time through
+shared memory. Arrays are passed flat and every offset is computed by the helpers below in
+64-bit integers (Numba widens int32 products to int64): local weights of alexnet_conv1 at batch
+64 reach 6.7e9 input-patch products, and 105.7e6 weights per bank grid.
 
 Kernels are built lazily per (dtype, tiles), so importing needs no GPU and tests may shrink the
-tiles; host launchers (no `_kernel` suffix) take device arrays (CuPy or Numba) of one kind.
+tiles. The host side (grids, tiles, chunks, tap tables) is _gpu_host.py, shared with the cupy
+backend; DEV below is this backend's half of it.
 """
 import functools
 
@@ -26,7 +28,7 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import _gpu_host as host
 from .. import config
-from .._device import kind, on_device
+from .._device import kind
 from ._launch import device_empty, device_zeros, flat, launch, stream_for
 
 # --------------------------------------------------------------------------- index helpers
@@ -406,7 +408,7 @@ def kernels(dtype, tiles, bias_threads):
 
     return dict(fwd=conv2d_fwd_kernel, wgrad=conv2d_wgrad_kernel,
                 dgrad=conv2d_dgrad_kernel, wgrad_reduce=conv2d_wgrad_reduce_kernel,
-                bgrad=conv2d_bgrad_kernel, fill=fill_kernel, threads=NTH)
+                bgrad=conv2d_bgrad_kernel, fill=fill_kernel)
 
 
 def signatures(dtype):
@@ -445,10 +447,6 @@ def _kernels_for(a, tiles=None):
     return kernels(np.dtype(a.dtype).name, tiles, config.CUDA_BIAS_THREADS)
 
 
-def _elementwise_grid(size):
-    return host.elementwise_grid(size)
-
-
 class _NumbaDevice:
     """The `dev` of _gpu_host for Numba: kernels from kernels(), arrays as given (CuPy or
     Numba), launches on CuPy's current stream for CuPy arrays (see _launch)."""
@@ -472,40 +470,3 @@ class _NumbaDevice:
 
 
 DEV = _NumbaDevice()
-
-
-def forward(x, w, bias, g, tile):
-    return host.forward(DEV, x, w, bias, g, tile)
-
-
-def weight_grad(dy, x, g, tile, shape, out=None, deterministic=False):
-    return host.weight_grad(DEV, dy, x, g, tile, shape, out, deterministic)
-
-
-def input_grad(dy, w, g, tile):
-    return host.input_grad(DEV, dy, w, g, tile)
-
-
-def bias_grad(dy, tile, shape, out=None):
-    return host.bias_grad(DEV, dy, tile, shape, out)
-
-
-# ------------------------------------------------------------------ shared conv: the 1 x 1 tile
-@on_device
-def conv2d(x, weight, bias, g):
-    return forward(x, weight, bias, g, (1, 1))
-
-
-@on_device
-def conv2d_input_grad(dy, weight, g):
-    return input_grad(dy, weight, g, (1, 1))
-
-
-@on_device
-def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
-    return weight_grad(dy, x, g, (1, 1), g.w_shape, out, deterministic)
-
-
-@on_device
-def conv2d_bias_grad(dy, out=None):
-    return bias_grad(dy, (1, 1), (dy.shape[1],), out)
