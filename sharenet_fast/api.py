@@ -22,11 +22,21 @@ class Grads(NamedTuple):
     bias: object
 
 
-def _array(name, a, ndim, dtype=None):
+def _kind(name, a):
+    """Where `a` lives ("numpy", "cupy", "numba"); TypeError for anything else, ValueError for
+    a non-contiguous Numba device array (no device-side copy exists for it)."""
     k = _device.kind(a)
     if k is None:
         raise TypeError(f"{name} must be a numpy.ndarray, cupy.ndarray or Numba CUDA device "
                         f"array, got {type(a).__name__}")
+    if k == "numba" and not a.is_c_contiguous():
+        raise ValueError(f"{name}: a Numba device array must be C-contiguous (got strides "
+                         f"{a.strides}); pass a contiguous copy or a CuPy array")
+    return k
+
+
+def _array(name, a, ndim, dtype=None):
+    _kind(name, a)
     if a.dtype not in DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -35,9 +45,6 @@ def _array(name, a, ndim, dtype=None):
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
     if 0 in a.shape:
         raise ValueError(f"{name} must have no empty dimension, got shape {a.shape}")
-    if k == "numba" and not a.is_c_contiguous():
-        raise ValueError(f"{name}: a Numba device array must be C-contiguous (got strides "
-                         f"{a.strides}); pass a contiguous copy or a CuPy array")
     return a
 
 
@@ -279,18 +286,13 @@ tiled_conv2d_backward.__doc__ = ("Gradients of tiled_conv2d (weight (TP, TQ, K, 
 def _check_accumulator(name, buf, shape, dtype):
     if buf is None:
         return
-    k = _device.kind(buf)
-    if k is None:
-        raise TypeError(f"{name} must be a numpy.ndarray, cupy.ndarray or Numba CUDA device "
-                        f"array, got {type(buf).__name__}")
+    k = _kind(name, buf)
     if buf.dtype != dtype:
         raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes")
     if buf.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
     if k == "numpy" and not buf.flags.writeable:
         raise ValueError(f"{name} is read-only; it is accumulated into in place")
-    if k == "numba" and not buf.is_c_contiguous():
-        raise ValueError(f"{name}: a Numba device array accumulator must be C-contiguous")
 
 
 def _accumulate(buf, compute):

@@ -15,6 +15,7 @@ from sharenet_fast import config
 
 cupy = pytest.importorskip("cupy", reason="cupy not installed (pip install 'sharenet_fast[cupy]')")
 from sharenet_fast.cupy_backend import _loader  # noqa: E402
+import _cuda_emu  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))
 
@@ -57,16 +58,12 @@ def test_instances_cover_every_tile_and_dtype():
             assert _loader.name(k, dtype, bias_threads=config.CUDA_BIAS_THREADS) in names
 
 
-class _RecordingDevice:
-    """A `dev` for _gpu_host that allocates NumPy arrays and records what would be launched."""
+class _RecordingDevice(_cuda_emu.EmuDevice):
+    """The emulator's NumPy `dev` for _gpu_host, recording what would be launched instead of
+    running it (no compiler needed)."""
 
     def __init__(self):
-        self.launched = []
-
-    empty = staticmethod(lambda like, shape, dtype: np.empty(shape, dtype))
-    zeros = staticmethod(lambda like, shape, dtype: np.zeros(shape, dtype))
-    to_device_like = staticmethod(lambda like, a: a)
-    flat = staticmethod(lambda a: a.reshape(a.size))
+        super().__init__(lib=None, entries={})
 
     def launch(self, name, dtype, tiles, grid, threads, like, *args, ksize=None):
         self.launched.append((_loader.name(name, np.dtype(dtype).name, tiles,
