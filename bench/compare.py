@@ -2,9 +2,8 @@
 
     python -m bench.compare OLD.json NEW.json [--threshold 0.05] [--all]
 
-Reads the CPU report's JSON (`python -m bench --json`: `results` with `samples_s`) and the GPU
-benchmark's (`python -m bench.gpu --json`: `rows` with `ours_samples`/`peer_samples` in ms).
-Every timing present in both files is compared by its median. A change counts only when it is
+Reads the JSON of `python -m bench --json` (CPU or --gpu: bench/schema.py, raw samples in
+seconds). Every timing (shape, layer, pass, impl) present in both files is compared by its median. A change counts only when it is
 larger than the noise: the interquartile ranges of the two sample sets must not overlap AND the
 medians must differ by more than --threshold (relative). Exit status 1 if anything of ours got
 slower (a regression), 0 otherwise; timings in only one file are listed, not judged.
@@ -12,29 +11,22 @@ slower (a regression), 0 otherwise; timings in only one file are listed, not jud
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
+from bench import schema
+
 
 def timings(doc):
-    """{key: samples in seconds} from either JSON format; key = (shape, layer, pass, who)."""
-    out = {}
-    for r in doc.get("results", []):                       # CPU report (issue 2's: shared only)
-        out[(r["shape"], r.get("layer", "shared"), r["pass"], r["impl"])] = list(r["samples_s"])
-    for r in doc.get("rows", []):                          # GPU benchmark (milliseconds)
-        if r["pass_"] == "weight_grad_modes":
-            for mode in ("atomic", "deterministic"):
-                out[(r["shape"], "shared", f"weight_grad {mode}", r["backend"])] = [
-                    s / 1e3 for s in r[f"{mode}_samples"]]
-            continue
-        out[(r["shape"], r["layer"], r["pass_"], r["backend"])] = [
-            s / 1e3 for s in r["ours_samples"]]
-        if r.get("peer_samples"):
-            out[(r["shape"], r["layer"], r["pass_"], "peer")] = [
-                s / 1e3 for s in r["peer_samples"]]
-    return out
+    """{(shape, layer, pass, impl): samples in seconds}."""
+    return {(r["shape"], r["layer"], r["pass"], r["impl"]): list(r["samples_s"])
+            for r in doc["results"]}
+
+
+def ours(doc):
+    """The impl names that are ours (the others are peers: their changes are not judged)."""
+    return {r["impl"] for r in doc["results"] if r["role"] == "ours"}
 
 
 def judge(old, new, threshold=0.05):
@@ -47,10 +39,6 @@ def judge(old, new, threshold=0.05):
     if n50 < o50 / (1 + threshold) and n75 < o25:
         return "faster"
     return "same"
-
-
-def is_ours(who):
-    return who not in ("peer", "torch") and not who.startswith("torch")
 
 
 def compare(old_doc, new_doc, threshold=0.05):
@@ -66,10 +54,7 @@ def compare(old_doc, new_doc, threshold=0.05):
 
 def _machine(doc):
     """What the timings ran on: the GPU's name, or the CPU's processor and core count."""
-    if "device" in doc:
-        return doc["device"]
-    m = doc.get("machine", {})
-    return f"{m.get('processor', '?')} x{m.get('cpu_count', '?')}"
+    return doc["machine"]["device"]
 
 
 def main(argv=None, out=sys.stdout):
@@ -81,10 +66,11 @@ def main(argv=None, out=sys.stdout):
                    help="smallest relative change of the median that counts (default 0.05)")
     p.add_argument("--all", action="store_true", help="list unchanged timings too")
     args = p.parse_args(argv)
-    with open(args.old) as f:
-        old_doc = json.load(f)
-    with open(args.new) as f:
-        new_doc = json.load(f)
+    try:
+        old_doc, new_doc = schema.load(args.old), schema.load(args.new)
+    except ValueError as exc:
+        print(f"python -m bench.compare: {exc}", file=sys.stderr)
+        return 2
     rows, only_old, only_new = compare(old_doc, new_doc, args.threshold)
     mo, mn = _machine(old_doc), _machine(new_doc)
     if mo != mn:
@@ -94,7 +80,7 @@ def main(argv=None, out=sys.stdout):
     print("|---|---|---|---|---|---|---|---|", file=out)
     regressions = 0
     for (shape, layer, pass_, who), o, n, verdict in rows:
-        mine = is_ours(who)
+        mine = who in ours(new_doc) | ours(old_doc)
         if verdict == "slower" and mine:
             regressions += 1
             verdict = "SLOWER (regression)"

@@ -4,9 +4,10 @@ one layer kind (shared, tiled 2x2, local).
 Each launcher takes the inputs once and returns a zero-argument function, so the timing loops
 (pytest-benchmark and bench/report.py) time exactly the op and nothing else.
 
-Peers (DESIGN.md): shared -> torch.nn.functional.conv2d (oneDNN) and aten.convolution_backward;
-tiled and local -> PyTorch unfold + einsum (the standard way to write an untied layer in
-PyTorch), its backward run by autograd on a graph built once outside the timing.
+Peers (DESIGN.md): shared -> torch.nn.functional.conv2d (oneDNN on the CPU, cuDNN on a GPU) and
+aten.convolution_backward; every layer kind -> PyTorch unfold + einsum (the standard way to
+write an untied layer in PyTorch; for shared conv, im2col + one matmul), its backward run by
+autograd on a graph built once outside the timing.
 """
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ TILE = (2, 2)
 API = {"shared": (sf.conv2d, sf.conv2d_backward),
        "tiled": (sf.tiled_conv2d, sf.tiled_conv2d_backward),
        "local": (sf.local2d, sf.local2d_backward)}
-PEER = {"shared": "PyTorch conv2d", "tiled": "PyTorch unfold+einsum",
-        "local": "PyTorch unfold+einsum"}
 
 
 def grid(layer, g):
@@ -48,27 +47,44 @@ def layer_params(layer, weight, bias, g, seed=1):
 
 
 # ------------------------------------------------------------------------------------- ours
-def ours_forward(shape, layer, x, weight, bias):
+def ours_forward(shape, layer, x, weight, bias, backend="cpu"):
     fwd = API[layer][0]
 
     def run():
-        return fwd(x, weight, bias, stride=shape.stride, padding=shape.padding, backend="cpu")
+        return fwd(x, weight, bias, stride=shape.stride, padding=shape.padding, backend=backend)
     return run
 
 
-def ours_backward(shape, layer, x, weight, grad_out):
-    """(dx, dw, db) of the layer on the Numba CPU backend."""
+def ours_backward(shape, layer, x, weight, grad_out, backend="cpu", needs=("input", "weight",
+                                                                          "bias"),
+                  deterministic=False):
+    """(dx, dw, db) of the layer (or the `needs` subset) on one of our backends."""
     bwd = API[layer][1]
 
     def run():
         return bwd(grad_out, x, weight, stride=shape.stride, padding=shape.padding,
-                   backend="cpu")
+                   backend=backend, needs=needs, deterministic=deterministic)
     return run
 
 
 # ------------------------------------------------------------------------------------ peers
+def peer_names(layer):
+    """The PyTorch peers of a layer kind: conv2d (oneDNN / cuDNN) exists only for the shared
+    layer; unfold + einsum (im2col + a batched matmul) can express all three."""
+    return ("torch-conv2d", "torch-unfold") if layer == "shared" else ("torch-unfold",)
+
+
+def peer_label(impl, device="cpu"):
+    lib = "cuDNN" if device == "cuda" else "oneDNN"
+    return {"torch-conv2d": f"PyTorch conv2d ({lib})",
+            "torch-unfold": "PyTorch unfold+einsum"}[impl]
+
+
 def _torch_untied(shape, layer, xt, wt, bt):
-    """y of a tiled or local layer in PyTorch: unfold (im2col), then einsum per bank."""
+    """y of a tiled or local layer in PyTorch: unfold (im2col), then einsum per bank. A shared
+    layer is the 1x1 tiling."""
+    if layer == "shared":
+        layer, wt, bt = "tiled", wt[None, None], bt[None, None]
     N, C, K, R, S = shape.N, shape.C, shape.K, shape.R, shape.S
     cols = torch.nn.functional.unfold(xt, (R, S), stride=shape.stride, padding=shape.padding)
     g = geometry(shape)
@@ -87,9 +103,15 @@ def _torch_untied(shape, layer, xt, wt, bt):
     return y
 
 
-def torch_forward(shape, layer, x, weight, bias):
-    xt, wt, bt = (torch.from_numpy(a) for a in (x, weight, bias))
-    if layer == "shared":
+def _tensors(device, *arrays):
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
+
+
+def torch_forward(shape, layer, x, weight, bias, device="cpu", impl=None):
+    """y of the peer `impl` (default: conv2d for shared, unfold+einsum otherwise)."""
+    impl = impl or peer_names(layer)[0]
+    xt, wt, bt = _tensors(device, x, weight, bias)
+    if impl == "torch-conv2d":
         def run():
             with torch.no_grad():
                 return torch.nn.functional.conv2d(xt, wt, bt, stride=shape.stride,
@@ -102,27 +124,35 @@ def torch_forward(shape, layer, x, weight, bias):
     return run
 
 
-def torch_backward(shape, layer, x, weight, grad_out, bias=None):
-    """Shared: aten.convolution_backward (no forward inside). Tiled/local: autograd backward of
-    unfold + einsum on a graph built once (retain_graph), so only the backward is timed."""
-    if layer == "shared":
-        xt, wt, dyt = (torch.from_numpy(a) for a in (x, weight, grad_out))
+def torch_backward(shape, layer, x, weight, grad_out, bias=None, device="cpu", impl=None):
+    """conv2d: aten.convolution_backward (no forward inside). unfold+einsum: autograd backward
+    on a graph built once (retain_graph), so only the backward is timed."""
+    impl = impl or peer_names(layer)[0]
+    if impl == "torch-conv2d":
+        xt, wt, dyt = _tensors(device, x, weight, grad_out)
         st, pd = [shape.stride] * 2, [shape.padding] * 2
 
         def run():
             return torch.ops.aten.convolution_backward(
                 dyt, xt, wt, [shape.K], st, pd, [1, 1], False, [0, 0], 1, [True, True, True])
         return run
-    xt = torch.from_numpy(x).requires_grad_()
-    wt = torch.from_numpy(weight).requires_grad_()
-    b = bias if bias is not None else np.zeros(weight.shape[:3], np.float32)
-    bt = torch.from_numpy(b).requires_grad_()
-    dyt = torch.from_numpy(grad_out)
+    b = bias if bias is not None else np.zeros(weight.shape[:-3], np.float32)
+    xt, wt, bt = (t.requires_grad_() for t in _tensors(device, x, weight, b))
+    (dyt,) = _tensors(device, grad_out)
     y = _torch_untied(shape, layer, xt, wt, bt)
 
     def run():
         return torch.autograd.grad(y, (xt, wt, bt), dyt, retain_graph=True)
     return run
+
+
+def peers(shape, layer, x, weight, bias, grad_out, device="cpu"):
+    """{impl: (forward, backward)} of every PyTorch peer of the layer ({} without PyTorch)."""
+    if torch is None:
+        return {}
+    return {impl: (torch_forward(shape, layer, x, weight, bias, device, impl),
+                   torch_backward(shape, layer, x, weight, grad_out, bias, device, impl))
+            for impl in peer_names(layer)}
 
 
 # -------------------------------------------------------------------------------- reference

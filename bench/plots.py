@@ -1,24 +1,33 @@
-"""Plots of a CPU benchmark run (the JSON of `python -m bench --json`), as PNG.
+"""Plots of a benchmark run (the JSON of `python -m bench --json`, CPU or GPU), as PNG.
 
-    python -m bench.plots RESULTS.json [--out-dir DIR]
+    python -m bench.plots RESULTS.json [--out-dir DIR]     (or python -m bench --plot STEM)
 
-Writes <stem>_times.png (median time per layer kind and pass, ours beside the PyTorch peer, one
-panel per suite shape) and <stem>_roofline.png (arithmetic intensity against achieved GFLOP/s,
-under the measured ceilings: NumPy's sgemm rate and the all-core copy bandwidth). Shared conv
+Writes <stem>_times.png (median time per layer kind and pass, each of ours beside each PyTorch
+peer, one panel per suite shape) and <stem>_roofline.png (arithmetic intensity against achieved
+GFLOP/s, under the measured ceilings: the sgemm rate and the copy bandwidth). Shared conv
 reuses each weight N·P·Q times and sits near the compute roof; a locally connected layer uses
 each weight N times and sits on the bandwidth slope: parameter sharing, measured.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
+from bench import schema
+
 LAYERS = ("shared", "tiled", "local")
 PASSES = ("forward", "backward")
-COLORS = {"ours": "tab:blue", "torch": "tab:orange"}
 MARKERS = {"shared": "o", "tiled": "s", "local": "^"}
+PALETTE = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
+
+
+def _impls(doc):
+    """[(impl, label)], ours first, in a fixed order (the colours)."""
+    seen = {}
+    for r in sorted(doc["results"], key=lambda r: r["role"] != "ours"):
+        seen.setdefault(r["impl"], r["label"])
+    return list(seen.items())
 
 
 def _pyplot():
@@ -30,35 +39,31 @@ def _pyplot():
     return plt
 
 
-def _results(doc):
-    """{(shape, layer, pass, impl): result} of a CPU report."""
-    return {(r["shape"], r.get("layer", "shared"), r["pass"], r["impl"]): r
-            for r in doc["results"]}
-
-
 def plot_times(doc, path):
     plt = _pyplot()
-    res = _results(doc)
-    shapes = list(doc.get("shapes", {})) or sorted({k[0] for k in res})
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 4), squeeze=False)
-    groups = [(layer, p) for layer in LAYERS for p in PASSES]
+    res = {(r["shape"], r["layer"], r["pass"], r["impl"]): r for r in doc["results"]}
+    shapes = list(doc["shapes"])
+    impls = _impls(doc)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.4 * len(shapes), 4.2), squeeze=False)
+    groups = [(layer, p) for layer in LAYERS for p in PASSES
+              if any(k[1] == layer and k[2] == p for k in res)]
+    width = 0.8 / len(impls)
     for ax, shape in zip(axes[0], shapes):
-        for j, impl in enumerate(("ours", "torch")):
+        for j, (impl, label) in enumerate(impls):
             xs, ys = [], []
             for i, (layer, p) in enumerate(groups):
                 r = res.get((shape, layer, p, impl))
-                if r is not None:
-                    xs.append(i + (j - 0.5) * 0.38)
+                if r is not None and r["median_s"] > 0:
+                    xs.append(i + (j - (len(impls) - 1) / 2) * width)
                     ys.append(r["median_s"] * 1e3)
-            ax.bar(xs, ys, width=0.38, color=COLORS[impl],
-                   label="ours" if impl == "ours" else "PyTorch (oneDNN / unfold+einsum)")
+            ax.bar(xs, ys, width=width, color=PALETTE[j % len(PALETTE)], label=label)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{layer}\n{p[0]}wd" for layer, p in groups], fontsize=8)
         ax.set_yscale("log")
-        ax.set_title(shape, fontsize=10)
+        ax.set_title(f"{shape} (batch {doc['shapes'][shape]['N']})", fontsize=10)
         ax.set_ylabel("median ms (log)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(_title(doc, "time per layer kind"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -68,32 +73,33 @@ def plot_times(doc, path):
 
 def plot_roofline(doc, path):
     plt = _pyplot()
-    res = _results(doc)
     lim = doc["limits"]
-    peak, bw = lim["sgemm_gflops"], lim["copy_gbps"]
+    rows = [r for r in doc["results"] if r["pass"] in PASSES and r["gbps"] == r["gbps"]
+            and r["gbps"] > 0]
     fig, ax = plt.subplots(figsize=(7, 5))
-    ai = [r["gflops"] / r["gbps"] for r in res.values() if r.get("gbps")]
-    lo, hi = min(ai + [0.1]) / 2, max(ai + [peak / bw]) * 2
-    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
-    ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
-            label=f"roof: sgemm {peak:.0f} GFLOP/s, copy {bw:.0f} GB/s")
-    for (shape, layer, p, impl), r in res.items():
-        if not r.get("gbps"):
-            continue
-        ax.scatter(r["gflops"] / r["gbps"], r["gflops"], marker=MARKERS.get(layer, "o"),
-                   facecolors=COLORS[impl] if p == "forward" else "none",
-                   edgecolors=COLORS[impl], s=40)
+    peak, bw = lim.get("sgemm_gflops"), lim.get("copy_gbps")
+    ai = [r["flops"] / r["bytes"] for r in rows]
+    if peak and bw:
+        lo, hi = min(ai + [0.1]) / 2, max(ai + [peak / bw]) * 2
+        xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+        ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
+                label=f"roof: sgemm {peak:.0f} GFLOP/s, copy {bw:.0f} GB/s")
+    colors = {impl: PALETTE[j % len(PALETTE)] for j, (impl, _) in enumerate(_impls(doc))}
+    for r in rows:
+        ax.scatter(r["flops"] / r["bytes"], r["gflops"], marker=MARKERS.get(r["layer"], "o"),
+                   facecolors=colors[r["impl"]] if r["pass"] == "forward" else "none",
+                   edgecolors=colors[r["impl"]], s=40)
     for layer, m in MARKERS.items():
         ax.scatter([], [], marker=m, color="gray", label=layer)
-    for impl, c in COLORS.items():
-        ax.scatter([], [], marker="o", color=c, label=impl)
+    for impl, label in _impls(doc):
+        ax.scatter([], [], marker="o", color=colors[impl], label=label)
     ax.scatter([], [], marker="o", facecolors="none", edgecolors="gray", label="hollow: backward")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP per byte a pass must move)")
     ax.set_ylabel("achieved GFLOP/s")
     ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_title(_title(doc, "roofline"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -101,9 +107,16 @@ def plot_roofline(doc, path):
     return path
 
 
+def plot_all(doc, stem):
+    """Both PNGs: [stem_times.png, stem_roofline.png] (a trailing .png on stem is dropped)."""
+    stem = stem[:-4] if stem.endswith(".png") else stem
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    return [plot_times(doc, f"{stem}_times.png"), plot_roofline(doc, f"{stem}_roofline.png")]
+
+
 def _title(doc, what):
-    m = doc.get("machine", {})
-    return f"{what}: {m.get('processor', '?')}, {m.get('cpu_count', '?')} cores, float32"
+    m, cfg = doc["machine"], doc["config"]
+    return f"{what}: {m['device']}, float32, {cfg['mode']} run"
 
 
 def main(argv=None):
@@ -111,12 +124,15 @@ def main(argv=None):
     p.add_argument("json")
     p.add_argument("--out-dir", help="where the PNGs go (default: beside the JSON)")
     args = p.parse_args(argv)
-    with open(args.json) as f:
-        doc = json.load(f)
+    try:
+        doc = schema.load(args.json)
+    except ValueError as exc:
+        print(f"python -m bench.plots: {exc}", file=sys.stderr)
+        return 2
     stem = os.path.splitext(os.path.basename(args.json))[0]
     out = args.out_dir or os.path.dirname(os.path.abspath(args.json))
-    for fn, suffix in ((plot_times, "times"), (plot_roofline, "roofline")):
-        print(fn(doc, os.path.join(out, f"{stem}_{suffix}.png")))
+    for path in plot_all(doc, os.path.join(out, stem)):
+        print(path)
     return 0
 
 

@@ -5,8 +5,9 @@
 #   bash bench/run_on_gpu.sh tests   the GPU tests (-m gpu: real sizes, determinism, CuPy,
 #                                    compute-sanitizer) and the numba-cuda/cupy suites on the
 #                                    real GPU (the cases the simulator skips)
-#   bash bench/run_on_gpu.sh bench   the GPU benchmark, saved under bench/results/ and $OUT
-#                                    (extra arguments go to python -m bench.gpu)
+#   bash bench/run_on_gpu.sh bench   the GPU benchmark (python -m bench --gpu --full --save:
+#                                    JSON, markdown and both plots under bench/results/, copied
+#                                    to $OUT; extra arguments go to python -m bench)
 set -uo pipefail
 OUT=${OUT:-/tmp/sharenet_gpu_out}
 mkdir -p "$OUT"
@@ -20,7 +21,7 @@ if [ "$stage" = tests ]; then
     python3 -m pytest -q -p no:cacheprovider -k "numba-cuda or numba_cuda or cupy" 2>&1 \
         | tee "$OUT/pytest_gpu_backends.txt" | tail -5
 elif [ "$stage" = bench ]; then
-    python3 -m bench.gpu --save "$@" 2>&1 | tee "$OUT/bench_gpu.txt" | tail -60
+    python3 -m bench --gpu --full --save "$@" 2>&1 | tee "$OUT/bench_gpu.txt" | tail -80
     cp bench/results/gpu_* "$OUT/" 2>/dev/null || true
 else
     echo "stage must be tests or bench, got $stage" >&2

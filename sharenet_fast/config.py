@@ -93,7 +93,7 @@ CUDA_BIAS_THREADS = 16 if CUDASIM else 128
 CUDA_THREADS = 32 if CUDASIM else 256
 
 # backend="auto" for CuPy arrays: the GPU backend each op goes to. To be set from the GPU
-# benchmark (python -m bench.gpu: the faster backend per op and pass); no GPU has run it yet,
+# benchmark (python -m bench --gpu: the faster backend per op and pass); no GPU has run it yet,
 # so every op goes to numba-cuda, the backend that also runs (on the simulator) without one.
 # A choice that is not available here falls back to the other GPU backend. Numba device arrays
 # always go to numba-cuda (the cupy backend takes CuPy arrays).

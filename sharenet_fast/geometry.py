@@ -91,17 +91,18 @@ class ConvGeometry:
         return {"forward": per, "input": per, "weight": per, "backward": 2 * per}[pass_]
 
     def min_bytes(self, pass_="forward", itemsize=4, sharing="shared", tile=(1, 1)):
-        """Bytes a pass must move at least: each tensor it reads or writes, once."""
+        """Bytes a pass must move at least: each tensor it reads or writes, once.
+
+        'forward' reads x, w, writes y; 'input' reads dy, w, writes dx; 'weight' reads dy, x,
+        writes dw; 'backward' = both gradients (dy, x, w read; dx, dw written)."""
         x = self.N * self.C * self.H * self.W
         y = self.N * self.K * self.P * self.Q
         w = self.K * self.C * self.R * self.S * banks(sharing, (self.P, self.Q), tile)
-        if pass_ == "forward":
-            n = x + w + y
-        elif pass_ == "backward":  # reads dy, x, w; writes dx, dw
-            n = y + 2 * x + 2 * w
-        else:
-            raise ValueError(f"pass_ must be 'forward' or 'backward', got {pass_!r}")
-        return n * itemsize
+        counts = {"forward": x + w + y, "input": y + w + x, "weight": y + x + w,
+                  "backward": y + 2 * x + 2 * w}
+        if pass_ not in counts:
+            raise ValueError(f"pass_ must be one of {tuple(counts)}, got {pass_!r}")
+        return counts[pass_] * itemsize
 
 
 def banks(sharing, out_hw, tile=None):

@@ -1,0 +1,34 @@
+"""Schema-valid benchmark documents (bench/schema.py) from a few timings, for the tests of
+bench/compare.py and bench/plots.py."""
+import numpy as np
+
+from bench import schema
+
+DIMS = dict(N=2, C=3, H=9, W=9, K=4, R=3, S=3, stride=1, padding=0)
+
+
+def make_doc(times, device="AMD EPYC, 2 CPUs", ours=("cpu",), target="cpu"):
+    """{(shape, layer, pass, impl): samples in s} -> a document compare/plots accept."""
+    results = []
+    for (shape, layer, pass_, impl), samples in times.items():
+        samples = [float(s) for s in samples]
+        q1, med, q3 = (float(v) for v in np.percentile(samples, [25, 50, 75]))
+        role = "ours" if impl in ours else "peer"
+        results.append(dict(
+            shape=shape, dims=dict(DIMS), layer=layer, tile=[1, 1], **{"pass": pass_},
+            impl=impl, role=role, label=f"ours ({impl})" if role == "ours" else impl,
+            params=112, weight_bytes=432, flops=2 * 2 * 4 * 49 * 27, bytes=2000,
+            weight_stream_bytes=432, samples_s=samples, median_s=med, q1_s=q1, q3_s=q3,
+            gflops=1e-3 / med, gbps=2e-6 / med, weight_gbps=4e-7 / med, pct_sgemm=1.0,
+            pct_copy=2.0, pct_copy_weights=0.5, rel_err=None, rel_err_against=None))
+    shapes = {r["shape"]: dict(DIMS, describe="2x3x9x9 * 4x3x3x3", P=7, Q=7, gflop_forward=1e-5)
+              for r in results}
+    return dict(schema=schema.VERSION,
+                machine=dict(device=device, date="2026-11-25 12:00:00",
+                             load_average_at_start=0.1),
+                versions=dict(sharenet_fast="0.3.0"),
+                limits=dict(sgemm_gflops=250.0, copy_gbps=50.0),
+                config=dict(mode="quick", target=target, backends=list(ours), repeat=3,
+                            min_time_s=0.1, batch=2, shapes=sorted(shapes),
+                            layers=["shared", "tiled", "local"], tile=[2, 2], peers=[]),
+                shapes=shapes, results=results, startup=None, peak_memory=None)

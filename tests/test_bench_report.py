@@ -1,0 +1,154 @@
+"""`python -m bench` (bench/report.py): the report end to end on a small run, its JSON against
+bench/schema.py, the schema's checks, the progress bar, options and errors, target verdicts."""
+import io
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import sharenet_fast as sf  # noqa: E402
+from bench import ops, report, schema  # noqa: E402
+from _bench_docs import make_doc  # noqa: E402
+
+
+def test_cpu_report_end_to_end(tmp_path, capsys):
+    path, stem = tmp_path / "run.json", tmp_path / "plots" / "run"
+    plot = ["--plot", str(stem)] if _has_matplotlib() else []
+    code = report.main(["--shapes", "cifar_5x5", "--layers", "shared,local", "--batch", "1",
+                        "--repeat", "2", "--min-time", "0", "--json", str(path), *plot])
+    assert code == 0
+    out = capsys.readouterr().out
+    doc = schema.load(str(path))                  # what was written matches the schema
+    assert doc["config"]["mode"] == "quick" and doc["config"]["batch"] == 1
+    peers = {"shared": ("torch-conv2d", "torch-unfold"), "local": ("torch-unfold",)}
+    keys = [(r["layer"], r["pass"], r["impl"]) for r in doc["results"]]
+    want = [(layer, p, impl) for layer in ("shared", "local") for p in ("forward", "backward")
+            for impl in ("cpu", *(peers[layer] if ops.torch is not None else ()))]
+    assert keys == want
+    for r in doc["results"]:
+        assert r["shape"] == "cifar_5x5" and r["dims"]["N"] == 1 and len(r["samples_s"]) >= 2
+        assert r["median_s"] > 0 and r["gflops"] > 0 and r["flops"] > 0
+        if r["role"] == "ours":
+            assert r["rel_err"] is not None and r["rel_err"] < 1e-4, r
+    local = next(r for r in doc["results"] if r["layer"] == "local" and r["impl"] == "cpu")
+    assert local["params"] == 32 * 32 * 32 * (16 * 25 + 1)
+    assert "cifar_5x5: x 1x16x32x32 * 32x16x5x5" in out and "ours (cpu)" in out
+    assert "% sgemm" in out and "Targets (issue 3" in out
+    if plot:
+        for suffix in ("times", "roofline"):
+            assert (tmp_path / "plots" / f"run_{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _valid():
+    return make_doc({("s", "shared", "forward", "cpu"): [1e-3, 2e-3, 3e-3],
+                     ("s", "local", "backward", "torch-unfold"): [4e-3]})
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda d: d.pop("limits"), "missing 'limits'"),
+    (lambda d: d["results"][0].pop("samples_s"), "missing 'samples_s'"),
+    (lambda d: d["results"][0].update(median_s="fast"), "median_s: str is not"),
+    (lambda d: d["results"][0].update(params=True), "params: bool is not int"),
+    (lambda d: d["results"][0].update(layer="dense"), "'dense' not one of"),
+    (lambda d: d["results"][0].update(samples_s=[]), "needs >= 1 finite"),
+    (lambda d: d["results"][0].update(samples_s=[-1.0]), "needs >= 1 finite"),
+    (lambda d: d["results"][0].update(q1_s=5.0), "q1_s <= median_s <= q3_s"),
+    (lambda d: d["results"][0].update(shape="other"), "not in shapes"),
+    (lambda d: d["results"].append(dict(d["results"][0])), "duplicate timing"),
+    (lambda d: d["config"].update(backends=["numba-cuda"]), "not a configured backend"),
+    (lambda d: d["config"].update(mode="slow"), "'slow' not one of"),
+    (lambda d: d.update(schema="sharenet_fast.bench/1"), "expected 'sharenet_fast.bench/2'"),
+])
+def test_schema_names_what_is_wrong(break_it, message):
+    doc = _valid()
+    assert schema.validate(doc) == []
+    break_it(doc)
+    problems = schema.validate(doc)
+    assert problems and any(message in p for p in problems), problems
+
+
+def test_schema_load_refuses_with_the_file_name(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"results": []}))
+    with pytest.raises(ValueError, match="bad.json: not a benchmark result"):
+        schema.load(str(path))
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_lines_and_terminal():
+    log = io.StringIO()
+    p = report.Progress(4, log)
+    for i in range(4):
+        p.step(f"step {i}")
+    p.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("[######..................] 1/4")
+    assert lines[-1].startswith("[########################] 4/4") and "step 3" in lines[-1]
+    tty = _Tty()
+    p = report.Progress(2, tty)
+    p.step("a")
+    p.log("a message")
+    p.step("b")
+    p.close()
+    text = tty.getvalue()
+    assert text.count("\r\033[K") == 3 and "a message\n" in text and text.endswith("b\n")
+
+
+def test_modes_and_defaults():
+    a = report.parse_args([])
+    assert (a.mode, a.target, a.batch, a.repeat) == ("quick", "cpu", 2, 3)
+    a = report.parse_args(["--full"])
+    assert (a.mode, a.batch, a.repeat, a.min_time) == ("full", None, 5, 1.0)
+    a = report.parse_args(["--gpu", "--full"])
+    assert (a.target, a.batch) == ("gpu", 64)
+    a = report.parse_args(["--backend", "numba-cuda", "--batch", "4"])
+    assert (a.target, a.backend, a.batch) == ("gpu", ["numba-cuda"], 4)
+
+
+@pytest.mark.parametrize("argv", [["--backend", "tpu"], ["--backend", "cpu,cupy"],
+                                  ["--gpu", "--backend", "cpu"], ["--layers", "dense"],
+                                  ["--shapes", "resnet"], ["--repeat", "0"],
+                                  ["--min-time", "-1"], ["--quick", "--full"]])
+def test_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        report.parse_args(argv)
+    assert exc.value.code == 2 and "error" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sf.backends()["cupy"] == "available", reason="cupy runs here")
+def test_unavailable_backend_says_why(capsys):
+    assert report.main(["--backend", "cupy"]) == 2
+    err = capsys.readouterr().err
+    assert "not available here: cupy:" in err
+
+
+def test_target_verdicts_only_at_the_suite_batch():
+    times = {("alexnet_conv1", "local", "forward", "cpu"): [0.01],
+             ("alexnet_conv1", "local", "forward", "torch-unfold"): [0.06]}
+    doc = make_doc(times)
+    for r in doc["results"]:
+        r["weight_gbps"], r["pct_copy_weights"] = 40.0, 80.0
+    doc["config"]["shapes"] = ["alexnet_conv1"]
+    _, lines = report.cpu_targets(doc)                 # batch 2: figures, no verdict
+    assert any("6.0x faster" in line for line in lines)
+    assert not any("target" in line for line in lines)
+    for r in doc["results"]:
+        r["dims"]["N"] = 8
+    _, lines = report.cpu_targets(doc)
+    assert any("6.0x faster than PyTorch unfold+einsum (target >= 5x: met)" in line
+               for line in lines)
+    assert any("80% of copy (target >= 50%: met)" in line for line in lines)
