@@ -4,14 +4,15 @@ See DESIGN.md for the contract. Public API:
     conv2d, conv2d_backward                 shared weights: one bank (K, C, R, S)
     tiled_conv2d, tiled_conv2d_backward     a TP x TQ grid of banks (TP, TQ, K, C, R, S)
     local2d, local2d_backward               one bank per output position (P, Q, K, C, R, S)
+    soft_sharing_penalty                    strength/2 * ||a - b||^2, gradients added in place
     Grads, param_count, ParamCount, backends, ConvGeometry
 """
 from .api import (Grads, backends, conv2d, conv2d_backward, local2d, local2d_backward,
-                  param_count, tiled_conv2d, tiled_conv2d_backward)
+                  param_count, soft_sharing_penalty, tiled_conv2d, tiled_conv2d_backward)
 from .geometry import ConvGeometry, ParamCount
 
 __version__ = "0.3.0"
 
 __all__ = ["conv2d", "conv2d_backward", "local2d", "local2d_backward", "tiled_conv2d",
-           "tiled_conv2d_backward", "Grads", "param_count", "ParamCount", "backends",
+           "tiled_conv2d_backward", "soft_sharing_penalty", "Grads", "param_count", "ParamCount", "backends",
            "ConvGeometry", "__version__"]

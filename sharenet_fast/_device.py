@@ -45,6 +45,48 @@ def contiguous(a):
     return a
 
 
+def flat(a):
+    """1-D view of a C-contiguous array of any kind."""
+    return a.reshape(a.size)
+
+
+def _byte_range(a):
+    """[lo, hi) of the bytes an array can touch (from its pointer, shape and strides)."""
+    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    lo = hi = iface["data"][0]
+    for n, st in zip(a.shape, a.strides):
+        if n == 0:
+            return lo, lo
+        (lo, hi) = (lo + (n - 1) * st, hi) if st < 0 else (lo, hi + (n - 1) * st)
+    return lo, hi + a.itemsize
+
+
+def overlaps(x, y):
+    """Whether two arrays of one kind share memory: exactly for NumPy, by byte range on a GPU
+    (interleaved views of one buffer count as overlapping there)."""
+    if kind(x) == HOST:
+        return bool(np.shares_memory(x, y))
+    (a0, a1), (b0, b1) = _byte_range(x), _byte_range(y)
+    return a0 < b1 and b0 < a1
+
+
+def scalar(r, k):
+    """A backend's scalar result as the API returns it: numpy.float64, or 0-d CuPy on CuPy."""
+    if k == "cupy":
+        return r.reshape(())
+    if kind(r) == "numba":
+        r = r.copy_to_host()
+    return np.float64(np.asarray(r).reshape(-1)[0])
+
+
+def zero_scalar(k):
+    if k == "cupy":
+        import cupy
+
+        return cupy.zeros((), np.float64)
+    return np.float64(0.0)
+
+
 def device_id(a):
     k = kind(a)
     if k == "cupy":
@@ -56,29 +98,30 @@ def host_io(to_device, to_host, copy_into):
     """A decorator letting a GPU backend's host function take NumPy arrays: copy them in, run,
     copy back. `to_device(a)`, `to_host(d)` and `copy_into(d, out)` are the backend's transfers.
 
-    Device arrays pass through untouched. With NumPy arrays every array argument is copied to
-    the device; results come back as NumPy; an `out=` accumulator is copied in, added into on
-    the device and copied back into the caller's array, which is returned.
+    Device arrays pass through untouched. With NumPy arrays every positional array is copied to
+    the device and results come back as NumPy. Array keyword arguments are accumulators (`out=`,
+    `grad_a=`, `grad_b=`): each is copied in, added into on the device and copied back into the
+    caller's array; a result that is one of them is returned as the caller's array.
     """
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*args, out=None, **kwargs):
-            if not any(kind(a) == HOST for a in args + (out,)):
-                if out is not None:
-                    kwargs["out"] = out
+        def wrapper(*args, **kwargs):
+            accs = {k: v for k, v in kwargs.items() if kind(v) is not None}
+            if not any(kind(a) == HOST for a in args + tuple(accs.values())):
                 return fn(*args, **kwargs)
             dargs = tuple(to_device(a) if kind(a) == HOST else a for a in args)
-            dout = None if out is None else to_device(out)
-            if dout is not None:
-                kwargs["out"] = dout
-            result = fn(*dargs, **kwargs)
+            dacc = {k: to_device(v) if kind(v) == HOST else v for k, v in accs.items()}
+            result = fn(*dargs, **{**kwargs, **dacc})
+            for k, v in accs.items():
+                if kind(v) == HOST:
+                    copy_into(dacc[k], v)
 
             def back(r):
                 if r is None:
                     return None
-                if dout is not None and r is dout:
-                    copy_into(dout, out)
-                    return out
+                for k, d in dacc.items():
+                    if r is d:
+                        return accs[k]
                 return to_host(r)
             if isinstance(result, tuple):
                 return tuple(back(r) for r in result)

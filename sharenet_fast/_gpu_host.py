@@ -10,7 +10,9 @@ the host lives here once. A backend passes a `dev` object that knows its arrays 
     dev.launch(name, dtype, tiles, grid, threads, like, *args, ksize=None)
                                                                    run kernel `name` (fwd, wgrad,
                                                                    wgrad_reduce, dgrad, bgrad,
-                                                                   fill); ksize = (R, S) for fwd
+                                                                   fill, penalty,
+                                                                   penalty_reduce); ksize =
+                                                                   (R, S) for fwd
                                                                    and wgrad, which a backend may
                                                                    have specialised
 
@@ -180,15 +182,39 @@ def bias_grad(dev, dy, tile, shape, out=None):
     return out
 
 
+def soft_sharing_penalty(dev, a, b, strength, grad_a=None, grad_b=None):
+    """strength/2 * sum((a - b)**2) as a 1-element float64 device array; strength * (a - b) added
+    into grad_a, subtracted from grad_b (flat, C-contiguous, a's dtype; None: not wanted).
+
+    One fused pass (penalty kernel: a fixed grid of blocks strides over the elements, each
+    block's float64 sum of squares into its partial), then one block sums the partials in
+    order (penalty_reduce): bitwise the same on every run."""
+    n = a.size
+    nt = config.CUDA_PENALTY_THREADS
+    blocks = max(1, min(-(-n // nt), config.CUDA_PENALTY_BLOCKS))
+    partials = dev.empty(a, (blocks,), np.float64)
+    out = dev.empty(a, (1,), np.float64)
+    none = dev.empty(a, (1,), a.dtype)          # placeholder for a gradient not wanted
+    dev.launch("penalty", a.dtype, None, check_grid(blocks, 1), nt, a,
+               a, b, a.dtype.type(strength), none if grad_a is None else grad_a,
+               none if grad_b is None else grad_b, grad_a is not None, grad_b is not None, n,
+               partials)
+    dev.launch("penalty_reduce", a.dtype, None, 1, nt, a,
+               partials, blocks, np.float64(0.5 * float(strength)), out)
+    return out
+
+
 # ----------------------------------------------------- the registry interface, for every layer
 OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
        "tiled_conv2d", "tiled_conv2d_input_grad", "tiled_conv2d_weight_grad",
        "tiled_conv2d_bias_grad",
-       "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad")
+       "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad",
+       "soft_sharing_penalty")
 
 
 def layer_ops(dev):
-    """{name: host function} of registry.py's interface on `dev`, for all three layers: shared
+    """{name: host function} of registry.py's interface on `dev`, for all three layers (and the
+    soft-sharing penalty): shared
     is the 1 x 1 tile, tiled the weight's (TP, TQ), locally connected the output's (P, Q). A GPU
     backend exports these (wrapped with its host transfers), so both run the same host code."""
     def conv2d(x, weight, bias, g):
@@ -233,9 +259,13 @@ def layer_ops(dev):
     def local2d_bias_grad(dy, out=None):
         return bias_grad(dev, dy, dy.shape[2:], dy.shape[2:] + (dy.shape[1],), out)
 
+    def penalty(a, b, strength, grad_a=None, grad_b=None):
+        return soft_sharing_penalty(dev, a, b, strength, grad_a, grad_b)
+    penalty.__name__ = "soft_sharing_penalty"
+
     ops = {f.__name__: f for f in (
         conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad,
         tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bias_grad,
-        local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad)}
+        local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad, penalty)}
     assert tuple(ops) == OPS
     return ops

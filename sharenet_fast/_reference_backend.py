@@ -63,3 +63,11 @@ def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
 
 def tiled_conv2d_bias_grad(dy, tile, out=None):
     return _into(ref.tiled_conv2d_bias_grad(dy, tile), out, dy.dtype)
+
+
+def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
+    penalty, da, db = ref.soft_sharing_penalty(a, b, strength)
+    for out, d in ((grad_a, da), (grad_b, db)):
+        if out is not None:
+            out += d.astype(out.dtype)
+    return penalty

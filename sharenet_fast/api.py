@@ -309,6 +309,64 @@ def _accumulate(buf, compute):
     return buf
 
 
+# -------------------------------------------------------------------------- soft sharing
+def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="auto"):
+    """Soft parameter sharing: penalty = strength/2 * sum((a - b)**2), in one fused pass.
+
+    a, b: weight arrays of one shape and dtype (float32/float64), e.g. two branches' filters,
+    or a locally connected layer's banks and their mean broadcast to the same shape. strength:
+    a finite real >= 0. grad_a / grad_b, when given (a's shape and dtype), are ADDED INTO in
+    place: grad_a += strength * (a - b), grad_b -= strength * (a - b); they must not overlap
+    each other or a and b.
+
+    Returns the penalty as a float64 scalar: numpy.float64 for NumPy (and Numba device)
+    arrays, a 0-d CuPy array for CuPy arrays (no device-to-host synchronisation). It is summed
+    in float64 in a fixed order on every backend: the same bits on every run.
+    """
+    import numbers
+
+    for name, arr in (("a", a), ("b", b), ("grad_a", grad_a), ("grad_b", grad_b)):
+        if arr is not None:
+            _kind(name, arr)
+    kind = _same_place(a=a, b=b, grad_a=grad_a, grad_b=grad_b)
+    for name, arr in (("a", a), ("b", b), ("grad_a", grad_a), ("grad_b", grad_b)):
+        if arr is None:
+            continue
+        if arr.dtype not in DTYPES:
+            raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+        if arr.dtype != a.dtype:
+            raise TypeError(f"{name} has dtype {arr.dtype} but a has dtype {a.dtype}: "
+                            "mixed dtypes")
+        if tuple(arr.shape) != tuple(a.shape):
+            raise ValueError(f"{name} must have a's shape {tuple(a.shape)}, got "
+                             f"{tuple(arr.shape)}")
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
+    if not np.isfinite(strength) or strength < 0:
+        raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
+    grads = {"grad_a": grad_a, "grad_b": grad_b}
+    for name, g in grads.items():
+        if g is None:
+            continue
+        if kind == "numpy" and not g.flags.writeable:
+            raise ValueError(f"{name} is read-only: it is added into in place")
+        for other, x in (("a", a), ("b", b), *grads.items()):
+            if x is not None and other != name and _device.overlaps(g, x):
+                raise ValueError(f"{name} overlaps {other} in memory: {name} is written while "
+                                 f"{other} is read or written")
+    be = _backend(backend, kind, "soft_sharing_penalty")
+    if a.size == 0:
+        return _device.zero_scalar(kind)
+    work = {k: None if g is None else _contig(g) for k, g in grads.items()}
+    result = be.soft_sharing_penalty(
+        _device.flat(_contig(a)), _device.flat(_contig(b)), float(strength),
+        **{k: None if w is None else _device.flat(w) for k, w in work.items()})
+    for k, g in grads.items():
+        if g is not None and work[k] is not g:    # a strided buffer: the sum went to a copy
+            g[...] = work[k]
+    return _device.scalar(result, kind)
+
+
 def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,
                 tile=None, bias=True):
     """ParamCount(neurons, weights_per_neuron, params, bytes) for shared, tiled or local."""

@@ -33,6 +33,11 @@ WGRAD_CHUNK = 512
 # the thread count.
 WGRAD_MAX_PARTIALS = 64
 
+# soft_sharing_penalty on the CPU: elements are cut into chunks of this many, each chunk's sum of
+# squares a float64 partial, the partials summed in chunk order: the same bits on any number of
+# threads. 64 Ki elements (256 KB of float32 per array) keeps a chunk's four streams in L2.
+PENALTY_CHUNK = 1 << 16
+
 NJIT_OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, nogil=True)
 
 
@@ -92,9 +97,18 @@ CUDA_BIAS_THREADS = 16 if CUDASIM else 128
 # Threads per block of the elementwise kernels (fill, partial sums).
 CUDA_THREADS = 32 if CUDASIM else 256
 
+# soft_sharing_penalty: a fixed grid of at most this many blocks of CUDA_PENALTY_THREADS threads
+# strides over the elements (8 blocks of 256 per SM on a 132-SM H100 keeps enough loads in flight
+# to stream at full bandwidth); each block's float64 sum of squares goes to a partial, and one
+# block sums the partials in order: the same bits on every run. A power of two (tree reduction).
+CUDA_PENALTY_THREADS_GPU = 256
+CUDA_PENALTY_THREADS = 32 if CUDASIM else CUDA_PENALTY_THREADS_GPU
+CUDA_PENALTY_BLOCKS = 4 if CUDASIM else 1056
+
 # backend="auto" for CuPy arrays: the GPU backend each op goes to. To be set from the GPU
 # benchmark (python -m bench --gpu: the faster backend per op and pass); no GPU has run it yet,
 # so every op goes to numba-cuda, the backend that also runs (on the simulator) without one.
 # A choice that is not available here falls back to the other GPU backend. Numba device arrays
 # always go to numba-cuda (the cupy backend takes CuPy arrays).
-AUTO_GPU = {"conv2d": "numba-cuda", "tiled_conv2d": "numba-cuda", "local2d": "numba-cuda"}
+AUTO_GPU = {"conv2d": "numba-cuda", "tiled_conv2d": "numba-cuda", "local2d": "numba-cuda",
+            "soft_sharing_penalty": "numba-cuda"}

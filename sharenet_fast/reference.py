@@ -6,7 +6,7 @@ All arithmetic is float64 whatever the input dtype; results are float64.
 """
 import numpy as np
 
-from .geometry import ConvGeometry, pair
+from .geometry import ConvGeometry
 
 
 def _geometry(x_shape, w_shape, stride, padding, dilation):
@@ -190,3 +190,11 @@ def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=
     return (tiled_conv2d_input_grad(grad_out, x.shape, weight, **kw),
             tiled_conv2d_weight_grad(grad_out, x, weight.shape, **kw),
             tiled_conv2d_bias_grad(grad_out, weight.shape[:2]))
+
+
+# ---------------------------------------------------------------------------- soft sharing
+def soft_sharing_penalty(a, b, strength):
+    """(penalty, grad wrt a, grad wrt b) of strength/2 * sum((a - b)**2), in float64:
+    grad_a = strength * (a - b), grad_b = -grad_a."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return 0.5 * float(strength) * float(np.sum(d * d)), strength * d, -strength * d

@@ -20,6 +20,7 @@ from sharenet_fast.cupy_backend import _loader
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMU_DIR = os.path.join(HERE, "cuda_emu")
 BIAS_THREADS = 128
+PENALTY_THREADS = config.CUDA_PENALTY_THREADS_GPU
 CXX = shutil.which("g++") or shutil.which("c++")
 
 
@@ -27,8 +28,8 @@ def build(menu=config.CUDA_TILE_MENU_GPU, workdir=None):
     """(ctypes library, {instance name: its entry point}) for every instance of `menu`."""
     if CXX is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    names = _loader.name_expressions(menu, BIAS_THREADS)
-    lines = ['#include "cuda_emu.h"', f'#include "{_loader.SOURCES[0]}"']
+    names = _loader.name_expressions(menu, BIAS_THREADS, PENALTY_THREADS)
+    lines = ['#include "cuda_emu.h"'] + [f'#include "{src}"' for src in _loader.SOURCES]
     lines += [f'extern "C" void emu_{i}(unsigned gx, unsigned gy, unsigned t, void** a) '
               f'{{ emu_launch(&{n}, gx, gy, t, a); }}' for i, n in enumerate(names)]
     code = "\n".join(lines) + "\n"
@@ -78,7 +79,8 @@ class EmuDevice:
     flat = staticmethod(lambda a: a.reshape(a.size))
 
     def launch(self, name, dtype, tiles, grid, threads, like, *args, ksize=None):
-        inst = _loader.name(name, np.dtype(dtype).name, tiles, BIAS_THREADS, ksize)
+        inst = _loader.name(name, np.dtype(dtype).name, tiles, BIAS_THREADS, ksize,
+                            PENALTY_THREADS)
         self.launched.append(inst)
         values, guarded = [], []
         for a in args:

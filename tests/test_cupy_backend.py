@@ -2,6 +2,7 @@
 instance the host side can request present, no local memory, and the wheel carrying the
 sources. (With a GPU, tests/test_gpu.py runs it against the oracle.)"""
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -25,14 +26,15 @@ def compiled():
     """The production instances (the GPU tile menu, whatever menu this process runs)."""
     try:
         return _loader.compile_ptx("compute_90", _loader.name_expressions(
-            config.CUDA_TILE_MENU_GPU, 128))
+            config.CUDA_TILE_MENU_GPU, 128, config.CUDA_PENALTY_THREADS_GPU))
     except (OSError, ImportError) as exc:     # libnvrtc missing: say so, do not pass silently
         pytest.skip(f"NVRTC not loadable: {exc}")
 
 
 def test_every_instance_compiles_for_compute_90(compiled):
     lowered, ptx, log = compiled
-    names = _loader.name_expressions(config.CUDA_TILE_MENU_GPU, 128)
+    names = _loader.name_expressions(config.CUDA_TILE_MENU_GPU, 128,
+                                     config.CUDA_PENALTY_THREADS_GPU)
     assert set(lowered) == set(names) and len(names) == len(set(names))
     entries = _loader.ptx_entries(ptx, lowered)
     assert set(entries) == set(names), "an instance has no kernel entry in the PTX"
@@ -42,6 +44,9 @@ def test_every_instance_compiles_for_compute_90(compiled):
         assert "__local_depot" not in text, f"{name} uses local memory"
         if name.startswith("conv2d_wgrad_kernel"):
             assert "atom.global.add" in text or "red.global.add" in text, name
+        if name.startswith("soft_sharing"):      # deterministic: partials, never atomics
+            assert not re.search(r"\b(?:atom|red)\.", text), name
+    assert "soft_sharing_penalty_kernel<float,256>" in entries
 
 
 def test_instances_cover_every_tile_and_dtype():
@@ -56,6 +61,8 @@ def test_instances_cover_every_tile_and_dtype():
         assert _loader.name("fwd", dtype, (64, 64, 8, 4, 4), ksize=(2, 7)).endswith(",0,0>")
         for k in ("bgrad", "wgrad_reduce", "fill"):
             assert _loader.name(k, dtype, bias_threads=config.CUDA_BIAS_THREADS) in names
+        assert _loader.name("penalty", dtype) in names
+    assert _loader.name("penalty_reduce", "float64") in names
 
 
 class _RecordingDevice(_cuda_emu.EmuDevice):

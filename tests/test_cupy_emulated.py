@@ -30,6 +30,7 @@ def dev(emu, monkeypatch):
     small cases still reduce over several chunks (atomics, partials)."""
     monkeypatch.setattr(config, "CUDA_TILE_MENU", config.CUDA_TILE_MENU_GPU)
     monkeypatch.setattr(config, "CUDA_BIAS_THREADS", _cuda_emu.BIAS_THREADS)
+    monkeypatch.setattr(config, "CUDA_PENALTY_THREADS", _cuda_emu.PENALTY_THREADS)
     monkeypatch.setattr(config, "CUDA_WGRAD_CHUNK", 24)
     return _cuda_emu.EmuDevice(*emu)
 
@@ -97,6 +98,30 @@ def test_every_production_tile_runs_correctly(dev):
             if n.startswith(("conv2d_fwd", "conv2d_wgrad_kernel", "conv2d_dgrad"))}
     menu = {",".join(map(str, t)) for t in config.CUDA_TILE_MENU_GPU}
     assert used == menu, f"tiles never run: {sorted(menu - used)}"
+
+
+@pytest.mark.parametrize("grads", ["both", "a", "none"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_soft_sharing_penalty_emulated(dev, dtype, grads, monkeypatch):
+    """kernels/sharing.cu at the production block size, with 3 blocks so the grid-stride loop
+    wraps several times and the partials reduce across blocks."""
+    monkeypatch.setattr(config, "CUDA_PENALTY_BLOCKS", 3)
+    rng = np.random.default_rng(44)
+    n = 3 * _cuda_emu.PENALTY_THREADS * 4 + 37
+    a, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    ga = rng.standard_normal(n).astype(dtype) if grads != "none" else None
+    gb = rng.standard_normal(n).astype(dtype) if grads == "both" else None
+    ga0, gb0 = (None if g is None else g.copy() for g in (ga, gb))
+    out = host.soft_sharing_penalty(dev, a, b, 0.8, ga, gb)
+    want, da, db = reference.soft_sharing_penalty(a, b, 0.8)
+    assert abs(out[0] - want) <= (1e-6 if dtype == np.float32 else 1e-12) * want
+    if ga is not None:
+        assert_close(ga, ga0 + da, dtype, "grad_a")
+    if gb is not None:
+        assert_close(gb, gb0 + db, dtype, "grad_b")
+    again = host.soft_sharing_penalty(dev, a, b, 0.8)
+    assert again[0] == host.soft_sharing_penalty(dev, a, b, 0.8)[0]      # same bits
+    assert any(n.startswith("soft_sharing_reduce_kernel<256>") for n in dev.launched)
 
 
 def test_guard_bands_catch_an_out_of_bounds_write(dev):

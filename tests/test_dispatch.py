@@ -28,6 +28,6 @@ def test_auto_choice(op, monkeypatch):
 
 
 def test_auto_table_names_real_gpu_backends():
-    assert set(config.AUTO_GPU) == {"conv2d", "tiled_conv2d", "local2d"}
+    assert set(config.AUTO_GPU) == {"conv2d", "tiled_conv2d", "local2d", "soft_sharing_penalty"}
     assert set(config.AUTO_GPU.values()) <= {"numba-cuda", "cupy"}
 

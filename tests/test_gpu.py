@@ -101,6 +101,27 @@ def test_cupy_in_cupy_out_and_streams():
     assert_close(gw_h - 1, reference.local2d_weight_grad(dy, x, w.shape), np.float32, "dw")
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_soft_sharing_penalty_at_real_size(backend):
+    """alexnet_conv1's locally connected weights (105.7e6 elements) against their mean filter,
+    CuPy in: 0-d CuPy penalty out, both gradients, the same bits twice."""
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(35)
+    n = 105_705_600
+    a = rng.standard_normal(n, dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    ga, gb = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    want, da, db = reference.soft_sharing_penalty(a, b, 0.25)
+    ad, bd, gad, gbd = (cupy.asarray(v) for v in (a, b, ga, gb))
+    p = sf.soft_sharing_penalty(ad, bd, 0.25, grad_a=gad, grad_b=gbd, backend=backend)
+    assert isinstance(p, cupy.ndarray) and p.shape == () and p.dtype == np.float64
+    assert abs(float(p) - want) <= 1e-6 * want
+    assert_close(gad.get(), ga + da, np.float32, "grad_a")
+    assert_close(gbd.get(), gb + db, np.float32, "grad_b")
+    again = sf.soft_sharing_penalty(ad, bd, 0.25, backend=backend)
+    assert float(again) == float(sf.soft_sharing_penalty(ad, bd, 0.25, backend=backend))
+
+
 @pytest.mark.slow
 def test_input_past_2_31_elements():
     """x with 2.15e9 elements (8.6 GB): the second channel starts past 2**31, so a 32-bit
@@ -144,6 +165,11 @@ for xs, ws, kw in cases:
                 for det in (False, True):
                     getattr(sf, layer + "_backward")(dy, x, w, deterministic=det, backend=be,
                                                      **kw)
+for n in (1, 1000, 300001):
+    a, b, ga, gb = (rng.standard_normal(n).astype(np.float32) for _ in range(4))
+    for be in backends:
+        sf.soft_sharing_penalty(a, b, 0.5, grad_a=ga, grad_b=gb, backend=be)
+        sf.soft_sharing_penalty(a, b, 0.5, backend=be)
 print("ok")
 """
 

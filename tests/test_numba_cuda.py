@@ -40,6 +40,14 @@ for dtype in ("float32", "float64"):
             "local_depot": bool(re.search(r"__local_depot", ptx)),
             "atomic": "atom.global.add" in ptx or "red.global.add" in ptx,
         }
+s = importlib.import_module("sharenet_fast.numba_cuda.sharing")
+for dtype in ("float32", "float64"):
+    for name, ptx in s.compile_ptx(dtype, cc=(9, 0)).items():
+        report[f"{dtype}/{name}/-"] = {
+            "target": ".target sm_90" in ptx, "entry": ".entry" in ptx,
+            "local_depot": bool(re.search(r"__local_depot", ptx)),
+            "atomic": bool(re.search(r"\b(?:atom|red)\.", ptx)),
+        }
 # the offset helper with int32 indices and extents: every multiply must be 64-bit
 ptx, _ = cuda.compile_ptx(k.off4, (int32,) * 7, device=True, cc=(9, 0))
 muls = re.findall(r"\bmul\.(?:lo|wide)\.[su](?:32|64)\b|\bmad\.(?:lo|wide)\.[su](?:32|64)\b", ptx)
@@ -62,7 +70,8 @@ def ptx_report():
     return json.loads(proc.stdout)
 
 
-KERNEL_NAMES = list(kmod.signatures("float32"))
+KERNEL_NAMES = list(kmod.signatures("float32")) + list(
+    importlib.import_module("sharenet_fast.numba_cuda.sharing").signatures("float32"))
 PRODUCTION_MENU = config.CUDA_TILE_MENU_GPU
 
 
@@ -81,6 +90,8 @@ def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
         assert not r["local_depot"], f"{key} uses local memory"
         if name == "wgrad":
             assert r["atomic"], f"{key}: the atomic reduction should be a global atomic add"
+        if name.startswith("penalty"):
+            assert not r["atomic"], f"{key}: the penalty is summed in a fixed order, no atomics"
 
 
 def test_offsets_are_64_bit_in_ptx(ptx_report):

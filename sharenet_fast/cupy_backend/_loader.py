@@ -11,7 +11,7 @@ import os
 
 from .. import config
 
-SOURCES = ("conv2d.cu",)
+SOURCES = ("conv2d.cu", "sharing.cu")
 HEADERS = ("common.cuh",)
 OPTIONS = ("-std=c++17",)
 CTYPES = {"float32": "float", "float64": "double"}
@@ -35,7 +35,7 @@ def specialised(ksize):
     return ksize if ksize in map(tuple, config.CUDA_KERNEL_SIZES) else (0, 0)
 
 
-def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None):
+def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None, penalty_threads=None):
     """The C++ name of one instance, e.g. conv2d_fwd_kernel<float,64,64,8,4,4,3,3>."""
     ct = CTYPES[dtype]
     if kernel in SIZED:
@@ -49,10 +49,15 @@ def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None):
         return f"conv2d_wgrad_reduce_kernel<{ct}>"
     if kernel == "fill":
         return f"fill_kernel<{ct}>"
+    pt = config.CUDA_PENALTY_THREADS if penalty_threads is None else penalty_threads
+    if kernel == "penalty":
+        return f"soft_sharing_penalty_kernel<{ct},{pt}>"
+    if kernel == "penalty_reduce":
+        return f"soft_sharing_reduce_kernel<{pt}>"
     raise ValueError(f"unknown kernel {kernel!r}")
 
 
-def name_expressions(menu=None, bias_threads=None):
+def name_expressions(menu=None, bias_threads=None, penalty_threads=None):
     """Every instance the host side may launch (both dtypes, every menu tile, every
     specialised kernel size and the generic one)."""
     menu = config.CUDA_TILE_MENU if menu is None else menu
@@ -63,12 +68,18 @@ def name_expressions(menu=None, bias_threads=None):
         names += [name(k, dtype, tuple(t), ksize=z) for t in menu for k in SIZED for z in sizes]
         names += [name("dgrad", dtype, tuple(t)) for t in menu]
         names += [name(k, dtype, bias_threads=nb) for k in ("bgrad", "wgrad_reduce", "fill")]
+        names.append(name("penalty", dtype, penalty_threads=penalty_threads))
+    names.append(name("penalty_reduce", "float64", penalty_threads=penalty_threads))
     return names
 
 
 def source():
-    with open(os.path.join(kernel_dir(), SOURCES[0])) as f:
-        return f.read()
+    """Every source in one program (each includes common.cuh, which is #pragma once)."""
+    parts = []
+    for src in SOURCES:
+        with open(os.path.join(kernel_dir(), src)) as f:
+            parts.append(f.read())
+    return "\n".join(parts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,7 +104,7 @@ def compile_ptx(arch="compute_90", names=None):
     for h in HEADERS:
         with open(os.path.join(d, h)) as f:
             headers.append(f.read())
-    prog = nvrtc.createProgram(source(), SOURCES[0], [h.encode() for h in headers],
+    prog = nvrtc.createProgram(source(), "sharenet_fast.cu", [h.encode() for h in headers],
                                [h.encode() for h in HEADERS])
     try:
         names = name_expressions() if names is None else names

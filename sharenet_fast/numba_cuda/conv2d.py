@@ -464,8 +464,13 @@ class _NumbaDevice:
 
     @staticmethod
     def launch(name, dtype, tiles, grid, threads, like, *args, ksize=None):
-        ks = kernels(np.dtype(dtype).name, tuple(tiles or config.CUDA_TILE_MENU[0]),
-                     config.CUDA_BIAS_THREADS)
+        if name.startswith("penalty"):
+            from . import sharing
+
+            ks = sharing.kernels(np.dtype(dtype).name, config.CUDA_PENALTY_THREADS)
+        else:
+            ks = kernels(np.dtype(dtype).name, tuple(tiles or config.CUDA_TILE_MENU[0]),
+                         config.CUDA_BIAS_THREADS)
         launch(ks[name], grid, threads, stream_for(like), *args)
 
 
