@@ -41,8 +41,8 @@ def to_device(a):
 
 
 def to_host(a):
-    if isinstance(a, np.ndarray):
-        return a
+    if isinstance(a, (np.ndarray, np.generic)):
+        return np.asarray(a)
     if hasattr(a, "get"):                  # CuPy
         return a.get()
     if hasattr(a, "copy_to_host"):         # Numba

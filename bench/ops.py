@@ -172,3 +172,38 @@ def reference(shape, layer, x, weight, bias, grad_out):
                 "tiled": (ref.tiled_conv2d, ref.tiled_conv2d_backward),
                 "local": (ref.local2d, ref.local2d_backward)}[layer]
     return (fwd(x, weight, bias, **kw),) + tuple(bwd(grad_out, x, weight, **kw))
+
+
+# -------------------------------------------------------------------------- soft sharing
+PENALTY_STRENGTH = 1e-3
+
+
+def penalty_inputs(weight):
+    """(a, b, grad_a, grad_b) for the soft-sharing benchmark: a locally connected layer's banks
+    and their mean bank broadcast to the same shape (the pull toward the shared filter), and
+    two gradient buffers the penalty adds into (random, never zeros)."""
+    rng = np.random.default_rng(2)
+    b = np.ascontiguousarray(np.broadcast_to(weight.mean(axis=(0, 1)), weight.shape))
+    ga = rng.standard_normal(weight.shape, dtype=np.float32)
+    return weight, b, ga, ga[::-1].copy()
+
+
+def ours_penalty(a, b, grad_a, grad_b, backend="cpu"):
+    def run():
+        return sf.soft_sharing_penalty(a, b, PENALTY_STRENGTH, grad_a=grad_a, grad_b=grad_b,
+                                       backend=backend)
+    return run
+
+
+def torch_penalty(a, b, grad_a, grad_b, device="cpu"):
+    """The same in eager PyTorch: the difference, a reduction and two in-place updates (four
+    passes over memory, each stream read or written by its own kernel)."""
+    at, bt, gat, gbt = _tensors(device, a, b, grad_a, grad_b)
+
+    def run():
+        d = at - bt
+        p = 0.5 * PENALTY_STRENGTH * torch.sum(d * d, dtype=torch.float64)
+        gat.add_(d, alpha=PENALTY_STRENGTH)
+        gbt.sub_(d, alpha=PENALTY_STRENGTH)
+        return p
+    return run

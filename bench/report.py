@@ -1,6 +1,7 @@
 """`python -m bench`: this machine's limits, then ours against every PyTorch peer on the suite.
 
-    python -m bench                     quick run: the suite at batch 2, CPU (< 1 minute on 2 cores)
+    python -m bench                     quick run: the suite at batch 2 with outputs cut to at
+                                        most 32 x 32, CPU (< 1 minute on 2 cores)
     python -m bench --full              the DESIGN.md suite at its own batch, plus the local2d peak
                                         memory and the first-call-after-import cost
     python -m bench --gpu [--full]      the same on the GPU (batch 8, --full: batch 64) with every
@@ -46,10 +47,12 @@ TOL = 1e-4
 CPU_BACKENDS = ("cpu",)
 GPU_BACKENDS = ("numba-cuda", "cupy")
 # per mode and target: batch (None: the suite's own), minimum samples, minimum seconds per timing
-MODES = {("quick", "cpu"): dict(batch=2, repeat=3, min_time=0.1),
-         ("full", "cpu"): dict(batch=None, repeat=5, min_time=1.0),
-         ("quick", "gpu"): dict(batch=8, repeat=10, min_time=0.05),
-         ("full", "gpu"): dict(batch=64, repeat=20, min_time=0.2)}
+# and, quick only, the largest output grid: the input is cut so P, Q <= grid (a local layer's
+# weights grow with P*Q: alexnet_conv1's 55 x 55 are 422 MB, its 32 x 32 cut 143 MB)
+MODES = {("quick", "cpu"): dict(batch=2, repeat=3, min_time=0.1, grid=32),
+         ("full", "cpu"): dict(batch=None, repeat=5, min_time=1.0, grid=None),
+         ("quick", "gpu"): dict(batch=8, repeat=10, min_time=0.05, grid=None),
+         ("full", "gpu"): dict(batch=64, repeat=20, min_time=0.2, grid=None)}
 
 
 # ---------------------------------------------------------------------------- progress
@@ -210,9 +213,9 @@ class CpuTarget:
         return a
 
     def to_host(self, a):
-        if isinstance(a, np.ndarray):
-            return a
-        return a.detach().numpy()            # a PyTorch peer's tensor
+        if hasattr(a, "detach"):             # a PyTorch peer's tensor
+            return a.detach().numpy()
+        return np.asarray(a)
 
     def time(self, fns, repeat, min_time):
         return measure_interleaved(fns, repeat, min_time)
@@ -260,6 +263,9 @@ def plan(target, layers, backends):
             out += [(layer, pass_, impl) for impl in (*backends, *peers)]
         if layer == "shared" and target.name == "gpu":
             out += [(layer, p, b) for p in WGRAD_PASSES for b in backends]
+        if layer == "local":        # soft sharing: the local banks pulled toward their mean
+            out += [(layer, "penalty", impl) for impl in (*backends, *(
+                ("torch-eager",) if peers else ()))]
     return out
 
 
@@ -278,6 +284,7 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
         weight, bias = ops.layer_params(layer, weight0, bias0, g)
         dev = [target.to_device(a) for a in (x, weight, bias, grad_out)]
         mine = [s for s in steps if s[0] == layer]
+        pen = dpen = None
         calls = {}
         for b in backends:
             calls[("forward", b)] = ops.ours_forward(shape, layer, *dev[:3], backend=b)
@@ -292,9 +299,22 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
             for impl, (f, bw) in ops.peers(shape, layer, x, weight, bias, grad_out,
                                            target.torch_device).items():
                 calls[("forward", impl)], calls[("backward", impl)] = f, bw
+        if any(p == "penalty" for _, p, _ in mine):
+            pen = ops.penalty_inputs(weight)
+            dpen = [target.to_device(a) for a in pen]
+            for b in backends:
+                calls[("penalty", b)] = ops.ours_penalty(*dpen, backend=b)
+            if ("penalty", "torch-eager") in {(p, i) for _, p, i in mine}:
+                calls[("penalty", "torch-eager")] = ops.torch_penalty(*pen,
+                                                                      target.torch_device)
         # warm-up: JIT compilation, oneDNN / cuDNN algorithm choice; the outputs are checked
         outs = {(p, impl): _host_tuple(target, calls[(p, impl)]()) for _, p, impl in mine}
         refs = _references(target, shape, layer, x, weight, bias, grad_out, outs)
+        if any(p == "penalty" for _, p, _ in mine):
+            from sharenet_fast import reference
+
+            refs["penalty"] = ("float64 oracle", (np.float64(reference.soft_sharing_penalty(
+                pen[0], pen[1], ops.PENALTY_STRENGTH)[0]),))
         for pass_ in dict.fromkeys(p for _, p, _ in mine):
             impls = [impl for _, p, impl in mine if p == pass_]
             samples = target.time({i: calls[(pass_, i)] for i in impls}, repeat, min_time)
@@ -314,6 +334,7 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
                 results.append(rec)
                 progress.step(f"{name} {layer} {pass_} {impl}: {rec['median_s'] * 1e3:.3f} ms")
         del calls, outs, dev
+        pen = dpen = None
     return results
 
 
@@ -340,9 +361,15 @@ def record(target, name, shape, g, layer, pass_, impl, weight, bias, samples, li
            err_against, backends):
     median = float(np.median(samples))
     q1, q3 = (float(v) for v in np.percentile(samples, [25, 75]))
-    flops = g.flops(_flop_pass(pass_))
-    nbytes = g.min_bytes(_flop_pass(pass_), sharing=layer, tile=ops.TILE)
-    wbytes = weight_stream_bytes(pass_, weight)
+    if pass_ == "penalty":
+        # per element: a - b, its square into the sum, one multiply-add into each gradient;
+        # a and b read, grad_a and grad_b read and written: six streams of the weights' size
+        flops, nbytes = 5 * weight.size, 6 * weight.nbytes
+        wbytes = nbytes
+    else:
+        flops = g.flops(_flop_pass(pass_))
+        nbytes = g.min_bytes(_flop_pass(pass_), sharing=layer, tile=ops.TILE)
+        wbytes = weight_stream_bytes(pass_, weight)
 
     def rate(amount):
         return amount / median / 1e9 if median > 0 else float("nan")
@@ -353,8 +380,8 @@ def record(target, name, shape, g, layer, pass_, impl, weight, bias, samples, li
         "shape": name, "dims": shape._asdict(), "layer": layer,
         "tile": list(ops.grid(layer, g)), "pass": pass_, "impl": impl,
         "role": "ours" if impl in backends else "peer",
-        "label": (f"ours ({impl})" if impl in backends
-                  else ops.peer_label(impl, target.torch_device)),
+        "label": (f"ours ({impl})" if impl in backends else "PyTorch eager" if
+                  impl == "torch-eager" else ops.peer_label(impl, target.torch_device)),
         "params": int(weight.size + bias.size), "weight_bytes": int(weight.nbytes),
         "flops": int(flops), "bytes": int(nbytes), "weight_stream_bytes": int(wbytes),
         "samples_s": [float(s) for s in samples], "median_s": median, "q1_s": q1, "q3_s": q3,
@@ -548,8 +575,27 @@ def cpu_targets(report):
             line += (" (target: no buffer larger than the weights: "
                      f"{_verdict(r['rss_growth'] < r['weight_bytes'])})")
         out.append(line)
+    out += penalty_targets(report)
     return ("Targets (issue 3, CPU; local2d verdicts for alexnet_conv1 and deepface_l4 at the "
             "suite batch 8, i.e. --full)", out)
+
+
+def penalty_targets(report):
+    """Issue 7: soft_sharing_penalty streams at >= 60% of the copy bandwidth (any size)."""
+    out = []
+    for r in report["results"]:
+        if r["pass"] != "penalty" or r["role"] != "ours":
+            continue
+        peer = next((p for p in report["results"] if p["pass"] == "penalty" and p["shape"] ==
+                     r["shape"] and p["impl"] == "torch-eager"), None)
+        n = r["weight_bytes"] // 4 if r["bytes"] == 6 * r["weight_bytes"] else None
+        out.append(f"{r['impl']}: soft_sharing_penalty on {r['shape']}'s local banks "
+                   f"({(n or 0) / 1e6:.1f}M float32, both gradients): {r['gbps']:.1f} GB/s = "
+                   f"{_pct(r['pct_copy'])} of copy (target >= 60%: "
+                   f"{_verdict((r['pct_copy'] or 0) >= 60)})"
+                   + (f"; {peer['median_s'] / r['median_s']:.1f}x faster than PyTorch eager"
+                      if peer else ""))
+    return out
 
 
 def gpu_targets(report):
@@ -593,7 +639,8 @@ def gpu_targets(report):
             out.append(f"cupy faster than numba-cuda on every op of {name}: "
                        f"{_verdict(not slower)}" + (f" (slower: {', '.join(slower)})"
                                                      if slower else ""))
-    return ("Targets (issues 4 and 5, GPU; rated at batch 64)", out)
+    out += penalty_targets(report)
+    return ("Targets (issues 4 and 5, GPU; rated at batch 64; issue 7)", out)
 
 
 def format_report(report, markdown=False):
@@ -620,7 +667,9 @@ def format_report(report, markdown=False):
     out += [
         "",
         "ms: median; backward = input + weight + bias gradients (2x the forward FLOPs); "
-        "weight (atomic / deterministic): the shared weight gradient alone, both reductions.",
+        "weight (atomic / deterministic): the shared weight gradient alone, both reductions; "
+        "penalty: soft_sharing_penalty of the local banks toward their mean bank with both "
+        "gradients (a, b read, grad_a, grad_b read and written: 6 streams).",
         "% sgemm = GFLOP/s / the sgemm rate; GB/s = the bytes the pass must move (each tensor "
         "read or written once) per second; % copy = that / the copy bandwidth.",
         "ratio = this row's time / the first 'ours' row's (> 1: ours faster); rel err = "
@@ -673,7 +722,8 @@ def parse_args(argv=None):
                                 epilog="\n".join(__doc__.splitlines()[2:9]))
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="the suite at batch 2 (GPU: 8), short timings (the default)")
+                      help="the suite at batch 2, outputs cut to <= 32 x 32 (GPU: batch 8, "
+                           "whole layers), short timings (the default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the suite at its own batch (GPU: 64), longer timings, plus peak "
                            "memory and first-call cost on the CPU")
@@ -726,6 +776,7 @@ def parse_args(argv=None):
     args.batch = args.batch or defaults["batch"]
     args.repeat = args.repeat or defaults["repeat"]
     args.min_time = defaults["min_time"] if args.min_time is None else args.min_time
+    args.grid = defaults["grid"]
     return args
 
 
@@ -758,6 +809,8 @@ def run(args, progress_stream=None, shapes=None):
     if shapes is None:
         shapes = {n: SUITE[n].with_batch(args.batch) if args.batch else SUITE[n]
                   for n in args.shapes}
+        if args.grid:
+            shapes = {n: s.shrunk(s.N, args.grid) for n, s in shapes.items()}
     args.shapes = list(shapes)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:
@@ -793,7 +846,7 @@ def run(args, progress_stream=None, shapes=None):
                      date=time.strftime("%Y-%m-%d %H:%M:%S")),
         versions=versions(), limits=limits,
         config=dict(mode=args.mode, target=args.target, backends=backends, repeat=args.repeat,
-                    min_time_s=args.min_time, batch=args.batch, shapes=args.shapes,
+                    min_time_s=args.min_time, batch=args.batch, max_grid=args.grid, shapes=args.shapes,
                     layers=list(args.layers), tile=list(ops.TILE),
                     peers=sorted({r["impl"] for r in results if r["role"] == "peer"})),
         shapes={n: dict(s._asdict(), describe=s.describe(), P=geometry(s).P, Q=geometry(s).Q,

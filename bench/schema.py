@@ -31,7 +31,8 @@ RESULT = {"shape": str, "dims": dict, "layer": str, "tile": list, "pass": str, "
           "rel_err": OPT_NUM, "rel_err_against": OPT_STR}
 CHOICES = {"mode": ("quick", "full"), "target": ("cpu", "gpu"),
            "layer": ("shared", "tiled", "local"), "role": ("ours", "peer"),
-           "pass": ("forward", "backward", "weight (atomic)", "weight (deterministic)")}
+           "pass": ("forward", "backward", "weight (atomic)", "weight (deterministic)",
+                    "penalty")}
 
 
 def _fields(where, obj, spec, problems):

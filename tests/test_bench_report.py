@@ -26,6 +26,8 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     keys = [(r["layer"], r["pass"], r["impl"]) for r in doc["results"]]
     want = [(layer, p, impl) for layer in ("shared", "local") for p in ("forward", "backward")
             for impl in ("cpu", *(peers[layer] if ops.torch is not None else ()))]
+    want += [("local", "penalty", impl) for impl in ("cpu", *(("torch-eager",) if ops.torch
+                                                              is not None else ()))]
     assert keys == want
     for r in doc["results"]:
         assert r["shape"] == "cifar_5x5" and r["dims"]["N"] == 1 and len(r["samples_s"]) >= 2
@@ -36,6 +38,9 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     assert local["params"] == 32 * 32 * 32 * (16 * 25 + 1)
     assert "cifar_5x5: x 1x16x32x32 * 32x16x5x5" in out and "ours (cpu)" in out
     assert "% sgemm" in out and "Targets (issue 3" in out
+    assert "cpu: soft_sharing_penalty on cifar_5x5's local banks (13.1M float32" in out
+    pen = next(r for r in doc["results"] if r["pass"] == "penalty" and r["impl"] == "cpu")
+    assert pen["bytes"] == 6 * local["weight_bytes"] and pen["rel_err"] < 1e-6
     if plot:
         for suffix in ("times", "roofline"):
             assert (tmp_path / "plots" / f"run_{suffix}.png").read_bytes()[:4] == b"\x89PNG"
