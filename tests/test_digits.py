@@ -32,7 +32,7 @@ def test_experiment_is_deterministic_and_counts_parameters():
     for r in first["runs"]:
         assert r["losses"][-1] < r["losses"][0], r["name"]            # it trains
         assert all(0 <= a <= 1 for a in r["accuracy"].values())
-        assert r["accuracy"]["0"] > 0.3, r                              # well above chance
+        assert r["accuracy"]["0"] > 0.2, r                  # twice chance after 4 epochs
     soft = next(r for r in first["runs"] if r["name"] == "soft 1")
     assert all(p > 0 for p in soft["penalties"])
     text = digits.markdown(first)
