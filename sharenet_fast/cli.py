@@ -3,7 +3,8 @@
     info     versions, backends (with the reason for each missing one), CPU threads and
              threading layer, GPU
     verify   every available backend x layer x pass x dtype against the float64 oracle on fresh
-             random inputs (stride, padding, dilation, tiles); exit status 1 on any failure
+             random inputs (stride, padding, dilation, tiles), and soft_sharing_penalty with
+             both gradients at three sizes; exit status 1 on any failure
     params   the cs231n comparison for one layer: shared vs tiled vs locally connected
              neurons, weights per neuron, parameters and bytes
 """
@@ -31,6 +32,8 @@ VERIFY_SHAPES = [
     ("stride2_dil2", 2, 3, 13, 12, 4, 3, 3, 2, 2, 2),
     ("nonsquare", 1, 3, 11, 14, 5, 3, 5, (2, 1), (1, 2), (1, 2)),
 ]
+# soft_sharing_penalty sizes: one element, a few blocks, past one CPU chunk (config.PENALTY_CHUNK)
+PENALTY_SIZES = (1, 1000, 70001)
 
 
 # ---------------------------------------------------------------------------------------- info
@@ -180,6 +183,35 @@ def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdo
                     failures += not ok
                     print(f"| {backend} | {layer} | {name} | {dtype} | " + " | ".join(cells)
                           + f" | {'pass' if ok else 'FAIL'} |", file=out)
+    print("", file=out)
+    print("| backend | op | size | dtype | penalty | grad_a | grad_b | result |", file=out)
+    print("|---|---|---|---|---|---|---|---|", file=out)
+    for n in PENALTY_SIZES:
+        a64, b64, ga64, gb64 = (_random(rng, (n,)) for _ in range(4))
+        strength = float(rng.uniform(0.1, 2.0))
+        for backend in backends:
+            for dtype in dtypes:
+                cells, ok = [], True
+                try:
+                    a, b, ga, gb = (v.astype(dtype) for v in (a64, b64, ga64, gb64))
+                    want, da, db = reference.soft_sharing_penalty(a, b, strength)
+                    ref = {"penalty": want, "grad_a": ga.astype(np.float64) + da,
+                           "grad_b": gb.astype(np.float64) + db}
+                    got = {"penalty": api.soft_sharing_penalty(a, b, strength, grad_a=ga,
+                                                               grad_b=gb, backend=backend),
+                           "grad_a": ga, "grad_b": gb}
+                    for k in ("penalty", "grad_a", "grad_b"):
+                        err = _rel(got[k], ref[k])
+                        good = bool(err <= TOL[dtype])
+                        ok &= good
+                        cells.append(f"{err:.1e}" + ("" if good else " (!)"))
+                except Exception as exc:  # noqa: BLE001 - a crash is a failure to report
+                    ok = False
+                    cells = [f"error: {type(exc).__name__}: {exc}"[:60]] + [""] * 2
+                checks += 1
+                failures += not ok
+                print(f"| {backend} | soft_sharing_penalty | {n} | {dtype} | " + " | ".join(cells)
+                      + f" | {'pass' if ok else 'FAIL'} |", file=out)
     print(f"{checks} checks, {failures} failed (tolerance: norm-relative error <= "
           + ", ".join(f"{v:g} {k}" for k, v in TOL.items() if k in dtypes) + ")", file=out)
     return 1 if failures else 0

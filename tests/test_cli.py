@@ -56,8 +56,9 @@ def test_verify_passes_on_the_cpu():
     code, text = run("verify", "--backend", "cpu", "--dtype", "float64", "--seed", "5")
     assert code == 0, text
     table = [line for line in text.splitlines() if line.startswith("| cpu |")]
-    assert len(table) == len(cli.VERIFY_SHAPES) * len(cli.LAYERS)
+    assert len(table) == len(cli.VERIFY_SHAPES) * len(cli.LAYERS) + len(cli.PENALTY_SIZES)
     assert all(line.endswith("| pass |") for line in table)
+    assert sum("| soft_sharing_penalty | 70001 |" in line for line in table) == 1
     assert f"{len(table)} checks, 0 failed" in text
 
 
@@ -76,6 +77,18 @@ def test_verify_fails_when_a_backend_is_wrong(monkeypatch):
     fails = [line for line in text.splitlines() if line.endswith("| FAIL |")]
     assert fails and all("| local2d |" in line for line in fails)
     assert "(!)" in fails[0]
+
+
+def test_verify_fails_when_the_penalty_is_wrong(monkeypatch):
+    cpu = sf.registry.get("cpu")
+    real = cpu.soft_sharing_penalty
+    monkeypatch.setattr(cpu, "soft_sharing_penalty",
+                        lambda *a, **kw: real(*a, **kw) * (1 + 1e-4))
+    code, text = run("verify", "--backend", "cpu", "--dtype", "float32", "--seed", "8")
+    assert code == 1
+    fails = [line for line in text.splitlines() if line.endswith("| FAIL |")]
+    assert len(fails) == len(cli.PENALTY_SIZES)
+    assert all("| soft_sharing_penalty |" in line for line in fails)
 
 
 def test_verify_reports_a_crashing_backend(monkeypatch):
