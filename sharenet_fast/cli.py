@@ -165,24 +165,15 @@ def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdo
             b64 = _random(rng, grid + (K,))
             for backend in backends:
                 for dtype in dtypes:
-                    cells, ok = [], True
-                    try:
+                    def layer_check():     # called at once: the loop variables are current
                         arrays = [a.astype(dtype) for a in (x64, w64, b64, dy64)]
                         # the oracle on the same (rounded) inputs: only the kernel's error counts
                         ref = _oracle(layer, *(a.astype(np.float64) for a in arrays), kw)
-                        got = _calls(layer, *arrays, kw, backend)
-                        for p in PASSES:
-                            err = _rel(got[p], ref[p])
-                            good = bool(err <= TOL[dtype])
-                            ok &= good
-                            cells.append(f"{err:.1e}" + ("" if good else " (!)"))
-                    except Exception as exc:  # noqa: BLE001 - a crash is a failure to report
-                        ok = False
-                        cells = [f"error: {type(exc).__name__}: {exc}"[:60]] + [""] * 3
+                        return _calls(layer, *arrays, kw, backend), ref
+                    ok = _check(out, f"{backend} | {layer} | {name} | {dtype}", layer_check,
+                                PASSES, dtype)
                     checks += 1
                     failures += not ok
-                    print(f"| {backend} | {layer} | {name} | {dtype} | " + " | ".join(cells)
-                          + f" | {'pass' if ok else 'FAIL'} |", file=out)
     print("", file=out)
     print("| backend | op | size | dtype | penalty | grad_a | grad_b | result |", file=out)
     print("|---|---|---|---|---|---|---|---|", file=out)
@@ -191,30 +182,39 @@ def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdo
         strength = float(rng.uniform(0.1, 2.0))
         for backend in backends:
             for dtype in dtypes:
-                cells, ok = [], True
-                try:
+                def penalty_check():
                     a, b, ga, gb = (v.astype(dtype) for v in (a64, b64, ga64, gb64))
                     want, da, db = reference.soft_sharing_penalty(a, b, strength)
                     ref = {"penalty": want, "grad_a": ga.astype(np.float64) + da,
                            "grad_b": gb.astype(np.float64) + db}
-                    got = {"penalty": api.soft_sharing_penalty(a, b, strength, grad_a=ga,
-                                                               grad_b=gb, backend=backend),
-                           "grad_a": ga, "grad_b": gb}
-                    for k in ("penalty", "grad_a", "grad_b"):
-                        err = _rel(got[k], ref[k])
-                        good = bool(err <= TOL[dtype])
-                        ok &= good
-                        cells.append(f"{err:.1e}" + ("" if good else " (!)"))
-                except Exception as exc:  # noqa: BLE001 - a crash is a failure to report
-                    ok = False
-                    cells = [f"error: {type(exc).__name__}: {exc}"[:60]] + [""] * 2
+                    p = api.soft_sharing_penalty(a, b, strength, grad_a=ga, grad_b=gb,
+                                                 backend=backend)
+                    return {"penalty": p, "grad_a": ga, "grad_b": gb}, ref
+                ok = _check(out, f"{backend} | soft_sharing_penalty | {n} | {dtype}",
+                            penalty_check, ("penalty", "grad_a", "grad_b"), dtype)
                 checks += 1
                 failures += not ok
-                print(f"| {backend} | soft_sharing_penalty | {n} | {dtype} | " + " | ".join(cells)
-                      + f" | {'pass' if ok else 'FAIL'} |", file=out)
     print(f"{checks} checks, {failures} failed (tolerance: norm-relative error <= "
           + ", ".join(f"{v:g} {k}" for k, v in TOL.items() if k in dtypes) + ")", file=out)
     return 1 if failures else 0
+
+
+def _check(out, head, compute, keys, dtype):
+    """Print one table row: compute() -> (got, ref), the error of each key against the
+    tolerance; a crash is a failure too. True if every key passes."""
+    cells, ok = [], True
+    try:
+        got, ref = compute()
+        for k in keys:
+            err = _rel(got[k], ref[k])
+            good = bool(err <= TOL[dtype])
+            ok &= good
+            cells.append(f"{err:.1e}" + ("" if good else " (!)"))
+    except Exception as exc:  # noqa: BLE001 - a crash is a failure to report
+        ok = False
+        cells = [f"error: {type(exc).__name__}: {exc}"[:60]] + [""] * (len(keys) - 1)
+    print(f"| {head} | " + " | ".join(cells) + f" | {'pass' if ok else 'FAIL'} |", file=out)
+    return ok
 
 
 def _random(rng, shape):
