@@ -1,5 +1,6 @@
 """pytest-benchmark suite: shared, tiled 2x2 and locally-connected layers, ours vs the PyTorch
-peers (conv2d for shared, unfold + einsum for tiled and local), forward and backward.
+peers (conv2d for shared, unfold + einsum for tiled and local), forward and backward; and the
+soft-sharing penalty on each layer's local banks, ours vs PyTorch eager.
 
     pytest bench --benchmark-enable                    # full DESIGN.md shapes, timed
     pytest bench --benchmark-enable --benchmark-group-by=group
@@ -114,3 +115,30 @@ def test_backward_torch(benchmark, name, layer):
     benchmark.group = f"{name} {layer} backward"
     benchmark(run)
     record(benchmark, shape, layer, "backward", weight)
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch"])
+@pytest.mark.parametrize("name", SUITE)
+def test_soft_sharing_penalty(benchmark, name, impl):
+    """The local banks of each suite layer pulled toward their mean bank, both gradients: six
+    streams of the weights' size (GB/s in extra_info), ours against PyTorch eager."""
+    if impl == "torch":
+        pytest.importorskip("torch")
+    shape = suite_shape(benchmark, name)
+    _, weight, _, _ = inputs(shape, "local")
+    a, b, ga, gb = ops.penalty_inputs(weight)
+    ga0, gb0 = ga.copy(), gb.copy()
+    run = (ops.ours_penalty if impl == "ours" else ops.torch_penalty)(a, b, ga, gb)
+    p = float(run())
+    if benchmark.disabled:  # one call: the penalty and both accumulated gradients, checked
+        from sharenet_fast import reference
+
+        want, da, db = reference.soft_sharing_penalty(a, b, ops.PENALTY_STRENGTH)
+        assert abs(p - want) <= 1e-6 * want, (p, want)
+        check((ga, gb), (ga0 + da, gb0 + db), f"{name} {impl} penalty gradients")
+    benchmark.group = f"{name} soft_sharing_penalty"
+    benchmark(run)
+    benchmark.extra_info.update({"shape": shape.describe(), "elements": int(a.size),
+                                 "bytes": 6 * a.nbytes})
+    if benchmark.stats is not None:
+        benchmark.extra_info["gbps"] = 6 * a.nbytes / benchmark.stats.stats.median / 1e9
