@@ -32,7 +32,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -104,138 +103,6 @@ def _clock(s):
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------ CPU target
-def measure(fn, repeat, min_time):
-    """Seconds per call: at least `repeat` samples and at least `min_time` seconds in all."""
-    return measure_interleaved({0: fn}, repeat, min_time)[0]
-
-
-def measure_interleaved(fns, repeat, min_time):
-    """{name: seconds per call} for several functions timed in alternation (a, b, a, b, ...),
-    each to at least `repeat` samples and `min_time` seconds. On a shared machine the load
-    drifts over seconds; alternating lets ours and the peers see the same drift, so their
-    ratios are steadier than back-to-back runs give. Each fn has been called once already."""
-    samples = {name: [] for name in fns}
-
-    def done(v):
-        return len(v) >= repeat and sum(v) >= min_time
-
-    while not all(done(v) for v in samples.values()):
-        for name, fn in fns.items():
-            if not done(samples[name]):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t0)
-    return samples
-
-
-def best_of(fn, repeat=3):
-    fn()
-    return min(measure(fn, repeat, 0.0))
-
-
-def sgemm_gflops(n=2048, repeat=3):
-    """FLOP/s ceiling: numpy float32 n x n @ n x n (the BLAS numpy links), best of `repeat`."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), dtype=np.float32)
-    t = best_of(lambda: np.matmul(a, b, out=c), repeat)
-    return 2 * n**3 / t / 1e9
-
-
-def copy_gbps(mbytes=256, repeat=10):
-    """Bandwidth ceiling: a copy of a float32 array of `mbytes` MB, read + write counted, best of
-    `repeat`, done twice: np.copyto (one thread) and a Numba prange copy on every core. Returns
-    (one thread, all cores); the report's ceiling is the larger (our kernels use every core)."""
-    n = mbytes * 2**20 // 4
-    src = np.ones(n, dtype=np.float32)
-    dst = np.zeros(n, dtype=np.float32)
-    one = best_of(lambda: np.copyto(dst, src), repeat)
-    par = best_of(lambda: _parallel_copy(dst, src, 64), repeat)
-    return 2 * src.nbytes / one / 1e9, 2 * src.nbytes / par / 1e9
-
-
-_parallel_copy_kernel = None
-
-
-def _parallel_copy(dst, src, chunks):
-    global _parallel_copy_kernel
-    if _parallel_copy_kernel is None:
-        from numba import njit, prange
-
-        @njit(parallel=True)
-        def kernel(dst, src, chunks):
-            n = src.shape[0]
-            for c in prange(chunks):
-                a, b = c * n // chunks, (c + 1) * n // chunks
-                d, s = dst[a:b], src[a:b]
-                for i in range(b - a):
-                    d[i] = s[i]
-        _parallel_copy_kernel = kernel
-    _parallel_copy_kernel(dst, src, chunks)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class CpuTarget:
-    """Timing on the host: perf_counter around each call, ours and the peers interleaved."""
-    name = "cpu"
-    torch_device = "cpu"
-    peers_ok = True
-    backends = CPU_BACKENDS
-
-    def limits(self, small=False):
-        # a copy of 256 MB is well past any L3, even in a quick run; sgemm needs less to peak
-        n, mb = (1024, 256) if small else (2048, 256)
-        lim = dict(sgemm_n=n, sgemm_gflops=sgemm_gflops(n), copy_mb=mb)
-        lim["copy_gbps_1thread"], lim["copy_gbps_parallel"] = copy_gbps(mb)
-        lim["copy_gbps"] = max(lim["copy_gbps_1thread"], lim["copy_gbps_parallel"])
-        lim["describe"] = (
-            f"sgemm: numpy float32 {n}^3, best of 3: {lim['sgemm_gflops']:.1f} GFLOP/s; "
-            f"copy: {mb} MB float32, read + write, best of 10: {lim['copy_gbps']:.1f} GB/s (the "
-            f"larger of np.copyto on one thread, {lim['copy_gbps_1thread']:.1f} GB/s, and a "
-            f"Numba copy on all cores, {lim['copy_gbps_parallel']:.1f} GB/s)")
-        return lim
-
-    def to_device(self, a):
-        return a
-
-    def to_host(self, a):
-        if hasattr(a, "detach"):             # a PyTorch peer's tensor
-            return a.detach().numpy()
-        return np.asarray(a)
-
-    def time(self, fns, repeat, min_time):
-        return measure_interleaved(fns, repeat, min_time)
-
-    def device(self):
-        return f"{cpu_model()}, {os.cpu_count()} CPUs"
-
-    def machine(self):
-        import numba
-
-        info = dict(device=self.device(), processor=cpu_model(), cpu_count=os.cpu_count(),
-                    platform=platform.platform(), numba_threads=numba.get_num_threads(),
-                    torch_threads=ops.torch.get_num_threads() if ops.torch else None)
-        if hasattr(os, "sched_getaffinity"):
-            info["cpu_affinity"] = len(os.sched_getaffinity(0))
-        try:
-            info["numba_threading_layer"] = numba.threading_layer()  # once a kernel ran
-        except ValueError:
-            info["numba_threading_layer"] = None
-        return info
 
 
 # ---------------------------------------------------------------------------- the suite
@@ -390,98 +257,6 @@ def record(target, name, shape, g, layer, pass_, impl, weight, bias, samples, li
         "pct_copy": 100 * gbps / cp if cp else None,
         "pct_copy_weights": 100 * wgbps / cp if cp else None,
         "rel_err": err, "rel_err_against": err_against}
-
-
-# ------------------------------------------------------------------ CPU extras (--full)
-PEAK_SCRIPT = r"""
-import json, sys, tracemalloc
-import numpy as np
-from bench import ops
-from bench.shapes import ConvShape, geometry, make_inputs
-shape = ConvShape(*json.loads(sys.argv[1]))
-impl = sys.argv[2]
-g = geometry(shape)
-x, w0, b0, _ = make_inputs(shape)
-w, b = ops.layer_params("local", w0, b0, g)
-launch = ops.ours_forward if impl == "ours" else ops.torch_forward
-# compile / warm up on one image: the measured call then allocates its own output and scratch
-# at full size instead of reusing what a same-size call left with the allocator
-launch(shape._replace(N=1), "local", x[:1], w, b)()
-def status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-rss_before = status("VmRSS")
-try:  # reset this process's high-water mark to the current RSS (Linux >= 4.0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    reset = True
-except OSError:
-    reset = False
-tracemalloc.start()
-y = launch(shape, "local", x, w, b)()
-_, traced = tracemalloc.get_traced_memory()
-tracemalloc.stop()
-print(json.dumps(dict(weight_bytes=int(w.nbytes), input_bytes=int(x.nbytes),
-                      output_bytes=int(np.asarray(y).nbytes), hwm_reset=reset,
-                      rss_growth=status("VmHWM") - rss_before, traced_peak=traced)))
-"""
-
-
-def _env(**extra):
-    return dict(os.environ, **extra,
-                PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
-
-
-def peak_memory(name, shape):
-    """Peak memory of local2d forward beyond the inputs, ours vs unfold+einsum, in a fresh
-    process each: peak RSS after the call minus the RSS before it (an upper bound on what the
-    call allocated: the weights and inputs are already resident)."""
-    out = {}
-    for impl in ("ours", "torch") if ops.torch is not None else ("ours",):
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, json.dumps(list(shape)), impl],
-                              env=_env(), cwd=REPO, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log(f"peak memory ({impl}) failed:\n{proc.stderr}")
-            continue
-        out[impl] = dict(json.loads(proc.stdout.strip().splitlines()[-1]), shape=name,
-                         batch=shape.N)
-    return out
-
-
-STARTUP_SCRIPT = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import sharenet_fast as sf
-from bench.shapes import ConvShape, make_inputs
-t1 = time.perf_counter()
-shape = ConvShape(*json.loads(sys.argv[1]))
-x, weight, bias, _ = make_inputs(shape)
-t2 = time.perf_counter()
-sf.conv2d(x, weight, bias, stride=shape.stride, padding=shape.padding, backend="cpu")
-t3 = time.perf_counter()
-sf.conv2d(x, weight, bias, stride=shape.stride, padding=shape.padding, backend="cpu")
-t4 = time.perf_counter()
-print(json.dumps(dict(import_s=t1 - t0, first_call_s=t3 - t2, second_call_s=t4 - t3)))
-"""
-
-
-def startup(name, shape):
-    """First conv2d call in a fresh process: cache cold (compile + save) then cache warm."""
-    runs = dict(shape=name, dims=shape.describe())
-    with tempfile.TemporaryDirectory(prefix="sharenet_fast_cache_") as cache:
-        env = _env(SHARENET_FAST_CACHE="1", NUMBA_CACHE_DIR=cache)
-        for which in ("cold_cache", "warm_cache"):
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, json.dumps(list(shape))],
-                                  env=env, cwd=REPO, capture_output=True, text=True)
-            if proc.returncode != 0:
-                log(f"startup measurement failed:\n{proc.stderr}")
-                return None
-            runs[which] = dict(json.loads(proc.stdout.strip().splitlines()[-1]),
-                               process_wall_s=time.perf_counter() - t0)
-    return runs
 
 
 # ----------------------------------------------------------------------------- output
@@ -794,6 +569,8 @@ def make_target(args):
     if missing:
         return None, "not available here: " + "; ".join(missing)
     if args.target == "cpu":
+        from bench.cpu import CpuTarget
+
         return CpuTarget(), backends
     from bench.gpu import GpuTarget
 
@@ -834,6 +611,8 @@ def run(args, progress_stream=None, shapes=None):
     peak = st = None
     if extras:
         mem = "alexnet_conv1" if "alexnet_conv1" in shapes else args.shapes[0]
+        from bench.cpu import peak_memory, startup
+
         peak = peak_memory(mem, shapes[mem])
         progress.step(f"peak memory of local2d forward ({mem}), ours and the peer")
         st = startup(args.shapes[0], shapes[args.shapes[0]])

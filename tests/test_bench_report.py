@@ -157,3 +157,21 @@ def test_target_verdicts_only_at_the_suite_batch():
     assert any("6.0x faster than PyTorch unfold+einsum (target >= 5x: met)" in line
                for line in lines)
     assert any("80% of copy (target >= 50%: met)" in line for line in lines)
+
+
+def test_full_mode_measures_peak_memory_and_first_call(tmp_path, capsys):
+    """--full adds the two subprocess measurements (local2d peak memory, first call after
+    import with the kernel cache cold then warm) to the report and its JSON."""
+    path = tmp_path / "full.json"
+    code = report.main(["--full", "--shapes", "cifar_5x5", "--layers", "local", "--batch", "1",
+                        "--repeat", "1", "--min-time", "0", "--json", str(path)])
+    assert code == 0
+    doc = schema.load(str(path))
+    ours = doc["peak_memory"]["ours"]
+    assert ours["shape"] == "cifar_5x5" and ours["weight_bytes"] == 32 * 32 * 32 * 16 * 25 * 4
+    assert ours["rss_growth"] < ours["weight_bytes"]       # nothing weight-sized allocated
+    st = doc["startup"]
+    assert st["cold_cache"]["first_call_s"] > st["warm_cache"]["first_call_s"] > 0
+    out = capsys.readouterr().out
+    assert "peak memory of local2d forward (cifar_5x5, batch 1)" in out
+    assert "cold cache: first call" in out
