@@ -77,7 +77,7 @@ def peer_names(layer):
 def peer_label(impl, device="cpu"):
     lib = "cuDNN" if device == "cuda" else "oneDNN"
     return {"torch-conv2d": f"PyTorch conv2d ({lib})",
-            "torch-unfold": "PyTorch unfold+einsum"}[impl]
+            "torch-unfold": "PyTorch unfold+einsum", "torch-eager": "PyTorch eager"}[impl]
 
 
 def _torch_untied(shape, layer, xt, wt, bt):

@@ -30,7 +30,8 @@ def _impls(doc):
     return list(seen.items())
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: PNGs without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,8 +40,17 @@ def _pyplot():
     return plt
 
 
+def save(fig, path):
+    """Lay out, write `path` as PNG and free the figure; the path is returned."""
+    plt = pyplot()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_times(doc, path):
-    plt = _pyplot()
+    plt = pyplot()
     res = {(r["shape"], r["layer"], r["pass"], r["impl"]): r for r in doc["results"]}
     shapes = list(doc["shapes"])
     impls = _impls(doc)
@@ -65,14 +75,11 @@ def plot_times(doc, path):
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(_title(doc, "time per layer kind"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_roofline(doc, path):
-    plt = _pyplot()
+    plt = pyplot()
     lim = doc["limits"]
     rows = [r for r in doc["results"] if r["pass"] in PASSES and r["gbps"] == r["gbps"]
             and r["gbps"] > 0]
@@ -84,14 +91,15 @@ def plot_roofline(doc, path):
         xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
         ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
                 label=f"roof: sgemm {peak:.0f} GFLOP/s, copy {bw:.0f} GB/s")
-    colors = {impl: PALETTE[j % len(PALETTE)] for j, (impl, _) in enumerate(_impls(doc))}
+    impls = _impls(doc)
+    colors = {impl: PALETTE[j % len(PALETTE)] for j, (impl, _) in enumerate(impls)}
     for r in rows:
         ax.scatter(r["flops"] / r["bytes"], r["gflops"], marker=MARKERS.get(r["layer"], "o"),
                    facecolors=colors[r["impl"]] if r["pass"] == "forward" else "none",
                    edgecolors=colors[r["impl"]], s=40)
     for layer, m in MARKERS.items():
         ax.scatter([], [], marker=m, color="gray", label=layer)
-    for impl, label in _impls(doc):
+    for impl, label in impls:
         ax.scatter([], [], marker="o", color=colors[impl], label=label)
     ax.scatter([], [], marker="o", facecolors="none", edgecolors="gray", label="hollow: backward")
     ax.set_xscale("log")
@@ -101,10 +109,7 @@ def plot_roofline(doc, path):
     ax.grid(which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(_title(doc, "roofline"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_all(doc, stem):

@@ -38,9 +38,9 @@ import numpy as np
 
 import sharenet_fast as sf
 from bench import ops, schema
+from bench.cpu import REPO, CpuTarget, log, peak_memory, startup
 from bench.shapes import SUITE, geometry, make_inputs, rel_error
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
 TOL = 1e-4
 CPU_BACKENDS = ("cpu",)
@@ -101,10 +101,6 @@ def _clock(s):
     return f"{int(s) // 60}:{int(s) % 60:02d}"
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------- the suite
 PASSES = ("forward", "backward")
 # GPU only: the shared weight gradient alone, both reductions (issue 4's deterministic target)
@@ -151,7 +147,7 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
         weight, bias = ops.layer_params(layer, weight0, bias0, g)
         dev = [target.to_device(a) for a in (x, weight, bias, grad_out)]
         mine = [s for s in steps if s[0] == layer]
-        pen = dpen = None
+        pen = None
         calls = {}
         for b in backends:
             calls[("forward", b)] = ops.ours_forward(shape, layer, *dev[:3], backend=b)
@@ -176,17 +172,12 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
                                                                       target.torch_device)
         # warm-up: JIT compilation, oneDNN / cuDNN algorithm choice; the outputs are checked
         outs = {(p, impl): _host_tuple(target, calls[(p, impl)]()) for _, p, impl in mine}
-        refs = _references(target, shape, layer, x, weight, bias, grad_out, outs)
-        if any(p == "penalty" for _, p, _ in mine):
-            from sharenet_fast import reference
-
-            refs["penalty"] = ("float64 oracle", (np.float64(reference.soft_sharing_penalty(
-                pen[0], pen[1], ops.PENALTY_STRENGTH)[0]),))
+        refs = _references(target, shape, layer, x, weight, bias, grad_out, outs, pen)
         for pass_ in dict.fromkeys(p for _, p, _ in mine):
             impls = [impl for _, p, impl in mine if p == pass_]
             samples = target.time({i: calls[(pass_, i)] for i in impls}, repeat, min_time)
             for impl in impls:
-                ref = refs.get(_flop_pass(pass_) if pass_ in WGRAD_PASSES else pass_)
+                ref = refs.get(_flop_pass(pass_))
                 err = None
                 if ref is not None and ref[0] != impl:
                     got = outs[(pass_, impl)]
@@ -200,15 +191,15 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
                              backends)
                 results.append(rec)
                 progress.step(f"{name} {layer} {pass_} {impl}: {rec['median_s'] * 1e3:.3f} ms")
-        del calls, outs, dev
-        pen = dpen = None
+        del calls, outs, dev, pen
     return results
 
 
-def _references(target, shape, layer, x, weight, bias, grad_out, outs):
+def _references(target, shape, layer, x, weight, bias, grad_out, outs, pen=None):
     """{pass: (who, outputs)}: the float64 oracle for shared conv on the CPU, else the first
     PyTorch peer's float32 result (a float64 oracle of a local layer at full size would take
-    minutes); the weight-gradient passes are checked against the backward's dW."""
+    minutes); the weight-gradient passes are checked against the backward's dW, the penalty
+    (inputs `pen`) against the float64 oracle."""
     refs = {}
     if layer == "shared" and target.name == "cpu":
         r = ops.reference(shape, layer, x, weight, bias, grad_out)
@@ -221,6 +212,11 @@ def _references(target, shape, layer, x, weight, bias, grad_out, outs):
                 refs[pass_] = (peer, outs[(pass_, peer)])
     if "backward" in refs:
         refs["weight"] = refs["backward"]
+    if pen is not None:
+        from sharenet_fast import reference
+
+        refs["penalty"] = ("float64 oracle", (np.float64(reference.soft_sharing_penalty(
+            pen[0], pen[1], ops.PENALTY_STRENGTH)[0]),))
     return refs
 
 
@@ -247,8 +243,8 @@ def record(target, name, shape, g, layer, pass_, impl, weight, bias, samples, li
         "shape": name, "dims": shape._asdict(), "layer": layer,
         "tile": list(ops.grid(layer, g)), "pass": pass_, "impl": impl,
         "role": "ours" if impl in backends else "peer",
-        "label": (f"ours ({impl})" if impl in backends else "PyTorch eager" if
-                  impl == "torch-eager" else ops.peer_label(impl, target.torch_device)),
+        "label": (f"ours ({impl})" if impl in backends
+                  else ops.peer_label(impl, target.torch_device)),
         "params": int(weight.size + bias.size), "weight_bytes": int(weight.nbytes),
         "flops": int(flops), "bytes": int(nbytes), "weight_stream_bytes": int(wbytes),
         "samples_s": [float(s) for s in samples], "median_s": median, "q1_s": q1, "q3_s": q3,
@@ -569,8 +565,6 @@ def make_target(args):
     if missing:
         return None, "not available here: " + "; ".join(missing)
     if args.target == "cpu":
-        from bench.cpu import CpuTarget
-
         return CpuTarget(), backends
     from bench.gpu import GpuTarget
 
@@ -611,8 +605,6 @@ def run(args, progress_stream=None, shapes=None):
     peak = st = None
     if extras:
         mem = "alexnet_conv1" if "alexnet_conv1" in shapes else args.shapes[0]
-        from bench.cpu import peak_memory, startup
-
         peak = peak_memory(mem, shapes[mem])
         progress.step(f"peak memory of local2d forward ({mem}), ours and the peer")
         st = startup(args.shapes[0], shapes[args.shapes[0]])

@@ -10,10 +10,9 @@ the host lives here once. A backend passes a `dev` object that knows its arrays 
     dev.launch(name, dtype, tiles, grid, threads, like, *args, ksize=None)
                                                                    run kernel `name` (fwd, wgrad,
                                                                    wgrad_reduce, dgrad, bgrad,
-                                                                   fill, penalty,
-                                                                   penalty_reduce); ksize =
-                                                                   (R, S) for fwd
-                                                                   and wgrad, which a backend may
+                                                                   fill, penalty, penalty_reduce);
+                                                                   ksize = (R, S) for fwd and
+                                                                   wgrad, which a backend may
                                                                    have specialised
 
 Integer arguments are Python ints (the kernels take them as 64-bit), has_bias a bool.
@@ -213,10 +212,10 @@ OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
 
 
 def layer_ops(dev):
-    """{name: host function} of registry.py's interface on `dev`, for all three layers (and the
-    soft-sharing penalty): shared
-    is the 1 x 1 tile, tiled the weight's (TP, TQ), locally connected the output's (P, Q). A GPU
-    backend exports these (wrapped with its host transfers), so both run the same host code."""
+    """{name: host function} of registry.py's interface on `dev`, for all three layers and the
+    soft-sharing penalty: shared is the 1 x 1 tile, tiled the weight's (TP, TQ), locally
+    connected the output's (P, Q). A GPU backend exports these (wrapped with its host
+    transfers), so both run the same host code."""
     def conv2d(x, weight, bias, g):
         return forward(dev, x, weight, bias, g, (1, 1))
 

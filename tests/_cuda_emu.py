@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from sharenet_fast import config
+from sharenet_fast import _device, config
 from sharenet_fast.cupy_backend import _loader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,7 +76,7 @@ class EmuDevice:
     empty = staticmethod(lambda like, shape, dtype: np.full(shape, np.nan, dtype))  # poisoned
     zeros = staticmethod(lambda like, shape, dtype: np.zeros(shape, dtype))
     to_device_like = staticmethod(lambda like, a: np.ascontiguousarray(a))
-    flat = staticmethod(lambda a: a.reshape(a.size))
+    flat = staticmethod(_device.flat)
 
     def launch(self, name, dtype, tiles, grid, threads, like, *args, ksize=None):
         inst = _loader.name(name, np.dtype(dtype).name, tiles, BIAS_THREADS, ksize,

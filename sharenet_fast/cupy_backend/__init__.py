@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _gpu_host as host
 from .. import config
-from .._device import host_io, kind
+from .._device import flat, host_io, kind
 from . import _loader
 
 
@@ -56,9 +56,7 @@ class _CupyDevice:
     def to_device_like(like, a):
         return _to_device(a)
 
-    @staticmethod
-    def flat(a):
-        return a.reshape(a.size)
+    flat = staticmethod(flat)
 
     @staticmethod
     def launch(name, dtype, tiles, grid, threads, like, *args, ksize=None):
@@ -79,7 +77,7 @@ def _cupy_only(fn):
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
-        if any(kind(a) == "numba" for a in args + (kwargs.get("out"),)):
+        if any(kind(a) == "numba" for a in args + tuple(kwargs.values())):
             raise TypeError("the cupy backend takes CuPy or NumPy arrays, not Numba device "
                             "arrays (wrap them with cupy.asarray, or use backend='numba-cuda')")
         return wrapped(*args, **kwargs)

@@ -83,16 +83,19 @@ def source():
 
 
 @functools.lru_cache(maxsize=None)
-def _module(menu, bias_threads):
+def _module(menu, bias_threads, penalty_threads):
     import cupy
 
     return cupy.RawModule(code=source(), options=OPTIONS + (f"-I{kernel_dir()}",),
-                          name_expressions=name_expressions(menu, bias_threads))
+                          name_expressions=name_expressions(menu, bias_threads,
+                                                            penalty_threads))
 
 
 def module():
-    """The compiled RawModule for the current tile menu (compiled once, on first use)."""
-    return _module(tuple(map(tuple, config.CUDA_TILE_MENU)), config.CUDA_BIAS_THREADS)
+    """The compiled RawModule for the current configuration (compiled once per tile menu and
+    block sizes, on first use)."""
+    return _module(tuple(map(tuple, config.CUDA_TILE_MENU)), config.CUDA_BIAS_THREADS,
+                   config.CUDA_PENALTY_THREADS)
 
 
 def compile_ptx(arch="compute_90", names=None):

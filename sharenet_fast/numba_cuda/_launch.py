@@ -11,12 +11,8 @@ import numpy as np
 
 from .. import config
 from .. import _gpu_host as host
-from .._device import kind
+from .._device import flat, kind  # noqa: F401 - flat: the 1-D views the kernels take
 
-
-def flat(a):
-    """A 1-D view of a C-contiguous device array (kernels index it with 64-bit offsets)."""
-    return a.reshape(a.size)
 
 
 def device_empty(like, shape, dtype):
