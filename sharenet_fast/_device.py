@@ -5,8 +5,6 @@ latter also under NUMBA_ENABLE_CUDASIM=1, where they are host arrays in disguise
 read from the type's module, so this file imports neither CuPy nor numba.cuda: importing the
 package never needs a GPU.
 """
-import functools
-
 import numpy as np
 
 HOST = "numpy"
@@ -43,6 +41,23 @@ def contiguous(a):
         raise ValueError(       # refuses them up front (api._array), this is a last guard
             f"a Numba device array must be C-contiguous, got strides {a.strides}")
     return a
+
+
+def pad_end(x, extra):
+    """NCHW x with extra = (rows, cols) zero rows/columns appended (padding="same" with an odd
+    total): a new array of x's kind. Numba device arrays go through the host (no device-side
+    pad exists for them)."""
+    widths = ((0, 0), (0, 0), (0, extra[0]), (0, extra[1]))
+    k = kind(x)
+    if k == "cupy":
+        import cupy
+
+        return cupy.pad(x, widths)
+    if k == "numba":
+        from numba import cuda
+
+        return cuda.to_device(np.pad(x.copy_to_host(), widths))
+    return np.pad(x, widths)
 
 
 def flat(a):
@@ -92,50 +107,3 @@ def device_id(a):
     if k == "cupy":
         return a.device.id
     return None
-
-
-def host_io(to_device, to_host, copy_into):
-    """A decorator letting a GPU backend's host function take NumPy arrays: copy them in, run,
-    copy back. `to_device(a)`, `to_host(d)` and `copy_into(d, out)` are the backend's transfers.
-
-    Device arrays pass through untouched. With NumPy arrays every positional array is copied to
-    the device and results come back as NumPy. Array keyword arguments are accumulators (`out=`,
-    `grad_a=`, `grad_b=`): each is copied in, added into on the device and copied back into the
-    caller's array; a result that is one of them is returned as the caller's array.
-    """
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            accs = {k: v for k, v in kwargs.items() if kind(v) is not None}
-            if not any(kind(a) == HOST for a in args + tuple(accs.values())):
-                return fn(*args, **kwargs)
-            dargs = tuple(to_device(a) if kind(a) == HOST else a for a in args)
-            dacc = {k: to_device(v) if kind(v) == HOST else v for k, v in accs.items()}
-            result = fn(*dargs, **{**kwargs, **dacc})
-            for k, v in accs.items():
-                if kind(v) == HOST:
-                    copy_into(dacc[k], v)
-
-            def back(r):
-                if r is None:
-                    return None
-                for k, d in dacc.items():
-                    if r is d:
-                        return accs[k]
-                return to_host(r)
-            if isinstance(result, tuple):
-                return tuple(back(r) for r in result)
-            return back(result)
-        return wrapper
-    return decorate
-
-
-def _numba_to_device(a):
-    from numba import cuda
-
-    return cuda.to_device(a)
-
-
-# The Numba CUDA backend's transfers (also the simulator's).
-on_device = host_io(_numba_to_device, lambda d: d.copy_to_host(),
-                    lambda d, out: d.copy_to_host(out))

@@ -204,67 +204,32 @@ def soft_sharing_penalty(dev, a, b, strength, grad_a=None, grad_b=None):
 
 
 # ----------------------------------------------------- the registry interface, for every layer
-OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
-       "tiled_conv2d", "tiled_conv2d_input_grad", "tiled_conv2d_weight_grad",
-       "tiled_conv2d_bias_grad",
-       "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad",
-       "soft_sharing_penalty")
+def layer_ops(dev, spec):
+    """The host functions of one op-table layer on `dev` (optable.py's signatures), as
+    (forward, input_grad, weight_grad, bias_grad): every layer is the same banked kernels with
+    its grid (shared 1 x 1, tiled (TP, TQ), local (P, Q)). A locally connected layer has one
+    position per tile class, so each forward block streams its bank once for the whole batch
+    (N <= BN) and each weight-gradient block owns its weights (one chunk per class: no atomics)."""
+    def fwd(x, weight, bias, g, grid):
+        return forward(dev, x, weight, bias, g, grid)
+
+    def dgrad(dy, weight, g, grid):
+        return input_grad(dev, dy, weight, g, grid)
+
+    def wgrad(dy, x, g, grid, out=None, deterministic=False):
+        return weight_grad(dev, dy, x, g, grid, spec.weight_shape(g, grid), out, deterministic)
+
+    def bgrad(dy, g, grid, out=None):
+        return bias_grad(dev, dy, grid, spec.bias_shape(g, grid), out)
+
+    fns = (fwd, dgrad, wgrad, bgrad)
+    for fn, pass_ in zip(fns, ("forward", "input", "weight", "bias")):
+        fn.__name__ = fn.__qualname__ = spec.export(pass_)
+    return fns
 
 
-def layer_ops(dev):
-    """{name: host function} of registry.py's interface on `dev`, for all three layers and the
-    soft-sharing penalty: shared is the 1 x 1 tile, tiled the weight's (TP, TQ), locally
-    connected the output's (P, Q). A GPU backend exports these (wrapped with its host
-    transfers), so both run the same host code."""
-    def conv2d(x, weight, bias, g):
-        return forward(dev, x, weight, bias, g, (1, 1))
-
-    def conv2d_input_grad(dy, weight, g):
-        return input_grad(dev, dy, weight, g, (1, 1))
-
-    def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
-        return weight_grad(dev, dy, x, g, (1, 1), g.w_shape, out, deterministic)
-
-    def conv2d_bias_grad(dy, out=None):
-        return bias_grad(dev, dy, (1, 1), (dy.shape[1],), out)
-
-    def tiled_conv2d(x, weight, bias, g):
-        return forward(dev, x, weight, bias, g, weight.shape[:2])
-
-    def tiled_conv2d_input_grad(dy, weight, g):
-        return input_grad(dev, dy, weight, g, weight.shape[:2])
-
-    def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
-        tile = tuple(tile)
-        return weight_grad(dev, dy, x, g, tile, tile + g.w_shape, out, deterministic)
-
-    def tiled_conv2d_bias_grad(dy, tile, out=None):
-        tile = tuple(tile)
-        return bias_grad(dev, dy, tile, tile + (dy.shape[1],), out)
-
-    # a locally connected layer: one position per tile class, so each forward block streams
-    # its bank once for the whole batch (N <= BN) and each weight-gradient block owns its
-    # weights (one chunk per class: no atomics)
-    def local2d(x, weight, bias, g):
-        return forward(dev, x, weight, bias, g, (g.P, g.Q))
-
-    def local2d_input_grad(dy, weight, g):
-        return input_grad(dev, dy, weight, g, (g.P, g.Q))
-
-    def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
-        return weight_grad(dev, dy, x, g, (g.P, g.Q), (g.P, g.Q) + g.w_shape, out,
-                           deterministic)
-
-    def local2d_bias_grad(dy, out=None):
-        return bias_grad(dev, dy, dy.shape[2:], dy.shape[2:] + (dy.shape[1],), out)
-
-    def penalty(a, b, strength, grad_a=None, grad_b=None):
+def penalty_op(dev):
+    def soft_sharing_penalty_(a, b, strength, grad_a=None, grad_b=None):
         return soft_sharing_penalty(dev, a, b, strength, grad_a, grad_b)
-    penalty.__name__ = "soft_sharing_penalty"
-
-    ops = {f.__name__: f for f in (
-        conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad,
-        tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bias_grad,
-        local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad, penalty)}
-    assert tuple(ops) == OPS
-    return ops
+    soft_sharing_penalty_.__name__ = "soft_sharing_penalty"
+    return soft_sharing_penalty_

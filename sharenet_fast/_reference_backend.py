@@ -1,7 +1,11 @@
-"""The float64 oracle behind the backend interface: results cast to the input dtype."""
+"""The float64 oracle behind the backend interface: each op-table layer's oracle functions with
+the backends' signatures (optable.py), results cast to the input dtype."""
 import numpy as np
 
 from . import reference as ref
+from .optable import LAYERS
+
+KINDS = ("numpy",)
 
 
 def _kw(g):
@@ -15,54 +19,27 @@ def _into(result, out, dtype):
     return out
 
 
-def conv2d(x, weight, bias, g):
-    return ref.conv2d(x, weight, bias, **_kw(g)).astype(x.dtype)
+def _layer(spec):
+    """(forward, input_grad, weight_grad, bias_grad) of one layer on its oracle."""
+    def forward(x, weight, bias, g, grid):
+        return _into(spec.oracle("forward")(x, weight, bias, **_kw(g)), None, x.dtype)
+
+    def input_grad(dy, weight, g, grid):
+        return _into(spec.oracle("input")(dy, g.x_shape, weight, **_kw(g)), None, dy.dtype)
+
+    def weight_grad(dy, x, g, grid, out=None, deterministic=False):
+        dw = spec.oracle("weight")(dy, x, spec.weight_shape(g, grid), **_kw(g))
+        return _into(dw, out, x.dtype)
+
+    def bias_grad(dy, g, grid, out=None):
+        return _into(spec.oracle("bias")(dy, grid), out, dy.dtype)
+    return forward, input_grad, weight_grad, bias_grad
 
 
-def conv2d_input_grad(dy, weight, g):
-    return ref.conv2d_input_grad(dy, g.x_shape, weight, **_kw(g)).astype(dy.dtype)
-
-
-def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
-    return _into(ref.conv2d_weight_grad(dy, x, g.w_shape, **_kw(g)), out, x.dtype)
-
-
-def conv2d_bias_grad(dy, out=None):
-    return _into(ref.conv2d_bias_grad(dy), out, dy.dtype)
-
-
-def local2d(x, weight, bias, g):
-    return ref.local2d(x, weight, bias, **_kw(g)).astype(x.dtype)
-
-
-def local2d_input_grad(dy, weight, g):
-    return ref.local2d_input_grad(dy, g.x_shape, weight, **_kw(g)).astype(dy.dtype)
-
-
-def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
-    w_shape = (g.P, g.Q) + g.w_shape
-    return _into(ref.local2d_weight_grad(dy, x, w_shape, **_kw(g)), out, x.dtype)
-
-
-def local2d_bias_grad(dy, out=None):
-    return _into(ref.local2d_bias_grad(dy), out, dy.dtype)
-
-
-def tiled_conv2d(x, weight, bias, g):
-    return ref.tiled_conv2d(x, weight, bias, **_kw(g)).astype(x.dtype)
-
-
-def tiled_conv2d_input_grad(dy, weight, g):
-    return ref.tiled_conv2d_input_grad(dy, g.x_shape, weight, **_kw(g)).astype(dy.dtype)
-
-
-def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
-    w_shape = tuple(tile) + g.w_shape
-    return _into(ref.tiled_conv2d_weight_grad(dy, x, w_shape, **_kw(g)), out, x.dtype)
-
-
-def tiled_conv2d_bias_grad(dy, tile, out=None):
-    return _into(ref.tiled_conv2d_bias_grad(dy, tile), out, dy.dtype)
+conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad = _layer(LAYERS["conv2d"])
+tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bias_grad = \
+    _layer(LAYERS["tiled_conv2d"])
+local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad = _layer(LAYERS["local2d"])
 
 
 def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):

@@ -9,11 +9,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _device, config, registry
+from . import _device, config, dtypes, optable, registry
 from .geometry import ConvGeometry
 
-DTYPES = (np.float32, np.float64)
-NEEDS = ("input", "weight", "bias")
+NEEDS = optable.GRADIENTS
 
 
 class Grads(NamedTuple):
@@ -37,8 +36,8 @@ def _kind(name, a):
 
 def _array(name, a, ndim, dtype=None):
     _kind(name, a)
-    if a.dtype not in DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+    if dtypes.lookup(a.dtype) is None:
+        raise TypeError(f"{name} must be one of {', '.join(dtypes.NAMES)}, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but x has dtype {dtype}: mixed dtypes")
     if a.ndim != ndim:
@@ -64,19 +63,15 @@ def _same_place(**arrays):
     return next(iter(kinds.values()))
 
 
-_HOST_ONLY = ("cpu", "reference")
-_GPU = ("numba-cuda", "cupy")
-
-
 def _auto(kind, op):
-    """backend="auto": NumPy -> cpu; CuPy -> config.AUTO_GPU[op] (or the other GPU backend if
+    """backend="auto": NumPy -> cpu; CuPy -> config.auto_gpu(op) (or another GPU backend if
     that one is missing here); Numba device arrays -> numba-cuda."""
     if kind == "numpy":
         return "cpu"
     if kind == "numba":
         return "numba-cuda"
-    first = config.AUTO_GPU[op]
-    for name in (first,) + tuple(b for b in _GPU if b != first):
+    first = config.auto_gpu(op)
+    for name in (first,) + tuple(b for b in registry.GPU if b != first):
         if registry.backends()[name] == "available":
             return name
     return first     # registry.get reports why it is missing
@@ -85,12 +80,52 @@ def _auto(kind, op):
 def _backend(name, kind="numpy", op="conv2d"):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
-    if name == "auto":
-        name = _auto(kind, op)
-    elif name in _HOST_ONLY and kind != "numpy":
-        raise TypeError(f"backend {name!r} takes NumPy arrays, got {kind} device arrays; "
-                        f"use backend='auto' or a GPU backend, or copy them to the host")
-    return registry.get(name)
+    be = registry.get(_auto(kind, op) if name == "auto" else name)
+    if kind not in be.KINDS:
+        raise TypeError(f"backend {name!r} takes {' or '.join(be.KINDS)} arrays, got {kind} "
+                        f"arrays; use backend='auto' or another backend, or copy them")
+    return be
+
+
+class _Moves:
+    """The arrays of one call on the backend's side: NumPy arrays given to a GPU backend go to
+    the device once per call (each input once, however many passes read it) and each result
+    comes back once; otherwise arrays pass through (made C-contiguous)."""
+
+    def __init__(self, be, kind):
+        self.be = be
+        self.copy = kind == "numpy" and be.KINDS[0] != "numpy"
+
+    def put(self, a):
+        if a is None:
+            return None
+        a = _device.contiguous(a)
+        return self.be.to_device(a) if self.copy else a
+
+    def get(self, d):
+        return self.be.to_host(d) if self.copy and d is not None else d
+
+    def into(self, buf, compute):
+        """compute(out), out being `buf` on the backend's side (added into) or None; the sum
+        lands in `buf`, which is returned (the fresh result when buf is None). Kernels add
+        only into C-contiguous buffers: any other layout gets the sum through a temporary, so
+        a strided view is still added into, never silently replaced."""
+        if buf is None:
+            return self.get(compute(None))
+        if not _device.is_c_contiguous(buf):
+            buf += self.get(compute(None))
+            return buf
+        work = self.put(buf)
+        compute(work)
+        return self.back(work, buf)
+
+    def back(self, work, buf):
+        """Write `work` (put(buf), accumulated into on the backend's side) back into `buf`."""
+        if self.copy and _device.is_c_contiguous(buf):
+            self.be.copy_into(work, buf)
+        elif work is not buf:        # a device copy of a strided buffer, or a host copy of it
+            buf[...] = self.get(work)
+        return buf
 
 
 def _geometry(x, bank, stride, padding, dilation):
@@ -103,77 +138,39 @@ def _geometry(x, bank, stride, padding, dilation):
     return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
 
 
-def _contig(a):
-    return _device.contiguous(a)
-
-
-# ------------------------------------------------------------------------- layer kinds
-# The three layers differ only in the grid of filter banks (DESIGN.md): shared has one bank,
-# tiled a TP x TQ grid, locally connected one per output position. Each entry says how the
-# weight is shaped and checks that its grid fits the output; everything else is common.
-_LAYERS = {
-    # op: (weight shape in words, weight ndim, bias shape in words)
-    "conv2d": ("(K, C, R, S)", 4, "(K,)"),
-    "tiled_conv2d": ("(TP, TQ, K, C, R, S)", 6, "(TP, TQ, K)"),
-    "local2d": ("(P, Q, K, C, R, S)", 6, "(P, Q, K)"),
-}
-
-
-def _layer_geometry(op, x, weight, stride, padding, dilation):
-    """ConvGeometry of the layer and its bank grid (TP, TQ); ValueError if the grid does not fit."""
+def _layer_geometry(spec, x, weight, stride, padding, dilation):
+    """The call's ConvGeometry and the weight's bank grid; ValueError if the grid does not fit."""
     _array("x", x, 4)
-    _array("weight", weight, _LAYERS[op][1], x.dtype)
-    bank = weight.shape[-4:]  # (K, C, R, S)
-    g = _geometry(x, bank, stride, padding, dilation)
-    if op == "conv2d":
-        return g, (1, 1)
-    grid = weight.shape[:2]
-    if op == "local2d" and grid != (g.P, g.Q):
-        raise ValueError(
-            f"local2d weight {_LAYERS[op][0]} must have one bank per output position: its grid "
-            f"{grid} does not match the output size (P, Q) = ({g.P}, {g.Q}) for x {x.shape}, "
-            f"kernel ({g.R}, {g.S}), stride {g.stride}, padding {g.padding}, dilation "
-            f"{g.dilation}; weight has shape {weight.shape}")
-    if op == "tiled_conv2d" and (grid[0] > g.P or grid[1] > g.Q):
-        raise ValueError(
-            f"tiled_conv2d tile (TP, TQ) = {grid} (weight shape {weight.shape}) is larger than "
-            f"the output (P, Q) = ({g.P}, {g.Q}) for x {x.shape}: a tile class would never be "
-            f"used")
+    _array("weight", weight, spec.weight_ndim, x.dtype)
+    g = _geometry(x, weight.shape[-4:], stride, padding, dilation)
+    grid = spec.grid(g, weight.shape)
+    spec.check_grid(g, grid, weight.shape)
     return g, grid
 
 
-def _bank_shapes(op, g, grid):
-    """(weight shape, bias shape) of the layer."""
-    if op == "conv2d":
-        return g.w_shape, (g.K,)
-    return tuple(grid) + g.w_shape, tuple(grid) + (g.K,)
-
-
-def _extra(op, grid):
-    """Tiled host functions take the tile; the others read their grid from the geometry."""
-    return {"tile": tuple(grid)} if op == "tiled_conv2d" else {}
+def _kernel_input(x, g):
+    """x as the kernels see it: padded at the end by g.extra (padding="same", odd total)."""
+    return x if g.extra == (0, 0) else _device.pad_end(x, g.extra)
 
 
 def _forward(op, x, weight, bias, stride, padding, dilation, backend):
-    g, grid = _layer_geometry(op, x, weight, stride, padding, dilation)
-    _, b_shape = _bank_shapes(op, g, grid)
+    spec = optable.LAYERS[op]
+    g, grid = _layer_geometry(spec, x, weight, stride, padding, dilation)
     if bias is not None:
+        b_shape = spec.bias_shape(g, grid)
         _array("bias", bias, len(b_shape), x.dtype)
         if bias.shape != b_shape:
-            raise ValueError(f"bias must have shape {_LAYERS[op][2]} = {b_shape}, "
+            raise ValueError(f"bias must have shape {spec.bias_words} = {b_shape}, "
                              f"got {bias.shape}")
-    be = _backend(backend, _same_place(x=x, weight=weight, bias=bias), op)
-    return getattr(be, op)(_contig(x), _contig(weight),
-                           None if bias is None else _contig(bias), g)
+    kind = _same_place(x=x, weight=weight, bias=bias)
+    be = _backend(backend, kind, op)
+    io = _Moves(be, kind)
+    forward = getattr(be, spec.export("forward"))
+    return io.get(forward(io.put(_kernel_input(x, g)), io.put(weight), io.put(bias),
+                          g.padded_input(), grid))
 
 
-def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
-              grad_weight, grad_bias, backend):
-    g, grid = _layer_geometry(op, x, weight, stride, padding, dilation)
-    _array("grad_out", grad_out, 4, x.dtype)
-    if grad_out.shape != g.y_shape:
-        raise ValueError(f"grad_out must have the output shape (N, K, P, Q) = {g.y_shape} for "
-                         f"x {x.shape} and weight {weight.shape}, got {grad_out.shape}")
+def _needs(needs):
     if isinstance(needs, str):
         needs = (needs,)
     try:
@@ -183,38 +180,53 @@ def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, determi
     bad = [n for n in needs if n not in NEEDS]
     if bad:
         raise ValueError(f"needs must name only {NEEDS}, got {bad!r}")
+    return needs
+
+
+def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
+              grad_weight, grad_bias, backend):
+    spec = optable.LAYERS[op]
+    g, grid = _layer_geometry(spec, x, weight, stride, padding, dilation)
+    _array("grad_out", grad_out, 4, x.dtype)
+    if grad_out.shape != g.y_shape:
+        raise ValueError(f"grad_out must have the output shape (N, K, P, Q) = {g.y_shape} for "
+                         f"x {x.shape} and weight {weight.shape}, got {grad_out.shape}")
+    needs = _needs(needs)
     if not isinstance(deterministic, (bool, np.bool_)):
         raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
-    w_shape, b_shape = _bank_shapes(op, g, grid)
-    _check_accumulator("grad_weight", grad_weight, w_shape, x.dtype)
-    _check_accumulator("grad_bias", grad_bias, b_shape, x.dtype)
-    be = _backend(backend, _same_place(grad_out=grad_out, x=x, weight=weight,
-                                       grad_weight=grad_weight, grad_bias=grad_bias), op)
-    extra = _extra(op, grid)
+    _check_accumulator("grad_weight", grad_weight, spec.weight_shape(g, grid), x.dtype)
+    _check_accumulator("grad_bias", grad_bias, spec.bias_shape(g, grid), x.dtype)
+    kind = _same_place(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
+                       grad_bias=grad_bias)
+    be = _backend(backend, kind, op)
+    io = _Moves(be, kind)
+    kg, det = g.padded_input(), bool(deterministic)
+    passes = {p: getattr(be, spec.export(p), None) for p in optable.PASSES}
 
-    dy = _contig(grad_out)
+    dy = io.put(grad_out)          # each array crosses to the device at most once
+    xd = io.put(_kernel_input(x, g)) if "weight" in needs else None
+    wd = io.put(weight) if "input" in needs else None
     dx = dw = db = None
-    fused = getattr(be, f"{op}_input_weight_grad", None)
-    if fused is not None and "input" in needs and "weight" in needs:
+    if passes["input_weight"] is not None and "input" in needs and "weight" in needs:
         # one pass computes both (a local layer then streams its weights once, not twice)
         got = {}
 
         def both(out):
-            got["dx"], dw_ = fused(dy, _contig(x), _contig(weight), g, out=out,
-                                   deterministic=bool(deterministic), **extra)
+            got["dx"], dw_ = passes["input_weight"](dy, xd, wd, kg, grid, out=out,
+                                                    deterministic=det)
             return dw_
-        dw = _accumulate(grad_weight, both)
-        dx = got["dx"]
+        dw = io.into(grad_weight, both)
+        dx = io.get(got["dx"])
     else:
         if "input" in needs:
-            dx = getattr(be, f"{op}_input_grad")(dy, _contig(weight), g)
+            dx = io.get(passes["input"](dy, wd, kg, grid))
         if "weight" in needs:
-            kernel = getattr(be, f"{op}_weight_grad")
-            dw = _accumulate(grad_weight, lambda out: kernel(
-                dy, _contig(x), g, out=out, deterministic=bool(deterministic), **extra))
+            dw = io.into(grad_weight, lambda out: passes["weight"](dy, xd, kg, grid, out=out,
+                                                                   deterministic=det))
     if "bias" in needs:
-        kernel = getattr(be, f"{op}_bias_grad")
-        db = _accumulate(grad_bias, lambda out: kernel(dy, out=out, **extra))
+        db = io.into(grad_bias, lambda out: passes["bias"](dy, kg, grid, out=out))
+    if dx is not None and g.extra != (0, 0):
+        dx = _device.contiguous(dx[:, :, :g.H, :g.W])       # drop the rows padded for "same"
     return Grads(dx, dw, db)
 
 
@@ -295,20 +307,6 @@ def _check_accumulator(name, buf, shape, dtype):
         raise ValueError(f"{name} is read-only; it is accumulated into in place")
 
 
-def _accumulate(buf, compute):
-    """Run compute(out) so the result lands in `buf` (added) or in a fresh array (buf None).
-
-    Kernels accumulate only into C-contiguous buffers; any other layout gets the sum through a
-    temporary, so a strided grad_weight view is still added into, never silently replaced.
-    """
-    if buf is None:
-        return compute(None)
-    if _device.is_c_contiguous(buf):
-        return compute(buf)
-    buf += compute(None)
-    return buf
-
-
 # -------------------------------------------------------------------------- soft sharing
 def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="auto"):
     """Soft parameter sharing: penalty = strength/2 * sum((a - b)**2), in one fused pass.
@@ -332,8 +330,9 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
     for name, arr in (("a", a), ("b", b), ("grad_a", grad_a), ("grad_b", grad_b)):
         if arr is None:
             continue
-        if arr.dtype not in DTYPES:
-            raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+        if dtypes.lookup(arr.dtype) is None:
+            raise TypeError(f"{name} must be one of {', '.join(dtypes.NAMES)}, got dtype "
+                            f"{arr.dtype}")
         if arr.dtype != a.dtype:
             raise TypeError(f"{name} has dtype {arr.dtype} but a has dtype {a.dtype}: "
                             "mixed dtypes")
@@ -354,26 +353,31 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
             if x is not None and other != name and _device.overlaps(g, x):
                 raise ValueError(f"{name} overlaps {other} in memory: {name} is written while "
                                  f"{other} is read or written")
-    be = _backend(backend, kind, "soft_sharing_penalty")
+    be = _backend(backend, kind, optable.PENALTY)
     if a.size == 0:
         return _device.zero_scalar(kind)
-    work = {k: None if g is None else _contig(g) for k, g in grads.items()}
+    io = _Moves(be, kind)
+    work = {k: io.put(g) for k, g in grads.items()}
     result = be.soft_sharing_penalty(
-        _device.flat(_contig(a)), _device.flat(_contig(b)), float(strength),
+        _device.flat(io.put(a)), _device.flat(io.put(b)), float(strength),
         **{k: None if w is None else _device.flat(w) for k, w in work.items()})
     for k, g in grads.items():
-        if g is not None and work[k] is not g:    # a strided buffer: the sum went to a copy
-            g[...] = work[k]
-    return _device.scalar(result, kind)
+        if g is not None:
+            io.back(work[k], g)
+    return _device.scalar(io.get(result), kind)
 
 
 def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,
                 tile=None, bias=True):
-    """ParamCount(neurons, weights_per_neuron, params, bytes) for shared, tiled or local."""
+    """ParamCount(neurons, weights_per_neuron, params, bytes) for shared, tiled or local
+    (or the layer's name: conv2d, tiled_conv2d, local2d)."""
     from .geometry import param_count as _pc
 
+    if sharing in optable.LAYERS:
+        sharing = optable.LAYERS[sharing].sharing
     return _pc(sharing, input_shape, filters, kernel, stride=stride, padding=padding,
                dilation=dilation, tile=tile, bias=bias)
 
 
 backends = registry.backends
+

@@ -105,10 +105,15 @@ CUDA_PENALTY_THREADS_GPU = 256
 CUDA_PENALTY_THREADS = 32 if CUDASIM else CUDA_PENALTY_THREADS_GPU
 CUDA_PENALTY_BLOCKS = 4 if CUDASIM else 1056
 
-# backend="auto" for CuPy arrays: the GPU backend each op goes to. To be set from the GPU
+# backend="auto" for CuPy arrays: the GPU backend each op goes to (an op table name or
+# soft_sharing_penalty; AUTO_GPU_DEFAULT for any op not listed). To be set from the GPU
 # benchmark (python -m bench --gpu: the faster backend per op and pass); no GPU has run it yet,
 # so every op goes to numba-cuda, the backend that also runs (on the simulator) without one.
 # A choice that is not available here falls back to the other GPU backend. Numba device arrays
 # always go to numba-cuda (the cupy backend takes CuPy arrays).
-AUTO_GPU = {"conv2d": "numba-cuda", "tiled_conv2d": "numba-cuda", "local2d": "numba-cuda",
-            "soft_sharing_penalty": "numba-cuda"}
+AUTO_GPU_DEFAULT = "numba-cuda"
+AUTO_GPU = {}
+
+
+def auto_gpu(op):
+    return AUTO_GPU.get(op, AUTO_GPU_DEFAULT)

@@ -24,8 +24,30 @@ def pair(value, name):
     return (int(a), int(b))
 
 
-def out_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def out_size(size, kernel, stride, padding, dilation, extra=0):
+    return (size + 2 * padding + extra - dilation * (kernel - 1) - 1) // stride + 1
+
+
+PADDING_WORDS = ("valid", "same")
+
+
+def resolve_padding(padding, kernel, stride, dilation):
+    """(padding pair, extra pair): an int or pair as given (extra 0); "valid" is 0; "same"
+    pads dilation*(kernel-1) in all, half before, and an odd total's extra row/column at the
+    end (`extra`), so the output has the input's size. ValueError for an unknown string and for
+    "same" with a stride other than 1 (torch.nn.Conv2d's rule)."""
+    if not isinstance(padding, str):
+        return pair(padding, "padding"), (0, 0)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', "
+                         f"got {padding!r}")
+    if tuple(stride) != (1, 1):
+        raise ValueError(f"padding='same' needs stride 1 (the output keeps the input's size), "
+                         f"got stride {tuple(stride)}")
+    total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    return tuple(t // 2 for t in total), tuple(t % 2 for t in total)
 
 
 @dataclass(frozen=True)
@@ -42,18 +64,22 @@ class ConvGeometry:
     stride: tuple = (1, 1)
     padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
+    # zero rows/columns padded at the end beyond `padding` (padding="same" with an odd total).
+    # Kernels take symmetric padding only: the API pads x by `extra` first (padded_input()).
+    extra: tuple = (0, 0)
 
     @classmethod
     def make(cls, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1):
         """Build and validate; raises ValueError naming the argument on a bad value."""
-        st, pd, dl = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+        st, dl = pair(stride, "stride"), pair(dilation, "dilation")
         if min(st) < 1:
             raise ValueError(f"stride must be positive, got {st}")
         if min(dl) < 1:
             raise ValueError(f"dilation must be positive, got {dl}")
+        pd, extra = resolve_padding(padding, (R, S), st, dl)
         if min(pd) < 0:
             raise ValueError(f"padding must be non-negative, got {pd}")
-        g = cls(N, C, H, W, K, R, S, st, pd, dl)
+        g = cls(N, C, H, W, K, R, S, st, pd, dl, extra)
         if g.P < 1 or g.Q < 1:
             raise ValueError(
                 f"output size (P, Q) = ({g.P}, {g.Q}) < 1 for input (H, W) = ({H}, {W}), "
@@ -62,11 +88,21 @@ class ConvGeometry:
 
     @property
     def P(self):
-        return out_size(self.H, self.R, self.stride[0], self.padding[0], self.dilation[0])
+        return out_size(self.H, self.R, self.stride[0], self.padding[0], self.dilation[0],
+                        self.extra[0])
 
     @property
     def Q(self):
-        return out_size(self.W, self.S, self.stride[1], self.padding[1], self.dilation[1])
+        return out_size(self.W, self.S, self.stride[1], self.padding[1], self.dilation[1],
+                        self.extra[1])
+
+    def padded_input(self):
+        """The same layer on x padded by `extra` at the end: symmetric padding, the same
+        output. The kernels' geometry (the API pads x and crops dx to match)."""
+        if self.extra == (0, 0):
+            return self
+        return ConvGeometry(self.N, self.C, self.H + self.extra[0], self.W + self.extra[1],
+                            self.K, self.R, self.S, self.stride, self.padding, self.dilation)
 
     @property
     def x_shape(self):

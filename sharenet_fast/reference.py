@@ -24,8 +24,9 @@ def _tap(g, r, s):
 
 
 def _pad(x, g):
-    ph, pw = g.padding
-    return np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    """Zero-padded float64 copy: `padding` before, `padding + extra` after (padding="same")."""
+    (ph, pw), (eh, ew) = g.padding, g.extra
+    return np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)))
 
 
 # The three tap loops every layer shares. `bank` is the weight's einsum subscript for one tap:
@@ -48,7 +49,7 @@ def _correlate_input_grad(dy, w, g, bank):
     w = np.asarray(w, dtype=np.float64)
     dy = np.asarray(dy, dtype=np.float64)
     ph, pw = g.padding
-    dxp = np.zeros((g.N, g.C, g.H + 2 * ph, g.W + 2 * pw))
+    dxp = np.zeros((g.N, g.C, g.H + 2 * ph + g.extra[0], g.W + 2 * pw + g.extra[1]))
     for r in range(g.R):
         for s in range(g.S):
             rows, cols = _tap(g, r, s)

@@ -1,15 +1,10 @@
 """The one registry of backends: name -> module, loaded lazily, with the reason a backend is missing.
 
-Every backend module exposes the same host functions, so dispatch is a lookup and tests iterate
-over this table. For op in conv2d, local2d, tiled_conv2d (validated arrays, a ConvGeometry g):
-
-    op(x, weight, bias, g) -> y
-    op_input_grad(dy, weight, g) -> dx
-    op_weight_grad(dy, x, g, out=None, deterministic=False[, tile]) -> dw (added into out)
-    op_bias_grad(dy, out=None[, tile]) -> db (added into out)
-    op_input_weight_grad(dy, x, weight, g, out=None, ...) -> (dx, dw)   optional: one fused pass
-
-tiled_conv2d's weight and bias gradients take tile=(TP, TQ); local2d's grid is (g.P, g.Q).
+Every backend module exports the host functions the op table names (optable.required_exports();
+signatures in optable.py), so dispatch is a lookup and tests iterate over this table, and says
+which arrays it takes: KINDS, its first entry the kind it computes on. A GPU backend (KINDS[0]
+a device kind) also exports to_device(a), to_host(d) and copy_into(d, out): the API moves NumPy
+arrays through them, once per call.
 """
 import importlib
 
@@ -20,6 +15,8 @@ BACKENDS = {
     "numba-cuda": ("sharenet_fast.numba_cuda", "Numba CUDA kernels"),
     "cupy": ("sharenet_fast.cupy_backend", "CUDA C kernels from kernels/ compiled by CuPy"),
 }
+
+GPU = ("numba-cuda", "cupy")
 
 _loaded = {}
 

@@ -5,12 +5,20 @@ huge pages are on 'madvise', NumPy asks for them and the kernel may compact memo
 fault): measured 1-5 ms per call on a 5 MB weight-gradient workspace, up to half the time of
 the op. Kernels' private scratch (never returned to the caller) therefore comes from here.
 
-Only use under cpu.conv2d._launch_lock, and never let a scratch array escape the call: the next
-call gets the same memory. Buffers above WORKSPACE_CACHE_BYTES are not kept.
+Only use under launch_lock, and never let a scratch array escape the call: the next call gets
+the same memory. Buffers above WORKSPACE_CACHE_BYTES are not kept.
 """
+import threading
+
 import numpy as np
 
 from ..config import WORKSPACE_CACHE_BYTES
+
+# Every parallel CPU kernel launches under this lock. Numba's "workqueue" threading layer (the
+# fallback where no OpenMP/TBB exists) aborts the process when two Python threads enter parallel
+# kernels at once; a kernel already uses every core, so serialising callers costs nothing and
+# leaves the user's choice of threading layer alone. It also guards the scratch buffers below.
+launch_lock = threading.RLock()
 
 _cache = {}
 

@@ -10,23 +10,18 @@ task gathers into a private, L2-sized buffer:
   dgrad    dx[n, :, h, :] = sum_r scatter(dyT[n, p(h, r)] . W_r^T)   gather form: one task owns
                                                           one input row, so no atomics
 
-Public host launchers (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad) take
-validated arrays and a ConvGeometry; kernels are named *_kernel.
+Public host launchers (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad: the op
+table's signatures, optable.py) take validated arrays, a ConvGeometry and the bank grid (1 x 1
+here); kernels are named <layer>_<kernel tag>_kernel.
 """
-import threading
-
 import numpy as np
 from numba import njit, prange
 
 from ..config import (VEC_PAD, WGRAD_CHUNK, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE,
                       njit_options)
 from ._gemm import gemm_nt, typed_zero
+from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
-
-# Numba's default "workqueue" threading layer aborts the process when two Python threads
-# enter parallel kernels at once. A kernel already uses every core, so serialising callers
-# costs nothing and keeps the user's choice of threading layer untouched.
-_launch_lock = threading.RLock()
 
 
 def _padded(a, ph, pw, layout, name):
@@ -70,7 +65,7 @@ def _add(dst, src):
 
 # ----------------------------------------------------------------------------------- forward
 @njit(**njit_options(parallel=True))
-def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
+def conv2d_fwd_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
     """xh: padded NHWC input; wk: TP*TQ banks of (K, R*S*C) rows, each zero-padded to a multiple
     of VEC_PAD (no scalar remainder in the GEMM's reduction); y: (N, K, P, Q) output.
 
@@ -124,7 +119,7 @@ def conv2d_forward_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, T
             row += nq
 
 
-def conv2d(x, weight, bias, g):
+def conv2d(x, weight, bias, g, grid):
     y = np.empty(g.y_shape, dtype=x.dtype)
     _forward(x, weight[None, None], None if bias is None else bias[None, None], g.padding,
              g.stride, g.dilation, y)
@@ -141,7 +136,7 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
         wk = scratch("fwd_w", (TP * TQ * K, -(-T // VEC_PAD) * VEC_PAD), x.dtype)
         wk[:, T:] = 0
         wk[:, :T] = banks.transpose(0, 1, 2, 4, 5, 3).reshape(TP * TQ * K, T)
-        conv2d_forward_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
+        conv2d_fwd_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -242,7 +237,7 @@ def _wgrad_split(g, banks=1, itemsize=4):
     return rows, max(1, min(units, WGRAD_MAX_PARTIALS, cap))
 
 
-def conv2d_weight_grad(dy, x, g, out=None, deterministic=False):
+def conv2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
     """Weight gradient (K, C, R, S). With `out`, the gradient is added into it.
 
     The reduction order depends only on the shapes, never on the thread schedule, so the CPU
@@ -337,7 +332,7 @@ def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw, TP, TQ):
                 dx[n, c, h, w] = rowbuf[(w + pw) * C + c]
 
 
-def conv2d_input_grad(dy, weight, g):
+def conv2d_input_grad(dy, weight, g, grid):
     return _input_grad(dy, weight[None, None], g)
 
 
@@ -402,7 +397,7 @@ def conv2d_bgrad_kernel(dy, out, accumulate, TP, TQ):
                     of[i] = acc
 
 
-def conv2d_bias_grad(dy, out=None):
+def conv2d_bias_grad(dy, g, grid, out=None):
     return _bias_grad(dy, (1, 1), (dy.shape[1],), out)
 
 

@@ -25,7 +25,8 @@ from numba import njit, prange
 from ..config import njit_options
 from ._gemm import gemm_nn, gemm_nt_streamed, typed_zero
 from ._workspace import scratch
-from .conv2d import _add, _copy, _launch_lock, _padded
+from ._workspace import launch_lock as _launch_lock
+from .conv2d import _add, _copy, _padded
 
 
 @njit(**njit_options(), inline="always")
@@ -44,7 +45,7 @@ def _gather_patches(xf, patch, N, C, Hp, Wp, R, S, h0, w0, dh, dw):
 
 # ----------------------------------------------------------------------------------- forward
 @njit(**njit_options(parallel=True))
-def local2d_forward_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
+def local2d_fwd_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
     """xp: padded NCHW input; w: (P, Q, K, C, R, S); bias: (P, Q, K); y: (N, K, P, Q).
 
     One task = one output row p; per position, the K x T bank is streamed from memory once,
@@ -71,19 +72,19 @@ def local2d_forward_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
                         yf[(n * K + k) * P * Q + pos] += bf[pos * K + k]
 
 
-def local2d(x, weight, bias, g):
+def local2d(x, weight, bias, g, grid):
     y = np.empty(g.y_shape, dtype=x.dtype)
     b = bias if bias is not None else np.zeros((1, 1, 1), dtype=x.dtype)
     with _launch_lock:
         xp = _padded(x, *g.padding, "nchw", "local_x")
-        local2d_forward_kernel(xp, weight, b, bias is not None, y, g.R, g.S, *g.stride,
+        local2d_fwd_kernel(xp, weight, b, bias is not None, y, g.R, g.S, *g.stride,
                                *g.dilation)
     return y
 
 
 # ------------------------------------------------------------------ weight and input grads
 @njit(**njit_options(parallel=True))
-def local2d_backward_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, G, want_dx, want_dw,
+def local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, G, want_dx, want_dw,
                             accumulate):
     """Input and/or weight gradient in one pass over the positions.
 
@@ -158,23 +159,23 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out):
             dxp[...] = 0
         else:
             dxp = np.zeros((1, 1, 1, 1), dt)
-        local2d_backward_kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation,
+        local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation,
                                 _phases(g) if want_dx else 1, want_dx, want_dw, accumulate)
         # a fresh array: the scratch is reused by the next call
         dx = dxp[:, :, ph:ph + g.H, pw:pw + g.W].copy() if want_dx else None
     return dx, (out if want_dw else None)
 
 
-def local2d_weight_grad(dy, x, g, out=None, deterministic=False):
+def local2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
     """(P, Q, K, C, R, S); with `out`, added into it. Always bitwise reproducible."""
     return _backward(dy, x, None, g, False, True, out)[1]
 
 
-def local2d_input_grad(dy, weight, g):
+def local2d_input_grad(dy, weight, g, grid):
     return _backward(dy, None, weight, g, True, False, None)[0]
 
 
-def local2d_input_weight_grad(dy, x, weight, g, out=None, deterministic=False):
+def local2d_input_weight_grad(dy, x, weight, g, grid, out=None, deterministic=False):
     """(input grad, weight grad) in one pass (the API uses it when both are needed)."""
     return _backward(dy, x, weight, g, True, True, out)
 
@@ -201,7 +202,7 @@ def local2d_bgrad_kernel(dy, out, accumulate):
                     of[i] = acc
 
 
-def local2d_bias_grad(dy, out=None):
+def local2d_bias_grad(dy, g, grid, out=None):
     accumulate = out is not None
     if out is None:
         out = np.empty((dy.shape[2], dy.shape[3], dy.shape[1]), dtype=dy.dtype)

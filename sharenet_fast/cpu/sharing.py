@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
+from ._workspace import launch_lock
 
 
 @njit(**config.njit_options(parallel=True))
@@ -57,7 +58,8 @@ def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
     shape and dtype, or None) are added into in place."""
     none = np.empty(0, a.dtype)
     s = a.dtype.type(strength)
-    total = soft_sharing_penalty_kernel(
-        a, b, s, none if grad_a is None else grad_a, none if grad_b is None else grad_b,
-        grad_a is not None, grad_b is not None, config.PENALTY_CHUNK)
+    with launch_lock:
+        total = soft_sharing_penalty_kernel(
+            a, b, s, none if grad_a is None else grad_a, none if grad_b is None else grad_b,
+            grad_a is not None, grad_b is not None, config.PENALTY_CHUNK)
     return 0.5 * float(strength) * total

@@ -12,20 +12,20 @@ import numpy as np
 from .conv2d import _bias_grad, _forward, _input_grad, _weight_grad
 
 
-def tiled_conv2d(x, weight, bias, g):
+def tiled_conv2d(x, weight, bias, g, grid):
     y = np.empty(g.y_shape, dtype=x.dtype)
     _forward(x, weight, bias, g.padding, g.stride, g.dilation, y)
     return y
 
 
-def tiled_conv2d_input_grad(dy, weight, g):
+def tiled_conv2d_input_grad(dy, weight, g, grid):
     return _input_grad(dy, weight, g)
 
 
-def tiled_conv2d_weight_grad(dy, x, g, tile, out=None, deterministic=False):
+def tiled_conv2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
     """(TP, TQ, K, C, R, S); with `out`, added into it. Always bitwise reproducible."""
-    return _weight_grad(dy, x, g, tuple(tile), tuple(tile) + g.w_shape, out)
+    return _weight_grad(dy, x, g, tuple(grid), tuple(grid) + g.w_shape, out)
 
 
-def tiled_conv2d_bias_grad(dy, tile, out=None):
-    return _bias_grad(dy, tuple(tile), tuple(tile) + (dy.shape[1],), out)
+def tiled_conv2d_bias_grad(dy, g, grid, out=None):
+    return _bias_grad(dy, tuple(grid), tuple(grid) + (g.K,), out)

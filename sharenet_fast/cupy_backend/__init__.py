@@ -1,19 +1,21 @@
 """CuPy backend: the CUDA C kernels of kernels/ compiled at run time by NVRTC (cupy.RawModule),
 launched with the host logic shared with the Numba CUDA backend (sharenet_fast/_gpu_host.py).
 
-Host functions follow registry.py (_gpu_host.layer_ops on this backend's DEV). They take CuPy
-arrays (returned as CuPy) or NumPy arrays (copied to the device and back); the kernels run on
-CuPy's current stream. Status: compiled by NVRTC (tests/test_cupy_backend.py) and run by a g++
+Host functions follow the op table (optable.py; _gpu_host.layer_ops on this backend's DEV). They
+take CuPy arrays and return CuPy arrays (the API copies NumPy arrays in and out once per call
+through to_device / to_host; Numba device arrays are refused: KINDS); the kernels run on CuPy's
+current stream. Status: compiled by NVRTC (tests/test_cupy_backend.py) and run by a g++
 emulation (tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
 """
-import functools
-
 import numpy as np
 
 from .. import _gpu_host as host
 from .. import config
-from .._device import flat, host_io, kind
+from .._device import flat
+from ..optable import LAYERS
 from . import _loader
+
+KINDS = ("cupy", "numpy")
 
 
 def unavailable():
@@ -31,10 +33,18 @@ def unavailable():
     return None
 
 
-def _to_device(a):
+def to_device(a):
     import cupy
 
     return cupy.asarray(a)
+
+
+def to_host(d):
+    return d.get()
+
+
+def copy_into(d, out):
+    d.get(out=out)
 
 
 class _CupyDevice:
@@ -54,7 +64,7 @@ class _CupyDevice:
 
     @staticmethod
     def to_device_like(like, a):
-        return _to_device(a)
+        return to_device(a)
 
     flat = staticmethod(flat)
 
@@ -71,18 +81,10 @@ class _CupyDevice:
 DEV = _CupyDevice()
 
 
-def _cupy_only(fn):
-    """NumPy arrays are copied in and out; Numba device arrays are refused (use CuPy)."""
-    wrapped = host_io(_to_device, lambda d: d.get(), lambda d, out: d.get(out=out))(fn)
-
-    @functools.wraps(fn)
-    def checked(*args, **kwargs):
-        if any(kind(a) == "numba" for a in args + tuple(kwargs.values())):
-            raise TypeError("the cupy backend takes CuPy or NumPy arrays, not Numba device "
-                            "arrays (wrap them with cupy.asarray, or use backend='numba-cuda')")
-        return wrapped(*args, **kwargs)
-    return checked
-
-
-globals().update({name: _cupy_only(fn) for name, fn in host.layer_ops(DEV).items()})
-__all__ = list(host.OPS)
+conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad = \
+    host.layer_ops(DEV, LAYERS["conv2d"])
+tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bias_grad = \
+    host.layer_ops(DEV, LAYERS["tiled_conv2d"])
+local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad = \
+    host.layer_ops(DEV, LAYERS["local2d"])
+soft_sharing_penalty = host.penalty_op(DEV)

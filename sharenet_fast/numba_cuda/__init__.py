@@ -1,14 +1,16 @@
 """Numba CUDA backend: @cuda.jit kernels (built lazily: importing needs no GPU).
 
-Host functions follow the interface in registry.py. They take device arrays (CuPy or Numba) and
-return the same kind; NumPy arrays are copied to the device and back (_device.on_device), which
-is also how the kernels run under NUMBA_ENABLE_CUDASIM=1. All three layers run on the banked
-kernels of conv2d.py with their tile (shared = 1 x 1, tiled = (TP, TQ), local = (P, Q)),
-through the host side shared with the cupy backend (_gpu_host.layer_ops).
+Host functions follow the op table (optable.py). They take device arrays (CuPy or Numba) and
+return the same kind; the API copies NumPy arrays to the device and back once per call
+(to_device / to_host below), which is also how the kernels run under NUMBA_ENABLE_CUDASIM=1.
+All three layers run on the banked kernels of conv2d.py with their tile (shared = 1 x 1, tiled =
+(TP, TQ), local = (P, Q)), through the host side shared with the cupy backend (_gpu_host).
 """
 from .. import _gpu_host
-from .._device import on_device
+from ..optable import LAYERS
 from .conv2d import DEV
+
+KINDS = ("numba", "cupy", "numpy")
 
 
 def unavailable():
@@ -30,5 +32,26 @@ def unavailable():
             "NUMBA_ENABLE_CUDASIM=1 runs these kernels on Numba's simulator")
 
 
-globals().update({name: on_device(fn) for name, fn in _gpu_host.layer_ops(DEV).items()})
-__all__ = list(_gpu_host.OPS)
+
+
+def to_device(a):
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
+def to_host(d):
+    return d.copy_to_host()
+
+
+def copy_into(d, out):
+    d.copy_to_host(out)
+
+
+conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad = \
+    _gpu_host.layer_ops(DEV, LAYERS["conv2d"])
+tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bias_grad = \
+    _gpu_host.layer_ops(DEV, LAYERS["tiled_conv2d"])
+local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad = \
+    _gpu_host.layer_ops(DEV, LAYERS["local2d"])
+soft_sharing_penalty = _gpu_host.penalty_op(DEV)

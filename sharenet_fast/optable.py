@@ -1,0 +1,178 @@
+"""The op table: each layer kind declared once (DESIGN.md, "The op table").
+
+A layer is a grid of filter banks (K, C, R, S) and sharing sets the grid's size: 1 x 1 (shared),
+TP x TQ (tiled), P x Q (locally connected). Everything that differs between the kinds is a field
+of its `Layer` below; the public API (api.py), the reference backend, the backends' required
+exports, the GPU host side, the CLI, the test registry and the benchmark suite iterate LAYERS.
+
+Every backend exports, per layer and pass, one host function named `<layer><suffix>` with the
+same signature for all three layers (g: the kernels' ConvGeometry, grid: the bank grid (TP, TQ)):
+
+    forward       <layer>(x, weight, bias, g, grid) -> y
+    input         <layer>_input_grad(dy, weight, g, grid) -> dx
+    weight        <layer>_weight_grad(dy, x, g, grid, out=None, deterministic=False) -> dw
+    bias          <layer>_bias_grad(dy, g, grid, out=None) -> db
+    input_weight  <layer>_input_weight_grad(dy, x, weight, g, grid, out=None,
+                                            deterministic=False) -> (dx, dw)    optional
+
+`out=` buffers are C-contiguous and added into. A kernel is named `<layer>_<kernel>_kernel` with
+the pass's kernel tag (conv2d_wgrad_kernel); its host launcher drops the suffix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable
+
+from . import reference as ref
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str          # "forward", "input", ...: the word in needs=, JSON, CLI and tables
+    kernel: str        # kernel tag: <layer>_<kernel>_kernel
+    suffix: str        # host function: <layer><suffix>
+    required: bool     # every backend exports it (else optional: a fused pass)
+    doc: str
+
+
+PASSES = MappingProxyType({p.name: p for p in (
+    Pass("forward", "fwd", "", True, "y = the layer applied to x"),
+    Pass("input", "dgrad", "_input_grad", True, "dx: the input gradient, from dy and weight"),
+    Pass("weight", "wgrad", "_weight_grad", True, "dw: the weight gradient, from dy and x"),
+    Pass("bias", "bgrad", "_bias_grad", True, "db: the bias gradient, from dy"),
+    Pass("input_weight", "iwgrad", "_input_weight_grad", False,
+         "dx and dw in one pass (a local layer then reads its weight stream once)"),
+)})
+GRADIENTS = ("input", "weight", "bias")      # the backward passes, as needs= names them
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer kind. Shapes are given in words and, for a geometry and bank grid, as tuples."""
+
+    name: str              # "conv2d": the API function, JSON, CLI
+    sharing: str           # "shared": param_count's word for it
+    title: str             # a phrase for tables and docs
+    grid_words: str        # "1 x 1", "TP x TQ", "P x Q"
+    weight_words: str      # "(K, C, R, S)"
+    bias_words: str        # "(K,)"
+    banked: bool           # weight has the grid as its leading two axes
+    reduction: str         # what the weight gradient sums over
+    _grid: Callable        # (geometry, weight shape) -> (TP, TQ)
+    _oracle: Callable      # (pass name) -> float64 oracle function (reference.py)
+
+    @property
+    def weight_ndim(self):
+        return 6 if self.banked else 4
+
+    @property
+    def bias_ndim(self):
+        return 3 if self.banked else 1
+
+    def grid(self, g, weight_shape):
+        """The bank grid (TP, TQ) of a weight of this kind for geometry g."""
+        return tuple(self._grid(g, tuple(weight_shape)))
+
+    def weight_shape(self, g, grid):
+        return (tuple(grid) if self.banked else ()) + g.w_shape
+
+    def bias_shape(self, g, grid):
+        return (tuple(grid) if self.banked else ()) + (g.K,)
+
+    def check_grid(self, g, grid, weight_shape):
+        """ValueError if the weight's grid does not fit the output of g."""
+        P, Q = g.P, g.Q
+        if self.sharing == "local" and tuple(grid) != (P, Q):
+            raise ValueError(
+                f"{self.name} weight {self.weight_words} must have one bank per output "
+                f"position: its grid {tuple(grid)} does not match the output size (P, Q) = "
+                f"({P}, {Q}) for x {g.x_shape}, kernel ({g.R}, {g.S}), stride {g.stride}, "
+                f"padding {g.padding}, dilation {g.dilation}; weight has shape {weight_shape}")
+        if grid[0] > P or grid[1] > Q:
+            raise ValueError(
+                f"{self.name} tile (TP, TQ) = {tuple(grid)} (weight shape {weight_shape}) is "
+                f"larger than the output (P, Q) = ({P}, {Q}) for x {g.x_shape}: a tile class "
+                f"would never be used")
+
+    def banks(self, g, grid):
+        return grid[0] * grid[1]
+
+    def export(self, pass_):
+        """The host function a backend exports for one pass."""
+        return self.name + PASSES[pass_].suffix
+
+    def exports(self, required=True):
+        """{pass: function name}: the required passes, or every pass with required=False."""
+        return {p.name: self.export(p.name) for p in PASSES.values() if p.required or not required}
+
+    def oracle(self, pass_):
+        """The float64 oracle of one pass, with the backend's uniform arguments:
+        forward(x, w, b, **kw), input(dy, x_shape, w, **kw), weight(dy, x, w_shape, **kw),
+        bias(dy, grid)."""
+        return self._oracle(pass_)
+
+    def flops(self, g, pass_):
+        """FLOPs of a pass (2 per multiply-add; padding taps counted, as every library does)."""
+        per = 2 * g.macs
+        return {"forward": per, "input": per, "weight": per, "bias": g.N * g.K * g.P * g.Q,
+                "input_weight": 2 * per, "backward": 2 * per}[pass_]
+
+    def bytes(self, g, pass_, itemsize, grid):
+        """Bytes a pass must move at least: each tensor it reads or writes, once."""
+        x, y = g.N * g.C * g.H * g.W, g.N * g.K * g.P * g.Q
+        w = g.K * g.C * g.R * g.S * self.banks(g, grid)
+        b = g.K * self.banks(g, grid)
+        counts = {"forward": x + w + y, "input": y + w + x, "weight": y + x + w, "bias": y + b,
+                  "input_weight": y + 2 * x + 2 * w, "backward": y + 2 * x + 2 * w}
+        return counts[pass_] * itemsize
+
+
+def _oracles(forward, input_, weight, bias):
+    table = {"forward": forward, "input": input_, "weight": weight, "bias": bias}
+    return lambda pass_: table[pass_]
+
+
+LAYERS = MappingProxyType({spec.name: spec for spec in (
+    Layer("conv2d", "shared", "shared conv", "1 x 1", "(K, C, R, S)", "(K,)", False,
+          "batch and all P*Q positions of each depth slice",
+          lambda g, ws: (1, 1),
+          _oracles(ref.conv2d, ref.conv2d_input_grad, ref.conv2d_weight_grad,
+                   lambda dy, grid: ref.conv2d_bias_grad(dy))),
+    Layer("tiled_conv2d", "tiled", "tiled conv", "TP x TQ", "(TP, TQ, K, C, R, S)",
+          "(TP, TQ, K)", True, "batch and the positions of one tile class",
+          lambda g, ws: ws[:2],
+          _oracles(ref.tiled_conv2d, ref.tiled_conv2d_input_grad, ref.tiled_conv2d_weight_grad,
+                   ref.tiled_conv2d_bias_grad)),
+    Layer("local2d", "local", "locally connected", "P x Q", "(P, Q, K, C, R, S)", "(P, Q, K)",
+          True, "batch only (no cross-position reduction)",
+          lambda g, ws: ws[:2],
+          _oracles(ref.local2d, ref.local2d_input_grad, ref.local2d_weight_grad,
+                   lambda dy, grid: ref.local2d_bias_grad(dy))),
+)})
+BY_SHARING = MappingProxyType({spec.sharing: spec for spec in LAYERS.values()})
+
+# The other op every backend exports: soft_sharing_penalty(a, b, strength, grad_a=None,
+# grad_b=None) on flat C-contiguous arrays -> the float64 penalty (a 1-element array on a GPU).
+PENALTY = "soft_sharing_penalty"
+
+
+def layers():
+    """The op table (read-only): {"conv2d": Layer, "tiled_conv2d": Layer, "local2d": Layer}."""
+    return LAYERS
+
+
+def lookup(name):
+    """The Layer for an op name ("local2d") or a sharing word ("local"); ValueError otherwise."""
+    spec = LAYERS.get(name) or BY_SHARING.get(name)
+    if spec is None:
+        raise ValueError(f"layer must be one of {tuple(LAYERS)} (or {tuple(BY_SHARING)}), "
+                         f"got {name!r}")
+    return spec
+
+
+def required_exports():
+    """Every host function name a backend must export."""
+    names = [spec.export(p) for spec in LAYERS.values() for p, pass_ in PASSES.items()
+             if pass_.required]
+    return tuple(names) + (PENALTY,)
