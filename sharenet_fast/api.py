@@ -37,7 +37,7 @@ def _kind(name, a):
 def _array(name, a, ndim, dtype=None):
     _kind(name, a)
     if dtypes.lookup(a.dtype) is None:
-        raise TypeError(f"{name} must be one of {', '.join(dtypes.NAMES)}, got dtype {a.dtype}")
+        raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{name} has dtype {a.dtype} but x has dtype {dtype}: mixed dtypes")
     if a.ndim != ndim:
@@ -331,8 +331,7 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
         if arr is None:
             continue
         if dtypes.lookup(arr.dtype) is None:
-            raise TypeError(f"{name} must be one of {', '.join(dtypes.NAMES)}, got dtype "
-                            f"{arr.dtype}")
+            raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {arr.dtype}")
         if arr.dtype != a.dtype:
             raise TypeError(f"{name} has dtype {arr.dtype} but a has dtype {a.dtype}: "
                             "mixed dtypes")

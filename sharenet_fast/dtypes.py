@@ -29,6 +29,7 @@ DTYPES = MappingProxyType({
                      1e-12),
 })
 NAMES = tuple(DTYPES)
+WORDS = ", ".join(NAMES[:-1]) + " or " + NAMES[-1]     # "float32 or float64", for messages
 
 
 def lookup(dtype):

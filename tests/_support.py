@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 import sharenet_fast as sf
-from sharenet_fast import reference, registry
+from sharenet_fast import dtypes, optable, registry
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,23 +27,18 @@ UNAVAILABLE = [name for name, status in BACKEND_STATUS.items() if status != "ava
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["f32", "f64"]
 
-# Norm-relative error bound per dtype (DESIGN.md, Verification).
-TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
-
-
-def tol(dtype):
-    return TOL[np.dtype(dtype)]
+# Norm-relative error bound per dtype (DESIGN.md, Verification): the package's dtype table.
+tol = dtypes.tol
 
 
 def rel_err(out, expected):
-    """||out - expected|| / ||expected||, computed in float64."""
+    """||out - expected|| / ||expected|| (dtypes.rel_err), with the reason when it cannot pass."""
     out = np.asarray(out, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert out.shape == expected.shape, f"shape {out.shape} != expected {expected.shape}"
     assert np.all(np.isfinite(out)), "output has non-finite elements (unwritten or garbage?)"
-    denom = np.linalg.norm(expected)
-    assert denom > 0, "degenerate reference (all zeros): choose other inputs"
-    return float(np.linalg.norm(out - expected) / denom)
+    assert np.linalg.norm(expected) > 0, "degenerate reference (all zeros): choose other inputs"
+    return dtypes.rel_err(out, expected)
 
 
 def assert_close(out, expected, dtype, what=""):
@@ -112,6 +107,11 @@ SHAPES = [
     # alexnet's stride 4 and 11 x 11 kernel small enough for the CUDA simulator: 16 input
     # classes in the GPU input gradient, each with its own taps
     Case("stride4_k11_small", 1, 2, 19, 21, 3, 11, 11, stride=4, padding=(0, 1)),
+    # padding="same" with even kernels: an odd total, the extra row/column at the end (the API
+    # pads x and crops dx; the oracle pads asymmetrically itself); "valid" is 0
+    Case("same_even_kernel", 2, 3, 7, 8, 4, 2, 4, padding="same", dilation=(1, 1)),
+    Case("same_dilated", 1, 2, 6, 5, 3, 3, 2, padding="same", dilation=(2, 3)),
+    Case("valid_word", 1, 2, 6, 7, 3, 3, 2, padding="valid"),
 ]
 SHAPE_IDS = [c.id for c in SHAPES]
 SHAPES_BY_ID = {c.id: c for c in SHAPES}
@@ -137,68 +137,78 @@ def make_inputs(case, dtype, seed=0):
                   random_array(rng, (case.K,), dtype), random_array(rng, case.y_shape, dtype))
 
 
-# ---------------------------------------------------------------------------------------- ops
-class Op(NamedTuple):
-    api: Callable      # (backend, inputs, kw) -> array, through the public API
-    ref: Callable      # (inputs, kw) -> float64 array from sharenet_fast.reference
-
-
-OPS = {
-    "forward": Op(
-        lambda be, d, kw: sf.conv2d(d.x, d.w, d.b, backend=be, **kw),
-        lambda d, kw: reference.conv2d(d.x, d.w, d.b, **kw)),
-    "input_grad": Op(
-        lambda be, d, kw: sf.conv2d_backward(d.dy, d.x, d.w, needs=("input",), backend=be,
-                                             **kw).input,
-        lambda d, kw: reference.conv2d_input_grad(d.dy, d.x.shape, d.w, **kw)),
-    "weight_grad": Op(
-        lambda be, d, kw: sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight",), backend=be,
-                                             **kw).weight,
-        lambda d, kw: reference.conv2d_weight_grad(d.dy, d.x, d.w.shape, **kw)),
-    "bias_grad": Op(
-        lambda be, d, kw: sf.conv2d_backward(d.dy, d.x, d.w, needs=("bias",), backend=be,
-                                             **kw).bias,
-        lambda d, kw: reference.conv2d_bias_grad(d.dy)),
-}
-OP_NAMES = list(OPS)
-
-
-def reference_all(d, kw):
-    """{op: float64 reference} for one set of inputs."""
-    return {name: op.ref(d, kw) for name, op in OPS.items()}
-
-
-# ---------------------------------------------------------- untied layers: local2d, tiled_conv2d
-# The layers that relax sharing, in one table: each maps a Case and a tile to its weight and bias
-# shapes and to its public API and oracle functions. Tests cross LAYERS x PASSES x backends x
-# dtypes x UNTIED_CASES exactly like the conv2d table above.
+# ------------------------------------------------------------------------- layers and passes
+# The op table drives the tests: every layer kind (sf.layers()) x pass (forward and the three
+# gradients) through the public API against the layer's float64 oracle.
 class Layer(NamedTuple):
-    forward: Callable          # sf.local2d / sf.tiled_conv2d
-    backward: Callable         # sf.local2d_backward / sf.tiled_conv2d_backward
-    ref_forward: Callable
+    spec: optable.Layer
+    forward: Callable          # sf.conv2d, sf.tiled_conv2d, sf.local2d
+    backward: Callable         # sf.<layer>_backward
+    ref_forward: Callable      # the oracle: (x, w, b, **kw)
     ref_input: Callable        # (dy, x_shape, w, **kw)
     ref_weight: Callable       # (dy, x, w_shape, **kw)
     ref_bias: Callable         # (dy, grid)
 
 
-LAYERS = {
-    "local2d": Layer(sf.local2d, sf.local2d_backward, reference.local2d,
-                     reference.local2d_input_grad, reference.local2d_weight_grad,
-                     lambda dy, grid: reference.local2d_bias_grad(dy)),
-    "tiled_conv2d": Layer(sf.tiled_conv2d, sf.tiled_conv2d_backward, reference.tiled_conv2d,
-                          reference.tiled_conv2d_input_grad, reference.tiled_conv2d_weight_grad,
-                          reference.tiled_conv2d_bias_grad),
-}
-LAYER_NAMES = list(LAYERS)
-PASSES = ["forward", "input_grad", "weight_grad", "bias_grad"]
+LAYERS = {name: Layer(spec, getattr(sf, name), getattr(sf, name + "_backward"),
+                      *(spec.oracle(p) for p in ("forward", *optable.GRADIENTS)))
+          for name, spec in sf.layers().items()}
+PASSES = ["forward", *optable.GRADIENTS]
+# the layers that relax sharing (tiled, local) run over UNTIED_CASES; conv2d over SHAPES
+LAYER_NAMES = [name for name, layer in LAYERS.items() if layer.spec.banked]
 
 
 def grid(layer, case, tile=None):
-    """The bank grid: (P, Q) for local2d, the tile for tiled_conv2d."""
+    """The bank grid: (1, 1) shared, the tile for tiled_conv2d, (P, Q) for local2d."""
+    spec = LAYERS[layer].spec
     g = case.geometry
-    return (g.P, g.Q) if layer == "local2d" else tuple(tile)
+    if spec.sharing == "tiled":
+        return tuple(tile)
+    return spec.grid(g, (g.P, g.Q) + g.w_shape)
 
 
+def layer_call(layer, pass_, backend, d, kw, **extra):
+    """One pass of a layer through the public API."""
+    if pass_ == "forward":
+        return getattr(sf, layer)(d.x, d.w, d.b, backend=backend, **kw)
+    g = getattr(sf, layer + "_backward")(d.dy, d.x, d.w, needs=(pass_,), backend=backend, **kw,
+                                         **extra)
+    return getattr(g, pass_)
+
+
+def layer_reference(layer, pass_, d, kw):
+    """float64 oracle for one pass of a layer (the op table's oracle functions)."""
+    oracle = LAYERS[layer].spec.oracle(pass_)
+    if pass_ == "forward":
+        return oracle(d.x, d.w, d.b, **kw)
+    if pass_ == "input":
+        return oracle(d.dy, d.x.shape, d.w, **kw)
+    if pass_ == "weight":
+        return oracle(d.dy, d.x, d.w.shape, **kw)
+    return oracle(d.dy, tuple(d.w.shape[:2]) if d.w.ndim == 6 else (1, 1))
+
+
+class Op(NamedTuple):
+    api: Callable      # (backend, inputs, kw) -> array, through the public API
+    ref: Callable      # (inputs, kw) -> float64 array from the oracle
+
+
+def _op(layer, pass_):
+    return Op(lambda be, d, kw: layer_call(layer, pass_, be, d, kw),
+              lambda d, kw: layer_reference(layer, pass_, d, kw))
+
+
+# the shared conv's passes over SHAPES (tests/test_conv2d_backends.py)
+OPS = {pass_: _op("conv2d", pass_) for pass_ in PASSES}
+OP_NAMES = list(OPS)
+
+
+def reference_all(d, kw):
+    """{pass: float64 reference} of conv2d for one set of inputs."""
+    return {name: op.ref(d, kw) for name, op in OPS.items()}
+
+
+# ---------------------------------------------------------- untied layers: local2d, tiled_conv2d
 class UntiedCase(NamedTuple):
     case: Case
     tile: tuple   # tiled_conv2d's (TP, TQ); local2d ignores it
@@ -226,6 +236,8 @@ UNTIED_CASES = [
     UntiedCase(Case("batch9_dil", 9, 3, 9, 9, 4, 2, 3, stride=2, dilation=(2, 1)), (3, 1)),
     UntiedCase(SHAPES_BY_ID["wgrad_chunks"], (4, 3)),                # P*Q > WGRAD_CHUNK
     UntiedCase(SHAPES_BY_ID["stride4_k11_small"], (2, 3)),
+    UntiedCase(SHAPES_BY_ID["same_even_kernel"], (2, 3)),
+    UntiedCase(SHAPES_BY_ID["same_dilated"], (3, 2)),
 ]
 UNTIED_IDS = [c.id for c in UNTIED_CASES]
 UNTIED_BY_ID = {c.case.id: c for c in UNTIED_CASES}
@@ -270,35 +282,14 @@ class LayerInputs(NamedTuple):
 
 def make_layer_inputs(layer, uc, dtype, seed=0):
     """Fresh random (x, weight, bias, grad_out) for one layer and case (never zeros)."""
-    case = uc.case
+    case, spec = uc.case, LAYERS[layer].spec
+    g = case.geometry
     gr = grid(layer, case, uc.tile)
-    rng = np.random.default_rng([seed, LAYER_NAMES.index(layer), sum(map(ord, uc.id))])
+    rng = np.random.default_rng([seed, list(LAYERS).index(layer), sum(map(ord, uc.id))])
     return LayerInputs(random_array(rng, case.x_shape, dtype),
-                       random_array(rng, gr + case.w_shape, dtype),
-                       random_array(rng, gr + (case.K,), dtype),
+                       random_array(rng, spec.weight_shape(g, gr), dtype),
+                       random_array(rng, spec.bias_shape(g, gr), dtype),
                        random_array(rng, case.y_shape, dtype))
-
-
-def layer_call(layer, pass_, backend, d, kw, **extra):
-    """One pass of a layer through the public API."""
-    L = LAYERS[layer]
-    if pass_ == "forward":
-        return L.forward(d.x, d.w, d.b, backend=backend, **kw)
-    needs = pass_[:-len("_grad")]
-    return getattr(L.backward(d.dy, d.x, d.w, needs=(needs,), backend=backend, **kw, **extra),
-                   needs)
-
-
-def layer_reference(layer, pass_, d, kw):
-    """float64 oracle for one pass of a layer."""
-    L = LAYERS[layer]
-    if pass_ == "forward":
-        return L.ref_forward(d.x, d.w, d.b, **kw)
-    if pass_ == "input_grad":
-        return L.ref_input(d.dy, d.x.shape, d.w, **kw)
-    if pass_ == "weight_grad":
-        return L.ref_weight(d.dy, d.x, d.w.shape, **kw)
-    return L.ref_bias(d.dy, d.w.shape[:2])
 
 
 # ------------------------------------------------------------------ fuzz subprocess (boundscheck)

@@ -67,8 +67,8 @@ def test_verify_fails_when_a_backend_is_wrong(monkeypatch):
     cpu = sf.registry.get("cpu")
     real = cpu.local2d
 
-    def wrong(x, weight, bias, g):
-        y = real(x, weight, bias, g)
+    def wrong(x, weight, bias, g, grid):
+        y = real(x, weight, bias, g, grid)
         y.reshape(-1)[0] += 1e-3
         return y
     monkeypatch.setattr(cpu, "local2d", wrong)

@@ -37,8 +37,8 @@ def test_op_matches_reference(backend, op, dtype, case):
     assert isinstance(out, np.ndarray)
     assert out.dtype == np.dtype(dtype), f"output dtype {out.dtype} != input dtype"
     assert out.shape == expected.shape
-    expected_shape = {"forward": case.y_shape, "input_grad": case.x_shape,
-                      "weight_grad": case.w_shape, "bias_grad": (case.K,)}[op]
+    expected_shape = {"forward": case.y_shape, "input": case.x_shape,
+                      "weight": case.w_shape, "bias": (case.K,)}[op]
     assert out.shape == expected_shape
     assert_close(out, expected, dtype, f"{backend} {op} {case.id}")
 
@@ -53,7 +53,7 @@ def test_forward_without_bias_and_full_backward(backend, dtype):
     assert_close(y, sf.reference.conv2d(d.x, d.w, None, **case.kw), dtype, "forward, no bias")
     g = sf.conv2d_backward(d.dy, d.x, d.w, backend=backend, **case.kw)
     assert isinstance(g, sf.Grads)
-    for name, out in zip(("input_grad", "weight_grad", "bias_grad"), g):
+    for name, out in zip(("input", "weight", "bias"), g):
         assert out.dtype == np.dtype(dtype)
         assert_close(out, ref[name], dtype, name)
 
@@ -84,15 +84,15 @@ def test_accumulates_into_poisoned_buffers(backend, dtype, case_id, rng):
     assert g.input is None
     assert g.weight is gw and g.bias is gb, "the given accumulators must be returned"
     assert gw.dtype == np.dtype(dtype) and gb.dtype == np.dtype(dtype)
-    assert_close(gw, init_w.astype(np.float64) + ref["weight_grad"], dtype, "grad_weight")
-    assert_close(gb, init_b.astype(np.float64) + ref["bias_grad"], dtype, "grad_bias")
+    assert_close(gw, init_w.astype(np.float64) + ref["weight"], dtype, "grad_weight")
+    assert_close(gb, init_b.astype(np.float64) + ref["bias"], dtype, "grad_bias")
 
     # hard sharing: a second call site adds again
     g2 = sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight", "bias"), grad_weight=gw,
                             grad_bias=gb, backend=backend, **case.kw)
     assert g2.weight is gw and g2.bias is gb
-    assert_close(gw, init_w.astype(np.float64) + 2 * ref["weight_grad"], dtype, "grad_weight x2")
-    assert_close(gb, init_b.astype(np.float64) + 2 * ref["bias_grad"], dtype, "grad_bias x2")
+    assert_close(gw, init_w.astype(np.float64) + 2 * ref["weight"], dtype, "grad_weight x2")
+    assert_close(gb, init_b.astype(np.float64) + 2 * ref["bias"], dtype, "grad_bias x2")
 
 
 def _strided_views(case, dtype, rng):
@@ -122,8 +122,8 @@ def test_accumulates_into_non_contiguous_views(backend, dtype, case_id, rng):
         g = sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight", "bias"), grad_weight=view,
                                grad_bias=bias_view, backend=backend, **case.kw)
         assert g.weight is view and g.bias is bias_view
-        assert_close(view, init + ref["weight_grad"], dtype, "strided grad_weight")
-        assert_close(bias_view, init_b + ref["bias_grad"], dtype, "strided grad_bias")
+        assert_close(view, init + ref["weight"], dtype, "strided grad_weight")
+        assert_close(bias_view, init_b + ref["bias"], dtype, "strided grad_bias")
     # the parents' elements outside the views are untouched
     np.testing.assert_array_equal(big[..., 1::2], big0[..., 1::2])
     np.testing.assert_array_equal(big_b[0::3], big_b0[0::3])
@@ -144,7 +144,7 @@ def test_accumulator_is_a_contiguous_slice_of_a_bigger_array(backend, dtype, rng
     g = sf.conv2d_backward(d.dy, d.x, d.w, needs=("weight",), grad_weight=view,
                            backend=backend, **case.kw)
     assert g.weight is view
-    assert_close(big[1], big0[1].astype(np.float64) + ref["weight_grad"], dtype, "big[1]")
+    assert_close(big[1], big0[1].astype(np.float64) + ref["weight"], dtype, "big[1]")
     np.testing.assert_array_equal(big[0], big0[0])
     np.testing.assert_array_equal(big[2], big0[2])
 
@@ -281,7 +281,7 @@ def test_needs_subsets(backend, needs, present):
     g = sf.conv2d_backward(d.dy, d.x, d.w, needs=needs, backend=backend, **case.kw)
     assert isinstance(g, sf.Grads) and len(g) == 3
     assert g._fields == ("input", "weight", "bias")
-    for name, out, want in zip(("input_grad", "weight_grad", "bias_grad"), g, present):
+    for name, out, want in zip(("input", "weight", "bias"), g, present):
         if want:
             assert isinstance(out, np.ndarray), name
             assert_close(out, ref[name], dtype, name)

@@ -27,7 +27,38 @@ def test_auto_choice(op, monkeypatch):
     assert api._auto("cupy", op) == "cupy"
 
 
-def test_auto_table_names_real_gpu_backends():
-    assert set(config.AUTO_GPU) == {"conv2d", "tiled_conv2d", "local2d", "soft_sharing_penalty"}
-    assert set(config.AUTO_GPU.values()) <= {"numba-cuda", "cupy"}
+def test_auto_table_names_real_gpu_backends_and_ops():
+    """Every op has a GPU choice (the default or an entry), each a real GPU backend; an entry
+    for an op the table does not know would be a typo that silently never applies."""
+    from sharenet_fast import optable
 
+    ops = set(optable.LAYERS) | {optable.PENALTY}
+    assert set(config.AUTO_GPU) <= ops
+    assert {config.auto_gpu(op) for op in ops} <= set(registry.GPU) <= set(registry.BACKENDS)
+
+
+
+@pytest.mark.parametrize("name", [n for n, s in registry.backends().items() if s == "available"])
+def test_every_available_backend_exports_what_the_op_table_names(name):
+    """Dispatch is getattr(backend, spec.export(pass)): a missing name would only fail at the
+    first call of that layer and pass, so every backend is checked against the table here."""
+    import inspect
+
+    from sharenet_fast import optable
+
+    be = registry.get(name)
+    missing = [f for f in optable.required_exports() if not callable(getattr(be, f, None))]
+    assert not missing, f"{name} lacks {missing}"
+    assert be.KINDS and set(be.KINDS) <= {"numpy", "cupy", "numba"}
+    if be.KINDS[0] != "numpy":
+        assert all(callable(getattr(be, f, None)) for f in ("to_device", "to_host", "copy_into"))
+    # the table's signatures (optable.py): g and grid after the arrays, everywhere
+    params = {"forward": ["x", "weight", "bias", "g", "grid"], "input": ["dy", "weight", "g", "grid"],
+              "weight": ["dy", "x", "g", "grid", "out", "deterministic"],
+              "bias": ["dy", "g", "grid", "out"],
+              "input_weight": ["dy", "x", "weight", "g", "grid", "out", "deterministic"]}
+    for spec in optable.LAYERS.values():
+        for pass_, fname in spec.exports(required=False).items():
+            fn = getattr(be, fname, None)
+            if fn is not None:
+                assert list(inspect.signature(fn).parameters) == params[pass_], fname

@@ -29,8 +29,8 @@ def test_layer_matches_reference(backend, layer, pass_, dtype, uc):
         np.testing.assert_array_equal(a, orig, err_msg="an input was modified")
     assert isinstance(out, np.ndarray)
     assert out.dtype == np.dtype(dtype)
-    want = {"forward": uc.case.y_shape, "input_grad": uc.case.x_shape,
-            "weight_grad": d.w.shape, "bias_grad": d.b.shape}[pass_]
+    want = {"forward": uc.case.y_shape, "input": uc.case.x_shape,
+            "weight": d.w.shape, "bias": d.b.shape}[pass_]
     assert out.shape == want == expected.shape
     assert_close(out, expected, dtype, f"{backend} {layer} {pass_} {uc.id}")
 
@@ -58,8 +58,8 @@ def test_accumulates_into_poisoned_buffers(backend, layer, dtype, case_id, rng):
     uc = UNTIED_BY_ID[case_id]
     d = make_layer_inputs(layer, uc, dtype)
     kw = uc.case.kw
-    ref_w = layer_reference(layer, "weight_grad", d, kw)
-    ref_b = layer_reference(layer, "bias_grad", d, kw)
+    ref_w = layer_reference(layer, "weight", d, kw)
+    ref_b = layer_reference(layer, "bias", d, kw)
     init_w = random_array(rng, d.w.shape, dtype) * 10
     init_b = random_array(rng, d.b.shape, dtype) * 10
     gw, gb = init_w.copy(), init_b.copy()
@@ -90,10 +90,10 @@ def test_accumulates_into_views(backend, layer, contiguous, needs, rng):
     g = LAYERS[layer].backward(d.dy, d.x, d.w, needs=needs, grad_weight=view,
                                grad_bias=bview, backend=backend, **kw)
     assert g.weight is view and g.bias is bview
-    assert_close(view, init + layer_reference(layer, "weight_grad", d, kw), np.float32, "view")
-    assert_close(bview, init_b + layer_reference(layer, "bias_grad", d, kw), np.float32, "bias")
+    assert_close(view, init + layer_reference(layer, "weight", d, kw), np.float32, "view")
+    assert_close(bview, init_b + layer_reference(layer, "bias", d, kw), np.float32, "bias")
     if "input" in needs:
-        assert_close(g.input, layer_reference(layer, "input_grad", d, kw), np.float32, "input")
+        assert_close(g.input, layer_reference(layer, "input", d, kw), np.float32, "input")
     np.testing.assert_array_equal(big[0], big0[0])
     if not contiguous:
         np.testing.assert_array_equal(big[1, ..., 1::2], big0[1, ..., 1::2])
