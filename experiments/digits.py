@@ -1,7 +1,9 @@
 """Parameter sharing, measured: four first layers trained on scikit-learn's bundled 8x8 digits.
 
-    python -m bench.digits [--seeds 5] [--epochs 40] [--strengths 0.1,1] [--backend cpu] [--json PATH]
-                           [--plot PATH] [--markdown PATH] [--save]
+    python -m experiments.digits [--seeds 5] [--epochs 40] [--strengths 0.1,1] [--backend cpu]
+                                 [--json PATH] [--plot PATH] [--markdown PATH] [--save]
+
+--save writes experiments/results/digits.{json,md,png}.
 
 The network is the same in every variant except its first layer, and every layer runs on this
 package's kernels (forward, backward; the SGD updates are NumPy on their gradients):
@@ -37,9 +39,11 @@ import time
 import numpy as np
 
 import sharenet_fast as sf
+from sharenet_fast import optable
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = ("shared", "tiled", "local", "soft")
+SHARING = {"soft": "local"}    # the soft variant is a local2d layer plus the penalty
 K = 16                         # first-layer filters
 K2 = 32                        # second-layer filters
 CLASSES = 10
@@ -52,7 +56,7 @@ def load_digits():
     try:
         from sklearn.datasets import load_digits as sk_load
     except ImportError as exc:
-        raise SystemExit("bench.digits needs scikit-learn (pip install scikit-learn, or "
+        raise SystemExit("experiments.digits needs scikit-learn (pip install scikit-learn, or "
                          "pip install -e '.[bench]')") from exc
     d = sk_load()
     return (d.images[:, None] / 16.0).astype(np.float32), d.target.astype(np.int64)
@@ -84,10 +88,9 @@ class Net:
         self.variant, self.backend, self.strength = variant, backend, strength
         self.dtype = dt = np.dtype(dtype)
         grid = {"shared": (), "tiled": (2, 2), "local": (8, 8), "soft": (8, 8)}[variant]
-        self.fwd, self.bwd = {
-            "shared": (sf.conv2d, sf.conv2d_backward),
-            "tiled": (sf.tiled_conv2d, sf.tiled_conv2d_backward),
-        }.get(variant, (sf.local2d, sf.local2d_backward))
+        # the variant's sharing word names its layer kind in the op table (soft: local2d)
+        self.layer = optable.lookup(SHARING.get(variant, variant)).name
+        self.fwd, self.bwd = getattr(sf, self.layer), getattr(sf, self.layer + "_backward")
 
         def he(shape, fan_in):
             return (rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(dt)
@@ -280,7 +283,7 @@ def plot(result, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.digits",
+    p = argparse.ArgumentParser(prog="python -m experiments.digits",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=40)
@@ -291,7 +294,7 @@ def main(argv=None):
     p.add_argument("--markdown")
     p.add_argument("--plot")
     p.add_argument("--save", action="store_true",
-                   help="write bench/results/digits.{json,md,png}")
+                   help="write experiments/results/digits.{json,md,png}")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1:
         p.error("--seeds and --epochs must be >= 1")

@@ -1,5 +1,6 @@
-"""bench/digits.py: the sharing experiment is deterministic, counts parameters right, trains,
-and its hand-written backward pass is the derivative of its loss."""
+"""experiments/digits.py (python -m experiments.digits): the sharing experiment is
+deterministic, counts parameters right, trains, and its hand-written backward pass is the
+derivative of its loss."""
 import os
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import digits  # noqa: E402
+from experiments import digits  # noqa: E402
 
 
 def test_shift_moves_pixels_and_fills_zeros():
