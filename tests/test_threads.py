@@ -64,10 +64,10 @@ def test_cpu_backend_from_four_python_threads():
     for n, (_, case, dtype, d, ref) in enumerate(jobs):
         y, g, acc = results[n]
         assert_close(y, ref["forward"], dtype, f"job {n} forward")
-        assert_close(g.input, ref["input_grad"], dtype, f"job {n} input grad")
+        assert_close(g.input, ref["input"], dtype, f"job {n} input grad")
         assert g.weight is acc
-        assert_close(acc, 1.0 + ref["weight_grad"], dtype, f"job {n} weight grad")
-        assert_close(g.bias, ref["bias_grad"], dtype, f"job {n} bias grad")
+        assert_close(acc, 1.0 + ref["weight"], dtype, f"job {n} weight grad")
+        assert_close(g.bias, ref["bias"], dtype, f"job {n} bias grad")
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
@@ -100,3 +100,79 @@ def test_untied_layers_from_four_python_threads():
     for n, (_, layer, uc, dtype, d, ref) in enumerate(jobs):
         for p, out in zip(PASSES, results[n]):
             assert_close(out, ref[p], dtype, f"job {n} {layer} {uc.id} {p}")
+
+
+# Run in a fresh interpreter: the threading layer is chosen once per process, at the first
+# parallel kernel. Four threads mix every op; under workqueue (the layer Numba falls back to
+# where no OpenMP/TBB exists) two threads inside parallel kernels at once abort the process
+# ("Concurrent access has been detected", exit 134) unless every launch is serialised.
+_WORKQUEUE_SCRIPT = r"""
+import sys, threading
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import sharenet_fast as sf
+from _support import LAYERS, SHAPES_BY_ID, assert_close, make_inputs, random_array
+
+case = SHAPES_BY_ID["pad1_3x3"]
+rng = np.random.default_rng(0)
+x, dy = (random_array(rng, s, np.float32) for s in (case.x_shape, case.y_shape))
+g = case.geometry
+weights = {n: random_array(rng, L.spec.weight_shape(g, (2, 2) if n == "tiled_conv2d" else
+                                                    (g.P, g.Q)), np.float32)
+           for n, L in LAYERS.items()}
+a, b = (random_array(rng, (100000,), np.float32) for _ in range(2))
+
+def jobs():
+    for name, L in LAYERS.items():
+        w = weights[name]
+        yield name, (lambda L=L, w=w: L.forward(x, w, backend="cpu", **case.kw)), \
+            (lambda L=L, w=w: L.ref_forward(x, w, None, **case.kw))
+        yield name + " backward", (lambda L=L, w=w: L.backward(dy, x, w, backend="cpu",
+                                                               **case.kw).weight), \
+            (lambda L=L, w=w: L.ref_weight(dy, x, w.shape, **case.kw))
+    yield "penalty", (lambda: sf.soft_sharing_penalty(a, b, 0.5, backend="cpu")), \
+        (lambda: 0.25 * np.sum((a.astype(np.float64) - b) ** 2))
+
+todo = list(jobs())
+for _, run, _ in todo:                     # compile first: the threads then meet in kernels
+    run()
+import numba
+layer = numba.threading_layer()
+errors = []
+barrier = threading.Barrier(4)
+
+def worker(t):
+    try:
+        barrier.wait(timeout=60)
+        for i in range(25):
+            what, run, ref = todo[(t + i) % len(todo)]
+            assert_close(run(), ref(), np.float32, what)
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join(timeout=300)
+print("layer", layer, "errors", errors)
+sys.exit(1 if errors or any(th.is_alive() for th in threads) else 0)
+"""
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
+def test_every_parallel_kernel_is_safe_under_the_workqueue_layer(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from _support import TESTS_DIR
+
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    script = tmp_path / "workqueue_threads.py"
+    script.write_text(_WORKQUEUE_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), TESTS_DIR], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-3000:]}"
+    assert "layer workqueue errors []" in out, out[-3000:]
