@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 
-from . import api, reference, registry
-from .geometry import ConvGeometry, param_count
+from . import api, optable, reference, registry
+from . import dtypes as dtypes_
+from .geometry import ConvGeometry, pair, param_count
 
-TOL = {"float32": 1e-5, "float64": 1e-12}   # DESIGN.md, Verification
-LAYERS = ("conv2d", "tiled_conv2d", "local2d")
-PASSES = ("forward", "input", "weight", "bias")
+LAYERS = tuple(optable.LAYERS)
+PASSES = ("forward", *optable.GRADIENTS)
 TILE = (2, 2)
 
 # (name, N, C, H, W, K, R, S, stride, padding, dilation): small, but every path of the kernels
@@ -97,22 +97,27 @@ def _gpu_name():
 # -------------------------------------------------------------------------------------- params
 def params(input_shape, filters, kernel, stride=1, padding=0, dilation=1, tile=TILE, bias=True,
            out=sys.stdout):
-    g = ConvGeometry.make(1, *input_shape, filters, *_pair(kernel), stride, padding, dilation)
+    g = ConvGeometry.make(1, *input_shape, filters, *pair(kernel, "kernel"), stride, padding,
+                          dilation)
     print(f"layer: input {'x'.join(map(str, input_shape))}, {filters} filters "
           f"{g.R}x{g.S}, stride {g.stride}, padding {g.padding}, dilation {g.dilation} "
           f"-> output {g.K}x{g.P}x{g.Q}", file=out)
-    rows = [("shared", None), (f"tiled {tile[0]}x{tile[1]}", tile), ("local", None)]
-    print("| sharing | banks | neurons | weights/neuron | parameters | bytes (float32) |",
+    print("| layer | sharing | banks | neurons | weights/neuron | parameters | bytes (float32) |",
           file=out)
-    print("|---|---|---|---|---|---|", file=out)
-    for label, t in rows:
-        sharing = label.split()[0]
-        pc = param_count(sharing, input_shape, filters, kernel, stride=stride, padding=padding,
-                         dilation=dilation, tile=t, bias=bias)
-        banks = {"shared": 1, "tiled": tile[0] * tile[1], "local": g.P * g.Q}[sharing]
-        print(f"| {label} | {banks:,} | {pc.neurons:,} | {pc.weights_per_neuron:,} | "
-              f"{pc.params:,} | {_bytes(pc.bytes)} |", file=out)
+    print("|---|---|---|---|---|---|---|", file=out)
+    for spec in optable.LAYERS.values():
+        grid = _grid(spec, g, tile)
+        pc = param_count(spec.sharing, input_shape, filters, kernel, stride=stride,
+                         padding=padding, dilation=dilation, tile=grid, bias=bias)
+        print(f"| {spec.name} | {spec.sharing} {grid[0]}x{grid[1]} | {spec.banks(g, grid):,} | "
+              f"{pc.neurons:,} | {pc.weights_per_neuron:,} | {pc.params:,} | "
+              f"{_bytes(pc.bytes)} |", file=out)
     return 0
+
+
+def _grid(spec, g, tile):
+    """The bank grid of a layer kind: the tiled layer's is the --tile option."""
+    return tuple(tile) if spec.sharing == "tiled" else spec.grid(g, (g.P, g.Q) + g.w_shape)
 
 
 def _bytes(n):
@@ -122,26 +127,23 @@ def _bytes(n):
         n /= 1000
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 # -------------------------------------------------------------------------------------- verify
 def _calls(layer, x, w, b, dy, kw, backend):
     """{pass: array} of one layer on one backend (NumPy in and out)."""
     fwd, bwd = getattr(api, layer), getattr(api, layer + "_backward")
-    g = bwd(dy, x, w, backend=backend, **kw)
-    return {"forward": fwd(x, w, b, backend=backend, **kw), "input": g.input,
-            "weight": g.weight, "bias": g.bias}
+    return {"forward": fwd(x, w, b, backend=backend, **kw),
+            **bwd(dy, x, w, backend=backend, **kw)._asdict()}
 
 
 def _oracle(layer, x, w, b, dy, kw):
-    dx, dw, db = getattr(reference, layer + "_backward")(dy, x, w, **kw)
-    return {"forward": getattr(reference, layer)(x, w, b, **kw), "input": dx, "weight": dw,
-            "bias": db}
+    oracle = optable.LAYERS[layer].oracle
+    return {"forward": oracle("forward")(x, w, b, **kw),
+            "input": oracle("input")(dy, x.shape, w, **kw),
+            "weight": oracle("weight")(dy, x, w.shape, **kw),
+            "bias": oracle("bias")(dy, w.shape[:2] if w.ndim == 6 else (1, 1))}
 
 
-def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdout):
+def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
     """Run the checks, print the table; 0 if all pass, 1 otherwise."""
     status = registry.backends()
     if backends is None:
@@ -159,10 +161,10 @@ def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdo
         g = ConvGeometry.make(N, C, H, W, K, R, S, st, pd, dl)
         x64 = _random(rng, g.x_shape)
         dy64 = _random(rng, g.y_shape)
-        for layer in LAYERS:
-            grid = {"conv2d": (), "tiled_conv2d": TILE, "local2d": (g.P, g.Q)}[layer]
-            w64 = _random(rng, grid + g.w_shape)
-            b64 = _random(rng, grid + (K,))
+        for layer, spec in optable.LAYERS.items():
+            grid = _grid(spec, g, TILE)
+            w64 = _random(rng, spec.weight_shape(g, grid))
+            b64 = _random(rng, spec.bias_shape(g, grid))
             for backend in backends:
                 for dtype in dtypes:
                     def layer_check():     # called at once: the loop variables are current
@@ -195,7 +197,7 @@ def verify(backends=None, dtypes=("float32", "float64"), seed=None, out=sys.stdo
                 checks += 1
                 failures += not ok
     print(f"{checks} checks, {failures} failed (tolerance: norm-relative error <= "
-          + ", ".join(f"{v:g} {k}" for k, v in TOL.items() if k in dtypes) + ")", file=out)
+          + ", ".join(f"{dtypes_.DTYPES[k].tol:g} {k}" for k in dtypes) + ")", file=out)
     return 1 if failures else 0
 
 
@@ -207,7 +209,7 @@ def _check(out, head, compute, keys, dtype):
         got, ref = compute()
         for k in keys:
             err = _rel(got[k], ref[k])
-            good = bool(err <= TOL[dtype])
+            good = bool(err <= dtypes_.DTYPES[dtype].tol)
             ok &= good
             cells.append(f"{err:.1e}" + ("" if good else " (!)"))
     except Exception as exc:  # noqa: BLE001 - a crash is a failure to report
@@ -223,10 +225,8 @@ def _random(rng, shape):
 
 
 def _rel(out, ref):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    if out.shape != ref.shape or not np.all(np.isfinite(out)):
-        return float("inf")
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    out = np.asarray(out, np.float64)
+    return dtypes_.rel_err(out, ref) if out.shape == np.shape(ref) else float("inf")
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -251,6 +251,13 @@ def _ints(text):
     return parts[0] if len(parts) == 1 else parts
 
 
+def _padding(text):
+    """An int, NxM, or the words 'valid' / 'same'."""
+    from .geometry import PADDING_WORDS
+
+    return text if text in PADDING_WORDS else _ints(text)
+
+
 def main(argv=None, out=sys.stdout):
     p = argparse.ArgumentParser(prog="sharenet-fast", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,15 +265,14 @@ def main(argv=None, out=sys.stdout):
     v = sub.add_parser("verify", help="every backend x layer x pass x dtype vs the oracle")
     v.add_argument("--backend", nargs="+", choices=list(registry.BACKENDS),
                    help="backends to check (default: every available one)")
-    v.add_argument("--dtype", nargs="+", default=["float32", "float64"],
-                   choices=["float32", "float64"])
+    v.add_argument("--dtype", nargs="+", default=list(dtypes_.NAMES), choices=dtypes_.NAMES)
     v.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed)")
     q = sub.add_parser("params", help="shared vs tiled vs local parameter counts")
     q.add_argument("input", type=_shape, help="input C x H x W, e.g. 3x227x227")
     q.add_argument("--filters", type=int, required=True)
     q.add_argument("--kernel", type=_ints, required=True, help="R or RxS")
     q.add_argument("--stride", type=_ints, default=1)
-    q.add_argument("--padding", type=_ints, default=0)
+    q.add_argument("--padding", type=_padding, default=0, help="P, PxQ, valid or same")
     q.add_argument("--dilation", type=_ints, default=1)
     q.add_argument("--tile", type=_ints, default=TILE, help="tiled layer's TPxTQ (default 2x2)")
     q.add_argument("--no-bias", action="store_true")
@@ -282,7 +288,7 @@ def main(argv=None, out=sys.stdout):
         return verify(args.backend, tuple(args.dtype), args.seed, out)
     try:
         return params(args.input, args.filters, args.kernel, args.stride, args.padding,
-                      args.dilation, _pair(args.tile), not args.no_bias, out)
+                      args.dilation, pair(args.tile, "tile"), not args.no_bias, out)
     except ValueError as exc:
         print(f"sharenet-fast params: {exc}", file=out)
         return 2

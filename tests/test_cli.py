@@ -25,9 +25,11 @@ def test_params_is_the_cs231n_table():
     assert "-> output 96x55x55" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()
             if line.startswith("| ") and "sharing" not in line}
-    assert "| 34,944 |" in rows["shared"] and "| 290,400 | 363 |" in rows["shared"]
-    assert "| 105,705,600 |" in rows["local"] and "| 3,025 |" in rows["local"]
-    assert "| 139,776 |" in rows["tiled 2x2"]
+    assert set(rows) == set(sf.layers())             # one row per op-table layer kind
+    assert "| 34,944 |" in rows["conv2d"] and "| 290,400 | 363 |" in rows["conv2d"]
+    assert "| shared 1x1 |" in rows["conv2d"]
+    assert "| 105,705,600 |" in rows["local2d"] and "| 3,025 |" in rows["local2d"]
+    assert "| 139,776 |" in rows["tiled_conv2d"] and "| tiled 2x2 |" in rows["tiled_conv2d"]
 
 
 def test_params_options_and_bad_input():
@@ -38,6 +40,11 @@ def test_params_options_and_bad_input():
     assert f"| {55 * 55 * 16 * 16 * 81:,} |" in text
     code, text = run("params", "3x5x5", "--filters", "2", "--kernel", "7")
     assert code == 2 and "output size (P, Q) = (-1, -1) < 1" in text
+    code, text = run("params", "3x9x8", "--filters", "2", "--kernel", "4x3", "--padding", "same")
+    assert code == 0 and "-> output 2x9x8" in text
+    code, text = run("params", "3x9x8", "--filters", "2", "--kernel", "3", "--padding", "same",
+                     "--stride", "2")
+    assert code == 2 and "padding='same' needs stride 1" in text
     with pytest.raises(SystemExit) as exc:
         run("params", "3x227", "--filters", "96", "--kernel", "11")
     assert exc.value.code == 2

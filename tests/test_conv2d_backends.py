@@ -303,6 +303,20 @@ def test_accumulator_untouched_when_not_needed(backend, rng):
     np.testing.assert_array_equal(gb, gb0)
 
 
-def test_tolerances_are_the_documented_ones():
-    # guards the table itself: tolerances are the documented ones
-    assert tol(np.float32) == 1e-5 and tol(np.float64) == 1e-12
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_error_measure_rejects_what_it_must(dtype, rng):
+    """The one error measure (sharenet_fast.dtypes) behind every check: a result off by twice
+    the dtype's bound fails it, half the bound passes, an unwritten (NaN-poisoned) element or
+    a wrong shape can never pass."""
+    from sharenet_fast import dtypes
+
+    ref = random_array(rng, (5, 7))
+    noise = random_array(rng, ref.shape)
+    noise *= np.linalg.norm(ref) / np.linalg.norm(noise)        # ||noise|| = ||ref||
+    assert dtypes.rel_err(ref + 2 * tol(dtype) * noise, ref) > tol(dtype)
+    assert dtypes.rel_err(ref + 0.5 * tol(dtype) * noise, ref) <= tol(dtype)
+    poisoned = ref.copy()
+    poisoned[2, 3] = np.nan
+    assert dtypes.rel_err(poisoned, ref) == float("inf")
+    with pytest.raises(ValueError, match="shape"):
+        dtypes.rel_err(ref[:, :6], ref)
