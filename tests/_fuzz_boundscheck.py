@@ -29,15 +29,10 @@ from hypothesis import strategies as st
 from numba import njit
 
 from sharenet_fast import reference as ref
+from sharenet_fast.dtypes import rel_err, tol
 from sharenet_fast.geometry import out_size
 
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 MAX_EXAMPLES = int(sys.argv[1]) if __name__ == "__main__" and len(sys.argv) > 1 else 25
-
-
-def rel_err(out, expected):
-    expected = np.asarray(expected, dtype=np.float64)
-    return np.linalg.norm(np.asarray(out, dtype=np.float64) - expected) / np.linalg.norm(expected)
 
 
 def check_boundscheck_is_live():
@@ -98,7 +93,7 @@ def check(case, backend="cpu", dtypes=(np.float64, np.float32)):
         for op, out in got.items():
             assert out.dtype == dtype and out.shape == expected[op].shape, (op, case, dtype)
             err = rel_err(out, expected[op])
-            assert err <= TOL[dtype], f"{op} {np.dtype(dtype).name} {case}: rel err {err:.3g}"
+            assert err <= tol(dtype), f"{op} {np.dtype(dtype).name} {case}: rel err {err:.3g}"
         check_untied(x, w64, dy, dtype, tile, kw, rng, case, backend)
 
 
@@ -118,7 +113,7 @@ def check_untied(x, w64, dy, dtype, tile, kw, rng, case, backend="cpu"):
         for op, out, e in zip(("forward", "input", "weight", "bias"), (y, *g), expected):
             assert out.dtype == dtype and out.shape == e.shape, (name, op, case, dtype)
             err = rel_err(out, e)
-            assert err <= TOL[dtype], f"{name} {op} {np.dtype(dtype).name} {case}: {err:.3g}"
+            assert err <= tol(dtype), f"{name} {op} {np.dtype(dtype).name} {case}: {err:.3g}"
 
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
