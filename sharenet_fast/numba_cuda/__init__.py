@@ -6,7 +6,13 @@ return the same kind; the API copies NumPy arrays to the device and back once pe
 All three layers run on the banked kernels of conv2d.py with their tile (shared = 1 x 1, tiled =
 (TP, TQ), local = (P, Q)), through the host side shared with the cupy backend (_gpu_host).
 """
-from .. import _gpu_host
+try:
+    from numba import cuda
+except ImportError as exc:     # reported by the registry as this backend's reason
+    raise ImportError(f"numba.cuda does not import ({exc}); "
+                      f"pip install 'sharenet_fast[cuda]'") from exc
+
+from .. import _gpu_host, config
 from ..optable import LAYERS
 from .conv2d import DEV
 
@@ -14,13 +20,9 @@ KINDS = ("numba", "cupy", "numpy")
 
 
 def unavailable():
-    """None if the kernels can run here (a CUDA GPU, or the simulator), else the reason."""
-    try:
-        from numba import cuda
-    except ImportError as exc:
-        return f"numba.cuda does not import ({exc}); pip install 'sharenet_fast[cuda]'"
-    from .. import config
-
+    """None if the kernels can run here (a CUDA GPU, or the simulator), else the reason.
+    (numba.cuda itself imported above: without it this package does not import, and the
+    registry reports that ImportError with its install hint.)"""
     if config.CUDASIM:
         return None
     try:
@@ -32,11 +34,7 @@ def unavailable():
             "NUMBA_ENABLE_CUDASIM=1 runs these kernels on Numba's simulator")
 
 
-
-
 def to_device(a):
-    from numba import cuda
-
     return cuda.to_device(a)
 
 
