@@ -31,18 +31,19 @@ __device__ __forceinline__ i64 class_extent(i64 size, i64 first, i64 step) {
 // One BK step of a block's GEMM: thread (tm, tn) owns rows tm + i*MT and columns tn + j*NT of
 // the block tile, so neighbouring threads read neighbouring shared words (no bank conflicts)
 // and write neighbouring output columns (coalesced). As is the A tile stored transposed
-// (BK x (BM + 1): the pad column spreads its column-wise stores over the banks).
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+// (BK x (BM + 1): the pad column spreads its column-wise stores over the banks). The tiles hold
+// the storage type T; fragments and accumulators are in the accumulation type A.
+template <typename T, typename A, int BM, int BN, int BK, int TM, int TN>
 __device__ __forceinline__ void tile_fma(const T (&As)[BK][BM + 1], const T (&Bs)[BK][BN],
-                                         T (&acc)[TM][TN], int tm, int tn) {
+                                         A (&acc)[TM][TN], int tm, int tn) {
     constexpr int MT = BM / TM, NT = BN / TN;
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-        T a[TM], b[TN];
+        A a[TM], b[TN];
 #pragma unroll
-        for (int i = 0; i < TM; ++i) a[i] = As[kk][tm + i * MT];
+        for (int i = 0; i < TM; ++i) a[i] = A(As[kk][tm + i * MT]);
 #pragma unroll
-        for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tn + j * NT];
+        for (int j = 0; j < TN; ++j) b[j] = A(Bs[kk][tn + j * NT]);
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll

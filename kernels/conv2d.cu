@@ -8,25 +8,29 @@
 //
 // Same algorithms, names and argument order as the Numba kernels (numba_cuda/conv2d.py); the
 // host side (grid, tile choice, chunking, tap tables) is sharenet_fast/_gpu_host.py, shared by
-// both backends. Template parameters: T (float, double), the block tile BM x BN (TM x TN per
-// thread, reduction staged BK at a time) and, for the forward and weight-gradient kernels, the
-// kernel size KR x KS when it is one of the common ones (0 = read R, S at run time): the (c, r, s)
-// decode of every staged element then divides by constants (a multiply and a shift) instead of
-// run-time 64-bit divisions. Instances are requested by name_expressions (cupy_backend/_loader).
+// both backends. Every kernel's template and arguments are declared once, in
+// sharenet_fast/_gpu_kernels.py (a test parses the prototypes below against it). Template
+// parameters: T, the storage type (what arrays and shared-memory tiles hold), A, the
+// accumulation type (accumulators, the weight-gradient partials; A = T for float and double),
+// the block tile BM x BN (TM x TN per thread, reduction staged BK at a time) and, for the forward
+// and weight-gradient kernels, the kernel size KR x KS when it is one of the common ones (0 =
+// read R, S at run time): the (c, r, s) decode of every staged element then divides by
+// constants (a multiply and a shift) instead of run-time 64-bit divisions. Instances are
+// requested by name_expressions (cupy_backend/_loader).
 #include "common.cuh"
 
 #define THREADS ((BM / TM) * (BN / TN))
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
+template <typename T, typename A, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
 __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 Rr,
-                  i64 Sr, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                  T* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
+                  i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                   i64 colblocks, i64 has_bias) {
     // grid: x = tile class * column block, y = block of BM filters k
     constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
     constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
-    const i64 R = KR ? KR : Rr, S = KS ? KS : Sr;   // compile-time when specialised
+    const i64 Rk = KR ? KR : R, Sk = KS ? KS : S;   // compile-time when specialised
     __shared__ T As[BK][BM + 1];
     __shared__ T Bs[BK][BN];
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;
@@ -37,12 +41,12 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
     const i64 ncol = N * Pc * Qc;           // columns of this class: (n, i, j), p = tp + i*TP
     if (j0 >= ncol) return;                 // a narrower class: the whole block has no work
-    const i64 RS = R * S, CRS = C * RS;
-    T acc[TM][TN];
+    const i64 RS = Rk * Sk, CRS = C * RS;
+    A acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+        for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
     // the columns this thread gathers never change: decode them once
     i64 bn[LB], bh[LB], bw[LB];
 #pragma unroll
@@ -102,15 +106,15 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 const i64 red = red0 + kk;
                 T v = T(0);
                 if (red < CRS && bn[u] >= 0) {
-                    const i64 c = red / RS, rs = red - c * RS, r = rs / S;
-                    const i64 h = bh[u] + r * dh, ww = bw[u] + (rs - r * S) * dw;
+                    const i64 c = red / RS, rs = red - c * RS, r = rs / Sk;
+                    const i64 h = bh[u] + r * dh, ww = bw[u] + (rs - r * Sk) * dw;
                     if (h >= 0 && h < H && ww >= 0 && ww < W) v = __ldg(&x[off4(bn[u], c, h, ww, C, H, W)]);
                 }
                 Bs[kk][e % BN] = v;
             }
         }
         __syncthreads();
-        tile_fma<T, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
+        tile_fma<T, A, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
         __syncthreads();
     }
 #pragma unroll
@@ -122,16 +126,18 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
         for (int ii = 0; ii < TM; ++ii) {
             const i64 k = k0 + tm + ii * MT;
-            if (k < K) y[off4(n, k, p, q, K, P, Q)] = acc[ii][j] + (has_bias ? __ldg(&bias[wbase + k]) : T(0));
+            if (k < K)
+                y[off4(n, k, p, q, K, P, Q)] =
+                    T(acc[ii][j] + (has_bias ? A(__ldg(&bias[wbase + k])) : A(0)));
         }
     }
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
+template <typename T, typename A, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
 __global__ void __launch_bounds__(THREADS)
 conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out,
-                    T* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 Rr,
-                    i64 Sr, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                    A* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
+                    i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                     i64 nchunks, i64 chunk, i64 redblocks, i64 mode) {
     // grid: x = tile class * chunk of its positions, y = filter block * (c, r, s) block. The
     // block reduces its chunk in registers, then mode 0: adds into out (one chunk per class:
@@ -139,7 +145,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
     // chunk order by conv2d_wgrad_reduce_kernel: deterministic).
     constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
     constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
-    const i64 R = KR ? KR : Rr, S = KS ? KS : Sr;   // compile-time when specialised
+    const i64 Rk = KR ? KR : R, Sk = KS ? KS : S;   // compile-time when specialised
     __shared__ T As[BK][BM + 1];
     __shared__ T Bs[BK][BN];
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;
@@ -150,12 +156,12 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
     const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
     const i64 ncol = N * Pc * Qc;
     const i64 start = ch * chunk, stop = min(start + chunk, ncol);
-    const i64 RS = R * S, CRS = C * RS;
-    T acc[TM][TN];
+    const i64 RS = Rk * Sk, CRS = C * RS;
+    A acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+        for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
     i64 bc[LB], br[LB], bs[LB];     // the (c, r, s) columns this thread gathers: decode once
 #pragma unroll
     for (int u = 0; u < LB; ++u) {
@@ -163,10 +169,10 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
         bc[u] = -1;
         br[u] = bs[u] = 0;
         if (red < CRS) {
-            const i64 c = red / RS, rs = red - c * RS, r = rs / S;
+            const i64 c = red / RS, rs = red - c * RS, r = rs / Sk;
             bc[u] = c;
             br[u] = r * dh - ph;
-            bs[u] = (rs - r * S) * dw - pw;
+            bs[u] = (rs - r * Sk) * dw - pw;
         }
     }
     for (i64 pos0 = start; pos0 < stop; pos0 += BK) {
@@ -201,7 +207,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
             }
         }
         __syncthreads();
-        tile_fma<T, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
+        tile_fma<T, A, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
         __syncthreads();
     }
     const i64 bank = cls * K;
@@ -214,14 +220,14 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
             const i64 red = c0 + tn + j * NT;
             if (red >= CRS) continue;
             const i64 o = (bank + k) * CRS + red;
-            if (mode == 0) out[o] += acc[i][j];
-            else if (mode == 1) atomicAdd(&out[o], acc[i][j]);
+            if (mode == 0) out[o] = T(A(out[o]) + acc[i][j]);
+            else if (mode == 1) atomicAdd(&out[o], T(acc[i][j]));
             else ws[ch * (TP * TQ * K * CRS) + o] = acc[i][j];
         }
     }
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN>
+template <typename T, typename A, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(THREADS)
 conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
                     const i64* __restrict__ rtab, const i64* __restrict__ stab,
@@ -249,11 +255,11 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __rest
     const i64 nred = K * nr * ns;            // reduction: (k, valid r, valid s)
     const i64* rt = rtab + alpha * R * 3;
     const i64* st = stab + beta * S * 3;
-    T acc[TM][TN];
+    A acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+        for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
     i64 bn[LB], bhi[LB], bwi[LB];
 #pragma unroll
     for (int u = 0; u < LB; ++u) {
@@ -301,7 +307,7 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __rest
             }
         }
         __syncthreads();
-        tile_fma<T, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
+        tile_fma<T, A, BM, BN, BK, TM, TN>(As, Bs, acc, tm, tn);
         __syncthreads();
     }
 #pragma unroll
@@ -313,61 +319,54 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __rest
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const i64 c = c0 + tm + i * MT;
-            if (c < C) dx[off4(n, c, h, ww, C, H, W)] = acc[i][j];
+            if (c < C) dx[off4(n, c, h, ww, C, H, W)] = T(acc[i][j]);
         }
     }
 }
 
-template <typename T>
-__global__ void conv2d_wgrad_reduce_kernel(const T* __restrict__ ws, T* __restrict__ out,
+template <typename T, typename A>
+__global__ void conv2d_wgrad_reduce_kernel(const A* __restrict__ ws, T* __restrict__ out,
                                            i64 nchunks, i64 size) {
     // out[e] += the chunk partials of e, always in chunk order: the same bits on every run.
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < size;
          e += (i64)gridDim.x * blockDim.x) {
-        T s = T(0);
+        A s = A(0);
         for (i64 ch = 0; ch < nchunks; ++ch) s += ws[ch * size + e];
-        out[e] += s;
+        out[e] = T(A(out[e]) + s);
     }
 }
 
-template <typename T, int NB>
+template <typename T, typename A, int NB>
 __global__ void __launch_bounds__(NB)
 conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K, i64 P, i64 Q,
                     i64 TP, i64 TQ) {
     // one block per (tile class, k): a strided sum over the class's (n, p, q), then warp
     // shuffles (fixed pattern: deterministic) and one shared-memory step across the warps;
     // blockDim.x is a power of two <= NB (the host shrinks it for short classes).
-    __shared__ T warp_sums[NB / 32 > 0 ? NB / 32 : 1];
+    __shared__ A warp_sums[NB / 32 > 0 ? NB / 32 : 1];
     const int t = threadIdx.x, lane = t % 32, warp = t / 32;
     const i64 cls = blockIdx.x / K, k = blockIdx.x % K;
     const i64 tp = cls / TQ, tq = cls % TQ;
     const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
     const i64 ncol = N * Pc * Qc;
-    T s = T(0);
+    A s = A(0);
     for (i64 col = t; col < ncol; col += blockDim.x) {
         const i64 n = col / (Pc * Qc), rem = col - n * (Pc * Qc), i = rem / Qc;
-        s += __ldg(&dy[off4(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]);
+        s += A(__ldg(&dy[off4(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]));
     }
     const int width = blockDim.x < 32 ? blockDim.x : 32;
     const unsigned mask = width == 32 ? 0xffffffffu : (1u << width) - 1u;
     for (int off = width / 2; off > 0; off /= 2) s += __shfl_down_sync(mask, s, off, width);
     const int nwarps = (blockDim.x + 31) / 32;
     if (nwarps == 1) {
-        if (t == 0) out[cls * K + k] += s;
+        if (t == 0) out[cls * K + k] = T(A(out[cls * K + k]) + s);
         return;
     }
     if (lane == 0) warp_sums[warp] = s;
     __syncthreads();
     if (warp == 0) {
-        s = lane < nwarps ? warp_sums[lane] : T(0);
+        s = lane < nwarps ? warp_sums[lane] : A(0);
         for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off, 32);
-        if (lane == 0) out[cls * K + k] += s;
+        if (lane == 0) out[cls * K + k] = T(A(out[cls * K + k]) + s);
     }
-}
-
-template <typename T>
-__global__ void fill_kernel(T* __restrict__ a, T value, i64 size) {
-    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < size;
-         e += (i64)gridDim.x * blockDim.x)
-        a[e] = value;
 }

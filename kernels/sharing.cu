@@ -1,6 +1,8 @@
 // Soft sharing: penalty = strength/2 * sum((a - b)^2), grad_a += strength*(a - b),
 // grad_b -= strength*(a - b), in one pass (host side: sharenet_fast/_gpu_host.py
-// soft_sharing_penalty; the same kernels in Numba: sharenet_fast/numba_cuda/sharing.py).
+// soft_sharing_penalty; the same kernels in Numba: sharenet_fast/numba_cuda/sharing.py; template
+// and arguments declared in sharenet_fast/_gpu_kernels.py). T: the storage type, A: the
+// accumulation type the difference and the gradient step are computed in.
 #include "common.cuh"
 
 // Fold buf[0:NT] into buf[0], halves in a fixed order (deterministic). NT a power of two.
@@ -17,21 +19,21 @@ __device__ __forceinline__ void block_tree(double* buf, int t) {
 // A fixed grid strides over the n elements: thread t of block k takes k*NT + t, then steps by
 // the whole grid, so consecutive threads touch consecutive elements (coalesced loads and
 // read-modify-writes). Each thread sums d*d in double; the block's sum goes to partials[k].
-// ga / gb may be 1-element placeholders when has_a / has_b is 0 (never touched then).
-template <typename T, int NT>
+// grad_a / grad_b may be 1-element placeholders when has_a / has_b is 0 (never touched then).
+template <typename T, typename A, int NT>
 __global__ void __launch_bounds__(NT)
-soft_sharing_penalty_kernel(const T* __restrict__ a, const T* __restrict__ b, T strength,
-                            T* __restrict__ ga, T* __restrict__ gb, i64 has_a, i64 has_b, i64 n,
-                            double* __restrict__ partials) {
+soft_sharing_penalty_kernel(const T* __restrict__ a, const T* __restrict__ b, A strength,
+                            T* __restrict__ grad_a, T* __restrict__ grad_b, i64 has_a, i64 has_b,
+                            i64 n, double* __restrict__ partials) {
     __shared__ double buf[NT];
     const int t = threadIdx.x;
     const i64 step = (i64)gridDim.x * NT;
     double s = 0.0;
     for (i64 i = (i64)blockIdx.x * NT + t; i < n; i += step) {
-        const T d = __ldg(&a[i]) - __ldg(&b[i]);
+        const A d = A(__ldg(&a[i])) - A(__ldg(&b[i]));
         s += (double)d * (double)d;
-        if (has_a) ga[i] += strength * d;
-        if (has_b) gb[i] -= strength * d;
+        if (has_a) grad_a[i] = T(A(grad_a[i]) + strength * d);
+        if (has_b) grad_b[i] = T(A(grad_b[i]) - strength * d);
     }
     buf[t] = s;
     block_tree<NT>(buf, t);

@@ -1,29 +1,51 @@
 """Host side of the GPU backends: launch geometry, tile choice, chunking and tap tables.
 
-The numba-cuda and cupy backends run the same kernels (same names, argument order and
-semantics; numba_cuda/conv2d.py in Numba, kernels/conv2d.cu in CUDA C), so everything decided on
-the host lives here once. A backend passes a `dev` object that knows its arrays and kernels:
-
-    dev.empty(like, shape, dtype), dev.zeros(like, shape, dtype)   allocate like `like`
-    dev.to_device_like(like, numpy_array)                          a small table, on the device
-    dev.flat(a)                                                    1-D view of a C-contiguous array
-    dev.launch(name, dtype, tiles, grid, threads, like, *args, ksize=None)
-                                                                   run kernel `name` (fwd, wgrad,
-                                                                   wgrad_reduce, dgrad, bgrad,
-                                                                   fill, penalty, penalty_reduce);
-                                                                   ksize = (R, S) for fwd and
-                                                                   wgrad, which a backend may
-                                                                   have specialised
-
-Integer arguments are Python ints (the kernels take them as 64-bit), has_bias a bool.
+The numba-cuda and cupy backends run the same kernels (same names, arguments and semantics;
+numba_cuda/ in Numba, kernels/*.cu in CUDA C; each kernel's arguments declared once in
+_gpu_kernels.KERNELS), so everything decided on the host lives here once. A backend passes a
+`dev` object that satisfies `Device` below; each launch's arguments are given by name and
+packed into the declared order (_gpu_kernels.pack).
 """
 import math
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from . import config
+from ._gpu_kernels import pack, row
 
 MAX_GRID_Y = 65535
+
+
+@runtime_checkable
+class Device(Protocol):
+    """What the host side needs of a GPU backend (numba_cuda's and cupy_backend's DEV; the g++
+    emulator's and the recording devices of the tests). `like` is an argument of the op: new
+    arrays are of its kind (CuPy, Numba, NumPy) and launches order with its stream."""
+
+    def empty(self, like, shape, dtype):
+        """A new uninitialised array of `shape` and `dtype`."""
+
+    def zeros(self, like, shape, dtype):
+        """A new zero-filled array."""
+
+    def to_device_like(self, like, a):
+        """The NumPy array `a` (a small table) copied to the device."""
+
+    def flat(self, a):
+        """The 1-D view of a C-contiguous array (what every pointer argument is)."""
+
+    def launch(self, tag, dt, tiles, grid, threads, like, args, ksize=None):
+        """Run kernel `tag` (_gpu_kernels.KERNELS) for the dtypes.DType row `dt` on a grid of
+        `grid` (gx or (gx, gy)) blocks of `threads` threads. `args` is the launch tuple,
+        already in the declared order and types (_gpu_kernels.pack). tiles: the block tile
+        (BM, BN, BK, TM, TN) of a tile-templated kernel, else None; ksize: (R, S) for the
+        kernels a backend may specialise on the kernel size (fwd, wgrad), else None."""
+
+
+def _launch(dev, tag, dt, tiles, grid, threads, like, ksize, /, **values):
+    """dev.launch with the kernel's arguments given by name (declared once: _gpu_kernels)."""
+    dev.launch(tag, dt, tiles, grid, threads, like, pack(tag, dt, values), ksize=ksize)
 
 
 def check_grid(gx, gy):
@@ -41,13 +63,14 @@ def threads(tiles):
 
 
 def _dims(g):
-    """The kernels' geometry arguments, in their order."""
-    return (g.N, g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S)
+    """The kernels' geometry arguments (_gpu_kernels.DIMS), by name."""
+    return dict(N=g.N, C=g.C, H=g.H, W=g.W, K=g.K, P=g.P, Q=g.Q, R=g.R, S=g.S)
 
 
 def _conv(g):
-    """Stride, padding and dilation as the kernels take them: sh, sw, ph, pw, dh, dw."""
-    return (*g.stride, *g.padding, *g.dilation)
+    """Stride, padding and dilation as the kernels take them (_gpu_kernels.CONV)."""
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    return dict(sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw)
 
 
 def elementwise_grid(size):
@@ -75,6 +98,7 @@ def pick_tiles(rows, cols):
 def forward(dev, x, w, bias, g, tile):
     """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
     TP, TQ = tile
+    dt = row(x.dtype)
     ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)                 # widest class: tp = tq = 0
     tiles = pick_tiles(g.K, ncol)
     y = dev.empty(x, g.y_shape, x.dtype)
@@ -82,10 +106,10 @@ def forward(dev, x, w, bias, g, tile):
     colblocks = -(-ncol // BN)
     grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
     has_bias = bias is not None
-    b = dev.flat(bias) if has_bias else dev.flat(w)[:1]
-    dev.launch("fwd", x.dtype, tiles, grid, threads(tiles), x,
-               dev.flat(x), dev.flat(w), b, dev.flat(y), *_dims(g), TP, TQ, *_conv(g),
-               colblocks, has_bias, ksize=(g.R, g.S))
+    _launch(dev, "fwd", dt, tiles, grid, threads(tiles), x, (g.R, g.S),
+            x=dev.flat(x), w=dev.flat(w), bias=dev.flat(bias) if has_bias else dev.flat(w)[:1],
+            y=dev.flat(y), **_dims(g), TP=TP, TQ=TQ, **_conv(g), colblocks=colblocks,
+            has_bias=has_bias)
     return y
 
 
@@ -93,6 +117,7 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
     """The weight gradient (TP*TQ banks of (K, C, R, S)) as `shape`, added into `out` (that
     shape, C-contiguous) when given, which is returned."""
     TP, TQ = tile
+    dt = row(x.dtype)
     tiles = pick_tiles(g.K, g.C * g.R * g.S)
     w_shape = tuple(tile) + g.w_shape
     if out is None:
@@ -101,26 +126,32 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
     ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)               # positions of the widest class
     nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
     size = math.prod(w_shape)
-    itemsize = np.dtype(x.dtype).itemsize
+    itemsize = dt.accum.itemsize
     if deterministic and nchunks > 1:
         nchunks = max(1, min(nchunks, config.CUDA_WGRAD_MAX_WORKSPACE // (size * itemsize)))
     chunk = -(-ncol // nchunks)
     chunk = -(-chunk // BK) * BK                              # whole BK steps
     nchunks = -(-ncol // chunk)
     if nchunks == 1:
-        mode, ws = 0, dev.flat(out)[:1]          # the block owns its weights: plain add
+        mode = 0                                 # the block owns its weights: plain add
     elif not deterministic:
-        mode, ws = 1, dev.flat(out)[:1]          # one atomic add per weight per block
+        mode = 1                                 # one atomic add per weight per block
     else:
-        mode, ws = 2, dev.empty(x, (nchunks * size,), x.dtype)
+        mode = 2                                 # partials (accumulation dtype), summed in order
+    if mode == 2:
+        ws = dev.empty(x, (nchunks * size,), dt.accum)
+    elif dt.accum == dt.storage:
+        ws = dev.flat(out)[:1]                   # a placeholder, never touched
+    else:
+        ws = dev.empty(x, (1,), dt.accum)
     redblocks = -(-g.C * g.R * g.S // BN)
     grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
-    dev.launch("wgrad", x.dtype, tiles, grid, threads(tiles), x,
-               dev.flat(dy), dev.flat(x), dev.flat(out), ws, *_dims(g), TP, TQ, *_conv(g),
-               nchunks, chunk, redblocks, mode, ksize=(g.R, g.S))
+    _launch(dev, "wgrad", dt, tiles, grid, threads(tiles), x, (g.R, g.S),
+            dy=dev.flat(dy), x=dev.flat(x), out=dev.flat(out), ws=ws, **_dims(g), TP=TP, TQ=TQ,
+            **_conv(g), nchunks=nchunks, chunk=chunk, redblocks=redblocks, mode=mode)
     if mode == 2:
-        dev.launch("wgrad_reduce", x.dtype, None, *elementwise_grid(size), x,
-                   ws, dev.flat(out), nchunks, size)
+        _launch(dev, "wgrad_reduce", dt, None, *elementwise_grid(size), x, None,
+                ws=ws, out=dev.flat(out), nchunks=nchunks, size=size)
     return out
 
 
@@ -152,7 +183,8 @@ def input_grad(dev, dy, w, g, tile):
     LH, LW = sh * TP, sw * TQ
     rtab, rcnt = _tap_table(g.H, LH, g.padding[0], sh, g.dilation[0], g.R, TP, g.P)
     stab, scnt = _tap_table(g.W, LW, g.padding[1], sw, g.dilation[1], g.S, TQ, g.Q)
-    tables = [dev.to_device_like(dy, a) for a in (rtab, stab, rcnt, scnt)]
+    rtab, stab, rcnt, scnt = (dev.flat(dev.to_device_like(dy, a))
+                              for a in (rtab, stab, rcnt, scnt))
     dx = dev.empty(dy, g.x_shape, dy.dtype)
     nch, ncw = len(rcnt), len(scnt)
     ncol = g.N * -(-g.H // LH) * -(-g.W // LW)                 # widest input class
@@ -160,9 +192,9 @@ def input_grad(dev, dy, w, g, tile):
     BM, BN = tiles[:2]
     colblocks = -(-ncol // BN)
     grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
-    dev.launch("dgrad", dy.dtype, tiles, grid, threads(tiles), dy,
-               dev.flat(dy), dev.flat(w), dev.flat(dx), *tables, *_dims(g), TP, TQ, LH, LW, ncw,
-               colblocks)
+    _launch(dev, "dgrad", row(dy.dtype), tiles, grid, threads(tiles), dy, None,
+            dy=dev.flat(dy), w=dev.flat(w), dx=dev.flat(dx), rtab=rtab, stab=stab, rcnt=rcnt,
+            scnt=scnt, **_dims(g), TP=TP, TQ=TQ, LH=LH, LW=LW, ncw=ncw, colblocks=colblocks)
     return dx
 
 
@@ -176,8 +208,8 @@ def bias_grad(dev, dy, tile, shape, out=None):
     ncol = N * -(-P // TP) * -(-Q // TQ)
     nthreads = min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length()))
     grid = check_grid(TP * TQ * K, 1)
-    dev.launch("bgrad", dy.dtype, None, grid, nthreads, dy,
-               dev.flat(dy), dev.flat(out), N, K, P, Q, TP, TQ)
+    _launch(dev, "bgrad", row(dy.dtype), None, grid, nthreads, dy, None,
+            dy=dev.flat(dy), out=dev.flat(out), N=N, K=K, P=P, Q=Q, TP=TP, TQ=TQ)
     return out
 
 
@@ -189,17 +221,18 @@ def soft_sharing_penalty(dev, a, b, strength, grad_a=None, grad_b=None):
     block's float64 sum of squares into its partial), then one block sums the partials in
     order (penalty_reduce): bitwise the same on every run."""
     n = a.size
+    dt = row(a.dtype)
     nt = config.CUDA_PENALTY_THREADS
     blocks = max(1, min(-(-n // nt), config.CUDA_PENALTY_BLOCKS))
     partials = dev.empty(a, (blocks,), np.float64)
     out = dev.empty(a, (1,), np.float64)
     none = dev.empty(a, (1,), a.dtype)          # placeholder for a gradient not wanted
-    dev.launch("penalty", a.dtype, None, check_grid(blocks, 1), nt, a,
-               a, b, a.dtype.type(strength), none if grad_a is None else grad_a,
-               none if grad_b is None else grad_b, grad_a is not None, grad_b is not None, n,
-               partials)
-    dev.launch("penalty_reduce", a.dtype, None, 1, nt, a,
-               partials, blocks, np.float64(0.5 * float(strength)), out)
+    _launch(dev, "penalty", dt, None, check_grid(blocks, 1), nt, a, None,
+            a=a, b=b, strength=strength, grad_a=none if grad_a is None else grad_a,
+            grad_b=none if grad_b is None else grad_b, has_a=grad_a is not None,
+            has_b=grad_b is not None, n=n, partials=partials)
+    _launch(dev, "penalty_reduce", dt, None, 1, nt, a, None,
+            partials=partials, nparts=blocks, scale=0.5 * float(strength), out=out)
     return out
 
 

@@ -1,19 +1,19 @@
 """The cupy backend's CUDA C kernels, run on the CPU (tests/_cuda_emu.py: g++, one OS thread per
 CUDA thread, NaN guard bands around every array) through the host side they share with the
 Numba CUDA backend, against the float64 oracle. Every layer and pass, both dtypes, both weight-
-gradient reductions, the production tile menu. On a GPU, tests/test_gpu.py runs the same
-kernels for real."""
+gradient reductions, the production tile menu, a row whose accumulation type is not its storage
+type. On a GPU, tests/test_gpu.py runs the same kernels for real."""
 import numpy as np
 import pytest
 
 import sharenet_fast as sf
 from sharenet_fast import _gpu_host as host
+from sharenet_fast import _gpu_kernels as decl
 from sharenet_fast import config, reference
+from sharenet_fast.cupy_backend import _loader  # the kernel names (imports no CuPy)
 from _support import (DTYPE_IDS, DTYPES, SHAPES, SHAPE_IDS, UNTIED_CASES, UNTIED_IDS, Case,
                       assert_close, random_array)
-
-pytest.importorskip("cupy", reason="the kernel names come from the cupy backend's loader")
-import _cuda_emu  # noqa: E402
+import _cuda_emu
 
 if _cuda_emu.CXX is None:
     pytest.skip("no C++ compiler to build the emulated kernels", allow_module_level=True)
@@ -94,8 +94,11 @@ def test_every_production_tile_runs_correctly(dev):
         g = case.geometry
         _check_layer(dev, layer, case, (1, 1) if layer == "conv2d" else (g.P, g.Q),
                      np.float32, seed=43)
-    used = {",".join(n.split("<")[1].rstrip(">").split(",")[1:6]) for n in dev.launched
-            if n.startswith(("conv2d_fwd", "conv2d_wgrad_kernel", "conv2d_dgrad"))}
+    used = set()
+    for n in dev.launched:
+        t = _loader.template_args(n)
+        if "BM" in t:
+            used.add(",".join(t[p] for p in ("BM", "BN", "BK", "TM", "TN")))
     menu = {",".join(map(str, t)) for t in config.CUDA_TILE_MENU_GPU}
     assert used == menu, f"tiles never run: {sorted(menu - used)}"
 
@@ -125,8 +128,40 @@ def test_soft_sharing_penalty_emulated(dev, dtype, grads, monkeypatch):
 
 
 def test_guard_bands_catch_an_out_of_bounds_write(dev):
-    """The emulator's own check: a launch told the array is longer than it is fails."""
-    a = np.zeros(10, np.float32)
+    """The emulator's own check: a launch with more blocks than partials (each block writes
+    partials[block]) fails."""
+    dt = decl.row("float32")
+    a = np.ones(10, np.float32)
+    args = decl.pack("penalty", dt, dict(a=a, b=a, strength=1.0, grad_a=a, grad_b=a, has_a=0,
+                                         has_b=0, n=a.size, partials=np.zeros(2)))
     with pytest.raises(AssertionError, match="wrote outside an array"):
-        dev.launch("fill", np.float32, None, 1, 32, a, a, np.float32(1), 12)
+        dev.launch("penalty", dt, None, 3, _cuda_emu.PENALTY_THREADS, a, args)
     assert sf.backends()  # the package is untouched by the failure
+
+
+def test_emulator_refuses_arguments_unlike_their_declaration(dev):
+    """Each argument is handed over as its declared type: an array of the wrong element dtype
+    where the declaration says double* is refused before the kernel runs."""
+    dt = decl.row("float32")
+    a = np.ones(10, np.float32)
+    args = list(decl.pack("penalty", dt, dict(a=a, b=a, strength=1.0, grad_a=a, grad_b=a,
+                                              has_a=0, has_b=0, n=a.size,
+                                              partials=np.zeros(1))))
+    args[-1] = np.zeros(1, np.float32)
+    with pytest.raises(AssertionError, match="partials"):
+        dev.launch("penalty", dt, None, 1, _cuda_emu.PENALTY_THREADS, a, tuple(args))
+
+
+def test_accumulation_type_is_a_template_argument(monkeypatch):
+    """The CUDA C kernels instantiated for float storage with double accumulation (the shape of
+    a bfloat16 row: a DType row, no new code) sum 2**24 + 16 exactly in every pass where the
+    float row gives 2**24."""
+    tile = config.CUDA_TILE_MENU_GPU[0]
+    monkeypatch.setattr(config, "CUDA_TILE_MENU", (tile,))
+    monkeypatch.setattr(config, "CUDA_BIAS_THREADS", _cuda_emu.BIAS_THREADS)
+    monkeypatch.setattr(config, "CUDA_PENALTY_THREADS", _cuda_emu.PENALTY_THREADS)
+    f32 = decl.row("float32")
+    dev = _cuda_emu.EmuDevice(*_cuda_emu.build((tile,), rows=[_cuda_emu.F32_ACC64, f32]))
+    assert _cuda_emu.accumulation_probe(dev, _cuda_emu.F32_ACC64) == _cuda_emu.EXACT
+    assert any(n.startswith("conv2d_wgrad_reduce_kernel<float,double>") for n in dev.launched)
+    assert _cuda_emu.accumulation_probe(dev, f32)["forward"] == 2.0**24

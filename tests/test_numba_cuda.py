@@ -1,11 +1,15 @@
 """The numba-cuda backend beyond the registry-driven tests: compilation for a real GPU (PTX for
-sm_90, without a GPU), 64-bit index arithmetic, device arrays through the public API, the three
-weight-gradient reduction modes, and the production block tiles under the simulator.
+sm_90, without a GPU), the kernels' arguments against their declaration (_gpu_kernels), the
+accumulation dtype as a separate field, 64-bit index arithmetic, device arrays through the
+public API, the three weight-gradient reduction modes, the production block tiles under the
+simulator, and the package's import graph.
 
 The registry-driven tests (test_conv2d_backends.py, test_untied.py, ...) already run every op of
 this backend against the oracle, on the simulator when there is no GPU (conftest.py).
 """
+import ast
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -15,14 +19,18 @@ import numpy as np
 import pytest
 
 import sharenet_fast as sf
+from sharenet_fast import _gpu_kernels as decl
 from sharenet_fast import config, reference
 from _support import (BACKENDS, DTYPE_IDS, DTYPES, SHAPES_BY_ID, Case, assert_close,
                       make_inputs, random_array)
+import _cuda_emu  # the wide-accumulation row and probe (no compiler needed)
 
 pytestmark = pytest.mark.skipif("numba-cuda" not in BACKENDS,
                                 reason=f"numba-cuda: {sf.backends()['numba-cuda']}")
 
 kmod = importlib.import_module("sharenet_fast.numba_cuda.conv2d")
+smod = importlib.import_module("sharenet_fast.numba_cuda.sharing")
+lmod = importlib.import_module("sharenet_fast.numba_cuda._launch")
 host = importlib.import_module("sharenet_fast._gpu_host")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))
 
@@ -40,14 +48,15 @@ for dtype in ("float32", "float64"):
             "local_depot": bool(re.search(r"__local_depot", ptx)),
             "atomic": "atom.global.add" in ptx or "red.global.add" in ptx,
         }
-s = importlib.import_module("sharenet_fast.numba_cuda.sharing")
-for dtype in ("float32", "float64"):
-    for name, ptx in s.compile_ptx(dtype, cc=(9, 0)).items():
-        report[f"{dtype}/{name}/-"] = {
-            "target": ".target sm_90" in ptx, "entry": ".entry" in ptx,
-            "local_depot": bool(re.search(r"__local_depot", ptx)),
-            "atomic": bool(re.search(r"\b(?:atom|red)\.", ptx)),
-        }
+for mod in ("sharing", "_launch"):       # the penalty kernels; fill (device_zeros)
+    s = importlib.import_module("sharenet_fast.numba_cuda." + mod)
+    for dtype in ("float32", "float64"):
+        for name, ptx in s.compile_ptx(dtype, cc=(9, 0)).items():
+            report[f"{dtype}/{name}/-"] = {
+                "target": ".target sm_90" in ptx, "entry": ".entry" in ptx,
+                "local_depot": bool(re.search(r"__local_depot", ptx)),
+                "atomic": bool(re.search(r"\b(?:atom|red)\.", ptx)),
+            }
 # the offset helper with int32 indices and extents: every multiply must be 64-bit
 ptx, _ = cuda.compile_ptx(k.off4, (int32,) * 7, device=True, cc=(9, 0))
 muls = re.findall(r"\bmul\.(?:lo|wide)\.[su](?:32|64)\b|\bmad\.(?:lo|wide)\.[su](?:32|64)\b", ptx)
@@ -70,8 +79,7 @@ def ptx_report():
     return json.loads(proc.stdout)
 
 
-KERNEL_NAMES = list(kmod.signatures("float32")) + list(
-    importlib.import_module("sharenet_fast.numba_cuda.sharing").signatures("float32"))
+KERNEL_NAMES = list(decl.KERNELS)      # every declared kernel has a Numba twin
 PRODUCTION_MENU = config.CUDA_TILE_MENU_GPU
 
 
@@ -81,7 +89,7 @@ def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
     """Every kernel, at every production block tile (the subprocess runs without the simulator,
     so config holds the real menu)."""
     found = {key: r for key, r in ptx_report.items() if key.startswith(f"{dtype}/{name}/")}
-    tiled = name in ("fwd", "wgrad", "dgrad")
+    tiled = name in kmod.TILED
     assert len(found) == (len(PRODUCTION_MENU) if tiled else 1), sorted(found)
     for key, r in found.items():
         assert r["target"] and r["entry"], (key, r)
@@ -92,6 +100,57 @@ def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
             assert r["atomic"], f"{key}: the atomic reduction should be a global atomic add"
         if name.startswith("penalty"):
             assert not r["atomic"], f"{key}: the penalty is summed in a fixed order, no atomics"
+
+
+def _numba_kernels():
+    """{tag: the Numba kernel} of every declared kernel (production-free: the first menu tile)."""
+    dt = decl.row("float32")
+    ks = dict(kmod.kernels(dt, tuple(config.CUDA_TILE_MENU[0]), config.CUDA_BIAS_THREADS))
+    ks.update(smod.kernels(dt, config.CUDA_PENALTY_THREADS))
+    ks["fill"] = lmod.fill_kernel()
+    return ks
+
+
+def test_numba_kernels_take_the_declared_arguments():
+    """Each Numba kernel is named as declared and its Python parameters are the declared
+    argument names in order; the signatures compile_ptx uses are the declared types (a pointer
+    a 1-D C-contiguous array of its element dtype, for a row whose accumulation dtype differs
+    from its storage dtype too)."""
+    from numba import float32, float64, int64
+
+    ks = _numba_kernels()
+    assert set(ks) == set(decl.KERNELS)
+    assert set(kmod.TAGS) | set(smod.TAGS) | {"fill"} == set(decl.KERNELS)
+    for tag, k in decl.KERNELS.items():
+        fn = ks[tag].py_func
+        assert fn.__name__ == k.name, tag
+        assert tuple(inspect.signature(fn).parameters) == k.names, tag
+    sigs = {**kmod.signatures("float64"), **smod.signatures("float64")}
+    assert set(sigs) == set(decl.KERNELS) - {"fill"}
+    assert sigs["fwd"][:4] == (float64[::1],) * 4 and set(sigs["fwd"][4:]) == {int64}
+    assert sigs["dgrad"][3:7] == (int64[::1],) * 4
+    assert sigs["penalty_reduce"] == (float64[::1], int64, float64, float64[::1])
+    wide = _cuda_emu.F32_ACC64
+    assert lmod.signature("wgrad", wide)[2:4] == (float32[::1], float64[::1])   # out T, ws A
+    assert lmod.signature("penalty", wide)[2] == float64                        # strength A
+    assert lmod.signature("fill", wide) == (float32[::1], float32, int64)
+
+
+def test_launch_arguments_are_packed_by_name():
+    """_gpu_host launches by name: the wgrad launch's mode is where the declaration puts it."""
+    k = decl.KERNELS["wgrad"]
+    assert k.index("mode") == len(k.args) - 1 and k.index("ws") == 3
+
+
+def test_accumulation_dtype_is_a_separate_field():
+    """A float32-storage row accumulating in float64 (what a bfloat16 row will be: float32
+    accumulation) is data: the same host side and kernels, keyed on the row, sum 2**24 + 16
+    exactly in every pass where float32 accumulation gives 2**24."""
+    io = dict(put=_device, get=lambda d: d.copy_to_host())
+    got = _cuda_emu.accumulation_probe(kmod.DEV, _cuda_emu.F32_ACC64, **io)
+    assert got == _cuda_emu.EXACT, got
+    got = _cuda_emu.accumulation_probe(kmod.DEV, decl.row("float32"), **io)
+    assert got["forward"] == 2.0**24, got      # the probe does tell the two apart
 
 
 def test_offsets_are_64_bit_in_ptx(ptx_report):
@@ -219,7 +278,7 @@ def test_atomic_and_deterministic_weight_grad(case, dtype, monkeypatch):
 
     def spy(kernel, grid, threads, stream, *args):
         if kernel is kmod._kernels_for(d.x)["wgrad"]:
-            modes.append(args[-1])
+            modes.append(args[decl.KERNELS["wgrad"].index("mode")])
         return real_launch(kernel, grid, threads, stream, *args)
     monkeypatch.setattr(kmod, "launch", spy)
     monkeypatch.setattr(config, "CUDA_TILE_MENU", config.CUDA_TILE_MENU[:1])
@@ -337,3 +396,62 @@ def test_simulator_shared_array_is_one_array_per_block():
         sys.setswitchinterval(old)
     assert len(got) == 64 and all(a is got[0] for a in got)
     assert got[0].shape == (4, 5) and got[0].dtype == np.float32
+
+
+# ------------------------------------------------------------------------ the import graph
+def _import_graph(package_dir):
+    """{module: the package modules it imports}, read from the source (every import statement,
+    at module level or inside a function: a lazy import still closes a cycle)."""
+    top = os.path.dirname(package_dir)
+    mods = {}
+    for dirpath, _, files in os.walk(package_dir):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                name = os.path.relpath(path[:-3], top).replace(os.sep, ".")
+                mods[name[:-len(".__init__")] if name.endswith(".__init__") else name] = path
+    graph = {}
+    for name, path in mods.items():
+        pkg = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        deps = set()
+        with open(path) as fh:
+            tree = ast.parse(fh.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                parts = pkg.split(".")
+                base = node.module if node.level == 0 else ".".join(
+                    parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                subs = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods}
+                # "from . import x" imports the module x; "from .m import f" the module m
+                deps |= subs if len(subs) == len(node.names) else subs | {base}
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def test_no_module_is_part_of_an_import_cycle():
+    """No cycle in the package's import graph (numba_cuda/_launch.py and conv2d.py imported
+    each other: conv2d for the launch helpers, _launch for the fill kernel)."""
+    graph = _import_graph(os.path.dirname(os.path.abspath(sf.__file__)))
+    assert "sharenet_fast.numba_cuda._launch" in graph["sharenet_fast.numba_cuda.conv2d"]
+    for start in graph:
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            mod, path = stack.pop()
+            for dep in graph[mod]:
+                assert dep != start, f"import cycle: {' -> '.join(path + (start,))}"
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, path + (dep,)))
+
+
+def test_missing_numba_cuda_is_reported_with_the_install_hint():
+    """Without numba.cuda the backend does not import, and sf.backends() gives that reason
+    with the install hint (a subprocess in which `from numba import cuda` fails)."""
+    code = ("import sys; sys.modules['numba.cuda'] = None; import sharenet_fast as sf; "
+            "print(sf.backends()['numba-cuda'])")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert "numba.cuda does not import" in out and "pip install 'sharenet_fast[cuda]'" in out, out

@@ -7,8 +7,6 @@ through to_device / to_host; Numba device arrays are refused: KINDS); the kernel
 current stream. Status: compiled by NVRTC (tests/test_cupy_backend.py) and run by a g++
 emulation (tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
 """
-import numpy as np
-
 from .. import _gpu_host as host
 from .. import config
 from .._device import flat
@@ -48,7 +46,8 @@ def copy_into(d, out):
 
 
 class _CupyDevice:
-    """The `dev` of _gpu_host for CuPy: RawModule kernels, CuPy arrays, the current stream."""
+    """The `dev` of _gpu_host (a _gpu_host.Device) for CuPy: RawModule kernels, CuPy arrays,
+    the current stream."""
 
     @staticmethod
     def empty(like, shape, dtype):
@@ -69,11 +68,10 @@ class _CupyDevice:
     flat = staticmethod(flat)
 
     @staticmethod
-    def launch(name, dtype, tiles, grid, threads, like, *args, ksize=None):
+    def launch(tag, dt, tiles, grid, threads, like, args, ksize=None):
+        # args: NumPy scalars of the declared types (np.int64 for every i64) and CuPy arrays
         kernel = _loader.module().get_function(
-            _loader.name(name, np.dtype(dtype).name, tiles, config.CUDA_BIAS_THREADS, ksize))
-        # the kernels take every integer as long long; bools and Python ints become int64
-        args = tuple(np.int64(a) if isinstance(a, (bool, int, np.bool_)) else a for a in args)
+            _loader.name(tag, dt, tiles, config.CUDA_BIAS_THREADS, ksize))
         grid = tuple(grid) if isinstance(grid, tuple) else (grid,)
         kernel(grid, (threads,), args)
 

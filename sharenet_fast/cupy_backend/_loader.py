@@ -3,20 +3,24 @@ with the package, compiled at run time by NVRTC through cupy.RawModule, template
 requested by name_expressions).
 
 Sources: the wheel carries kernels/ as sharenet_fast/_kernels (pyproject force-include); an
-editable install or a checkout reads <repo>/kernels. Instances: every kernel for float and
-double at every tile of config.CUDA_TILE_MENU, which is also what the host side can ask for.
+editable install or a checkout reads <repo>/kernels. Instances: every kernel of
+_gpu_kernels.KERNELS that has a source, for every dtypes.DTYPES row (storage and accumulation
+type: its ctype and accum_ctype), every tile of config.CUDA_TILE_MENU and every specialised
+kernel size, which is also what the host side can ask for. Names are filled in from each
+kernel's declared template groups: no kernel or dtype is named here.
 """
 import functools
 import os
+import re
 
-from .. import config
+from .. import config, dtypes
+from .._gpu_kernels import KERNELS, TEMPLATE, row
 
-SOURCES = ("conv2d.cu", "sharing.cu")
+SOURCES = tuple(dict.fromkeys(k.source for k in KERNELS.values() if k.source))
 HEADERS = ("common.cuh",)
 OPTIONS = ("-std=c++17",)
-CTYPES = {"float32": "float", "float64": "double"}
-TILED = ("fwd", "wgrad", "dgrad")         # templated on the block tile
-SIZED = ("fwd", "wgrad")                  # ... and on the kernel size (0, 0: generic)
+TILED = tuple(t for t, k in KERNELS.items() if k.source and "tile" in k.template)
+SIZED = tuple(t for t, k in KERNELS.items() if k.source and "ksize" in k.template)
 
 
 def kernel_dir():
@@ -36,41 +40,56 @@ def specialised(ksize):
 
 
 def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None, penalty_threads=None):
-    """The C++ name of one instance, e.g. conv2d_fwd_kernel<float,64,64,8,4,4,3,3>."""
-    ct = CTYPES[dtype]
-    if kernel in SIZED:
-        args = tuple(tiles) + specialised(ksize)
-        return f"conv2d_{kernel}_kernel<{ct},{','.join(map(str, args))}>"
-    if kernel in TILED:
-        return f"conv2d_{kernel}_kernel<{ct},{','.join(map(str, tiles))}>"
-    if kernel == "bgrad":
-        return f"conv2d_bgrad_kernel<{ct},{bias_threads}>"
-    if kernel == "wgrad_reduce":
-        return f"conv2d_wgrad_reduce_kernel<{ct}>"
-    if kernel == "fill":
-        return f"fill_kernel<{ct}>"
+    """The C++ name of one instance of kernel tag `kernel` for a dtypes.DType row (or a dtype
+    name), e.g. conv2d_fwd_kernel<float,float,64,64,8,4,4,3,3>."""
+    k = KERNELS.get(kernel)
+    if k is None or k.source is None:
+        raise ValueError(f"unknown kernel {kernel!r}: the CUDA C kernels are "
+                         f"{[t for t, d in KERNELS.items() if d.source]}")
+    dt = row(dtype)
     pt = config.CUDA_PENALTY_THREADS if penalty_threads is None else penalty_threads
-    if kernel == "penalty":
-        return f"soft_sharing_penalty_kernel<{ct},{pt}>"
-    if kernel == "penalty_reduce":
-        return f"soft_sharing_reduce_kernel<{pt}>"
-    raise ValueError(f"unknown kernel {kernel!r}")
+    values = {"T": (dt.ctype,), "A": (dt.accum_ctype,), "tile": tiles,
+              "ksize": specialised(ksize), "NB": (bias_threads,), "NT": (pt,)}
+    args = []
+    for group in k.template:
+        v = values[group]
+        if v is None or None in v or len(v) != len(TEMPLATE[group]):
+            raise ValueError(f"{k.name}: template group {group} "
+                             f"({', '.join(TEMPLATE[group])}) not given (got {v!r})")
+        args += map(str, v)
+    return f"{k.name}<{','.join(args)}>"
 
 
-def name_expressions(menu=None, bias_threads=None, penalty_threads=None):
-    """Every instance the host side may launch (both dtypes, every menu tile, every
-    specialised kernel size and the generic one)."""
+def template_args(instance):
+    """{template parameter: its value (a str)} of an instance name, e.g. {"T": "float",
+    "BM": "64", ...}; the inverse of name()."""
+    m = re.fullmatch(r"(\w+)<(.*)>", instance)
+    k = m and next((d for d in KERNELS.values() if d.source and d.name == m.group(1)), None)
+    if not k:
+        raise ValueError(f"not an instance of a declared kernel: {instance!r}")
+    params = [p.split()[-1] for p in k.template_params()]
+    values = m.group(2).split(",")
+    if len(values) != len(params):
+        raise ValueError(f"{instance!r}: {len(values)} template arguments for {params}")
+    return dict(zip(params, values))
+
+
+def name_expressions(menu=None, bias_threads=None, penalty_threads=None, rows=None):
+    """Every instance the host side may launch: every dtypes row (or `rows`), every menu
+    tile, every specialised kernel size and the generic one; each name once."""
     menu = config.CUDA_TILE_MENU if menu is None else menu
     nb = config.CUDA_BIAS_THREADS if bias_threads is None else bias_threads
+    rows = dtypes.DTYPES.values() if rows is None else rows
+    sizes = [(0, 0)] + [tuple(z) for z in config.CUDA_KERNEL_SIZES]
     names = []
-    sizes = [(0, 0)] + [tuple(k) for k in config.CUDA_KERNEL_SIZES]
-    for dtype in CTYPES:
-        names += [name(k, dtype, tuple(t), ksize=z) for t in menu for k in SIZED for z in sizes]
-        names += [name("dgrad", dtype, tuple(t)) for t in menu]
-        names += [name(k, dtype, bias_threads=nb) for k in ("bgrad", "wgrad_reduce", "fill")]
-        names.append(name("penalty", dtype, penalty_threads=penalty_threads))
-    names.append(name("penalty_reduce", "float64", penalty_threads=penalty_threads))
-    return names
+    for dt in rows:
+        for tag, k in KERNELS.items():
+            if k.source is None:
+                continue
+            for tiles in (map(tuple, menu) if "tile" in k.template else [None]):
+                for ksize in (sizes if "ksize" in k.template else [None]):
+                    names.append(name(tag, dt, tiles, nb, ksize, penalty_threads))
+    return list(dict.fromkeys(names))
 
 
 def source():
@@ -125,8 +144,6 @@ def compile_ptx(arch="compute_90", names=None):
 
 def ptx_entries(ptx, lowered):
     """{name: that entry's PTX text}: the compiled program split at its kernel entries."""
-    import re
-
     text = ptx.decode() if isinstance(ptx, bytes) else ptx
     by_lowered = {v: k for k, v in lowered.items()}
     out = {}

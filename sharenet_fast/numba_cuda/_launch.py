@@ -1,18 +1,53 @@
-"""Launch plumbing of the Numba CUDA backend: allocation, streams, the simulator.
+"""Launch plumbing of the Numba CUDA backend: allocation, streams, the simulator, and the
+Numba signatures of the declared kernels (_gpu_kernels.KERNELS).
 
 Outputs are allocated as the inputs' kind: CuPy arrays (from CuPy's memory pool) for CuPy
 inputs, Numba device arrays otherwise. Kernels run on CuPy's current stream for CuPy inputs,
 so they order correctly with the caller's CuPy work, and on the default stream otherwise.
 """
+import functools
 import sys
 import threading
 
 import numpy as np
+from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import config
 from .. import _gpu_host as host
+from .. import _gpu_kernels as decl
 from .._device import flat, kind  # noqa: F401 - flat: the 1-D views the kernels take
 
+
+def numba_type(ty, dt):
+    """The Numba type of a declared argument type ("const T*", "i64", ...) for DType dt: a
+    pointer is a 1-D C-contiguous array."""
+    from numba import from_dtype
+
+    base, pointer, _ = decl.split(ty)
+    t = from_dtype(decl.element(base, dt))
+    return t[::1] if pointer else t
+
+
+def signature(tag, dt):
+    """The argument types of kernel `tag` as _gpu_host passes them (_gpu_kernels.pack)."""
+    return tuple(numba_type(ty, dt) for _, ty in decl.KERNELS[tag].args)
+
+
+@functools.lru_cache(maxsize=None)
+def fill_kernel():
+    """a[:size] = value (grid-stride); typed by its arguments at the first launch."""
+    @cuda.jit(fastmath=False)
+    def fill_kernel(a, value, size):
+        start = cuda.grid(1)
+        for e in range(start, size, cuda.gridsize(1)):
+            a[e] = value
+    return fill_kernel
+
+
+def compile_ptx(dtype, cc=(9, 0)):
+    """{"fill": PTX} of the fill kernel; needs NVVM, not a GPU."""
+    dt = decl.row(dtype)
+    return {"fill": cuda.compile_ptx(fill_kernel().py_func, signature("fill", dt), cc=cc)[0]}
 
 
 def device_empty(like, shape, dtype):
@@ -20,8 +55,6 @@ def device_empty(like, shape, dtype):
         import cupy
 
         return cupy.empty(shape, dtype=dtype)
-    from numba import cuda
-
     return cuda.device_array(shape, dtype=dtype)
 
 
@@ -30,18 +63,14 @@ def device_zeros(like, shape, dtype):
         import cupy
 
         return cupy.zeros(shape, dtype=dtype)
-    from .conv2d import _kernels_for
-
     a = device_empty(like, shape, dtype)
     if a.size:
-        launch(_kernels_for(a)["fill"], *host.elementwise_grid(a.size), stream_for(like),
-               flat(a), np.dtype(dtype).type(0), a.size)
+        launch(fill_kernel(), *host.elementwise_grid(a.size), stream_for(like),
+               *decl.pack("fill", decl.row(dtype), dict(a=flat(a), value=0, size=a.size)))
     return a
 
 
 def stream_for(like):
-    from numba import cuda
-
     if kind(like) == "cupy" and not config.CUDASIM:
         import cupy
 
@@ -94,8 +123,6 @@ def _arg(a):
     default on importing a CUDA array interface (a host stall per argument per launch): our
     launches run on CuPy's current stream (stream_for), so they are ordered after its work."""
     if kind(a) == "cupy":
-        from numba import cuda
-
         return cuda.as_cuda_array(a, sync=False)
     return a
 

@@ -17,8 +17,11 @@ shared memory. Arrays are passed flat and every offset is computed by the helper
 64-bit integers (Numba widens int32 products to int64): local weights of alexnet_conv1 at batch
 64 reach 6.7e9 input-patch products, and 105.7e6 weights per bank grid.
 
-Kernels are built lazily per (dtype, tiles), so importing needs no GPU and tests may shrink the
-tiles. The host side (grids, tiles, chunks, tap tables) is _gpu_host.py, shared with the cupy
+Kernels are built lazily per (DType row, tiles): storage and accumulation dtypes are separate
+(shared-memory tiles and loads in the storage dtype, accumulators and workspace partials in the
+accumulation dtype), so importing needs no GPU and tests may shrink the tiles. Their arguments
+are declared once (_gpu_kernels.KERNELS: names, order, types; signatures() below derive from
+it). The host side (grids, tiles, chunks, tap tables) is _gpu_host.py, shared with the cupy
 backend; DEV below is this backend's half of it.
 """
 import functools
@@ -29,7 +32,12 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 from .. import _gpu_host as host
 from .. import config
 from .._device import kind
-from ._launch import device_empty, device_zeros, flat, launch, stream_for
+from .._gpu_kernels import row
+from . import sharing
+from ._launch import device_empty, device_zeros, flat, launch, signature, stream_for
+
+TAGS = ("fwd", "wgrad", "dgrad", "wgrad_reduce", "bgrad")     # the kernels built here
+TILED = ("fwd", "wgrad", "dgrad")                             # one build per block tile
 
 # --------------------------------------------------------------------------- index helpers
 # Kept as plain functions so tests can compile them with int32 arguments on the CPU and prove
@@ -49,10 +57,11 @@ def _device_helpers():
 
 # --------------------------------------------------------------------------------- kernels
 @functools.lru_cache(maxsize=None)
-def kernels(dtype, tiles, bias_threads):
-    """The kernels for one dtype ("float32"/"float64"), block tile (BM, BN, BK, TM, TN) and
-    bias-gradient block size (the size of its shared reduction buffer)."""
-    from numba import float32, float64, int64
+def kernels(dt, tiles, bias_threads):
+    """{tag: kernel} for one dtypes.DType row (storage and accumulation dtype), block tile
+    (BM, BN, BK, TM, TN) and bias-gradient block size (the size of its shared reduction
+    buffer)."""
+    from numba import from_dtype, int64
 
     BM, BN, BK, TM, TN = tiles
     if BM % TM or BN % TN:
@@ -62,7 +71,8 @@ def kernels(dtype, tiles, bias_threads):
     BM1 = BM + 1                       # padded A-tile row (a constant: shared array shapes are)
     LA = -(-BM * BK // NTH)            # A-tile elements each thread loads
     LB = -(-BK * BN // NTH)            # B-tile elements each thread loads
-    ft = {"float32": float32, "float64": float64}[dtype]
+    ft = from_dtype(dt.storage)        # what arrays and shared-memory tiles hold
+    at = from_dtype(dt.accum)          # what accumulators, fragments and partials hold
     off4_d, extent_d = _device_helpers()
     # Thread (tm, tn) owns rows tm + i*MT and columns tn + j*NT: neighbouring threads read
     # neighbouring shared-memory words (no bank conflicts) and write neighbouring columns of
@@ -74,7 +84,7 @@ def kernels(dtype, tiles, bias_threads):
     def zero_acc(acc):
         for i in range(TM):
             for j in range(TN):
-                acc[i, j] = ft(0)
+                acc[i, j] = at(0)
 
     @cuda.jit(device=True, inline=True)
     def tile_fma(As, Bs, acc, a, b, tm, tn):
@@ -110,9 +120,9 @@ def kernels(dtype, tiles, bias_threads):
         CRS = C * RS
         As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
-        acc = cuda.local.array((TM, TN), ft)
-        a = cuda.local.array(TM, ft)
-        b = cuda.local.array(TN, ft)
+        acc = cuda.local.array((TM, TN), at)
+        a = cuda.local.array(TM, at)
+        b = cuda.local.array(TN, at)
         zero_acc(acc)
         # the columns this thread gathers never change: decode them once
         bn = cuda.local.array(LB, int64)
@@ -198,9 +208,9 @@ def kernels(dtype, tiles, bias_threads):
         CRS = C * RS
         As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
-        acc = cuda.local.array((TM, TN), ft)
-        a = cuda.local.array(TM, ft)
-        b = cuda.local.array(TN, ft)
+        acc = cuda.local.array((TM, TN), at)
+        a = cuda.local.array(TM, at)
+        b = cuda.local.array(TN, at)
         zero_acc(acc)
         # reduction columns (c, r, s) this thread gathers: fixed, decode once
         bc = cuda.local.array(LB, int64)
@@ -260,7 +270,7 @@ def kernels(dtype, tiles, bias_threads):
                         if mode == 0:
                             out[o] += acc[i, j]
                         elif mode == 1:
-                            cuda.atomic.add(out, o, acc[i, j])
+                            cuda.atomic.add(out, o, ft(acc[i, j]))
                         else:
                             ws[int64(ch) * (int64(TP * TQ) * K * CRS) + o] = acc[i, j]
 
@@ -271,7 +281,8 @@ def kernels(dtype, tiles, bias_threads):
         # input row sees the same taps r (those with (h + ph - r*dh) % sh == 0) with the same
         # bank row, so the pass is a plain GEMM over the class's valid taps only: a strided
         # layer does no work on the taps that skip it (phase decomposition), and a tiled or
-        # local layer's A tile is one matrix. rtab[alpha, i] = (r, p at class row 0, p % TP).
+        # local layer's A tile is one matrix. rtab[alpha, i] = (r, p at class row 0, p % TP),
+        # flat (min(LH, H), R, 3); stab likewise for the columns (S taps).
         # grid: x = input class * column block, y = block of BM channels c.
         t = cuda.threadIdx.x
         tm = t // NT
@@ -289,11 +300,13 @@ def kernels(dtype, tiles, bias_threads):
         nr = rcnt[alpha]
         ns = scnt[beta]
         nred = K * nr * ns               # reduction: (k, valid r, valid s)
+        rt = int64(alpha) * R * 3        # this class's rows of the tap tables
+        st = int64(beta) * S * 3
         As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
-        acc = cuda.local.array((TM, TN), ft)
-        a = cuda.local.array(TM, ft)
-        b = cuda.local.array(TN, ft)
+        acc = cuda.local.array((TM, TN), at)
+        a = cuda.local.array(TM, at)
+        b = cuda.local.array(TN, at)
         zero_acc(acc)
         bn = cuda.local.array(LB, int64)
         bhi = cuda.local.array(LB, int64)
@@ -320,9 +333,9 @@ def kernels(dtype, tiles, bias_threads):
                         rem = red - k * (nr * ns)
                         ri = rem // ns
                         si = rem - ri * ns
-                        bank = rtab[alpha, ri, 2] * TQ + stab[beta, si, 2]
-                        v = w[off4_d(bank * K + k, c0 + m, rtab[alpha, ri, 0],
-                                     stab[beta, si, 0], C, R, S)]
+                        bank = rtab[rt + ri * 3 + 2] * TQ + stab[st + si * 3 + 2]
+                        v = w[off4_d(bank * K + k, c0 + m, rtab[rt + ri * 3],
+                                     stab[st + si * 3], C, R, S)]
                     As[kk, m] = v
             for u in range(LB):
                 e = t + u * NTH
@@ -335,8 +348,8 @@ def kernels(dtype, tiles, bias_threads):
                         rem = red - k * (nr * ns)
                         ri = rem // ns
                         si = rem - ri * ns
-                        p = rtab[alpha, ri, 1] + bhi[u] * TP
-                        q = stab[beta, si, 1] + bwi[u] * TQ
+                        p = rtab[rt + ri * 3 + 1] + bhi[u] * TP
+                        q = stab[st + si * 3 + 1] + bwi[u] * TQ
                         if p >= 0 and p < P and q >= 0 and q < Q:
                             v = dy[off4_d(bn[u], k, p, q, K, P, Q)]
                     Bs[kk, e - kk * BN] = v
@@ -363,7 +376,7 @@ def kernels(dtype, tiles, bias_threads):
         start = cuda.grid(1)
         step = cuda.gridsize(1)
         for e in range(start, size, step):
-            s = ft(0)
+            s = at(0)
             for ch in range(nchunks):
                 s += ws[int64(ch) * size + e]
             out[e] += s
@@ -382,13 +395,13 @@ def kernels(dtype, tiles, bias_threads):
         Pc = extent_d(P, tp, TP)
         Qc = extent_d(Q, tq, TQ)
         ncol = N * Pc * Qc
-        s = ft(0)
+        s = at(0)
         for col in range(t, ncol, cuda.blockDim.x):
             n = col // (Pc * Qc)
             rem = col - n * (Pc * Qc)
             i = rem // Qc
             s += dy[off4_d(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]
-        buf = cuda.shared.array(NB, ft)
+        buf = cuda.shared.array(NB, at)
         buf[t] = s
         cuda.syncthreads()
         half = cuda.blockDim.x // 2
@@ -400,56 +413,40 @@ def kernels(dtype, tiles, bias_threads):
         if t == 0:
             out[int64(cls) * K + k] += buf[0]
 
-    @cuda.jit(fastmath=False)
-    def fill_kernel(a, value, size):
-        start = cuda.grid(1)
-        for e in range(start, size, cuda.gridsize(1)):
-            a[e] = value
-
     return dict(fwd=conv2d_fwd_kernel, wgrad=conv2d_wgrad_kernel,
                 dgrad=conv2d_dgrad_kernel, wgrad_reduce=conv2d_wgrad_reduce_kernel,
-                bgrad=conv2d_bgrad_kernel, fill=fill_kernel)
+                bgrad=conv2d_bgrad_kernel)
 
 
 def signatures(dtype):
-    """{kernel: argument types} as the launchers below pass them (flat C-contiguous arrays,
-    int64 scalars): what tests compile to PTX without a GPU (compile_ptx)."""
-    from numba import boolean, float32, float64, int64
-
-    ft = {"float32": float32, "float64": float64}[dtype]
-    arr, i = ft[::1], int64
-    geometry = (i,) * 11 + (i,) * 8            # N C H W K P Q R S TP TQ, sh sw ph pw dh dw + 2
-    return {
-        "fwd": (arr, arr, arr, arr) + geometry[:17] + (i, boolean),
-        "wgrad": (arr, arr, arr, arr) + geometry[:17] + (i, i, i, i),
-        "dgrad": (arr, arr, arr, int64[:, :, ::1], int64[:, :, ::1], int64[::1], int64[::1])
-        + (i,) * 11 + (i, i, i, i),
-        "wgrad_reduce": (arr, arr, i, i),
-        "bgrad": (arr, arr) + (i,) * 6,
-        "fill": (arr, ft, i),
-    }
+    """{kernel tag: argument types} as _gpu_host passes them (from the declaration,
+    _gpu_kernels.KERNELS): what tests compile to PTX without a GPU (compile_ptx)."""
+    dt = row(dtype)
+    return {tag: signature(tag, dt) for tag in TAGS}
 
 
 def compile_ptx(dtype, cc=(9, 0)):
     """{(kernel, tiles): PTX} for every kernel at every tile of the menu; needs NVVM, not a
-    GPU. The tile-independent kernels (wgrad_reduce, bgrad, fill) are compiled once."""
+    GPU. The tile-independent kernels (wgrad_reduce, bgrad) are compiled once."""
+    dt = row(dtype)
     out = {}
     for tiles in config.CUDA_TILE_MENU:
-        ks = kernels(dtype, tuple(tiles), config.CUDA_BIAS_THREADS)
-        for name, sig in signatures(dtype).items():
-            if name in ("fwd", "wgrad", "dgrad") or tiles == config.CUDA_TILE_MENU[0]:
-                out[name, tuple(tiles)] = cuda.compile_ptx(ks[name].py_func, sig, cc=cc)[0]
+        ks = kernels(dt, tuple(tiles), config.CUDA_BIAS_THREADS)
+        for tag, sig in signatures(dt).items():
+            if tag in TILED or tiles == config.CUDA_TILE_MENU[0]:
+                out[tag, tuple(tiles)] = cuda.compile_ptx(ks[tag].py_func, sig, cc=cc)[0]
     return out
 
 
 def _kernels_for(a, tiles=None):
     tiles = tuple(config.CUDA_TILE_MENU[0]) if tiles is None else tiles
-    return kernels(np.dtype(a.dtype).name, tiles, config.CUDA_BIAS_THREADS)
+    return kernels(row(a.dtype), tiles, config.CUDA_BIAS_THREADS)
 
 
 class _NumbaDevice:
-    """The `dev` of _gpu_host for Numba: kernels from kernels(), arrays as given (CuPy or
-    Numba), launches on CuPy's current stream for CuPy arrays (see _launch)."""
+    """The `dev` of _gpu_host (a _gpu_host.Device) for Numba: kernels from kernels() and
+    sharing.kernels(), arrays as given (CuPy or Numba), launches on CuPy's current stream for
+    CuPy arrays (see _launch)."""
     empty = staticmethod(device_empty)
     zeros = staticmethod(device_zeros)
     flat = staticmethod(flat)
@@ -463,15 +460,12 @@ class _NumbaDevice:
         return cuda.to_device(a)
 
     @staticmethod
-    def launch(name, dtype, tiles, grid, threads, like, *args, ksize=None):
-        if name.startswith("penalty"):
-            from . import sharing
-
-            ks = sharing.kernels(np.dtype(dtype).name, config.CUDA_PENALTY_THREADS)
+    def launch(tag, dt, tiles, grid, threads, like, args, ksize=None):
+        if tag in TAGS:
+            ks = kernels(dt, tuple(tiles or config.CUDA_TILE_MENU[0]), config.CUDA_BIAS_THREADS)
         else:
-            ks = kernels(np.dtype(dtype).name, tuple(tiles or config.CUDA_TILE_MENU[0]),
-                         config.CUDA_BIAS_THREADS)
-        launch(ks[name], grid, threads, stream_for(like), *args)
+            ks = sharing.kernels(dt, config.CUDA_PENALTY_THREADS)
+        launch(ks[tag], grid, threads, stream_for(like), *args)
 
 
 DEV = _NumbaDevice()

@@ -1,10 +1,12 @@
-"""Numba CUDA kernels of the soft-sharing penalty (host side: _gpu_host.soft_sharing_penalty).
+"""Numba CUDA kernels of the soft-sharing penalty (host side: _gpu_host.soft_sharing_penalty;
+the CUDA C twins: kernels/sharing.cu, the same names and declared arguments).
 
-penalty_kernel: a fixed grid of blocks strides over the n elements (thread t of block k takes
-k*NT + t, then steps by the whole grid: consecutive threads read consecutive elements, so every
-load and the gradient read-modify-writes are coalesced); each thread keeps its sum of squares
+soft_sharing_penalty_kernel: a fixed grid of blocks strides over the n elements (thread t of
+block k takes k*NT + t, then steps by the whole grid: consecutive threads read consecutive
+elements, so every load and the gradient read-modify-writes are coalesced); the difference and
+the gradient step are computed in the accumulation dtype, each thread keeps its sum of squares
 in float64, the block folds them in a shared-memory tree (fixed order) into partials[k].
-penalty_reduce_kernel: one block sums the partials in the same fixed order and scales by
+soft_sharing_reduce_kernel: one block sums the partials in the same fixed order and scales by
 strength/2. No atomics anywhere: the penalty has the same bits on every run.
 """
 import functools
@@ -12,16 +14,21 @@ import functools
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import config
+from .._gpu_kernels import row
+from ._launch import signature
+
+TAGS = ("penalty", "penalty_reduce")
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(dtype, nt):
-    """{"penalty", "penalty_reduce"} for one dtype and block size nt (a power of two). The dtype
-    keys the cache only: the kernels are typed by their arguments at the first launch."""
-    from numba import float64, int64
+def kernels(dt, nt):
+    """{"penalty", "penalty_reduce"} for one dtypes.DType row and block size nt (a power of
+    two)."""
+    from numba import float64, from_dtype, int64
 
     if nt & (nt - 1):
         raise ValueError(f"penalty block size must be a power of two, got {nt}")
+    at = from_dtype(dt.accum)
 
     @cuda.jit(device=True, inline=True)
     def tree(buf, t):
@@ -35,12 +42,12 @@ def kernels(dtype, nt):
             half //= 2
 
     @cuda.jit(fastmath=False)
-    def penalty_kernel(a, b, strength, grad_a, grad_b, has_a, has_b, n, partials):
+    def soft_sharing_penalty_kernel(a, b, strength, grad_a, grad_b, has_a, has_b, n, partials):
         t = cuda.threadIdx.x
         step = int64(cuda.gridDim.x) * nt
         s = float64(0)
         for i in range(int64(cuda.blockIdx.x) * nt + t, n, step):
-            d = a[i] - b[i]
+            d = at(a[i]) - at(b[i])
             s += float64(d) * float64(d)
             if has_a:
                 grad_a[i] += strength * d
@@ -53,7 +60,7 @@ def kernels(dtype, nt):
             partials[cuda.blockIdx.x] = buf[0]
 
     @cuda.jit(fastmath=False)
-    def penalty_reduce_kernel(partials, nparts, scale, out):
+    def soft_sharing_reduce_kernel(partials, nparts, scale, out):
         t = cuda.threadIdx.x
         s = float64(0)
         for i in range(t, nparts, nt):
@@ -64,21 +71,19 @@ def kernels(dtype, nt):
         if t == 0:
             out[0] = scale * buf[0]
 
-    return dict(penalty=penalty_kernel, penalty_reduce=penalty_reduce_kernel)
+    return dict(penalty=soft_sharing_penalty_kernel, penalty_reduce=soft_sharing_reduce_kernel)
 
 
 def signatures(dtype):
-    """{kernel: argument types} as _gpu_host passes them, for PTX compilation without a GPU."""
-    from numba import boolean, float32, float64, int64
-
-    ft = {"float32": float32, "float64": float64}[dtype]
-    arr = ft[::1]
-    return {"penalty": (arr, arr, ft, arr, arr, boolean, boolean, int64, float64[::1]),
-            "penalty_reduce": (float64[::1], int64, float64, float64[::1])}
+    """{kernel tag: argument types} as _gpu_host passes them (from the declaration,
+    _gpu_kernels.KERNELS), for PTX compilation without a GPU."""
+    dt = row(dtype)
+    return {tag: signature(tag, dt) for tag in TAGS}
 
 
 def compile_ptx(dtype, cc=(9, 0)):
-    """{kernel: PTX} of both kernels at the configured block size; needs NVVM, not a GPU."""
-    ks = kernels(dtype, config.CUDA_PENALTY_THREADS)
-    return {name: cuda.compile_ptx(ks[name].py_func, sig, cc=cc)[0]
-            for name, sig in signatures(dtype).items()}
+    """{kernel tag: PTX} of both kernels at the configured block size; needs NVVM, not a GPU."""
+    dt = row(dtype)
+    ks = kernels(dt, config.CUDA_PENALTY_THREADS)
+    return {tag: cuda.compile_ptx(ks[tag].py_func, sig, cc=cc)[0]
+            for tag, sig in signatures(dt).items()}
