@@ -122,6 +122,20 @@ def test_soft_sharing_penalty_at_real_size(backend):
     assert float(again) == float(sf.soft_sharing_penalty(ad, bd, 0.25, backend=backend))
 
 
+def test_accumulation_dtype_is_a_separate_field_on_the_gpu():
+    """numba-cuda on the GPU: a float32-storage row accumulating in float64 (a DType row, no
+    new code: what bfloat16 with float32 accumulation will be) sums 2**24 + 16 exactly in every
+    pass (tests/_cuda_emu.accumulation_probe)."""
+    from numba import cuda
+
+    import _cuda_emu
+    from sharenet_fast import numba_cuda
+
+    got = _cuda_emu.accumulation_probe(numba_cuda.DEV, _cuda_emu.F32_ACC64, put=cuda.to_device,
+                                       get=lambda d: d.copy_to_host())
+    assert got == _cuda_emu.EXACT, got
+
+
 @pytest.mark.slow
 def test_input_past_2_31_elements():
     """x with 2.15e9 elements (8.6 GB): the second channel starts past 2**31, so a 32-bit
