@@ -256,6 +256,60 @@ def case_macs(case):
     return g.N * g.K * g.P * g.Q * g.C * g.R * g.S
 
 
+def sim_signature(layer, pass_, case, tile, dtype):
+    """What one pass of the main registry tables exercises in the Numba CUDA kernels: the
+    kernel, the layer's grid kind, its block tile from the (simulator's) tile menu, the dtype,
+    strided or not, and the weight gradient's reduction mode (one chunk: owner adds; several:
+    atomics). Two cases with one signature run the same kernel code the same way, so on the
+    simulator (about 20 us per multiply-add) the main tables run the first case of each
+    signature and skip the rest (a GPU runs them all)."""
+    from sharenet_fast import _gpu_host as host
+    from sharenet_fast import config
+
+    g = case.geometry.padded_input()
+    TP, TQ = grid(layer, case, tile)
+    cdiv = lambda a, b: -(-a // b)                                       # noqa: E731
+    strided = g.stride != (1, 1)
+    if pass_ == "forward":
+        rows, cols, mode = g.K, g.N * cdiv(g.P, TP) * cdiv(g.Q, TQ), None
+    elif pass_ == "input":
+        LH, LW = g.stride[0] * TP, g.stride[1] * TQ
+        rows, cols, mode = g.C, g.N * cdiv(g.H, LH) * cdiv(g.W, LW), None
+    elif pass_ == "weight":
+        ncol = g.N * cdiv(g.P, TP) * cdiv(g.Q, TQ)
+        rows, cols, mode = g.K, g.C * g.R * g.S, ncol > config.CUDA_WGRAD_CHUNK
+    else:
+        ncol = g.N * cdiv(g.P, TP) * cdiv(g.Q, TQ)
+        return (pass_, LAYERS[layer].spec.sharing, np.dtype(dtype).name,
+                min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length())))
+    return (pass_, LAYERS[layer].spec.sharing, np.dtype(dtype).name, strided, mode,
+            tuple(host.pick_tiles(rows, cols)))
+
+
+MAIN_TABLES = ("test_op_matches_reference", "test_layer_matches_reference")
+_seen_signatures = {}
+
+
+def sim_repeat(test_name, params):
+    """Why a main-table test on the simulator repeats a signature already run, or None."""
+    from sharenet_fast import config
+
+    if not config.CUDASIM or params.get("backend") != "numba-cuda" or \
+            test_name not in MAIN_TABLES:
+        return None
+    if "uc" in params:
+        layer, pass_, case, tile = params["layer"], params["pass_"], params["uc"].case, \
+            params["uc"].tile
+    else:
+        layer, pass_, case, tile = "conv2d", params["op"], params["case"], (1, 1)
+    sig = sim_signature(layer, pass_, case, tile, params["dtype"])
+    first = _seen_signatures.setdefault(sig, f"{test_name}[{layer}, {case.id}]")
+    if first == f"{test_name}[{layer}, {case.id}]":
+        return None
+    return ("CUDA simulator: the same kernel, tile, dtype and mode run in another case of "
+            "this table (every case runs on a GPU)")
+
+
 def sim_too_slow(params):
     """Why a test with these parametrize values is too slow for the simulator, or None."""
     from sharenet_fast import config

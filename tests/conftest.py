@@ -37,7 +37,9 @@ _FUZZ_KEY = pytest.StashKey()
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only if the test will run
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
-        why = _support.sim_too_slow(getattr(getattr(item, "callspec", None), "params", {}))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        why = _support.sim_too_slow(params) or \
+            _support.sim_repeat(getattr(item, "originalname", None), params)
         if why:
             item.add_marker(pytest.mark.skip(reason=why))
     if config.option.collectonly or hasattr(config, "workerinput"):
