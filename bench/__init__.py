@@ -1,7 +1,11 @@
 """Benchmarks for sharenet_fast (see DESIGN.md, "Benchmarks").
 
-    python -m bench [--quick] [--shapes a,b] [--repeat N] [--json PATH] [--markdown]
+    python -m bench [--quick|--full] [--gpu] [--shapes a,b] [--layers conv2d,local2d] [--json PATH]
     pytest bench --benchmark-enable          # pytest-benchmark suite (bench_*.py)
+    python -m bench.compare OLD.json NEW.json | python -m bench.plots RUN.json
+    python -m bench.targets                  # the targets table
 
-The suite itself is data, in bench/shapes.py.
+Data: the suite in bench/shapes.py, the layer kinds and passes in the op table (sf.layers()),
+the targets in bench/targets.py, the JSON format in bench/schema.py. bench/harness.py is the one
+harness (launch, check, time, record) behind python -m bench and the pytest-benchmark suite.
 """

@@ -1,8 +1,9 @@
-"""Smoke test of `python -m bench --gpu` (bench/report.py with bench/gpu.py's GpuTarget): on a GPU
-or, without one, on the Numba CUDA simulator (tests/conftest.py turns it on), one tiny layer of
-each kind through the whole report: timing loop, peers when PyTorch has CUDA, the tables, the
-GPU targets and a JSON that matches bench/schema.py. The numbers of a real run are
-`python -m bench --gpu --full --save` on a GPU; this only proves the path works end to end."""
+"""Smoke test of `python -m bench --gpu` (bench/report.py, bench/harness.py with bench/gpu.py's
+GpuTarget): on a GPU or, without one, on the Numba CUDA simulator (conftest.py turns it on), one
+tiny layer of each kind through the whole report: timing loop, peers when PyTorch has CUDA, the
+tables, the GPU targets (bench/targets.py) and a JSON that matches bench/schema.py. The numbers
+of a real run are `python -m bench --gpu --full --save` on a GPU; this only proves the path
+works end to end."""
 import json
 
 import pytest
@@ -22,18 +23,20 @@ def test_gpu_report_runs_end_to_end(tmp_path, capsys):
                               "--min-time", "0"])
     doc = report.run(args, shapes={"tiny": TINY})
     assert schema.validate(doc) == []
-    ours = [(r["layer"], r["pass"]) for r in doc["results"] if r["impl"] == "numba-cuda"]
-    assert ours == [("shared", "forward"), ("shared", "backward"), ("shared", "weight (atomic)"),
-                    ("shared", "weight (deterministic)"), ("tiled", "forward"),
-                    ("tiled", "backward"), ("local", "forward"), ("local", "backward"),
-                    ("local", "penalty")]
+    ours = [(r["layer"], schema.pass_label(r["pass"], r["deterministic"]))
+            for r in doc["results"] if r["impl"] == "numba-cuda"]
+    assert ours == [("conv2d", "forward"), ("conv2d", "backward"), ("conv2d", "weight"),
+                    ("conv2d", "weight (deterministic)"), ("tiled_conv2d", "forward"),
+                    ("tiled_conv2d", "backward"), ("local2d", "forward"), ("local2d", "backward"),
+                    ("local2d", "soft_sharing_penalty")]
     for r in doc["results"]:
         assert len(r["samples_s"]) == 1
         if r["rel_err"] is not None:         # the oracle, or a CUDA PyTorch peer that ran
             assert r["rel_err"] < 1e-4, r
-    assert next(r for r in doc["results"] if r["pass"] == "penalty")["rel_err"] < 1e-6
+    assert next(r for r in doc["results"]
+                if r["pass"] == "soft_sharing_penalty")["rel_err"] < 1e-6
     text = report.format_report(doc, markdown=True)
-    assert "### tiny" in text and "ours (numba-cuda)" in text and "Targets (issues 4 and 5" in text
+    assert "### tiny" in text and "ours (numba-cuda)" in text and "Targets (gpu" in text
     path = tmp_path / "r.json"
     path.write_text(json.dumps(doc))
     assert schema.load(str(path))["config"]["target"] == "gpu"

@@ -3,9 +3,10 @@
     python -m bench.compare OLD.json NEW.json [--threshold 0.05] [--all]
 
 Reads the JSON of `python -m bench --json` (CPU or --gpu: bench/schema.py, raw samples in
-seconds). Every timing (shape, layer, pass, impl) present in both files is compared by its median. A change counts only when it is
-larger than the noise: the interquartile ranges of the two sample sets must not overlap AND the
-medians must differ by more than --threshold (relative). Exit status 1 if anything of ours got
+seconds). Every timing (shape, layer, pass, impl) present in both files is compared by its
+median. A change counts only when it is larger than the noise: the interquartile ranges of the
+two sample sets must not overlap AND the medians must differ by more than --threshold
+(relative). Exit status 1 if anything of ours got
 slower (a regression), 0 otherwise; timings in only one file are listed, not judged.
 """
 from __future__ import annotations
@@ -19,9 +20,8 @@ from bench import schema
 
 
 def timings(doc):
-    """{(shape, layer, pass, impl): samples in seconds}."""
-    return {(r["shape"], r["layer"], r["pass"], r["impl"]): list(r["samples_s"])
-            for r in doc["results"]}
+    """{(shape, layer, pass label, impl): samples in seconds} (schema.key)."""
+    return {schema.key(r): list(r["samples_s"]) for r in doc["results"]}
 
 
 def ours(doc):

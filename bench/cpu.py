@@ -1,8 +1,8 @@
 """The CPU half of `python -m bench`: perf_counter timing, the machine's limits, and the
 --full extras (local2d peak memory, first call after import), each in a fresh process.
 
-The suite, tables, targets and JSON are bench/report.py's; bench/gpu.py is the GPU twin of the
-CpuTarget below.
+The suite and its checks are bench/harness.py's, the tables and JSON bench/report.py's, the
+targets bench/targets.py's; bench/gpu.py is the GPU twin of the CpuTarget below.
 """
 from __future__ import annotations
 
@@ -163,14 +163,14 @@ import numpy as np
 from bench import ops
 from bench.shapes import ConvShape, geometry, make_inputs
 shape = ConvShape(*json.loads(sys.argv[1]))
-impl = sys.argv[2]
+impl, layer = sys.argv[2], sys.argv[3]
 g = geometry(shape)
 x, w0, b0, _ = make_inputs(shape)
-w, b = ops.layer_params("local", w0, b0, g)
+w, b = ops.layer_params(layer, w0, b0, g)
 launch = ops.ours_forward if impl == "ours" else ops.torch_forward
 # compile / warm up on one image: the measured call then allocates its own output and scratch
 # at full size instead of reusing what a same-size call left with the allocator
-launch(shape._replace(N=1), "local", x[:1], w, b)()
+launch(shape._replace(N=1), layer, x[:1], w, b)()
 def status(key):
     with open("/proc/self/status") as f:
         for line in f:
@@ -184,7 +184,7 @@ try:  # reset this process's high-water mark to the current RSS (Linux >= 4.0)
 except OSError:
     reset = False
 tracemalloc.start()
-y = launch(shape, "local", x, w, b)()
+y = launch(shape, layer, x, w, b)()
 _, traced = tracemalloc.get_traced_memory()
 tracemalloc.stop()
 print(json.dumps(dict(weight_bytes=int(w.nbytes), input_bytes=int(x.nbytes),
@@ -198,13 +198,14 @@ def _env(**extra):
                 PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
 
 
-def peak_memory(name, shape):
-    """Peak memory of local2d forward beyond the inputs, ours vs unfold+einsum, in a fresh
-    process each: peak RSS after the call minus the RSS before it (an upper bound on what the
+def peak_memory(name, shape, layer="local2d"):
+    """Peak memory of a layer's forward (local2d) beyond the inputs, ours vs unfold+einsum, in a
+    fresh process each: peak RSS after the call minus the RSS before it (an upper bound on what the
     call allocated: the weights and inputs are already resident)."""
     out = {}
     for impl in ("ours", "torch") if ops.torch is not None else ("ours",):
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, json.dumps(list(shape)), impl],
+        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, json.dumps(list(shape)), impl,
+                               layer],
                               env=_env(), cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             log(f"peak memory ({impl}) failed:\n{proc.stderr}")

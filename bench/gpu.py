@@ -1,9 +1,9 @@
 """The GPU half of `python -m bench --gpu`: CUDA-event timing, the device's limits, peers on CUDA.
 
     python -m bench --gpu [--full] [--backend numba-cuda,cupy] [--save]
-    python -m bench.gpu ...             the same as python -m bench --gpu ...
 
-The suite, tables, targets and JSON are bench/report.py's; this module supplies the GpuTarget:
+The suite and its checks are bench/harness.py's, the tables and JSON bench/report.py's, the
+targets bench/targets.py's; this module supplies the GpuTarget (it imports none of those):
 timings are CUDA events around each call on the legacy default stream (which CuPy, PyTorch and
 our launches use by default), median of the samples; the limits are a 1 GiB device-to-device
 copy (bytes read + written) and an 8192^3 SGEMM through CuPy; peers are PyTorch on CUDA tensors
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -190,12 +189,3 @@ class GpuTarget:
             info["cudnn"] = self.torch.backends.cudnn.version()
         return info
 
-
-def main(argv=None):
-    from bench.report import main as report_main
-
-    return report_main(["--gpu", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,12 +1,13 @@
 """The timed calls: ours and the PyTorch peers, forward and backward, for one suite shape and
-one layer kind (shared, tiled 2x2, local).
+one layer kind of the op table (sf.layers(): conv2d, tiled_conv2d with a 2x2 tile, local2d).
 
 Each launcher takes the inputs once and returns a zero-argument function, so the timing loops
-(pytest-benchmark and bench/report.py) time exactly the op and nothing else.
+(bench/harness.py, behind both python -m bench and the pytest-benchmark suite) time exactly the
+op and nothing else.
 
-Peers (DESIGN.md): shared -> torch.nn.functional.conv2d (oneDNN on the CPU, cuDNN on a GPU) and
+Peers (DESIGN.md): conv2d -> torch.nn.functional.conv2d (oneDNN on the CPU, cuDNN on a GPU) and
 aten.convolution_backward; every layer kind -> PyTorch unfold + einsum (the standard way to
-write an untied layer in PyTorch; for shared conv, im2col + one matmul), its backward run by
+write an untied layer in PyTorch; for conv2d, im2col + one matmul), its backward run by
 autograd on a graph built once outside the timing.
 """
 from __future__ import annotations
@@ -21,28 +22,44 @@ try:
 except ImportError:  # the peer is optional: report.py prints "-" and the bench tests skip
     torch = None
 
-LAYERS = ("shared", "tiled", "local")
-TILE = (2, 2)
-API = {"shared": (sf.conv2d, sf.conv2d_backward),
-       "tiled": (sf.tiled_conv2d, sf.tiled_conv2d_backward),
-       "local": (sf.local2d, sf.local2d_backward)}
+SPECS = sf.layers()
+LAYERS = tuple(SPECS)                       # op names: conv2d, tiled_conv2d, local2d
+TILE = (2, 2)                               # the bank grid of a layer kind that takes any grid
+API = {name: (getattr(sf, name), getattr(sf, name + "_backward")) for name in LAYERS}
 
 
-def grid(layer, g):
-    """Bank grid of a layer kind for geometry g: (1, 1), TILE or (P, Q)."""
-    return {"shared": (1, 1), "tiled": TILE, "local": (g.P, g.Q)}[layer]
+def layer_name(word):
+    """The op name for an op name or a sharing word ("local" -> "local2d"); ValueError else."""
+    from sharenet_fast import optable
+
+    return optable.lookup(word).name
+
+
+def grid(layer, g, tile=TILE):
+    """Bank grid of a layer kind for geometry g: `tile` where the kind takes that grid (the op
+    table's check_grid), else one bank per output position; (1, 1) for an unbanked weight."""
+    spec = SPECS[layer]
+    for want in (tuple(tile), (g.P, g.Q)):
+        try:
+            spec.check_grid(g, want, spec.weight_shape(g, want))
+        except ValueError:
+            continue
+        return spec.grid(g, spec.weight_shape(g, want))
+    raise ValueError(f"{layer}: no bank grid fits the output ({g.P}, {g.Q})")
 
 
 def layer_params(layer, weight, bias, g, seed=1):
-    """(weight, bias) shaped for the layer. Shared uses the suite's bank; tiled and local draw
-    fresh banks, scaled like it (1/sqrt(C*R*S)), never zeros."""
-    if layer == "shared":
+    """(weight, bias) shaped for the layer (the op table's weight and bias shapes). An unbanked
+    weight is the suite's bank; banked ones are fresh banks, scaled like it (1/sqrt(C*R*S)),
+    never zeros."""
+    spec = SPECS[layer]
+    if not spec.banked:
         return weight, bias
     rng = np.random.default_rng(seed)
     gr = grid(layer, g)
-    w = rng.standard_normal(gr + weight.shape, dtype=np.float32)
+    w = rng.standard_normal(spec.weight_shape(g, gr), dtype=np.float32)
     w *= np.float32(1 / np.sqrt(g.C * g.R * g.S))
-    b = rng.standard_normal(gr + bias.shape, dtype=np.float32)
+    b = rng.standard_normal(spec.bias_shape(g, gr), dtype=np.float32)
     return w, b
 
 
@@ -69,9 +86,10 @@ def ours_backward(shape, layer, x, weight, grad_out, backend="cpu", needs=("inpu
 
 # ------------------------------------------------------------------------------------ peers
 def peer_names(layer):
-    """The PyTorch peers of a layer kind: conv2d (oneDNN / cuDNN) exists only for the shared
-    layer; unfold + einsum (im2col + a batched matmul) can express all three."""
-    return ("torch-conv2d", "torch-unfold") if layer == "shared" else ("torch-unfold",)
+    """The PyTorch peers of a layer kind: torch conv2d (oneDNN / cuDNN) exists only for the
+    shared layer; unfold + einsum (im2col + a batched matmul) can express all three."""
+    shared = SPECS[layer].sharing == "shared"
+    return ("torch-conv2d", "torch-unfold") if shared else ("torch-unfold",)
 
 
 def peer_label(impl, device="cpu"):
@@ -81,15 +99,15 @@ def peer_label(impl, device="cpu"):
 
 
 def _torch_untied(shape, layer, xt, wt, bt):
-    """y of a tiled or local layer in PyTorch: unfold (im2col), then einsum per bank. A shared
-    layer is the 1x1 tiling."""
-    if layer == "shared":
-        layer, wt, bt = "tiled", wt[None, None], bt[None, None]
+    """y of a layer in PyTorch: unfold (im2col), then einsum per bank (an unbanked weight is the
+    1x1 grid); with a bank per output position, one batched einsum."""
+    if not SPECS[layer].banked:
+        wt, bt = wt[None, None], bt[None, None]
     N, C, K, R, S = shape.N, shape.C, shape.K, shape.R, shape.S
     cols = torch.nn.functional.unfold(xt, (R, S), stride=shape.stride, padding=shape.padding)
     g = geometry(shape)
     P, Q = g.P, g.Q
-    if layer == "local":
+    if SPECS[layer].sharing == "local":
         y = torch.einsum("ntl,lkt->nkl", cols, wt.reshape(P * Q, K, C * R * S))
         return y.reshape(N, K, P, Q) + bt.permute(2, 0, 1)
     TP, TQ = wt.shape[:2]
@@ -108,7 +126,7 @@ def _tensors(device, *arrays):
 
 
 def torch_forward(shape, layer, x, weight, bias, device="cpu", impl=None):
-    """y of the peer `impl` (default: conv2d for shared, unfold+einsum otherwise)."""
+    """y of the peer `impl` (default: torch conv2d for conv2d, unfold+einsum otherwise)."""
     impl = impl or peer_names(layer)[0]
     xt, wt, bt = _tensors(device, x, weight, bias)
     if impl == "torch-conv2d":
@@ -157,10 +175,11 @@ def peers(shape, layer, x, weight, bias, grad_out, device="cpu"):
 
 # -------------------------------------------------------------------------------- reference
 def reference(shape, layer, x, weight, bias, grad_out):
-    """float64 (y, dx, dw, db) from the package's NumPy oracle (PyTorch for shared conv)."""
-    from sharenet_fast import reference as ref
+    """float64 (y, dx, dw, db): the op table's NumPy oracle (PyTorch in float64 for the shared
+    layer where it is installed: the same numbers, much sooner at full size)."""
     kw = dict(stride=shape.stride, padding=shape.padding)
-    if layer == "shared" and torch is not None:
+    spec = SPECS[layer]
+    if spec.sharing == "shared" and torch is not None:
         xt, wt, bt, dyt = (torch.from_numpy(a.astype(np.float64))
                            for a in (x, weight, bias, grad_out))
         y = torch.nn.functional.conv2d(xt, wt, bt, **kw)
@@ -168,10 +187,11 @@ def reference(shape, layer, x, weight, bias, grad_out):
             dyt, xt, wt, [shape.K], [shape.stride] * 2, [shape.padding] * 2, [1, 1], False,
             [0, 0], 1, [True, True, True])
         return tuple(t.numpy() for t in (y, dx, dw, db))
-    fwd, bwd = {"shared": (ref.conv2d, ref.conv2d_backward),
-                "tiled": (ref.tiled_conv2d, ref.tiled_conv2d_backward),
-                "local": (ref.local2d, ref.local2d_backward)}[layer]
-    return (fwd(x, weight, bias, **kw),) + tuple(bwd(grad_out, x, weight, **kw))
+    oracle = spec.oracle
+    return (oracle("forward")(x, weight, bias, **kw),
+            oracle("input")(grad_out, x.shape, weight, **kw),
+            oracle("weight")(grad_out, x, weight.shape, **kw),
+            oracle("bias")(grad_out, grid(layer, geometry(shape))))
 
 
 # -------------------------------------------------------------------------- soft sharing

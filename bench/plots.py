@@ -4,7 +4,7 @@
 
 Writes <stem>_times.png (median time per layer kind and pass, each of ours beside each PyTorch
 peer, one panel per suite shape) and <stem>_roofline.png (arithmetic intensity against achieved
-GFLOP/s, under the measured ceilings: the sgemm rate and the copy bandwidth). Shared conv
+GFLOP/s, under the measured ceilings: the sgemm rate and the copy bandwidth). conv2d
 reuses each weight N·P·Q times and sits near the compute roof; a locally connected layer uses
 each weight N times and sits on the bandwidth slope: parameter sharing, measured.
 """
@@ -14,11 +14,12 @@ import argparse
 import os
 import sys
 
+import sharenet_fast as sf
 from bench import schema
 
-LAYERS = ("shared", "tiled", "local")
-PASSES = ("forward", "backward")
-MARKERS = {"shared": "o", "tiled": "s", "local": "^"}
+LAYERS = tuple(sf.layers())                    # op names, the op table's order
+PASSES = ("forward", schema.BACKWARD)
+MARKERS = dict(zip(LAYERS, "os^D*"))
 PALETTE = ("tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
@@ -51,12 +52,14 @@ def save(fig, path):
 
 def plot_times(doc, path):
     plt = pyplot()
-    res = {(r["shape"], r["layer"], r["pass"], r["impl"]): r for r in doc["results"]}
+    res = {schema.key(r): r for r in doc["results"]}
     shapes = list(doc["shapes"])
-    impls = _impls(doc)
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.4 * len(shapes), 4.2), squeeze=False)
     groups = [(layer, p) for layer in LAYERS for p in PASSES
               if any(k[1] == layer and k[2] == p for k in res)]
+    # the impls with a bar here (the penalty's peer has none): an empty bar has no colour
+    impls = [(i, label) for i, label in _impls(doc)
+             if any(k[3] == i and (k[1], k[2]) in groups for k in res)]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.2 * len(shapes), 4.2), squeeze=False)
     width = 0.8 / len(impls)
     for ax, shape in zip(axes[0], shapes):
         for j, (impl, label) in enumerate(impls):
@@ -68,7 +71,7 @@ def plot_times(doc, path):
                     ys.append(r["median_s"] * 1e3)
             ax.bar(xs, ys, width=width, color=PALETTE[j % len(PALETTE)], label=label)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{layer}\n{p[0]}wd" for layer, p in groups], fontsize=8)
+        ax.set_xticklabels([f"{layer}\n{p}" for layer, p in groups], fontsize=7)
         ax.set_yscale("log")
         ax.set_title(f"{shape} (batch {doc['shapes'][shape]['N']})", fontsize=10)
         ax.set_ylabel("median ms (log)")
@@ -91,7 +94,7 @@ def plot_roofline(doc, path):
         xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
         ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
                 label=f"roof: sgemm {peak:.0f} GFLOP/s, copy {bw:.0f} GB/s")
-    impls = _impls(doc)
+    impls = [(i, label) for i, label in _impls(doc) if any(r["impl"] == i for r in rows)]
     colors = {impl: PALETTE[j % len(PALETTE)] for j, (impl, _) in enumerate(impls)}
     for r in rows:
         ax.scatter(r["flops"] / r["bytes"], r["gflops"], marker=MARKERS.get(r["layer"], "o"),

@@ -3,12 +3,21 @@
 `validate(doc)` returns a list of problems (empty: valid). The report checks its own output
 before writing it; compare.py and plots.py check what they read, so a wrong or old file gets a
 clear message instead of a KeyError. No jsonschema dependency: the format is small.
+
+Vocabulary (the op table's, sharenet_fast.optable): `layer` is an op name (conv2d, tiled_conv2d,
+local2d); `pass` is an op-table pass word (forward, input, weight, bias, input_weight), or
+backward (input + weight + bias gradients in one call), or soft_sharing_penalty (the penalty op
+on a local2d layer's banks); `deterministic` is the backward's keyword the timing ran with;
+`grid` is the layer's bank grid (TP, TQ). A timing is keyed by key(record): (shape, layer,
+pass_label, impl), where pass_label adds " (deterministic)" to a deterministic timing.
 """
 from __future__ import annotations
 
 import math
 
-VERSION = "sharenet_fast.bench/2"
+from sharenet_fast import optable
+
+VERSION = "sharenet_fast.bench/3"
 
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
@@ -23,30 +32,42 @@ CONFIG = {"mode": str, "target": str, "backends": list, "repeat": int, "min_time
           "peers": list}
 SHAPE = {"N": int, "C": int, "H": int, "W": int, "K": int, "R": int, "S": int, "stride": int,
          "padding": int, "describe": str, "P": int, "Q": int, "gflop_forward": NUM}
-RESULT = {"shape": str, "dims": dict, "layer": str, "tile": list, "pass": str, "impl": str,
+RESULT = {"shape": str, "dims": dict, "layer": str, "grid": list, "pass": str,
+          "deterministic": bool, "impl": str,
           "role": str, "label": str, "params": int, "weight_bytes": int, "flops": int,
           "bytes": int, "weight_stream_bytes": int, "samples_s": list, "median_s": NUM,
           "q1_s": NUM, "q3_s": NUM, "gflops": NUM, "gbps": NUM, "weight_gbps": NUM,
           "pct_sgemm": OPT_NUM, "pct_copy": OPT_NUM, "pct_copy_weights": OPT_NUM,
           "rel_err": OPT_NUM, "rel_err_against": OPT_STR}
+BACKWARD = "backward"               # input + weight + bias gradients, one call
+PASSES = (*optable.PASSES, BACKWARD, optable.PENALTY)
 CHOICES = {"mode": ("quick", "full"), "target": ("cpu", "gpu"),
-           "layer": ("shared", "tiled", "local"), "role": ("ours", "peer"),
-           "pass": ("forward", "backward", "weight (atomic)", "weight (deterministic)",
-                    "penalty")}
+           "layer": tuple(optable.layers()), "role": ("ours", "peer"), "pass": PASSES}
+
+
+def pass_label(pass_, deterministic=False):
+    """How tables and keys spell a timing's pass: the pass word, plus ' (deterministic)'."""
+    return pass_ + (" (deterministic)" if deterministic else "")
+
+
+def key(r):
+    """(shape, layer, pass label, impl): one timing of a run."""
+    return (r["shape"], r["layer"], pass_label(r["pass"], r["deterministic"]), r["impl"])
 
 
 def _fields(where, obj, spec, problems):
     if not isinstance(obj, dict):
         problems.append(f"{where}: expected an object, got {type(obj).__name__}")
         return
-    for key, typ in spec.items():
-        if key not in obj:
-            problems.append(f"{where}: missing {key!r}")
-        elif isinstance(obj[key], bool) or not isinstance(obj[key], typ):
-            problems.append(f"{where}.{key}: {type(obj[key]).__name__} is not "
+    for field, typ in spec.items():
+        v = obj.get(field)
+        if field not in obj:
+            problems.append(f"{where}: missing {field!r}")
+        elif (isinstance(v, bool) and typ is not bool) or not isinstance(v, typ):
+            problems.append(f"{where}.{field}: {type(v).__name__} is not "
                             f"{getattr(typ, '__name__', typ)}")
-        elif key in CHOICES and obj[key] not in CHOICES[key]:
-            problems.append(f"{where}.{key}: {obj[key]!r} not one of {CHOICES[key]}")
+        elif field in CHOICES and v not in CHOICES[field]:
+            problems.append(f"{where}.{field}: {v!r} not one of {CHOICES[field]}")
 
 
 def validate(doc):
@@ -62,11 +83,14 @@ def validate(doc):
         return problems
     _fields("machine", doc["machine"], MACHINE, problems)
     _fields("config", doc["config"], CONFIG, problems)
+    bad = [v for v in doc["config"].get("layers") or () if v not in CHOICES["layer"]]
+    if bad:
+        problems.append(f"config.layers: {bad} not in {CHOICES['layer']}")
     for name, s in doc["shapes"].items():
         _fields(f"shapes.{name}", s, SHAPE, problems)
-    for key in ("sgemm_gflops", "copy_gbps"):
-        if key in doc["limits"] and not isinstance(doc["limits"][key], NUM):
-            problems.append(f"limits.{key}: not a number")
+    for name in ("sgemm_gflops", "copy_gbps"):
+        if name in doc["limits"] and not isinstance(doc["limits"][name], NUM):
+            problems.append(f"limits.{name}: not a number")
     seen = set()
     for i, r in enumerate(doc["results"]):
         where = f"results[{i}]"
@@ -81,10 +105,10 @@ def validate(doc):
             problems.append(f"{where}.samples_s: needs >= 1 finite non-negative sample")
         elif not r["q1_s"] <= r["median_s"] <= r["q3_s"]:
             problems.append(f"{where}: q1_s <= median_s <= q3_s does not hold")
-        key = (r["shape"], r["layer"], r["pass"], r["impl"])
-        if key in seen:
-            problems.append(f"{where}: duplicate timing {key}")
-        seen.add(key)
+        k = key(r)
+        if k in seen:
+            problems.append(f"{where}: duplicate timing {k}")
+        seen.add(k)
         if r["role"] == "ours" and r["impl"] not in doc["config"]["backends"]:
             problems.append(f"{where}.impl: {r['impl']!r} is 'ours' but not a configured backend")
     return problems

@@ -55,7 +55,7 @@ SUITE = {
 
 
 def geometry(shape: ConvShape) -> ConvGeometry:
-    """ConvGeometry of a shape: g.flops("forward"), g.flops("backward"), g.min_bytes(...)."""
+    """The kernels' ConvGeometry of a shape (the op table's flops and bytes take it)."""
     return ConvGeometry.make(*shape)
 
 
@@ -72,9 +72,3 @@ def make_inputs(shape: ConvShape, dtype=np.float32, seed=0):
     grad_out = rng.standard_normal(g.y_shape).astype(dtype)
     return x, weight, bias, grad_out
 
-
-def rel_error(out, ref):
-    """||out - ref|| / ||ref||, computed in float64."""
-    out = np.asarray(out, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))

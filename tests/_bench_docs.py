@@ -8,15 +8,18 @@ DIMS = dict(N=2, C=3, H=9, W=9, K=4, R=3, S=3, stride=1, padding=0)
 
 
 def make_doc(times, device="AMD EPYC, 2 CPUs", ours=("cpu",), target="cpu"):
-    """{(shape, layer, pass, impl): samples in s} -> a document compare/plots accept."""
+    """{(shape, layer, pass label, impl): samples in s} -> a document compare/plots accept
+    (a pass label "weight (deterministic)" is pass "weight" with deterministic true)."""
     results = []
-    for (shape, layer, pass_, impl), samples in times.items():
+    for (shape, layer, label, impl), samples in times.items():
+        pass_ = label.replace(" (deterministic)", "")
         samples = [float(s) for s in samples]
         q1, med, q3 = (float(v) for v in np.percentile(samples, [25, 50, 75]))
         role = "ours" if impl in ours else "peer"
         results.append(dict(
-            shape=shape, dims=dict(DIMS), layer=layer, tile=[1, 1], **{"pass": pass_},
-            impl=impl, role=role, label=f"ours ({impl})" if role == "ours" else impl,
+            shape=shape, dims=dict(DIMS), layer=layer, grid=[1, 1], **{"pass": pass_},
+            deterministic=pass_ != label, impl=impl, role=role,
+            label=f"ours ({impl})" if role == "ours" else impl,
             params=112, weight_bytes=432, flops=2 * 2 * 4 * 49 * 27, bytes=2000,
             weight_stream_bytes=432, samples_s=samples, median_s=med, q1_s=q1, q3_s=q3,
             gflops=1e-3 / med, gbps=2e-6 / med, weight_gbps=4e-7 / med, pct_sgemm=1.0,
@@ -30,5 +33,5 @@ def make_doc(times, device="AMD EPYC, 2 CPUs", ours=("cpu",), target="cpu"):
                 limits=dict(sgemm_gflops=250.0, copy_gbps=50.0),
                 config=dict(mode="quick", target=target, backends=list(ours), repeat=3,
                             min_time_s=0.1, batch=2, shapes=sorted(shapes),
-                            layers=["shared", "tiled", "local"], tile=[2, 2], peers=[]),
+                            layers=["conv2d", "tiled_conv2d", "local2d"], tile=[2, 2], peers=[]),
                 shapes=shapes, results=results, startup=None, peak_memory=None)

@@ -9,37 +9,40 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sharenet_fast as sf  # noqa: E402
-from bench import ops, report, schema  # noqa: E402
+from bench import ops, report, schema, targets  # noqa: E402
 from _bench_docs import make_doc  # noqa: E402
 
 
 def test_cpu_report_end_to_end(tmp_path, capsys):
     path, stem = tmp_path / "run.json", tmp_path / "plots" / "run"
     plot = ["--plot", str(stem)] if _has_matplotlib() else []
-    code = report.main(["--shapes", "cifar_5x5", "--layers", "shared,local", "--batch", "1",
+    code = report.main(["--shapes", "cifar_5x5", "--layers", "conv2d,local2d", "--batch", "1",
                         "--repeat", "2", "--min-time", "0", "--json", str(path), *plot])
     assert code == 0
     out = capsys.readouterr().out
     doc = schema.load(str(path))                  # what was written matches the schema
     assert doc["config"]["mode"] == "quick" and doc["config"]["batch"] == 1
-    peers = {"shared": ("torch-conv2d", "torch-unfold"), "local": ("torch-unfold",)}
+    peers = {"conv2d": ("torch-conv2d", "torch-unfold"), "local2d": ("torch-unfold",)}
     keys = [(r["layer"], r["pass"], r["impl"]) for r in doc["results"]]
-    want = [(layer, p, impl) for layer in ("shared", "local") for p in ("forward", "backward")
+    want = [(layer, p, impl) for layer in ("conv2d", "local2d") for p in ("forward", "backward")
             for impl in ("cpu", *(peers[layer] if ops.torch is not None else ()))]
-    want += [("local", "penalty", impl) for impl in ("cpu", *(("torch-eager",) if ops.torch
-                                                              is not None else ()))]
+    want += [("local2d", "soft_sharing_penalty", impl)
+             for impl in ("cpu", *(("torch-eager",) if ops.torch is not None else ()))]
     assert keys == want
+    assert doc["config"]["layers"] == ["conv2d", "local2d"]
+    assert not any(r["deterministic"] for r in doc["results"])
     for r in doc["results"]:
         assert r["shape"] == "cifar_5x5" and r["dims"]["N"] == 1 and len(r["samples_s"]) >= 2
         assert r["median_s"] > 0 and r["gflops"] > 0 and r["flops"] > 0
         if r["role"] == "ours":
             assert r["rel_err"] is not None and r["rel_err"] < 1e-4, r
-    local = next(r for r in doc["results"] if r["layer"] == "local" and r["impl"] == "cpu")
+    local = next(r for r in doc["results"] if r["layer"] == "local2d" and r["impl"] == "cpu")
     assert local["params"] == 32 * 32 * 32 * (16 * 25 + 1)
     assert "cifar_5x5: x 1x16x32x32 * 32x16x5x5" in out and "ours (cpu)" in out
-    assert "% sgemm" in out and "Targets (issue 3" in out
+    assert "% sgemm" in out and "Targets (cpu" in out
     assert "cpu: soft_sharing_penalty on cifar_5x5's local banks (13.1M float32" in out
-    pen = next(r for r in doc["results"] if r["pass"] == "penalty" and r["impl"] == "cpu")
+    pen = next(r for r in doc["results"]
+               if r["pass"] == "soft_sharing_penalty" and r["impl"] == "cpu")
     assert pen["bytes"] == 6 * local["weight_bytes"] and pen["rel_err"] < 1e-6
     if plot:
         for suffix in ("times", "roofline"):
@@ -55,8 +58,8 @@ def _has_matplotlib():
 
 
 def _valid():
-    return make_doc({("s", "shared", "forward", "cpu"): [1e-3, 2e-3, 3e-3],
-                     ("s", "local", "backward", "torch-unfold"): [4e-3]})
+    return make_doc({("s", "conv2d", "forward", "cpu"): [1e-3, 2e-3, 3e-3],
+                     ("s", "local2d", "backward", "torch-unfold"): [4e-3]})
 
 
 @pytest.mark.parametrize("break_it, message", [
@@ -72,7 +75,11 @@ def _valid():
     (lambda d: d["results"].append(dict(d["results"][0])), "duplicate timing"),
     (lambda d: d["config"].update(backends=["numba-cuda"]), "not a configured backend"),
     (lambda d: d["config"].update(mode="slow"), "'slow' not one of"),
-    (lambda d: d.update(schema="sharenet_fast.bench/1"), "expected 'sharenet_fast.bench/2'"),
+    (lambda d: d.update(schema="sharenet_fast.bench/2"), "expected 'sharenet_fast.bench/3'"),
+    (lambda d: d["results"][0].update(layer="shared"), "'shared' not one of"),
+    (lambda d: d["results"][0].update(**{"pass": "weight (atomic)"}), "not one of"),
+    (lambda d: d["results"][0].update(deterministic=1), "deterministic: int is not bool"),
+    (lambda d: d["config"].update(layers=["local"]), "config.layers: ['local'] not in"),
 ])
 def test_schema_names_what_is_wrong(break_it, message):
     doc = _valid()
@@ -122,6 +129,9 @@ def test_modes_and_defaults():
     assert (a.target, a.batch) == ("gpu", 64)
     a = report.parse_args(["--backend", "numba-cuda", "--batch", "4"])
     assert (a.target, a.backend, a.batch) == ("gpu", ["numba-cuda"], 4)
+    assert a.layers == tuple(sf.layers()) == ("conv2d", "tiled_conv2d", "local2d")
+    a = report.parse_args(["--layers", "shared,local2d,local,tiled"])   # sharing words: aliases
+    assert a.layers == ("conv2d", "local2d", "tiled_conv2d")
 
 
 @pytest.mark.parametrize("argv", [["--backend", "tpu"], ["--backend", "cpu,cupy"],
@@ -142,21 +152,68 @@ def test_unavailable_backend_says_why(capsys):
 
 
 def test_target_verdicts_only_at_the_suite_batch():
-    times = {("alexnet_conv1", "local", "forward", "cpu"): [0.01],
-             ("alexnet_conv1", "local", "forward", "torch-unfold"): [0.06]}
+    times = {("alexnet_conv1", "local2d", "forward", "cpu"): [0.01],
+             ("alexnet_conv1", "local2d", "forward", "torch-unfold"): [0.06]}
     doc = make_doc(times)
     for r in doc["results"]:
         r["weight_gbps"], r["pct_copy_weights"] = 40.0, 80.0
     doc["config"]["shapes"] = ["alexnet_conv1"]
-    _, lines = report.cpu_targets(doc)                 # batch 2: figures, no verdict
+    _, lines = targets.section(doc)                    # batch 2: figures, no verdict
     assert any("6.0x faster" in line for line in lines)
     assert not any("target" in line for line in lines)
     for r in doc["results"]:
         r["dims"]["N"] = 8
-    _, lines = report.cpu_targets(doc)
+    _, lines = targets.section(doc)
     assert any("6.0x faster than PyTorch unfold+einsum (target >= 5x: met)" in line
                for line in lines)
     assert any("80% of copy (target >= 50%: met)" in line for line in lines)
+
+
+def test_gpu_target_verdicts_from_the_table():
+    """The GPU rows of bench/targets.py: cuDNN speed, weight stream, deterministic cost, cupy
+    against numba-cuda; verdicts at batch 64 only, except where the row says any batch."""
+    s = "alexnet_conv1"
+    times = {(s, "conv2d", "forward", "cupy"): [1.0e-3], (s, "conv2d", "forward", "numba-cuda"):
+             [2.0e-3], (s, "conv2d", "forward", "torch-conv2d"): [0.9e-3],
+             (s, "conv2d", "weight", "cupy"): [1.0e-3],
+             (s, "conv2d", "weight (deterministic)", "cupy"): [1.2e-3],
+             (s, "local2d", "forward", "cupy"): [1.0e-3],
+             (s, "local2d", "forward", "numba-cuda"): [0.5e-3]}
+    doc = make_doc(times, device="NVIDIA H200", ours=("numba-cuda", "cupy"), target="gpu")
+    doc["config"]["shapes"] = [s]
+    for r in doc["results"]:
+        r["dims"]["N"], r["pct_copy_weights"] = 64, 80.0
+    title, lines = targets.section(doc)
+    assert title.startswith("Targets (gpu, bench/targets.py: ")
+    text = "\n".join(lines)
+    assert ("cupy: conv2d forward alexnet_conv1 (batch 64): 0.90x the speed of PyTorch "
+            "conv2d (cuDNN) (target >= 0.8x: met)") in text
+    assert "numba-cuda: conv2d forward alexnet_conv1 (batch 64): 0.45x the speed" in text
+    assert "(target >= 0.5x: NOT met)" in text
+    assert ("cupy: conv2d weight (deterministic) alexnet_conv1 (batch 64): 1.20x the time of "
+            "the weight pass (atomic) (target <= 1.3x: met)") in text
+    assert "cupy: local2d forward alexnet_conv1 (batch 64): weight stream" in text
+    assert "80% of copy (target >= 75%: met)" in text
+    assert ("cupy: every op of alexnet_conv1 (batch 64): slower than numba-cuda on 1 of 2 ops "
+            "(local2d forward) (target <= 0 ops slower: NOT met)") in text
+    for r in doc["results"]:
+        r["dims"]["N"] = 8
+    _, lines = targets.section(doc)
+    assert [line for line in lines if "target" in line] == [          # any batch: still rated
+        line for line in lines if line.startswith("cupy: every op")]
+
+
+def test_targets_table_rows_are_checked():
+    assert {row.target for row in targets.TABLE} == {"cpu", "gpu"}
+    assert "| local_stream | cpu | cpu | local2d |" in targets.markdown()
+    bad = targets.TABLE[0]._replace(layer="local")
+    old = targets.TABLE
+    try:
+        targets.TABLE = (bad,)
+        with pytest.raises(ValueError, match="row 'local_stream' .*bad layer"):
+            targets._check_table()
+    finally:
+        targets.TABLE = old
 
 
 def test_full_mode_measures_peak_memory_and_first_call(tmp_path, capsys):
@@ -175,3 +232,37 @@ def test_full_mode_measures_peak_memory_and_first_call(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "peak memory of local2d forward (cifar_5x5, batch 1)" in out
     assert "cold cache: first call" in out
+
+
+def _bench_imports():
+    """{module: modules of bench/ and experiments/ it imports}, from the source (every import
+    statement, at top level or inside a function)."""
+    import ast
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    graph = {}
+    for pkg in ("bench", "experiments"):
+        for fn in sorted(os.listdir(os.path.join(repo, pkg))):
+            if not fn.endswith(".py"):
+                continue
+            mod = pkg if fn == "__init__.py" else f"{pkg}.{fn[:-3]}"
+            tree = ast.parse(open(os.path.join(repo, pkg, fn)).read())
+            deps = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    deps |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            graph[mod] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_no_import_cycle_in_bench():
+    graph = _bench_imports()
+    assert "bench.report" in graph and "bench.harness" in graph["bench.report"]
+
+    def reaches(a, b, seen=()):
+        return any(n == b or (n not in seen and reaches(n, b, (*seen, n))) for n in graph[a])
+
+    cyclic = sorted(m for m in graph if reaches(m, m))
+    assert cyclic == [], f"modules in an import cycle: {cyclic}"

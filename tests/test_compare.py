@@ -32,18 +32,19 @@ def _run(old, new, tmp_path, *extra):
 
 def test_regression_beyond_the_spread_fails(tmp_path):
     rng = np.random.default_rng(0)
-    key, peer = ("vgg_3x3", "local", "forward", "cpu"), ("vgg_3x3", "local", "forward", "torch-unfold")
+    key = ("vgg_3x3", "local2d", "forward", "cpu")
+    peer = ("vgg_3x3", "local2d", "forward", "torch-unfold")
     old = _cpu_doc({key: _noisy(rng, 0.010), peer: _noisy(rng, 0.050)})
     new = _cpu_doc({key: _noisy(rng, 0.013), peer: _noisy(rng, 0.050)})
     code, text = _run(old, new, tmp_path)
     assert code == 1
-    assert "| vgg_3x3 | local | forward | cpu | 10.0" in text and "SLOWER (regression)" in text
+    assert "| vgg_3x3 | local2d | forward | cpu | 10.0" in text and "SLOWER (regression)" in text
     assert "1 regressions of ours" in text
 
 
 def test_noise_and_peer_slowdowns_are_not_regressions(tmp_path):
     rng = np.random.default_rng(1)
-    key, peer = ("cifar_5x5", "shared", "backward", "cpu"), ("cifar_5x5", "shared", "backward",
+    key, peer = ("cifar_5x5", "conv2d", "backward", "cpu"), ("cifar_5x5", "conv2d", "backward",
                                                              "torch-conv2d")
     old = _cpu_doc({key: _noisy(rng, 0.010, spread=0.05), peer: _noisy(rng, 0.02)})
     new = _cpu_doc({key: _noisy(rng, 0.0102, spread=0.05), peer: _noisy(rng, 0.04)})
@@ -65,25 +66,25 @@ def test_judge_needs_both_size_and_separation():
 
 def test_gpu_runs_missing_keys_and_machines(tmp_path):
     def gpu_doc(s):
-        return make_doc({("alexnet_conv1", "local", "forward", "cupy"): [s, s * 1.01, s * .99, s],
-                         ("alexnet_conv1", "local", "forward", "torch-unfold"): [5e-3, 5.1e-3],
-                         ("alexnet_conv1", "shared", "weight (deterministic)", "cupy"):
+        return make_doc({("alexnet_conv1", "local2d", "forward", "cupy"): [s, s * 1.01, s * .99, s],
+                         ("alexnet_conv1", "local2d", "forward", "torch-unfold"): [5e-3, 5.1e-3],
+                         ("alexnet_conv1", "conv2d", "weight (deterministic)", "cupy"):
                              [1e-3, 1.01e-3, 0.99e-3]},
                         device="NVIDIA H100 80GB HBM3", ours=("cupy",), target="gpu")
     t = compare.timings(gpu_doc(2e-3))
-    assert t[("alexnet_conv1", "local", "forward", "cupy")][0] == 2.0e-3
-    assert ("alexnet_conv1", "shared", "weight (deterministic)", "cupy") in t
+    assert t[("alexnet_conv1", "local2d", "forward", "cupy")][0] == 2.0e-3
+    assert ("alexnet_conv1", "conv2d", "weight (deterministic)", "cupy") in t
     code, text = _run(gpu_doc(2e-3), gpu_doc(1e-3), tmp_path)
     assert code == 0 and "faster" in text
     code, text = _run(gpu_doc(1e-3), gpu_doc(2e-3), tmp_path)
     assert code == 1 and "SLOWER (regression)" in text               # cupy is ours there
-    cpu = _cpu_doc({("x", "shared", "forward", "cpu"): [1.0, 1.0, 1.0]})
+    cpu = _cpu_doc({("x", "conv2d", "forward", "cpu"): [1.0, 1.0, 1.0]})
     code, text = _run(cpu, gpu_doc(1e-3), tmp_path)
-    assert "machines differ" in text and "only in old: x/shared/forward/cpu" in text
+    assert "machines differ" in text and "only in old: x/conv2d/forward/cpu" in text
 
 
 def test_files_of_another_format_are_refused(tmp_path, capsys):
-    old = {"results": [dict(shape="x", layer="shared", impl="ours", samples_s=[1.0],
+    old = {"results": [dict(shape="x", layer="conv2d", impl="ours", samples_s=[1.0],
                             **{"pass": "forward"})]}          # a report from before schema 2
-    code, _ = _run(old, _cpu_doc({("x", "shared", "forward", "cpu"): [1.0]}), tmp_path)
+    code, _ = _run(old, _cpu_doc({("x", "conv2d", "forward", "cpu"): [1.0]}), tmp_path)
     assert code == 2 and "re-run python -m bench --json" in capsys.readouterr().err

@@ -1,0 +1,254 @@
+"""The one benchmark harness: what is timed, how it is launched, checked, timed and recorded.
+
+`python -m bench` (report.py) and the pytest-benchmark suite (bench_layers.py; bench_gpu.py
+runs the report) both go through here:
+
+    plan(target, layers, backends)   the steps of one shape: (layer, pass, impl, deterministic)
+    LayerCase(target, shape, layer)  the inputs of one layer, a launcher per step (ops.py), the
+                                     warm-up call (JIT compilation and library autotuning are
+                                     never timed), the references and the error check
+    target.time(fns, repeat, min)    the timing loop: CpuTarget (bench/cpu.py, perf_counter) or
+                                     GpuTarget (bench/gpu.py, CUDA events), ours and the peers
+                                     interleaved
+    figures(...), record(...)        FLOP and byte counts from the op table (spec.flops,
+                                     spec.bytes), rates, and the JSON record (bench/schema.py)
+    bench_shape(...)                 all of the above for one shape
+
+The pytest-benchmark suite hands the same launcher to pytest-benchmark's loop when it times
+(perf_counter, as CpuTarget) and, in its smoke run, checks the same outputs with check().
+Errors are sharenet_fast.dtypes.rel_err against dtypes.tol (the tests' bound).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from bench import ops, schema
+from bench.shapes import geometry, make_inputs
+from sharenet_fast import dtypes, optable
+
+DTYPE = np.dtype(np.float32)
+TOL = dtypes.tol(DTYPE)
+BACKWARD = schema.BACKWARD              # input + weight + bias gradients, one call
+PENALTY = optable.PENALTY               # soft_sharing_penalty on a local layer's banks
+TIMED = ("forward", BACKWARD)           # every layer kind, every target
+PENALTY_PEER = "torch-eager"
+
+
+class Step(NamedTuple):
+    layer: str                # op name
+    pass_: str                # schema.PASSES
+    impl: str                 # one of ours (a backend) or a peer
+    deterministic: bool = False
+
+    @property
+    def label(self):
+        return schema.pass_label(self.pass_, self.deterministic)
+
+
+def plan(target, layers, backends, peers=None):
+    """[Step] in timing order for one shape: per layer, each pass's backends then its peers;
+    on the GPU the shared layer's weight gradient alone (atomic, then deterministic: the
+    reduction over all positions); for the local layer the soft-sharing penalty of its banks.
+    peers=None: PyTorch peers where PyTorch runs on the target."""
+    if peers is None:
+        peers = ops.torch is not None and target.peers_ok
+    out = []
+    for layer in layers:
+        spec = ops.SPECS[layer]
+        mine = ops.peer_names(layer) if peers else ()
+        for pass_ in TIMED:
+            out += [Step(layer, pass_, impl) for impl in (*backends, *mine)]
+        if spec.sharing == "shared" and target.name == "gpu":
+            out += [Step(layer, "weight", b, det) for det in (False, True) for b in backends]
+        if spec.sharing == "local":
+            out += [Step(layer, PENALTY, impl)
+                    for impl in (*backends, *((PENALTY_PEER,) if peers else ()))]
+    return out
+
+
+def host_tuple(target, out):
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return tuple(np.asarray(target.to_host(o)) for o in out if o is not None)
+
+
+class LayerCase:
+    """One layer of one shape: inputs (host and device), a launcher per step, outputs of the
+    warm-up call, references."""
+
+    def __init__(self, target, shape, layer, steps, backends):
+        self.target, self.shape, self.layer, self.backends = target, shape, layer, tuple(backends)
+        self.g = geometry(shape)
+        self.grid = ops.grid(layer, self.g)
+        x, weight, bias, grad_out = make_inputs(shape, DTYPE)
+        weight, bias = ops.layer_params(layer, weight, bias, self.g)
+        self.x, self.weight, self.bias, self.grad_out = x, weight, bias, grad_out
+        self.steps = [s for s in steps if s.layer == layer]
+        self.pen = (ops.penalty_inputs(weight) if any(s.pass_ == PENALTY for s in self.steps)
+                    else None)
+        dev = [target.to_device(a) for a in (x, weight, bias, grad_out)]
+        dpen = [target.to_device(a) for a in self.pen] if self.pen is not None else None
+        self.calls = {s: self._launcher(s, dev, dpen) for s in self.steps}
+        self.outs = {}
+
+    def _launcher(self, step, dev, dpen):
+        shape, layer, impl = self.shape, self.layer, step.impl
+        x, w, b, dy = dev
+        device = self.target.torch_device
+        if impl in self.backends:
+            if step.pass_ == "forward":
+                return ops.ours_forward(shape, layer, x, w, b, backend=impl)
+            if step.pass_ == BACKWARD:
+                return ops.ours_backward(shape, layer, x, w, dy, backend=impl,
+                                         needs=optable.GRADIENTS)
+            if step.pass_ in optable.GRADIENTS:
+                return ops.ours_backward(shape, layer, x, w, dy, backend=impl,
+                                         needs=(step.pass_,), deterministic=step.deterministic)
+            if step.pass_ == PENALTY:
+                return ops.ours_penalty(*dpen, backend=impl)
+        elif step.pass_ == PENALTY:
+            return ops.torch_penalty(*self.pen, device)
+        elif step.pass_ == "forward":
+            return ops.torch_forward(shape, layer, self.x, self.weight, self.bias, device, impl)
+        elif step.pass_ == BACKWARD:
+            return ops.torch_backward(shape, layer, self.x, self.weight, self.grad_out,
+                                      self.bias, device, impl)
+        raise ValueError(f"no launcher for {step}")
+
+    def warm(self, steps=None):
+        """Call each step once (JIT compilation, oneDNN / cuDNN algorithm choice) and keep its
+        outputs, on the host, for the check."""
+        for s in steps or self.steps:
+            self.outs[s] = host_tuple(self.target, self.calls[s]())
+        return self.outs
+
+    def references(self, oracle=None):
+        """{pass: (who, outputs)}. oracle=True: the float64 oracle (ops.reference) for every
+        pass; oracle=None: the oracle for the shared layer on the CPU, else the first PyTorch
+        peer's float32 result (a float64 oracle of a local layer at full size would take
+        minutes). A gradient alone is checked against its part of the backward; the penalty
+        always against the float64 oracle."""
+        if oracle is None:
+            oracle = ops.SPECS[self.layer].sharing == "shared" and self.target.name == "cpu"
+        refs = {}
+        if oracle:
+            r = ops.reference(self.shape, self.layer, self.x, self.weight, self.bias,
+                              self.grad_out)
+            refs = {"forward": ("float64 oracle", r[:1]), BACKWARD: ("float64 oracle", r[1:])}
+        else:
+            for pass_ in TIMED:
+                peer = next((s.impl for s in self.outs if s.pass_ == pass_
+                             and s.impl not in self.backends), None)
+                if peer is not None:
+                    refs[pass_] = (peer, self.outs[Step(self.layer, pass_, peer)])
+        if BACKWARD in refs:
+            who, grads = refs[BACKWARD]
+            for i, pass_ in enumerate(optable.GRADIENTS):
+                refs[pass_] = (who, grads[i:i + 1])
+        if self.pen is not None:
+            from sharenet_fast import reference
+
+            a, b = self.pen[:2]
+            refs[PENALTY] = ("float64 oracle", (np.float64(reference.soft_sharing_penalty(
+                a, b, ops.PENALTY_STRENGTH)[0]),))
+        return refs
+
+    def error(self, step, refs):
+        """(max relative error of the step's outputs, against whom), or (None, None) when it
+        has no reference (or is the reference)."""
+        ref = refs.get(step.pass_)
+        if ref is None or ref[0] == step.impl:
+            return None, None
+        return check(self.outs[step], ref[1]), ref[0]
+
+
+def check(outs, refs):
+    """The largest dtypes.rel_err of outputs against their references."""
+    if len(outs) != len(refs):
+        raise ValueError(f"{len(outs)} outputs against {len(refs)} references")
+    # a scalar (the penalty) may come back as a 1-element array from a GPU
+    return max(dtypes.rel_err(np.reshape(o, np.shape(r)) if np.size(o) == np.size(r) == 1
+                              else o, r) for o, r in zip(outs, refs))
+
+
+def figures(layer, pass_, g, grid, weight, median=None):
+    """{flops, bytes, weight_stream_bytes} of one timed pass (the op table's counts: spec.flops,
+    spec.bytes; the penalty's six streams of the weights' size), and with a median time in
+    seconds their rates: gflops, gbps, weight_gbps."""
+    if pass_ == PENALTY:
+        # per element: a - b, its square into the sum, one multiply-add into each gradient;
+        # a and b read, grad_a and grad_b read and written
+        flops, nbytes = 5 * weight.size, 6 * weight.nbytes
+        wbytes = nbytes
+    else:
+        spec = ops.SPECS[layer]
+        flops = spec.flops(g, pass_)
+        nbytes = spec.bytes(g, pass_, weight.itemsize, grid)
+        # forward and the input gradient read W, the weight gradient writes dW; backward both
+        wbytes = weight.nbytes * (2 if pass_ == BACKWARD else 1)
+    out = dict(flops=int(flops), bytes=int(nbytes), weight_stream_bytes=int(wbytes))
+    if median is not None:
+        def rate(amount):
+            return amount / median / 1e9 if median > 0 else float("nan")
+        out.update(gflops=rate(flops), gbps=rate(nbytes), weight_gbps=rate(wbytes))
+    return out
+
+
+def record(case, name, step, samples, limits, err=None, err_against=None):
+    """The JSON record (bench/schema.py RESULT) of one timing."""
+    median = float(np.median(samples))
+    q1, q3 = (float(v) for v in np.percentile(samples, [25, 75]))
+    f = figures(step.layer, step.pass_, case.g, case.grid, case.weight, median)
+    sg, cp = limits.get("sgemm_gflops"), limits.get("copy_gbps")
+    return {
+        "shape": name, "dims": case.shape._asdict(), "layer": step.layer,
+        "grid": list(case.grid), "pass": step.pass_, "deterministic": step.deterministic,
+        "impl": step.impl, "role": "ours" if step.impl in case.backends else "peer",
+        "label": label(case.target, step.impl, case.backends),
+        "params": int(case.weight.size + case.bias.size),
+        "weight_bytes": int(case.weight.nbytes), **f,
+        "samples_s": [float(s) for s in samples], "median_s": median, "q1_s": q1, "q3_s": q3,
+        "pct_sgemm": 100 * f["gflops"] / sg if sg else None,
+        "pct_copy": 100 * f["gbps"] / cp if cp else None,
+        "pct_copy_weights": 100 * f["weight_gbps"] / cp if cp else None,
+        "rel_err": err, "rel_err_against": err_against}
+
+
+def label(target, impl, backends):
+    return f"ours ({impl})" if impl in backends else ops.peer_label(impl, target.torch_device)
+
+
+class Quiet:
+    """A progress sink that says nothing (report.Progress is the one on a terminal)."""
+
+    def step(self, label):
+        pass
+
+    def log(self, msg):
+        pass
+
+
+def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None):
+    """Result records (bench/schema.py) for one shape: every layer x pass x impl of plan()."""
+    progress = progress or Quiet()
+    steps = plan(target, layers, backends)
+    results = []
+    for layer in layers:
+        case = LayerCase(target, shape, layer, steps, backends)
+        case.warm()
+        refs = case.references()
+        for pass_label in dict.fromkeys(s.label for s in case.steps):
+            mine = [s for s in case.steps if s.label == pass_label]
+            samples = target.time({s: case.calls[s] for s in mine}, repeat, min_time)
+            for s in mine:
+                err, against = case.error(s, refs)
+                if err is not None and err >= TOL and s.impl in backends:
+                    progress.log(f"WARNING: {name} {layer} {pass_label} {s.impl}: relative "
+                                 f"error {err:.2e} >= {TOL:.0e} against {against}")
+                rec = record(case, name, s, samples[s], limits, err, against)
+                results.append(rec)
+                progress.step(f"{name} {layer} {pass_label} {s.impl}: "
+                              f"{rec['median_s'] * 1e3:.3f} ms")
+        del case
+    return results
