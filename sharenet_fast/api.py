@@ -82,8 +82,10 @@ def _backend(name, kind="numpy", op="conv2d"):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     be = registry.get(_auto(kind, op) if name == "auto" else name)
     if kind not in be.KINDS:
-        raise TypeError(f"backend {name!r} takes {' or '.join(be.KINDS)} arrays, got {kind} "
-                        f"arrays; use backend='auto' or another backend, or copy them")
+        words = {"numpy": "NumPy", "cupy": "CuPy", "numba": "Numba device"}
+        raise TypeError(f"backend {name!r} takes {' or '.join(words[k] for k in be.KINDS)} "
+                        f"arrays, got {words[kind]} arrays; use backend='auto' or another "
+                        f"backend, or copy them")
     return be
 
 
