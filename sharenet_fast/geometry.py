@@ -124,18 +124,22 @@ class ConvGeometry:
     def flops(self, pass_="forward"):
         """FLOPs: 2 per MAC per pass. 'backward' = input + weight gradient (bias is negligible)."""
         per = 2 * self.macs
-        return {"forward": per, "input": per, "weight": per, "backward": 2 * per}[pass_]
+        return {"forward": per, "input": per, "weight": per, "backward": 2 * per,
+                "input_weight": 2 * per, "bias": self.N * self.K * self.P * self.Q}[pass_]
 
     def min_bytes(self, pass_="forward", itemsize=4, sharing="shared", tile=(1, 1)):
         """Bytes a pass must move at least: each tensor it reads or writes, once.
 
         'forward' reads x, w, writes y; 'input' reads dy, w, writes dx; 'weight' reads dy, x,
-        writes dw; 'backward' = both gradients (dy, x, w read; dx, dw written)."""
+        writes dw; 'bias' reads dy, writes db; 'backward' (= 'input_weight') both gradients
+        (dy, x, w read; dx, dw written)."""
         x = self.N * self.C * self.H * self.W
         y = self.N * self.K * self.P * self.Q
-        w = self.K * self.C * self.R * self.S * banks(sharing, (self.P, self.Q), tile)
+        nb = banks(sharing, (self.P, self.Q), tile)
+        w = self.K * self.C * self.R * self.S * nb
         counts = {"forward": x + w + y, "input": y + w + x, "weight": y + x + w,
-                  "backward": y + 2 * x + 2 * w}
+                  "bias": y + self.K * nb, "backward": y + 2 * x + 2 * w,
+                  "input_weight": y + 2 * x + 2 * w}
         if pass_ not in counts:
             raise ValueError(f"pass_ must be one of {tuple(counts)}, got {pass_!r}")
         return counts[pass_] * itemsize

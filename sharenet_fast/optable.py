@@ -114,18 +114,11 @@ class Layer:
 
     def flops(self, g, pass_):
         """FLOPs of a pass (2 per multiply-add; padding taps counted, as every library does)."""
-        per = 2 * g.macs
-        return {"forward": per, "input": per, "weight": per, "bias": g.N * g.K * g.P * g.Q,
-                "input_weight": 2 * per, "backward": 2 * per}[pass_]
+        return g.flops(pass_)
 
     def bytes(self, g, pass_, itemsize, grid):
         """Bytes a pass must move at least: each tensor it reads or writes, once."""
-        x, y = g.N * g.C * g.H * g.W, g.N * g.K * g.P * g.Q
-        w = g.K * g.C * g.R * g.S * self.banks(g, grid)
-        b = g.K * self.banks(g, grid)
-        counts = {"forward": x + w + y, "input": y + w + x, "weight": y + x + w, "bias": y + b,
-                  "input_weight": y + 2 * x + 2 * w, "backward": y + 2 * x + 2 * w}
-        return counts[pass_] * itemsize
+        return g.min_bytes(pass_, itemsize, self.sharing, grid)
 
 
 def _oracles(forward, input_, weight, bias):

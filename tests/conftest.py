@@ -36,12 +36,17 @@ _FUZZ_KEY = pytest.StashKey()
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only if the test will run
 def pytest_collection_modifyitems(session, config, items):
+    runnable = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        why = _support.sim_too_slow(params) or \
-            _support.sim_repeat(getattr(item, "originalname", None), params)
+        why = _support.sim_too_slow(params)
         if why:
             item.add_marker(pytest.mark.skip(reason=why))
+        else:
+            runnable.append((item, (getattr(item, "originalname", None), params)))
+    repeats = _support.sim_repeats([test for _, test in runnable])
+    for i, why in repeats.items():
+        runnable[i][0].add_marker(pytest.mark.skip(reason=why))
     if config.option.collectonly or hasattr(config, "workerinput"):
         return
     if any(getattr(item, "originalname", None) == _support.FUZZ_TEST_NAME for item in items):

@@ -62,3 +62,30 @@ def test_every_available_backend_exports_what_the_op_table_names(name):
             fn = getattr(be, fname, None)
             if fn is not None:
                 assert list(inspect.signature(fn).parameters) == params[pass_], fname
+
+
+@pytest.mark.skipif(registry.backends()["numba-cuda"] != "available",
+                    reason="numba-cuda not available")
+def test_numpy_arrays_cross_to_a_gpu_backend_once_per_call(monkeypatch):
+    """NumPy inputs given to a GPU backend are copied to the device once per API call, however
+    many passes read them (the full backward reads dy three times and x, weight once each), and
+    every result comes back once."""
+    import numpy as np
+
+    import sharenet_fast as sf
+
+    be = registry.get("numba-cuda")
+    sent, returned = [], []
+    real_to, real_back = be.to_device, be.to_host
+    monkeypatch.setattr(be, "to_device", lambda a: sent.append(a.shape) or real_to(a))
+    monkeypatch.setattr(be, "to_host", lambda d: returned.append(d.shape) or real_back(d))
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((3, 2, 2, 2))
+    dy = rng.standard_normal((1, 3, 4, 3))
+    for layer, weight in (("conv2d", w), ("local2d", np.broadcast_to(w, (4, 3) + w.shape))):
+        sent.clear(), returned.clear()
+        g = getattr(sf, layer + "_backward")(dy, x, weight, backend="numba-cuda")
+        assert sorted(sent) == sorted([dy.shape, x.shape, weight.shape]), (layer, sent)
+        assert sorted(returned) == sorted([x.shape, weight.shape, g.bias.shape]), layer
+        ref = sf.layers()[layer].oracle("weight")(dy, x, weight.shape)
+        np.testing.assert_allclose(g.weight, ref, rtol=1e-10)
