@@ -306,8 +306,10 @@ def _sim_group(test_name, params):
     if not config.CUDASIM or params.get("backend") != "numba-cuda":
         return None
     case = params.get("case") or getattr(params.get("uc"), "case", None) or \
-        SHAPES_BY_ID.get(params.get("case_id"))
-    cost = case_macs(case) if case is not None else 0
+        params.get("case_id")
+    if isinstance(case, str):
+        case = SHAPES_BY_ID.get(case) or getattr(UNTIED_BY_ID.get(case), "case", None)
+    cost = case_macs(case) if isinstance(case, Case) else 0
     if test_name in SIM_ONE_CASE:
         rest = tuple(sorted((k, str(v)) for k, v in params.items() if k not in _CASE_KEYS))
         return (test_name, rest), cost
