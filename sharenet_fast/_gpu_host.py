@@ -85,6 +85,13 @@ def class_extent(size, first, step):
     return (size - first + step - 1) // step
 
 
+def class_columns(N, P, Q, TP, TQ):
+    """GEMM columns of the widest class (tp = tq = 0) when a P x Q grid is cut into TP x TQ
+    classes: N * ceil(P/TP) * ceil(Q/TQ). Output classes for fwd, wgrad and bgrad; input
+    classes (H, W by LH, LW) for dgrad."""
+    return N * -(-P // TP) * -(-Q // TQ)
+
+
 def pick_tiles(rows, cols):
     """The menu tile (config.CUDA_TILE_MENU) with the least padded work for a rows x cols
     output: ceil(rows/BM)*BM * ceil(cols/BN)*BN, weighted by 1 + 1/TM + 1/TN for the shared-
@@ -99,7 +106,7 @@ def forward(dev, x, w, bias, g, tile):
     """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
     TP, TQ = tile
     dt = row(x.dtype)
-    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)                 # widest class: tp = tq = 0
+    ncol = class_columns(g.N, g.P, g.Q, TP, TQ)
     tiles = pick_tiles(g.K, ncol)
     y = dev.empty(x, g.y_shape, x.dtype)
     BM, BN = tiles[:2]
@@ -123,7 +130,7 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
     if out is None:
         out = dev.zeros(x, shape, x.dtype)
     BM, BN, BK = tiles[:3]
-    ncol = g.N * -(-g.P // TP) * -(-g.Q // TQ)               # positions of the widest class
+    ncol = class_columns(g.N, g.P, g.Q, TP, TQ)              # positions of the widest class
     nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
     size = math.prod(w_shape)
     itemsize = dt.accum.itemsize
@@ -187,7 +194,7 @@ def input_grad(dev, dy, w, g, tile):
                               for a in (rtab, stab, rcnt, scnt))
     dx = dev.empty(dy, g.x_shape, dy.dtype)
     nch, ncw = len(rcnt), len(scnt)
-    ncol = g.N * -(-g.H // LH) * -(-g.W // LW)                 # widest input class
+    ncol = class_columns(g.N, g.H, g.W, LH, LW)                # widest input class
     tiles = pick_tiles(g.C, ncol)
     BM, BN = tiles[:2]
     colblocks = -(-ncol // BN)
@@ -205,7 +212,7 @@ def bias_grad(dev, dy, tile, shape, out=None):
     N, K, P, Q = dy.shape
     if out is None:
         out = dev.zeros(dy, shape, dy.dtype)
-    ncol = N * -(-P // TP) * -(-Q // TQ)
+    ncol = class_columns(N, P, Q, TP, TQ)
     nthreads = min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length()))
     grid = check_grid(TP * TQ * K, 1)
     _launch(dev, "bgrad", row(dy.dtype), None, grid, nthreads, dy, None,
