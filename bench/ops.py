@@ -36,16 +36,12 @@ def layer_name(word):
 
 
 def grid(layer, g, tile=TILE):
-    """Bank grid of a layer kind for geometry g: `tile` where the kind takes that grid (the op
-    table's check_grid), else one bank per output position; (1, 1) for an unbanked weight."""
-    spec = SPECS[layer]
-    for want in (tuple(tile), (g.P, g.Q)):
-        try:
-            spec.check_grid(g, want, spec.weight_shape(g, want))
-        except ValueError:
-            continue
-        return spec.grid(g, spec.weight_shape(g, want))
-    raise ValueError(f"{layer}: no bank grid fits the output ({g.P}, {g.Q})")
+    """Bank grid of a layer kind for geometry g (the op table's bank_grid, `tile` for a tiled
+    layer); a tile larger than the output falls back to one bank per output position."""
+    want = SPECS[layer].bank_grid(g, tuple(tile))
+    if want[0] > g.P or want[1] > g.Q:      # a tile larger than the output: a bank per position
+        want = (g.P, g.Q)
+    return want
 
 
 def layer_params(layer, weight, bias, g, seed=1):

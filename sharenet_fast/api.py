@@ -145,7 +145,7 @@ def _layer_geometry(spec, x, weight, stride, padding, dilation):
     _array("x", x, 4)
     _array("weight", weight, spec.weight_ndim, x.dtype)
     g = _geometry(x, weight.shape[-4:], stride, padding, dilation)
-    grid = spec.grid(g, weight.shape)
+    grid = spec.grid(weight.shape)
     spec.check_grid(g, grid, weight.shape)
     return g, grid
 

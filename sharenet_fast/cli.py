@@ -106,18 +106,13 @@ def params(input_shape, filters, kernel, stride=1, padding=0, dilation=1, tile=T
           file=out)
     print("|---|---|---|---|---|---|---|", file=out)
     for spec in optable.LAYERS.values():
-        grid = _grid(spec, g, tile)
+        grid = spec.bank_grid(g, tile)
         pc = param_count(spec.sharing, input_shape, filters, kernel, stride=stride,
                          padding=padding, dilation=dilation, tile=grid, bias=bias)
-        print(f"| {spec.name} | {spec.sharing} {grid[0]}x{grid[1]} | {spec.banks(g, grid):,} | "
+        print(f"| {spec.name} | {spec.sharing} {grid[0]}x{grid[1]} | {spec.banks(grid):,} | "
               f"{pc.neurons:,} | {pc.weights_per_neuron:,} | {pc.params:,} | "
               f"{_bytes(pc.bytes)} |", file=out)
     return 0
-
-
-def _grid(spec, g, tile):
-    """The bank grid of a layer kind: the tiled layer's is the --tile option."""
-    return tuple(tile) if spec.sharing == "tiled" else spec.grid(g, (g.P, g.Q) + g.w_shape)
 
 
 def _bytes(n):
@@ -136,11 +131,11 @@ def _calls(layer, x, w, b, dy, kw, backend):
 
 
 def _oracle(layer, x, w, b, dy, kw):
-    oracle = optable.LAYERS[layer].oracle
-    return {"forward": oracle("forward")(x, w, b, **kw),
-            "input": oracle("input")(dy, x.shape, w, **kw),
-            "weight": oracle("weight")(dy, x, w.shape, **kw),
-            "bias": oracle("bias")(dy, w.shape[:2] if w.ndim == 6 else (1, 1))}
+    spec = optable.LAYERS[layer]
+    return {"forward": spec.oracle("forward")(x, w, b, **kw),
+            "input": spec.oracle("input")(dy, x.shape, w, **kw),
+            "weight": spec.oracle("weight")(dy, x, w.shape, **kw),
+            "bias": spec.oracle("bias")(dy, spec.grid(w.shape))}
 
 
 def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
@@ -162,7 +157,7 @@ def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
         x64 = _random(rng, g.x_shape)
         dy64 = _random(rng, g.y_shape)
         for layer, spec in optable.LAYERS.items():
-            grid = _grid(spec, g, TILE)
+            grid = spec.bank_grid(g, TILE)
             w64 = _random(rng, spec.weight_shape(g, grid))
             b64 = _random(rng, spec.bias_shape(g, grid))
             for backend in backends:

@@ -59,7 +59,7 @@ class Layer:
     bias_words: str        # "(K,)"
     banked: bool           # weight has the grid as its leading two axes
     reduction: str         # what the weight gradient sums over
-    _grid: Callable        # (geometry, weight shape) -> (TP, TQ)
+    _bank_grid: Callable   # (geometry, tile) -> (TP, TQ): the grid this kind has at g
     _oracle: Callable      # (pass name) -> float64 oracle function (reference.py)
 
     @property
@@ -70,9 +70,14 @@ class Layer:
     def bias_ndim(self):
         return 3 if self.banked else 1
 
-    def grid(self, g, weight_shape):
-        """The bank grid (TP, TQ) of a weight of this kind for geometry g."""
-        return tuple(self._grid(g, tuple(weight_shape)))
+    def grid(self, weight_shape):
+        """The bank grid (TP, TQ) a weight of this kind holds: its leading axes if banked."""
+        return tuple(weight_shape[:2]) if self.banked else (1, 1)
+
+    def bank_grid(self, g, tile=None):
+        """The grid a weight of this kind needs at geometry g: (1, 1) shared, `tile` (TP, TQ)
+        tiled, (P, Q) locally connected."""
+        return tuple(self._bank_grid(g, tile))
 
     def weight_shape(self, g, grid):
         return (tuple(grid) if self.banked else ()) + g.w_shape
@@ -95,7 +100,7 @@ class Layer:
                 f"larger than the output (P, Q) = ({P}, {Q}) for x {g.x_shape}: a tile class "
                 f"would never be used")
 
-    def banks(self, g, grid):
+    def banks(self, grid):
         return grid[0] * grid[1]
 
     def export(self, pass_):
@@ -129,17 +134,17 @@ def _oracles(forward, input_, weight, bias):
 LAYERS = MappingProxyType({spec.name: spec for spec in (
     Layer("conv2d", "shared", "shared conv", "1 x 1", "(K, C, R, S)", "(K,)", False,
           "batch and all P*Q positions of each depth slice",
-          lambda g, ws: (1, 1),
+          lambda g, tile: (1, 1),
           _oracles(ref.conv2d, ref.conv2d_input_grad, ref.conv2d_weight_grad,
                    lambda dy, grid: ref.conv2d_bias_grad(dy))),
     Layer("tiled_conv2d", "tiled", "tiled conv", "TP x TQ", "(TP, TQ, K, C, R, S)",
           "(TP, TQ, K)", True, "batch and the positions of one tile class",
-          lambda g, ws: ws[:2],
+          lambda g, tile: tile,
           _oracles(ref.tiled_conv2d, ref.tiled_conv2d_input_grad, ref.tiled_conv2d_weight_grad,
                    ref.tiled_conv2d_bias_grad)),
     Layer("local2d", "local", "locally connected", "P x Q", "(P, Q, K, C, R, S)", "(P, Q, K)",
           True, "batch only (no cross-position reduction)",
-          lambda g, ws: ws[:2],
+          lambda g, tile: (g.P, g.Q),
           _oracles(ref.local2d, ref.local2d_input_grad, ref.local2d_weight_grad,
                    lambda dy, grid: ref.local2d_bias_grad(dy))),
 )})

@@ -160,11 +160,7 @@ LAYER_NAMES = [name for name, layer in LAYERS.items() if layer.spec.banked]
 
 def grid(layer, case, tile=None):
     """The bank grid: (1, 1) shared, the tile for tiled_conv2d, (P, Q) for local2d."""
-    spec = LAYERS[layer].spec
-    g = case.geometry
-    if spec.sharing == "tiled":
-        return tuple(tile)
-    return spec.grid(g, (g.P, g.Q) + g.w_shape)
+    return LAYERS[layer].spec.bank_grid(case.geometry, tile)
 
 
 def layer_call(layer, pass_, backend, d, kw, **extra):
@@ -178,14 +174,15 @@ def layer_call(layer, pass_, backend, d, kw, **extra):
 
 def layer_reference(layer, pass_, d, kw):
     """float64 oracle for one pass of a layer (the op table's oracle functions)."""
-    oracle = LAYERS[layer].spec.oracle(pass_)
+    spec = LAYERS[layer].spec
+    oracle = spec.oracle(pass_)
     if pass_ == "forward":
         return oracle(d.x, d.w, d.b, **kw)
     if pass_ == "input":
         return oracle(d.dy, d.x.shape, d.w, **kw)
     if pass_ == "weight":
         return oracle(d.dy, d.x, d.w.shape, **kw)
-    return oracle(d.dy, tuple(d.w.shape[:2]) if d.w.ndim == 6 else (1, 1))
+    return oracle(d.dy, spec.grid(d.w.shape))
 
 
 class Op(NamedTuple):
@@ -268,18 +265,16 @@ def sim_signature(layer, pass_, case, tile, dtype):
 
     g = case.geometry.padded_input()
     TP, TQ = grid(layer, case, tile)
-    cdiv = lambda a, b: -(-a // b)                                       # noqa: E731
     strided = g.stride != (1, 1)
+    ncol = host.class_columns(g.N, g.P, g.Q, TP, TQ)        # output classes, as the host cuts
     if pass_ == "forward":
-        rows, cols, mode = g.K, g.N * cdiv(g.P, TP) * cdiv(g.Q, TQ), None
+        rows, cols, mode = g.K, ncol, None
     elif pass_ == "input":
         LH, LW = g.stride[0] * TP, g.stride[1] * TQ
-        rows, cols, mode = g.C, g.N * cdiv(g.H, LH) * cdiv(g.W, LW), None
+        rows, cols, mode = g.C, host.class_columns(g.N, g.H, g.W, LH, LW), None
     elif pass_ == "weight":
-        ncol = g.N * cdiv(g.P, TP) * cdiv(g.Q, TQ)
         rows, cols, mode = g.K, g.C * g.R * g.S, ncol > config.CUDA_WGRAD_CHUNK
     else:
-        ncol = g.N * cdiv(g.P, TP) * cdiv(g.Q, TQ)
         return (pass_, LAYERS[layer].spec.sharing, np.dtype(dtype).name,
                 min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length())))
     return (pass_, LAYERS[layer].spec.sharing, np.dtype(dtype).name, strided, mode,

@@ -31,7 +31,8 @@ def test_shapes_counts_and_oracles_agree_with_the_layer(name, rng):
     grid = {"shared": (1, 1), "tiled": (2, 1), "local": (g.P, g.Q)}[spec.sharing]
     w_shape, b_shape = spec.weight_shape(g, grid), spec.bias_shape(g, grid)
     assert len(w_shape) == spec.weight_ndim and len(b_shape) == spec.bias_ndim
-    assert spec.grid(g, w_shape) == grid
+    assert spec.grid(w_shape) == grid
+    assert spec.bank_grid(g, (2, 1)) == grid
     assert spec.weight_words.count(",") + 1 == len(w_shape)
     x, dy = random_array(rng, g.x_shape), random_array(rng, g.y_shape)
     w, b = random_array(rng, w_shape), random_array(rng, b_shape)
@@ -48,7 +49,7 @@ def test_shapes_counts_and_oracles_agree_with_the_layer(name, rng):
     pc = sf.param_count(name, g.x_shape, g.K, (g.R, g.S), tile=grid if spec.sharing == "tiled"
                         else None, **case.kw)
     assert pc.params == int(np.prod(w_shape)) + int(np.prod(b_shape))
-    assert spec.banks(g, grid) * g.K * g.C * g.R * g.S == int(np.prod(w_shape))
+    assert spec.banks(grid) * g.K * g.C * g.R * g.S == int(np.prod(w_shape))
     assert spec.flops(g, "forward") == 2 * g.N * g.K * g.P * g.Q * g.C * g.R * g.S
     moved = x.size + w.size + y.size
     assert spec.bytes(g, "forward", 4, grid) == 4 * moved
