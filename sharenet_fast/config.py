@@ -12,12 +12,59 @@ FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
 # On-disk caching of compiled kernels is opt-in: SHARENET_FAST_CACHE=1.
 CACHE = os.environ.get("SHARENET_FAST_CACHE", "0") == "1"
 
+
+def _target_vector_bytes():
+    """Vector register width (bytes) of the target Numba compiles for: 64 with AVX-512, else 32.
+
+    Numba compiles for NUMBA_CPU_NAME (default: the host) with NUMBA_CPU_FEATURES (default: the
+    host's features), so the AVX2 build (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=...) is seen
+    here the same way Numba sees it. SHARENET_FAST_VECTOR_BYTES overrides (32 or 64)."""
+    forced = os.environ.get("SHARENET_FAST_VECTOR_BYTES")
+    if forced:
+        if forced not in ("32", "64"):
+            raise ValueError(f"SHARENET_FAST_VECTOR_BYTES must be 32 or 64, got {forced!r}")
+        return int(forced)
+    import llvmlite.binding as ll
+    from numba.core import config as nconfig
+    features = nconfig.CPU_FEATURES
+    if features is None:
+        features = ll.get_host_cpu_features().flatten()
+    if "+avx512f" in features.split(","):
+        return 64
+    if not features:  # the CPU name alone decides
+        name = nconfig.CPU_NAME or ll.get_host_cpu_name()
+        if any(k in name for k in ("avx512", "icelake", "tigerlake", "cooperlake", "cascadelake",
+                                   "sapphirerapids", "emeraldrapids", "graniterapids",
+                                   "znver4", "znver5", "rocketlake", "cannonlake")):
+            return 64
+    return 32
+
+
+VEC_BYTES = _target_vector_bytes()
+
 # Register tile of the CPU microkernel (sharenet_fast/cpu/_gemm.py): 4 rows x 3 columns of
 # accumulators, each an 8-wide AVX2 vector after LLVM vectorises the reduction loop: 12 of the
 # 16 ymm registers hold accumulators, 4 + 3 hold operands. Changing these needs the microkernel
 # rewritten; they are here so the blocking loops and tests agree on them.
 MR = 4
 NR = 3
+
+# Register tiles of the outer-product microkernel (cpu/_simd.py), (MR rows, NV vectors of
+# columns), from the target's vector width: AVX-512 has 32 vector registers, AVX2 16.
+# local2d forward: rows = filters, columns = the batch. With a split reduction (batch < lanes)
+# one vector of columns.
+if VEC_BYTES == 64:
+    FWD_TILE = (8, 2)
+    FWD_TILE_SPLIT = (8, 1)
+else:
+    FWD_TILE = (4, 2)
+    FWD_TILE_SPLIT = (8, 1)
+
+# Parallel CPU kernels over positions run this many tasks (runs of consecutive positions): many
+# more than cores, so the last task is short, and each a contiguous stretch of the weights.
+POSITION_BLOCKS = 64
+# ... and write their NCHW outputs in runs of up to QB positions along a row (64 bytes of float32).
+QB = 16
 
 # GEMM reduction rows that the kernels gather themselves are zero-padded to a multiple of this
 # many elements (64 bytes of float32: one AVX-512 vector, two AVX2 ones). LLVM vectorises the

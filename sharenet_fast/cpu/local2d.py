@@ -19,11 +19,14 @@ that would be a second weight-sized buffer and a second pass over memory).
 patch_pq (N x T) holds the C*R*S inputs under (p, q) for each image, in the (c, r, s) order of
 the weights, gathered from the zero-padded NCHW input (runs of S along w when dilation is 1).
 """
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
 
-from ..config import njit_options
-from ._gemm import gemm_nn, gemm_nt_streamed, typed_zero
+from ..config import FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, QB, njit_options
+from ._gemm import gemm_nn, typed_zero
+from ._simd import lanes, lanes_of, outer_kernel
 from ._workspace import scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _add, _copy, _padded
@@ -44,42 +47,121 @@ def _gather_patches(xf, patch, N, C, Hp, Wp, R, S, h0, w0, dh, dw):
 
 
 # ----------------------------------------------------------------------------------- forward
-@njit(**njit_options(parallel=True))
-def local2d_fwd_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw):
-    """xp: padded NCHW input; w: (P, Q, K, C, R, S); bias: (P, Q, K); y: (N, K, P, Q).
+def fwd_columns(N, itemsize):
+    """(G, U): the batch is padded to G columns and the reduction split U ways so that one
+    vector of VL lanes holds U reduction steps of G images (G * U == VL when N < VL), or G is a
+    multiple of VL (U == 1). At batch 8 in float32 that is G = 8, U = 2 on AVX-512 (every lane
+    busy) and G = 8, U = 1 on AVX2."""
+    VL = lanes(itemsize)
+    if N >= VL:
+        return -(-N // VL) * VL, 1
+    G = 1
+    while G < N:
+        G *= 2
+    return G, VL // G
 
-    One task = one output row p; per position, the K x T bank is streamed from memory once,
-    in one sequential sweep (gemm_nt_streamed); the N patches (4*N*T bytes) stay in L1.
-    """
-    N, C, Hp, Wp = xp.shape
-    _, K, P, Q = y.shape
-    T = C * R * S
-    xf = xp.ravel()
-    wf = w.ravel()
-    bf = bias.ravel()
-    yf = y.ravel()
-    for p in prange(P):
-        patch = np.empty(N * T, dtype=xp.dtype)
-        for q in range(Q):
-            _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw, dh, dw)
-            pos = p * Q + q
-            # y[n, k, p, q] at pos + k*P*Q + n*K*P*Q
-            gemm_nt_streamed(wf, pos * K * T, T, patch, 0, T, K, N, T, yf, pos, P * Q, K * P * Q,
-                             False)
-            if has_bias:
+
+@lru_cache(maxsize=None)
+def _fwd_kernel(MR, NV, U):
+    # prefetching the next MR filters during this tile's reduction (pf = wrow + MR*T below)
+    ukr = outer_kernel(MR, NV, U, True)
+
+    @njit(**njit_options(parallel=True))
+    def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
+        """xt: padded input as (C, Hp, Wp, G), images innermost and zero past N; w: (P, Q, K, C,
+        R, S); bias: (P, Q, K); y: (N, K, P, Q).
+
+        Tasks are `blocks` runs of consecutive positions (p, q), so every core streams its own
+        contiguous part of the weights, whatever P and Q are. Per position: gather patch[t, n]
+        (t = (c, r, s), a run of S*G contiguous values per (c, r)), then y_pq (K x N) =
+        W_pq (K x T) . patch, MR filters at a time; each weight is read from memory once and
+        used by all N images from a register.
+        """
+        C, Hp, Wp, G = xt.shape
+        P, Q, K = w.shape[0], w.shape[1], w.shape[2]
+        T = C * R * S
+        W = NV * lanes_of(y)                   # tile columns (U > 1: U steps of G images)
+        ldb = W if U > 1 else G
+        step = G if U > 1 else W               # images per column tile
+        T0 = (T // U) * U                      # split steps; the T % U rest in scalar code
+        PQ = P * Q
+        xf = xt.ravel()
+        wf = w.ravel()
+        bf = bias.ravel()
+        yf = y.ravel()
+        for b in prange(blocks):
+            lo = b * PQ // blocks
+            hi = (b + 1) * PQ // blocks
+            # zero rows past T: the last partial group of a split reduction reads one
+            patch = np.zeros((T + U) * G, dtype=y.dtype)
+            # outputs of up to QB consecutive positions of one row, (q, k, n): the microkernel
+            # stores contiguous rows here, and each y[n, k, p, q0:q0 + QB] is then written as
+            # one run. (Storing straight into NCHW y scatters K*N single floats per position,
+            # each an L1 miss: that cost 2.4x the arithmetic at alexnet_conv1.)
+            obuf = np.empty(QB * K * G, dtype=y.dtype)
+            pos = lo
+            while pos < hi:
+                p = pos // Q
+                q0 = pos - p * Q
+                nq = min(QB, Q - q0, hi - pos)
+                for qi in range(nq):
+                    q = q0 + qi
+                    for c in range(C):
+                        for r in range(R):
+                            src = ((c * Hp + p * sh + r * dh) * Wp + q * sw) * G
+                            dst = (c * R + r) * S * G
+                            if dw == 1:
+                                _copy(patch[dst:dst + S * G], xf[src:src + S * G])
+                            else:
+                                for s in range(S):
+                                    _copy(patch[dst + s * G:dst + (s + 1) * G],
+                                          xf[src + s * dw * G:src + s * dw * G + G])
+                    for k0 in range(0, K, MR):
+                        wrow = ((pos + qi) * K + k0) * T
+                        for n0 in range(0, N, step):
+                            ukr(wf, wrow, T, U, patch, n0, ldb, T // U, T - T0,
+                                obuf, (qi * K + k0) * G + n0, G, 1, min(MR, K - k0),
+                                min(step, N - n0), False, bf, (pos + qi) * K + k0, has_bias,
+                                wrow + 4 * MR * T)
                 for n in range(N):
                     for k in range(K):
-                        yf[(n * K + k) * P * Q + pos] += bf[pos * K + k]
+                        base = (n * K + k) * PQ + pos
+                        for qi in range(nq):
+                            yf[base + qi] = obuf[(qi * K + k) * G + n]
+                pos += nq
+
+    return local2d_fwd_kernel
+
+
+def _fwd_tile(G, U, itemsize):
+    """(MR, NV) register tile of the forward: MR filters x NV vectors of images (no more
+    vectors than the padded batch fills)."""
+    if U > 1:
+        return FWD_TILE_SPLIT
+    MR, NV = FWD_TILE
+    return MR, max(1, min(NV, G // lanes(itemsize)))
 
 
 def local2d(x, weight, bias, g, grid):
     y = np.empty(g.y_shape, dtype=x.dtype)
     b = bias if bias is not None else np.zeros((1, 1, 1), dtype=x.dtype)
+    G, U = fwd_columns(g.N, x.dtype.itemsize)
+    kernel = _fwd_kernel(*_fwd_tile(G, U, x.dtype.itemsize), U)
     with _launch_lock:
-        xp = _padded(x, *g.padding, "nchw", "local_x")
-        local2d_fwd_kernel(xp, weight, b, bias is not None, y, g.R, g.S, *g.stride,
-                               *g.dilation)
+        xt = _transposed(x, g.padding, G, "local_xt")
+        kernel(xt, weight, b, bias is not None, y, g.N, g.R, g.S, *g.stride, *g.dilation,
+               min(g.P * g.Q, POSITION_BLOCKS))
     return y
+
+
+def _transposed(x, padding, G, name):
+    """Zero-padded input as (C, Hp, Wp, G): images innermost, zero columns past N."""
+    N, C, H, W = x.shape
+    ph, pw = padding
+    xt = scratch(name, (C, H + 2 * ph, W + 2 * pw, G), x.dtype)
+    xt[...] = 0
+    xt[:, ph:ph + H, pw:pw + W, :N] = x.transpose(1, 2, 3, 0)
+    return xt
 
 
 # ------------------------------------------------------------------ weight and input grads

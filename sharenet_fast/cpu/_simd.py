@@ -1,0 +1,263 @@
+"""The CPU outer-product microkernel, written as LLVM vector IR through a Numba intrinsic.
+
+    C[i, n] = beta*C[i, n] + D[i] + sum_j A[i, j] * B[j, n]      i < MR rows, n < NV*VL columns
+
+A is the broadcast operand (one scalar per row and reduction step, any strides), B the vector
+operand (row j holds the columns contiguously), and the MR x NV accumulator vectors stay in
+registers for the whole reduction: per step, NV vector loads of B and MR broadcasts of A feed
+MR * NV fused multiply-adds. This is the BLIS/oneDNN microkernel shape: no horizontal sums, no
+scalar remainder, and the vector length (VL lanes of VEC_BYTES, from config.py: 64 bytes where
+Numba compiles for AVX-512, 32 for AVX2) is chosen by the target rather than by LLVM's
+vectoriser (an SLP-vectorised 12 x 8 scalar version of this kernel ran at 21 GFLOP/s on one
+Emerald Rapids core; this one at 60-100).
+
+Split reduction (U > 1): when the output has fewer columns than a vector has lanes (a
+locally-connected layer's batch of 8 against 16 float32 lanes), B's row j holds U reduction
+steps of G = VL/U columns laid end to end (lane u*G + n: step j*U + u, column n; which is just
+the original T x G layout). B is permuted once per step to lane n*U + u, so that A's U
+consecutive steps are a plain repeating broadcast (one load: vbroadcastsd, vbroadcastf32x4),
+and the U partial sums of a column are added together before the store.
+
+Registers: the loop keeps one address per A row, so MR stays <= 8 (x86 has 16 general
+registers; at MR = 16 LLVM spilled the row pointers to the stack every step).
+
+Edges: rows past `nrows` recompute the last valid row (reads stay in bounds) and are not
+stored; columns past `ncols` are masked on every load and store of B and C, so neither is
+touched beyond the caller's arrays.
+"""
+from functools import lru_cache
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from ..config import VEC_BYTES
+
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+
+
+def lanes(itemsize):
+    return VEC_BYTES // itemsize
+
+
+def lanes_of(a):  # pragma: no cover - replaced by the overload inside jitted code
+    return VEC_BYTES // a.dtype.itemsize
+
+
+@overload(lanes_of)
+def _lanes_of_overload(a):
+    n = VEC_BYTES // (a.dtype.bitwidth // 8)
+    return lambda a: n
+
+
+def _declare(module, name, fnty):
+    return cgutils.get_or_insert_function(module, fnty, name)
+
+
+def _i32s(values):
+    return ir.Constant(ir.VectorType(I32, len(values)), list(values))
+
+
+@lru_cache(maxsize=None)
+def outer_kernel(MR, NV, U=1, PF=False):
+    """The microkernel intrinsic for an MR x (NV vectors) register tile, reduction split U and
+    software prefetch on or off (one instance per tuple, made on first use).
+
+    ukr(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols, beta,
+        D, d0, add_d, pf):
+      for i < nrows, n < ncols:
+        C[c0 + i*ldc + n*ldcn] = (C[...] if beta) + (D[d0 + i] if add_d) + sum_j a(i,j) b(j,n)
+      U == 1: sum over j < nk of A[a0 + i*lda + j*ldaj] * B[b0 + j*ldb + n], n < NV*VL.
+      U  > 1: NV must be 1, n < G = VL/U, steps t = j*U + u, j < nk, u < U, and then the steps
+              j = nk, u < ntail (a last, partial group: A is read masked there; B's row nk must
+              exist, zero-padded): A[a0 + i*lda + j*ldaj + u] * B[b0 + j*ldb + u*G + n].
+    A, B, C, D: 1-D C-contiguous arrays of one float dtype; offsets and strides in elements.
+    PF: step j also prefetches the MR*U elements of A from pf + j*MR*U on (as many cache lines
+    as one step reads of A): a caller streaming A from memory in short rows (a bank's filters,
+    ~1.5 KB each, too short for the hardware prefetchers to ramp up) points pf at the MR rows
+    it reads next, so they arrive during this call. A prefetch never faults: pf may run past
+    the array.
+    """
+    if U > 1 and NV != 1:
+        raise ValueError("a split reduction takes one vector of columns")
+
+    @intrinsic(prefer_literal=False)
+    def ukr(typingctx, A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols,
+            beta, D, d0, add_d, pf):
+        arrays = (A, B, C, D)
+        if not (all(isinstance(a, types.Array) for a in arrays)
+                and A.dtype in (types.float32, types.float64)
+                and all(a.dtype == A.dtype for a in arrays)):
+            return None
+        sig = types.void(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows,
+                         ncols, beta, D, d0, add_d, pf)
+
+        def codegen(context, builder, signature, args):
+            return _emit(context, builder, signature, args, MR, NV, U, PF)
+
+        return sig, codegen
+
+    return ukr
+
+
+def _emit(context, builder, signature, args, MR, NV, U, PF):
+    tys = signature.args
+    vals = [context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer) else v
+            for v, t in zip(args, tys)]
+    (aA, a0, lda, ldaj, aB, b0, ldb, nk, ntail, aC, c0, ldc, ldcn, nrows, ncols, beta, aD, d0,
+     add_d, pf) = vals
+    beta = context.cast(builder, beta, tys[15], types.boolean)
+    add_d = context.cast(builder, add_d, tys[18], types.boolean)
+    flt = context.get_value_type(tys[0].dtype)
+    itemsize = context.get_abi_sizeof(flt)
+    VL = VEC_BYTES // itemsize
+    G = VL // U                        # output columns per vector
+    vty = ir.VectorType(flt, VL)
+    mty = ir.VectorType(ir.IntType(1), VL)
+    pA, pB, pC, pD = (context.make_array(tys[k])(context, builder, a).data
+                      for k, a in ((0, aA), (4, aB), (9, aC), (16, aD)))
+    mod = builder.module
+    elt = 'f32' if itemsize == 4 else 'f64'
+    sfx = f"v{VL}{elt}"
+    fma = _declare(mod, f"llvm.fma.{sfx}", ir.FunctionType(vty, [vty, vty, vty]))
+    mload = _declare(mod, f"llvm.masked.load.{sfx}.p0",
+                     ir.FunctionType(vty, [vty.as_pointer(), I32, mty, vty]))
+    mstore = _declare(mod, f"llvm.masked.store.{sfx}.p0",
+                      ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), I32, mty]))
+    i8p = ir.IntType(8).as_pointer()
+    prefetch = _declare(mod, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(),
+                                                                 [i8p, I32, I32, I32]))
+    align = ir.Constant(I32, itemsize)
+    zero = ir.Constant(vty, None)
+    line = 64 // itemsize
+    npf = max(1, MR * U * itemsize // 64) if PF else 0
+
+    def c64(v):
+        return ir.Constant(I64, v)
+
+    def vptr(base, off):
+        return builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+
+    def splat(x, ty=vty):
+        v = builder.insert_element(ir.Constant(ty, None), x, ir.Constant(I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(ty, None), _i32s([0] * ty.count))
+
+    def lane_mask(count):
+        # lane c is on if c < count
+        return builder.icmp_signed("<", ir.Constant(ir.VectorType(I64, VL), list(range(VL))),
+                                   splat(count, ir.VectorType(I64, VL)))
+
+    # row offsets, clamped: a short edge tile recomputes the last row
+    last = builder.sub(nrows, c64(1))
+    a_rows = []
+    for i in range(MR):
+        r = builder.select(builder.icmp_signed("<", c64(i), nrows), c64(i), last)
+        a_rows.append(builder.add(a0, builder.mul(r, lda)))
+    # B's column masks (U == 1 edge tiles)
+    bcols = ncols if U == 1 else c64(VL)
+    bmasks = [lane_mask(builder.sub(bcols, c64(v * VL))) for v in range(NV)]
+    bfull = builder.icmp_signed("==", bcols, c64(NV * VL))
+    uty = ir.VectorType(flt, U)
+    a_pattern = _i32s([c % U for c in range(VL)])
+    b_perm = _i32s([(c % U) * G + c // U for c in range(VL)])
+    accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
+    for row in accs:
+        for a in row:
+            builder.store(zero, a)
+
+    def load_b(j, masked):
+        boff = builder.add(b0, builder.mul(j, ldb))
+        out = []
+        for v in range(NV):
+            p = vptr(pB, builder.add(boff, c64(v * VL)))
+            val = (builder.call(mload, [p, align, bmasks[v], zero]) if masked
+                   else builder.load(p, align=itemsize))
+            if U > 1:
+                val = builder.shuffle_vector(val, zero, b_perm)
+            out.append(val)
+        return out
+
+    def load_a(i, j, umask=None):
+        off = builder.add(a_rows[i], builder.mul(j, ldaj))
+        if U == 1:
+            return splat(builder.load(builder.gep(pA, [off])))
+        p = builder.bitcast(builder.gep(pA, [off]), uty.as_pointer())
+        if umask is None:
+            s = builder.load(p, align=itemsize)
+        else:
+            s = builder.call(_declare(mod, f"llvm.masked.load.v{U}{elt}.p0",
+                                      ir.FunctionType(uty, [uty.as_pointer(), I32,
+                                                            ir.VectorType(ir.IntType(1), U),
+                                                            uty])),
+                             [p, align, umask, ir.Constant(uty, None)])
+        return builder.shuffle_vector(s, ir.Constant(uty, None), a_pattern)
+
+    def step(j, masked, umask=None):
+        bv = load_b(j, masked)
+        for i in range(MR):
+            a = load_a(i, j, umask)
+            for v in range(NV):
+                acc = builder.load(accs[i][v])
+                builder.store(builder.call(fma, [a, bv[v], acc]), accs[i][v])
+
+    def main_loop(masked):
+        with cgutils.for_range(builder, nk) as loop:
+            j = loop.index
+            for f in range(npf):
+                off = builder.add(builder.add(pf, builder.mul(j, c64(MR * U))), c64(f * line))
+                builder.call(prefetch, [builder.bitcast(builder.gep(pA, [off]), i8p),
+                                        ir.Constant(I32, 0), ir.Constant(I32, 2),
+                                        ir.Constant(I32, 1)])
+            step(j, masked)
+
+    with builder.if_else(bfull) as (then, otherwise):
+        with then:
+            main_loop(False)
+        with otherwise:
+            main_loop(True)
+    if U > 1:  # the last, partial group of steps
+        with builder.if_then(builder.icmp_signed(">", ntail, c64(0))):
+            umask = builder.icmp_signed("<", ir.Constant(ir.VectorType(I64, U), list(range(U))),
+                                        splat(ntail, ir.VectorType(I64, U)))
+            step(nk, False, umask)
+
+    # epilogue: fold the split lanes, add D and (beta) C, store
+    cmask = [lane_mask(builder.sub(ncols, c64(v * VL))) for v in range(NV)]
+    unit = builder.icmp_signed("==", ldcn, c64(1))
+    dslot = cgutils.alloca_once(builder, flt)
+    for i in range(MR):
+        with builder.if_then(builder.icmp_signed("<", c64(i), nrows)):
+            crow = builder.add(c0, builder.mul(c64(i), ldc))
+            builder.store(ir.Constant(flt, 0.0), dslot)
+            with builder.if_then(add_d):      # D is only read when asked for
+                builder.store(builder.load(builder.gep(pD, [builder.add(d0, c64(i))])), dslot)
+            dval = builder.load(dslot)
+            for v in range(NV):
+                val = builder.load(accs[i][v])
+                if U > 1:
+                    s = U // 2
+                    while s >= 1:  # lane n*U gets the sum of lanes n*U .. n*U + U - 1
+                        val = builder.fadd(val, builder.shuffle_vector(
+                            val, zero, _i32s([c + s for c in range(VL)])))
+                        s //= 2
+                    val = builder.shuffle_vector(val, zero, _i32s(
+                        [c * U if c < G else VL for c in range(VL)]))
+                val = builder.fadd(val, splat(dval))
+                with builder.if_else(unit) as (contiguous, strided):
+                    with contiguous:
+                        p = vptr(pC, builder.add(crow, c64(v * VL)))
+                        old = builder.call(mload, [p, align, cmask[v], zero])
+                        new = builder.select(beta, builder.fadd(val, old), val)
+                        builder.call(mstore, [new, p, align, cmask[v]])
+                    with strided:
+                        for c in range(VL if U == 1 else G):
+                            col = v * VL + c
+                            with builder.if_then(builder.icmp_signed("<", c64(col), ncols)):
+                                p = builder.gep(pC, [builder.add(crow, builder.mul(
+                                    c64(col), ldcn))])
+                                x = builder.extract_element(val, ir.Constant(I32, c))
+                                x = builder.select(beta, builder.fadd(x, builder.load(p)), x)
+                                builder.store(x, p)
+    return context.get_dummy_value()
