@@ -1,7 +1,8 @@
-"""pytest-benchmark suite: every step `python -m bench` times on the CPU (bench/harness.py's
-plan): conv2d, tiled_conv2d 2x2 and local2d, forward and backward, ours and the PyTorch peers
-(torch conv2d and unfold + einsum for conv2d, unfold + einsum for the others); and local2d's
-soft-sharing penalty, ours vs PyTorch eager.
+"""pytest-benchmark suite: every step `python -m bench --full` times on the CPU
+(bench/harness.py's plan): conv2d, tiled_conv2d 2x2 and local2d, forward and backward, ours and
+the installed peers (torch conv2d and unfold + einsum for conv2d, unfold + einsum for the
+others, tf-keras LocallyConnected2D and JAX conv_general_dilated_local for local2d); local2d's
+backward into a grad_weight= buffer; and local2d's soft-sharing penalty, ours vs PyTorch eager.
 
     pytest bench --benchmark-enable                    # full DESIGN.md shapes, timed
     pytest bench --benchmark-enable --benchmark-group-by=group
@@ -42,8 +43,8 @@ def _id(step):
 @pytest.mark.parametrize("step", STEPS, ids=_id)
 @pytest.mark.parametrize("name", SUITE)
 def test_step(benchmark, name, step):
-    if step.impl not in BACKENDS:
-        pytest.importorskip("torch")
+    for module in ops.PEERS[step.impl].modules if step.impl not in BACKENDS else ():
+        pytest.importorskip(module)
     shape = suite_shape(benchmark, name)
     case = harness.LayerCase(TARGET, shape, step.layer, [step], BACKENDS)
     if step.pass_ == harness.PENALTY:

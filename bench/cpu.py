@@ -77,7 +77,40 @@ def copy_gbps(mbytes=256, repeat=10):
     return 2 * src.nbytes / one / 1e9, 2 * src.nbytes / par / 1e9
 
 
-_parallel_copy_kernel = None
+def read_gbps(mbytes=512, repeat=10):
+    """Read bandwidth: a read-only sum over a float32 array of `mbytes` MB (twice this VM's
+    260 MB L3), a Numba prange over chunks on every core, bytes read counted, best of `repeat`.
+    The floor of a pass (bench/harness.py) is its bytes over this: a pass mostly reads, and a
+    copy's figure counts a write (and its write-allocate read) that reading does not pay."""
+    src = np.ones(mbytes * 2**20 // 4, dtype=np.float32)
+    t = best_of(lambda: _parallel_sum(src, 64), repeat)
+    return src.nbytes / t / 1e9
+
+
+_parallel_copy_kernel = _parallel_sum_kernel = None
+
+
+def _parallel_sum(src, chunks):
+    global _parallel_sum_kernel
+    if _parallel_sum_kernel is None:
+        from numba import njit, prange
+
+        @njit(fastmath=True)      # reassoc: a vectorised sum with several accumulators (inside
+        def chunk_sum(a):         # the prange body itself LLVM kept one: half the bandwidth)
+            t = np.float32(0.0)
+            for i in range(a.shape[0]):
+                t += a[i]
+            return t
+
+        @njit(parallel=True)
+        def kernel(src, chunks):
+            n = src.shape[0]
+            part = np.zeros(chunks, dtype=np.float32)
+            for c in prange(chunks):
+                part[c] = chunk_sum(src[c * n // chunks:(c + 1) * n // chunks])
+            return part.sum()
+        _parallel_sum_kernel = kernel
+    return _parallel_sum_kernel(src, chunks)
 
 
 def _parallel_copy(dst, src, chunks):
@@ -108,6 +141,9 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+READ_MB = 512                   # the read bandwidth's array: past any L3 (this VM's is 260 MB)
+
+
 class CpuTarget:
     """Timing on the host: perf_counter around each call, ours and the peers interleaved."""
     name = "cpu"
@@ -120,11 +156,14 @@ class CpuTarget:
         lim = dict(sgemm_n=n, sgemm_gflops=sgemm_gflops(n), copy_mb=mb)
         lim["copy_gbps_1thread"], lim["copy_gbps_parallel"] = copy_gbps(mb)
         lim["copy_gbps"] = max(lim["copy_gbps_1thread"], lim["copy_gbps_parallel"])
+        lim["read_mb"] = READ_MB
+        lim["read_gbps"] = read_gbps(READ_MB)
         lim["describe"] = (
             f"sgemm: numpy float32 {n}^3, best of 3: {lim['sgemm_gflops']:.1f} GFLOP/s; "
             f"copy: {mb} MB float32, read + write, best of 10: {lim['copy_gbps']:.1f} GB/s (the "
             f"larger of np.copyto on one thread, {lim['copy_gbps_1thread']:.1f} GB/s, and a "
-            f"Numba copy on all cores, {lim['copy_gbps_parallel']:.1f} GB/s)")
+            f"Numba copy on all cores, {lim['copy_gbps_parallel']:.1f} GB/s); read: a Numba sum "
+            f"over {READ_MB} MB float32 on all cores, best of 10: {lim['read_gbps']:.1f} GB/s")
         return lim
 
     def to_device(self, a):
@@ -142,11 +181,17 @@ class CpuTarget:
         return f"{cpu_model()}, {os.cpu_count()} CPUs"
 
     def machine(self):
+        import llvmlite.binding as ll
         import numba
 
         info = dict(device=self.device(), processor=cpu_model(), cpu_count=os.cpu_count(),
                     platform=platform.platform(), numba_threads=numba.get_num_threads(),
-                    torch_threads=ops.torch.get_num_threads() if ops.torch else None)
+                    torch_threads=ops.torch.get_num_threads() if ops.torch else None,
+                    # what Numba compiles for (bench/isa.py): a CPU name, and its features
+                    # ("host": the host's own; "": the name's own)
+                    numba_cpu_name=numba.config.CPU_NAME or ll.get_host_cpu_name(),
+                    numba_cpu_features=("host" if numba.config.CPU_FEATURES is None
+                                        else numba.config.CPU_FEATURES))
         if hasattr(os, "sched_getaffinity"):
             info["cpu_affinity"] = len(os.sched_getaffinity(0))
         try:

@@ -139,8 +139,9 @@ class GpuTarget:
         lim = machine_limits(reps=5 if small else 10)
         parts = []
         if "copy_gbps" in lim:
+            lim["read_gbps"] = lim["copy_gbps"]      # the floor's bandwidth (bench/harness.py)
             parts.append(f"copy: 1 GiB device to device, read + write, median: "
-                         f"{lim['copy_gbps']:.0f} GB/s")
+                         f"{lim['copy_gbps']:.0f} GB/s (also the floor's read bandwidth)")
         if "sgemm_gflops" in lim:
             parts.append(f"sgemm: CuPy float32 8192^3, median: {lim['sgemm_gflops']:.0f} GFLOP/s")
         lim["describe"] = "; ".join(parts) or "not measured (no CuPy on a GPU)"

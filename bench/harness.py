@@ -11,7 +11,9 @@ runs the report) both go through here:
                                      GpuTarget (bench/gpu.py, CUDA events), ours and the peers
                                      interleaved
     figures(...), record(...)        FLOP and byte counts from the op table (spec.flops,
-                                     spec.bytes), rates, and the JSON record (bench/schema.py)
+                                     spec.bytes), rates, the floor (floor_s: the least time
+                                     those allow under the machine's read bandwidth and sgemm
+                                     rate) and the JSON record (bench/schema.py)
     bench_shape(...)                 all of the above for one shape
 
 The pytest-benchmark suite hands the same launcher to pytest-benchmark's loop when it times
@@ -41,30 +43,34 @@ class Step(NamedTuple):
     pass_: str                # schema.PASSES
     impl: str                 # one of ours (a backend) or a peer
     deterministic: bool = False
+    accumulate: bool = False  # the gradients added into a grad_weight= buffer
 
     @property
     def label(self):
-        return schema.pass_label(self.pass_, self.deterministic)
+        return schema.pass_label(self.pass_, self.deterministic, self.accumulate)
 
 
-def plan(target, layers, backends, peers=None):
+def plan(target, layers, backends, peers=None, full=True):
     """[Step] in timing order for one shape: per layer, each pass's backends then its peers;
     on the GPU the shared layer's weight gradient alone (atomic, then deterministic: the
-    reduction over all positions); for the local layer the soft-sharing penalty of its banks.
-    peers=None: PyTorch peers where PyTorch runs on the target."""
+    reduction over all positions); for the local layer the backward into a grad_weight= buffer
+    (hard sharing's path; ours only) and the soft-sharing penalty of its banks.
+    peers=None: every installed peer that runs on the target (PyTorch's where PyTorch runs
+    there: target.peers_ok); full=False: the quick run's, without the slow peers."""
     if peers is None:
-        peers = ops.torch is not None and target.peers_ok
+        peers = target.peers_ok
     out = []
     for layer in layers:
         spec = ops.SPECS[layer]
-        mine = ops.peer_names(layer) if peers else ()
+        mine = ops.peer_names(layer, target.torch_device, full) if peers else ()
         for pass_ in TIMED:
             out += [Step(layer, pass_, impl) for impl in (*backends, *mine)]
         if spec.sharing == "shared" and target.name == "gpu":
             out += [Step(layer, "weight", b, det) for det in (False, True) for b in backends]
         if spec.sharing == "local":
-            out += [Step(layer, PENALTY, impl)
-                    for impl in (*backends, *((PENALTY_PEER,) if peers else ()))]
+            out += [Step(layer, BACKWARD, b, accumulate=True) for b in backends]
+            penalty_peer = (PENALTY_PEER,) if peers and ops.installed(PENALTY_PEER) else ()
+            out += [Step(layer, PENALTY, impl) for impl in (*backends, *penalty_peer)]
     return out
 
 
@@ -99,6 +105,8 @@ class LayerCase:
         if impl in self.backends:
             if step.pass_ == "forward":
                 return ops.ours_forward(shape, layer, x, w, b, backend=impl)
+            if step.pass_ == BACKWARD and step.accumulate:
+                return self._accumulating(step, dev)
             if step.pass_ == BACKWARD:
                 return ops.ours_backward(shape, layer, x, w, dy, backend=impl,
                                          needs=optable.GRADIENTS)
@@ -110,17 +118,30 @@ class LayerCase:
         elif step.pass_ == PENALTY:
             return ops.torch_penalty(*self.pen, device)
         elif step.pass_ == "forward":
-            return ops.torch_forward(shape, layer, self.x, self.weight, self.bias, device, impl)
+            return ops.PEERS[impl].forward(shape, layer, self.x, self.weight, self.bias, device)
         elif step.pass_ == BACKWARD:
-            return ops.torch_backward(shape, layer, self.x, self.weight, self.grad_out,
-                                      self.bias, device, impl)
+            return ops.PEERS[impl].backward(shape, layer, self.x, self.weight, self.grad_out,
+                                            self.bias, device)
         raise ValueError(f"no launcher for {step}")
 
+    def _accumulating(self, step, dev):
+        """Our backward adding dW into a buffer (grad_weight=: hard sharing's path), the buffer
+        random at first (never zeros: an overwrite instead of an add fails the check). Every
+        call adds into it; the check takes the warm-up call's, the first: buffer - start."""
+        x, w, _, dy = dev
+        start = np.random.default_rng(3).standard_normal(self.weight.shape, dtype=DTYPE)
+        run = ops.ours_backward(self.shape, self.layer, x, w, dy, backend=step.impl,
+                                needs=optable.GRADIENTS,
+                                grad_weight=self.target.to_device(start.copy()))
+        return ops.converted(run, lambda outs: (outs[0], outs[1] - start, outs[2]))
+
     def warm(self, steps=None):
-        """Call each step once (JIT compilation, oneDNN / cuDNN algorithm choice) and keep its
-        outputs, on the host, for the check."""
+        """Call each step once (JIT compilation, oneDNN / cuDNN algorithm choice, XLA and
+        tf.function compilation) and keep its outputs, on the host and in our layouts
+        (ops.ours_layout), for the check."""
         for s in steps or self.steps:
-            self.outs[s] = host_tuple(self.target, self.calls[s]())
+            run = self.calls[s]
+            self.outs[s] = ops.ours_layout(run, host_tuple(self.target, run()))
         return self.outs
 
     def references(self, oracle=None):
@@ -138,7 +159,7 @@ class LayerCase:
             refs = {"forward": ("float64 oracle", r[:1]), BACKWARD: ("float64 oracle", r[1:])}
         else:
             for pass_ in TIMED:
-                peer = next((s.impl for s in self.outs if s.pass_ == pass_
+                peer = next((s.impl for s in self.outs if s.pass_ == pass_ and not s.accumulate
                              and s.impl not in self.backends), None)
                 if peer is not None:
                     refs[pass_] = (peer, self.outs[Step(self.layer, pass_, peer)])
@@ -172,10 +193,11 @@ def check(outs, refs):
                               else o, r) for o, r in zip(outs, refs))
 
 
-def figures(layer, pass_, g, grid, weight, median=None):
+def figures(layer, pass_, g, grid, weight, median=None, accumulate=False):
     """{flops, bytes, weight_stream_bytes} of one timed pass (the op table's counts: spec.flops,
-    spec.bytes; the penalty's six streams of the weights' size), and with a median time in
-    seconds their rates: gflops, gbps, weight_gbps."""
+    spec.bytes, plus the grad_weight= buffer's read when `accumulate`; the penalty's six
+    streams of the weights' size), and with a median time in seconds their rates: gflops,
+    gbps, weight_gbps."""
     if pass_ == PENALTY:
         # per element: a - b, its square into the sum, one multiply-add into each gradient;
         # a and b read, grad_a and grad_b read and written
@@ -187,6 +209,8 @@ def figures(layer, pass_, g, grid, weight, median=None):
         nbytes = spec.bytes(g, pass_, weight.itemsize, grid)
         # forward and the input gradient read W, the weight gradient writes dW; backward both
         wbytes = weight.nbytes * (2 if pass_ == BACKWARD else 1)
+        if accumulate:               # dW added into a buffer: the buffer is read, too
+            nbytes, wbytes = nbytes + weight.nbytes, wbytes + weight.nbytes
     out = dict(flops=int(flops), bytes=int(nbytes), weight_stream_bytes=int(wbytes))
     if median is not None:
         def rate(amount):
@@ -195,16 +219,26 @@ def figures(layer, pass_, g, grid, weight, median=None):
     return out
 
 
+def floor_s(flops, nbytes, limits):
+    """The least time a pass can take on this machine: max(its bytes / the read bandwidth, its
+    FLOPs / the sgemm rate), in seconds; None where either limit was not measured."""
+    rd, sg = limits.get("read_gbps"), limits.get("sgemm_gflops")
+    if not rd or not sg or rd != rd or sg != sg:
+        return None
+    return max(nbytes / (rd * 1e9), flops / (sg * 1e9))
+
+
 def record(case, name, step, samples, limits, err=None, err_against=None):
     """The JSON record (bench/schema.py RESULT) of one timing."""
     median = float(np.median(samples))
     q1, q3 = (float(v) for v in np.percentile(samples, [25, 75]))
-    f = figures(step.layer, step.pass_, case.g, case.grid, case.weight, median)
+    f = figures(step.layer, step.pass_, case.g, case.grid, case.weight, median, step.accumulate)
     sg, cp = limits.get("sgemm_gflops"), limits.get("copy_gbps")
+    floor = floor_s(f["flops"], f["bytes"], limits)
     return {
         "shape": name, "dims": case.shape._asdict(), "layer": step.layer,
         "grid": list(case.grid), "pass": step.pass_, "deterministic": step.deterministic,
-        "impl": step.impl, "role": "ours" if step.impl in case.backends else "peer",
+        "accumulate": step.accumulate, "impl": step.impl, "role": "ours" if step.impl in case.backends else "peer",
         "label": label(case.target, step.impl, case.backends),
         "params": int(case.weight.size + case.bias.size),
         "weight_bytes": int(case.weight.nbytes), **f,
@@ -212,6 +246,7 @@ def record(case, name, step, samples, limits, err=None, err_against=None):
         "pct_sgemm": 100 * f["gflops"] / sg if sg else None,
         "pct_copy": 100 * f["gbps"] / cp if cp else None,
         "pct_copy_weights": 100 * f["weight_gbps"] / cp if cp else None,
+        "floor_s": floor, "pct_floor": 100 * floor / median if floor and median > 0 else None,
         "rel_err": err, "rel_err_against": err_against}
 
 
@@ -229,10 +264,11 @@ class Quiet:
         pass
 
 
-def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None):
+def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None,
+                full=True):
     """Result records (bench/schema.py) for one shape: every layer x pass x impl of plan()."""
     progress = progress or Quiet()
-    steps = plan(target, layers, backends)
+    steps = plan(target, layers, backends, full=full)
     results = []
     for layer in layers:
         case = LayerCase(target, shape, layer, steps, backends)
@@ -243,7 +279,7 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
             samples = target.time({s: case.calls[s] for s in mine}, repeat, min_time)
             for s in mine:
                 err, against = case.error(s, refs)
-                if err is not None and err >= TOL and s.impl in backends:
+                if err is not None and err >= TOL:     # ours, or a peer computing another layer
                     progress.log(f"WARNING: {name} {layer} {pass_label} {s.impl}: relative "
                                  f"error {err:.2e} >= {TOL:.0e} against {against}")
                 rec = record(case, name, s, samples[s], limits, err, against)

@@ -4,7 +4,8 @@
 
 Writes <stem>_times.png (median time per layer kind and pass, each of ours beside each PyTorch
 peer, one panel per suite shape) and <stem>_roofline.png (arithmetic intensity against achieved
-GFLOP/s, under the measured ceilings: the sgemm rate and the copy bandwidth). conv2d
+GFLOP/s, under the measured ceilings: the sgemm rate and the read bandwidth, or the copy
+bandwidth in a run that did not measure it). conv2d
 reuses each weight N·P·Q times and sits near the compute roof; a locally connected layer uses
 each weight N times and sits on the bandwidth slope: parameter sharing, measured.
 """
@@ -84,16 +85,19 @@ def plot_times(doc, path):
 def plot_roofline(doc, path):
     plt = pyplot()
     lim = doc["limits"]
-    rows = [r for r in doc["results"] if r["pass"] in PASSES and r["gbps"] == r["gbps"]
-            and r["gbps"] > 0]
+    rows = [r for r in doc["results"] if r["pass"] in PASSES and not r["accumulate"]
+            and r["gbps"] == r["gbps"] and r["gbps"] > 0]
     fig, ax = plt.subplots(figsize=(7, 5))
-    peak, bw = lim.get("sgemm_gflops"), lim.get("copy_gbps")
+    # the roof of the floor (bench/harness.py): the read bandwidth where it was measured
+    peak = lim.get("sgemm_gflops")
+    bw_name, bw = next(((n, lim[n]) for n in ("read_gbps", "copy_gbps") if lim.get(n)),
+                       (None, None))
     ai = [r["flops"] / r["bytes"] for r in rows]
     if peak and bw:
         lo, hi = min(ai + [0.1]) / 2, max(ai + [peak / bw]) * 2
         xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
         ax.plot(xs, [min(peak, bw * x) for x in xs], "k-", lw=1.5,
-                label=f"roof: sgemm {peak:.0f} GFLOP/s, copy {bw:.0f} GB/s")
+                label=f"roof: sgemm {peak:.0f} GFLOP/s, {bw_name.split('_')[0]} {bw:.0f} GB/s")
     impls = [(i, label) for i, label in _impls(doc) if any(r["impl"] == i for r in rows)]
     colors = {impl: PALETTE[j % len(PALETTE)] for j, (impl, _) in enumerate(impls)}
     for r in rows:

@@ -6,19 +6,26 @@
                                         memory and the first-call-after-import cost
     python -m bench --gpu [--full]      the same on the GPU (batch 8, --full: batch 64) with every
                                         available GPU backend, cuDNN with TF32 off as the peer
+    python -m bench --isa avx2 [...]    the CPU run again in a child process compiled for AVX2
+                                        only (bench/isa.py: our kernels, oneDNN, MKL, OpenBLAS,
+                                        XLA); saved files get an _avx2 suffix
     options: --backend B[,B] --shapes S[,S] --layers L[,L] --batch N --repeat N --min-time S
-             --json PATH --plot STEM --markdown --save
+             --json PATH --plot STEM --markdown --save --isa native|avx2
              (--layers: op names conv2d, tiled_conv2d, local2d; shared, tiled, local also work)
 
-It measures the machine's limits first (CPU: NumPy sgemm and a large copy; GPU: CuPy sgemm and a
-device copy), then, for each suite shape x layer kind of the op table (conv2d, tiled_conv2d 2x2,
-local2d) x pass (forward; backward = input + weight + bias gradients; on the GPU also conv2d's
-weight gradient alone, atomic and deterministic; local2d's soft-sharing penalty), times each of
-our backends and each PyTorch peer (torch conv2d for conv2d; unfold + einsum for all three) in
-alternation, after a warm-up call (JIT compilation and library autotuning are never timed),
-checks ours against a reference (bench/harness.py), and prints one table per shape: median ms,
-GFLOP/s and its % of the sgemm rate, the bytes the pass must move per second and its % of the
-copy bandwidth, the time ratio to ours, parameters and weight bytes. Then the targets of
+It measures the machine's limits first (CPU: NumPy sgemm, a large copy and a large read-only
+sum; GPU: CuPy sgemm and a device copy, which is also its read bandwidth), then, for each suite
+shape x layer kind of the op table (conv2d, tiled_conv2d 2x2, local2d) x pass (forward;
+backward = input + weight + bias gradients; on the GPU also conv2d's weight gradient alone,
+atomic and deterministic; local2d's backward into a grad_weight= buffer and its soft-sharing
+penalty), times each of our backends and each installed peer (torch conv2d for conv2d; unfold +
+einsum for all three; on the CPU with --full, tf-keras LocallyConnected2D and JAX
+conv_general_dilated_local for local2d) in alternation, after a warm-up call (JIT compilation
+and library autotuning are never timed), checks every output against a reference
+(bench/harness.py), and prints one table per shape: median ms, the floor (the least time the
+pass's bytes and FLOPs allow under the measured read bandwidth and sgemm rate) and the % of it
+reached, GFLOP/s and its % of the sgemm rate, the bytes the pass must move per second and its %
+of the copy bandwidth, the time ratio to ours, parameters and weight bytes. Then the targets of
 bench/targets.py with the measured figure and met / NOT met.
 
 JSON (--json, --save): machine, versions, limits, config and every timing's raw samples; checked
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from importlib import metadata
 import platform
 import re
 import subprocess
@@ -39,7 +47,7 @@ import time
 import numpy as np
 
 import sharenet_fast as sf
-from bench import harness, ops, schema, targets
+from bench import harness, isa, ops, schema, targets
 from bench.cpu import REPO, CpuTarget, log, peak_memory, startup
 from bench.shapes import SUITE, geometry
 
@@ -103,9 +111,9 @@ def _clock(s):
 
 
 # ----------------------------------------------------------------------------- output
-COLUMNS = ["layer", "params", "weight MB", "pass", "impl", "ms", "GFLOP/s", "% sgemm", "GB/s",
-           "% copy", "ratio", "rel err"]
-NUMERIC = [False, True, True, False, False, True, True, True, True, True, True, True]
+COLUMNS = ["layer", "params", "weight MB", "pass", "impl", "ms", "floor ms", "% floor",
+           "GFLOP/s", "% sgemm", "GB/s", "% copy", "ratio", "rel err"]
+NUMERIC = [False, True, True, False, False, True, True, True, True, True, True, True, True, True]
 
 
 def _pct(v):
@@ -118,9 +126,8 @@ def shape_rows(results, shape):
     rows, last_layer = [], None
     rs = [r for r in results if r["shape"] == shape]
     for r in rs:
-        label = schema.pass_label(r["pass"], r["deterministic"])
-        first = next(o for o in rs if o["layer"] == r["layer"]
-                     and schema.pass_label(o["pass"], o["deterministic"]) == label)
+        label = schema.label(r)
+        first = next(o for o in rs if o["layer"] == r["layer"] and schema.label(o) == label)
         layer = r["layer"]
         if ops.SPECS[layer].sharing == "tiled":
             layer += f" {r['grid'][0]}x{r['grid'][1]}"
@@ -131,7 +138,9 @@ def shape_rows(results, shape):
         rows.append([
             layer if new else "", f"{r['params']:,}" if new else "",
             f"{r['weight_bytes'] / 1e6:.2f}" if new else "", label, r["label"],
-            f"{r['median_s'] * 1e3:.3f}", f"{r['gflops']:.1f}", _pct(r["pct_sgemm"]),
+            f"{r['median_s'] * 1e3:.3f}",
+            f"{r['floor_s'] * 1e3:.3f}" if r["floor_s"] is not None else "-",
+            _pct(r["pct_floor"]), f"{r['gflops']:.1f}", _pct(r["pct_sgemm"]),
             f"{r['gbps']:.1f}", _pct(r["pct_copy"]),
             f"{ratio:.2f}" if ratio is not None else "-",
             f"{r['rel_err']:.1e}" if r["rel_err"] is not None else "-"])
@@ -156,7 +165,8 @@ def format_report(report, markdown=False):
     m, lim, cfg = report["machine"], report["limits"], report["config"]
     v = report["versions"]
     bullet = "- " if markdown else ""
-    out = [f"{bullet}machine: {m['device']}, {m.get('platform', '')}",
+    out = [f"{bullet}machine: {m['device']}, {m.get('platform', '')}"
+           + (f", compiled for {m['isa']}" if cfg["target"] == "cpu" else ""),
            f"{bullet}software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
            f"{bullet}limits: {lim.get('describe', 'not measured')}",
            f"{bullet}run: {cfg['mode']} ({cfg['target']}), backends {', '.join(cfg['backends'])},"
@@ -179,11 +189,16 @@ def format_report(report, markdown=False):
         "weight / weight (deterministic): conv2d's weight gradient alone, atomic and "
         "deterministic reduction; soft_sharing_penalty: local2d's banks toward their mean bank "
         "with both gradients (a, b read, grad_a, grad_b read and written: 6 streams).",
+        "backward (grad_weight=): local2d's backward adding dW into a buffer (hard sharing's "
+        "path; the buffer is read too).",
+        "floor ms = max(the bytes the pass must move / the read bandwidth, its FLOPs / the "
+        "sgemm rate): the least time this machine allows; % floor = floor / ms (100%: at the "
+        "roof).",
         "% sgemm = GFLOP/s / the sgemm rate; GB/s = the bytes the pass must move (each tensor "
         "read or written once) per second; % copy = that / the copy bandwidth.",
         "ratio = this row's time / the first 'ours' row's (> 1: ours faster); rel err = "
-        "||out - ref|| / ||ref|| against the float64 oracle (conv2d, CPU) or the first PyTorch "
-        "peer.",
+        "||out - ref|| / ||ref|| against the float64 oracle (conv2d, CPU) or the first peer "
+        "(its outputs in our layouts).",
     ]
     title, lines = targets.section(report)
     if lines:
@@ -212,6 +227,11 @@ def versions():
             v[mod.replace("_", "-")] = __import__(mod).__version__
         except Exception:
             v[mod.replace("_", "-")] = None
+    for dist in ("tensorflow", "tf-keras", "jax", "jaxlib"):   # peers: not imported for this
+        try:
+            v[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            v[dist] = None
     try:
         v["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                   capture_output=True, text=True).stdout.strip() or None
@@ -253,7 +273,12 @@ def parse_args(argv=None):
                    help="write STEM_times.png and STEM_roofline.png (needs matplotlib)")
     p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     p.add_argument("--save", action="store_true",
-                   help="write bench/results/<cpu|gpu>_<machine>.{json,md} and both plots")
+                   help="write bench/results/<cpu|gpu>_<machine>[_avx2].{json,md} and both "
+                        "plots")
+    p.add_argument("--isa", choices=isa.ISAS, default=isa.NATIVE,
+                   help="CPU run: compile for the host (native, the default) or for AVX2 only, "
+                        "with oneDNN, MKL, OpenBLAS and XLA limited to AVX2 too (bench/isa.py; "
+                        "a child process)")
     args = p.parse_args(argv)
     args.mode = args.mode or "quick"
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -283,6 +308,8 @@ def parse_args(argv=None):
             p.error("--backend cpu with --gpu: name a GPU backend (numba-cuda, cupy)")
         args.gpu = args.gpu or any(gpu)
     args.target = "gpu" if args.gpu else "cpu"
+    if args.gpu and args.isa != isa.NATIVE:
+        p.error("--isa: the CPU run's (the GPU kernels do not depend on it)")
     defaults = MODES[(args.mode, args.target)]
     for key in ("batch", "repeat"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
@@ -335,11 +362,18 @@ def run(args, progress_stream=None, shapes=None):
     log(f"{target.device()}: measuring the machine's limits ...")
     limits = target.limits(small=args.mode == "quick")
     log(limits.get("describe", "no limits measured"))
-    if ops.torch is None:
-        log("PyTorch is not installed: no peers (pip install torch==2.13.0)")
-    elif not target.peers_ok:
+    full = args.mode == "full"
+    if not target.peers_ok:
         log("PyTorch has no CUDA here: no GPU peers")
-    steps = harness.plan(target, args.layers, backends)
+    else:
+        for impl, why in ops.missing_peers(args.layers, target.torch_device).items():
+            log(f"peer {impl} ({ops.peer_label(impl, target.torch_device)}): {why}")
+        slow = {n for layer in args.layers for n in ops.peer_names(layer, target.torch_device)
+                if not full and ops.PEERS[n].full_only}
+        if slow:
+            log(f"peers {', '.join(sorted(slow))}: timed by --full only (seconds per backward "
+                "call: they would make the quick run several minutes)")
+    steps = harness.plan(target, args.layers, backends, full=full)
     extras = (args.target == "cpu" and args.mode == "full"
               and any(ops.SPECS[layer].sharing == "local" for layer in args.layers))
     progress = Progress(len(steps) * len(shapes) + (3 if extras else 0), progress_stream)
@@ -347,7 +381,7 @@ def run(args, progress_stream=None, shapes=None):
     for name, shape in shapes.items():
         progress.log(f"{name}: x {shape.describe()}")
         results += harness.bench_shape(target, name, shape, args.layers, backends,
-                                       args.repeat, args.min_time, limits, progress)
+                                       args.repeat, args.min_time, limits, progress, full)
     peak = st = None
     if extras:
         mem = "alexnet_conv1" if "alexnet_conv1" in shapes else args.shapes[0]
@@ -360,8 +394,8 @@ def run(args, progress_stream=None, shapes=None):
     progress.close()
     report = dict(
         schema=schema.VERSION,
-        machine=dict(target.machine(), load_average_at_start=load,
-                     date=time.strftime("%Y-%m-%d %H:%M:%S")),
+        machine=dict(target.machine(), load_average_at_start=load, isa=args.isa,
+                     isa_env=isa.VARS[args.isa], date=time.strftime("%Y-%m-%d %H:%M:%S")),
         versions=versions(), limits=limits,
         config=dict(mode=args.mode, target=args.target, backends=backends, repeat=args.repeat,
                     min_time_s=args.min_time, batch=args.batch, max_grid=args.grid,
@@ -380,7 +414,17 @@ def run(args, progress_stream=None, shapes=None):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if not isa.active(args.isa):          # the libraries read these when they load: a child
+        log(f"--isa {args.isa}: running the benchmark in a child process with "
+            + " ".join(f"{k}={v}" for k, v in isa.VARS[args.isa].items()))
+        return subprocess.call([sys.executable, "-m", "bench", *argv],
+                               env=isa.env(args.isa), cwd=REPO)
+    held = [k for k, v in isa.VARS[isa.AVX2].items() if v and os.environ.get(k) == v]
+    if args.isa == isa.NATIVE and held:
+        log(f"WARNING: --isa native with {', '.join(held)} set: not all of it runs the host's "
+            "own instruction set")
     try:
         report = run(args)
     except SystemExit as exc:
@@ -395,6 +439,7 @@ def main(argv=None):
         m = report["machine"]
         stem = os.path.join(RESULTS, f"{args.target}_" + slug(
             m["device"] if args.target == "gpu" else f"{m['processor']} {m['cpu_count']}core"))
+        stem += "" if args.isa == isa.NATIVE else f"_{args.isa}"
         os.makedirs(RESULTS, exist_ok=True)
         with open(stem + ".md", "w") as f:
             f.write(format_report(report, markdown=True) + "\n")

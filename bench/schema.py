@@ -8,8 +8,12 @@ Vocabulary (the op table's, sharenet_fast.optable): `layer` is an op name (conv2
 local2d); `pass` is an op-table pass word (forward, input, weight, bias, input_weight), or
 backward (input + weight + bias gradients in one call), or soft_sharing_penalty (the penalty op
 on a local2d layer's banks); `deterministic` is the backward's keyword the timing ran with;
+`accumulate`: the gradients were added into a grad_weight= buffer (backward (grad_weight=));
 `grid` is the layer's bank grid (TP, TQ). A timing is keyed by key(record): (shape, layer,
-pass_label, impl), where pass_label adds " (deterministic)" to a deterministic timing.
+pass_label, impl), where pass_label adds " (deterministic)" or " (grad_weight=)" to the pass.
+`floor_s` is the least time the pass can take here (max(bytes / limits.read_gbps, flops /
+limits.sgemm_gflops)), `pct_floor` = 100 * floor_s / median_s; both None where the limits were
+not measured. Version 3 files (no read bandwidth, no floor) are upgraded on load (upgrade()).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import math
 
 from sharenet_fast import optable
 
-VERSION = "sharenet_fast.bench/3"
+VERSION = "sharenet_fast.bench/4"
 
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
@@ -26,33 +30,54 @@ OPT_STR = (str, type(None))
 TOP = {"schema": str, "machine": dict, "versions": dict, "limits": dict, "config": dict,
        "shapes": dict, "results": list, "startup": (dict, type(None)),
        "peak_memory": (dict, type(None))}
-MACHINE = {"device": str, "date": str, "load_average_at_start": NUM}
+MACHINE = {"device": str, "date": str, "load_average_at_start": NUM, "isa": str}
 CONFIG = {"mode": str, "target": str, "backends": list, "repeat": int, "min_time_s": NUM,
           "batch": (int, type(None)), "shapes": list, "layers": list, "tile": list,
           "peers": list}
 SHAPE = {"N": int, "C": int, "H": int, "W": int, "K": int, "R": int, "S": int, "stride": int,
          "padding": int, "describe": str, "P": int, "Q": int, "gflop_forward": NUM}
 RESULT = {"shape": str, "dims": dict, "layer": str, "grid": list, "pass": str,
-          "deterministic": bool, "impl": str,
+          "deterministic": bool, "accumulate": bool, "impl": str,
           "role": str, "label": str, "params": int, "weight_bytes": int, "flops": int,
           "bytes": int, "weight_stream_bytes": int, "samples_s": list, "median_s": NUM,
           "q1_s": NUM, "q3_s": NUM, "gflops": NUM, "gbps": NUM, "weight_gbps": NUM,
           "pct_sgemm": OPT_NUM, "pct_copy": OPT_NUM, "pct_copy_weights": OPT_NUM,
-          "rel_err": OPT_NUM, "rel_err_against": OPT_STR}
+          "floor_s": OPT_NUM, "pct_floor": OPT_NUM, "rel_err": OPT_NUM, "rel_err_against": OPT_STR}
 BACKWARD = "backward"               # input + weight + bias gradients, one call
 PASSES = (*optable.PASSES, BACKWARD, optable.PENALTY)
-CHOICES = {"mode": ("quick", "full"), "target": ("cpu", "gpu"),
+ISAS = ("native", "avx2")          # python -m bench --isa: what the CPU code was compiled for
+CHOICES = {"mode": ("quick", "full"), "target": ("cpu", "gpu"), "isa": ISAS,
            "layer": tuple(optable.layers()), "role": ("ours", "peer"), "pass": PASSES}
 
 
-def pass_label(pass_, deterministic=False):
-    """How tables and keys spell a timing's pass: the pass word, plus ' (deterministic)'."""
-    return pass_ + (" (deterministic)" if deterministic else "")
+# the variants of a pass a timing can run with (a record's boolean fields), as labels spell them
+VARIANTS = {"deterministic": " (deterministic)", "accumulate": " (grad_weight=)"}
+
+
+def pass_label(pass_, deterministic=False, accumulate=False):
+    """How tables and keys spell a timing's pass: the pass word, plus ' (deterministic)' or
+    ' (grad_weight=)'."""
+    on = dict(deterministic=deterministic, accumulate=accumulate)
+    return pass_ + "".join(suffix for name, suffix in VARIANTS.items() if on[name])
+
+
+def parse_label(label):
+    """(pass, {variant: bool}) of a pass label: the inverse of pass_label."""
+    on = {}
+    for name, suffix in VARIANTS.items():
+        on[name] = suffix in label
+        label = label.replace(suffix, "")
+    return label, on
+
+
+def label(r):
+    """A record's pass label."""
+    return pass_label(r["pass"], r["deterministic"], r["accumulate"])
 
 
 def key(r):
     """(shape, layer, pass label, impl): one timing of a run."""
-    return (r["shape"], r["layer"], pass_label(r["pass"], r["deterministic"]), r["impl"])
+    return (r["shape"], r["layer"], label(r), r["impl"])
 
 
 def _fields(where, obj, spec, problems):
@@ -88,7 +113,7 @@ def validate(doc):
         problems.append(f"config.layers: {bad} not in {CHOICES['layer']}")
     for name, s in doc["shapes"].items():
         _fields(f"shapes.{name}", s, SHAPE, problems)
-    for name in ("sgemm_gflops", "copy_gbps"):
+    for name in ("sgemm_gflops", "copy_gbps", "read_gbps"):
         if name in doc["limits"] and not isinstance(doc["limits"][name], NUM):
             problems.append(f"limits.{name}: not a number")
     seen = set()
@@ -114,12 +139,29 @@ def validate(doc):
     return problems
 
 
+def upgrade(doc):
+    """A version 3 document as version 4, in place (other documents are returned as they are):
+    compiled for the host (native), no timing accumulated into a buffer, and no floor (version 3
+    measured no read bandwidth)."""
+    if isinstance(doc, dict) and doc.get("schema") == "sharenet_fast.bench/3":
+        if isinstance(doc.get("machine"), dict):
+            doc["machine"].setdefault("isa", "native")
+        for r in doc.get("results") or ():
+            if isinstance(r, dict):
+                r.setdefault("accumulate", False)
+                r.setdefault("floor_s", None)
+                r.setdefault("pct_floor", None)
+        doc["schema"] = VERSION
+    return doc
+
+
 def load(path):
-    """A benchmark JSON file, validated: ValueError naming the file and its problems."""
+    """A benchmark JSON file (version 3 upgraded), validated: ValueError naming the file and
+    its problems."""
     import json
 
     with open(path) as f:
-        doc = json.load(f)
+        doc = upgrade(json.load(f))
     problems = validate(doc)
     if problems:
         raise ValueError(f"{path}: not a benchmark result of this version: "

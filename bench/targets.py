@@ -7,12 +7,15 @@ Columns (ANY = "*": every value):
     target     cpu or gpu: the run (python -m bench [--gpu]) that rates it
     impl       the backend of ours it rates, or ANY (every backend of the run)
     layer      op name (sf.layers()), or ANY
-    passes     comma-separated pass labels (bench/schema.py: forward, backward, weight,
-               weight (deterministic), soft_sharing_penalty), or ANY
+    passes     comma-separated pass labels (bench/schema.py: forward, backward,
+               backward (grad_weight=), weight, weight (deterministic), soft_sharing_penalty),
+               or ANY
     metric     what is measured: a key of METRICS below
     threshold  "op number" (>=, <=, <, >), or "-": the figure alone, never a verdict
     shapes     comma-separated suite shapes whose figure gets a verdict, or ANY
-    batch      the batch the target is stated at (another batch: figure only), or ANY
+    batch      the batch the target is stated at (another batch: figure only), or ANY, or
+               SUITE ("suite"): the shape exactly as bench/shapes.py's suite has it (its own
+               batch, outputs not cut: python -m bench --full)
     against    the timing it is compared with: the one key field (bench/schema.py key) that
                differs from the rated timing's, by its value: an impl (torch-unfold), a layer
                (conv2d) or a pass label (weight); or "-"
@@ -24,9 +27,11 @@ import sys
 from typing import NamedTuple
 
 from bench import ops, schema
+from bench.shapes import SUITE as SUITE_SHAPES
 from sharenet_fast import optable
 
 ANY = "*"
+SUITE = "suite"
 
 
 class Target(NamedTuple):
@@ -45,14 +50,24 @@ class Target(NamedTuple):
 # short names for the table's cells (the header's "pass" is the passes column, "N" the batch)
 CONV, TILED, LOCAL = "conv2d", "tiled_conv2d", "local2d"
 FB, FWD, PEN, DET = "forward,backward", "forward", optable.PENALTY, "weight (deterministic)"
+BWD = "backward,backward (grad_weight=)"        # the backward, returned and added into a buffer
 NC, CP = "numba-cuda", "cupy"
 UNF, EAGER, CUDNN = "torch-unfold", "torch-eager", "torch-conv2d"     # PyTorch peers (bench/ops.py)
+ONEDNN = CUDNN                          # the same peer on the CPU: torch conv2d runs oneDNN there
+TFK, JAX = "tf-keras", "jax"            # the local layer's other CPU peers (--full)
 CPU8 = "alexnet_conv1,deepface_l4"      # the CPU targets' shapes, stated at their suite batch
 TABLE = tuple(Target(*row) for row in (
     # name               target impl   layer  pass metric           threshold shape N    against
+    ("local_floor",      "cpu", "cpu", LOCAL, FWD, "floor",         ">= 75",  CPU8, 8,   "-"),
+    ("local_floor",      "cpu", "cpu", LOCAL, BWD, "floor",         ">= 50",  CPU8, 8,   "-"),
     ("local_stream",     "cpu", "cpu", LOCAL, FB,  "weight_stream", ">= 50",  CPU8, 8,   "-"),
     ("local_vs_unfold",  "cpu", "cpu", LOCAL, FB,  "speedup",       ">= 5",   CPU8, 8,   UNF),
-    ("tiled_overhead",   "cpu", "cpu", TILED, FB,  "time_ratio",    "<= 1.5", ANY,  ANY, CONV),
+    ("local_vs_tf_keras", "cpu", "cpu", LOCAL, FWD, "speedup",      ">= 3",   CPU8, 8,   TFK),
+    ("local_vs_tf_keras", "cpu", "cpu", LOCAL, FWD, "speedup",      ">= 1.5", ANY,  SUITE, TFK),
+    ("local_vs_tf_keras", "cpu", "cpu", LOCAL, "backward", "speedup", "-",    ANY,  ANY, TFK),
+    ("local_vs_jax",     "cpu", "cpu", LOCAL, FB,  "speedup",       "-",      ANY,  ANY, JAX),
+    ("conv_vs_onednn",   "cpu", "cpu", CONV,  FB,  "speed",         ">= 0.9", ANY,  SUITE, ONEDNN),
+    ("tiled_overhead",   "cpu", "cpu", TILED, FB,  "time_ratio",    "<= 1.3", ANY,  ANY, CONV),
     ("local_memory",     "cpu", "cpu", LOCAL, FWD, "peak_memory",   "< 1",    ANY,  ANY, "-"),
     ("local_memory",     "cpu", UNF,   LOCAL, FWD, "peak_memory",   "-",      ANY,  ANY, "-"),
     ("penalty_stream",   "cpu", "cpu", LOCAL, PEN, "bandwidth",     ">= 60",  ANY,  ANY, "-"),
@@ -79,11 +94,13 @@ class Item(NamedTuple):
     subject: str
     figure: str
     value: float
+    at_suite: bool = False      # the timing's layer is the suite's shape as it is
 
     @property
     def rated(self):
         return (self.row.threshold != "-" and _has(self.row.shapes, self.shape)
-                and (self.row.batch == ANY or self.batch == self.row.batch))
+                and (self.row.batch == ANY or self.batch == self.row.batch
+                     or (self.row.batch == SUITE and self.at_suite)))
 
     @property
     def met(self):
@@ -119,15 +136,21 @@ def _subject(r):
     layer = r["layer"]
     if optable.LAYERS[layer].sharing == "tiled":
         layer += f" {r['grid'][0]}x{r['grid'][1]}"
-    return (f"{r['impl']}: {layer} {schema.pass_label(r['pass'], r['deterministic'])} "
+    return (f"{r['impl']}: {layer} {schema.label(r)} "
             f"{r['shape']} (batch {r['dims']['N']})")
+
+
+def _at_suite(r):
+    """Whether a timing's layer is its suite shape exactly (batch and size)."""
+    shape = SUITE_SHAPES.get(r["shape"])
+    return shape is not None and r["dims"] == shape._asdict()
 
 
 def _field(against):
     """Which key field an `against` value replaces: layer, pass or impl."""
     if against in optable.LAYERS:
         return "layer"
-    if against.replace(" (deterministic)", "") in schema.PASSES:
+    if schema.parse_label(against)[0] in schema.PASSES:
         return "pass"
     return "impl"
 
@@ -160,7 +183,7 @@ def _per_record(value, figure, needs_other=False):
         backends = report["config"]["backends"]
         for r in report["results"]:
             if (r["role"] != "ours" or not _has(row.layer, r["layer"])
-                    or not _has(row.passes, schema.pass_label(r["pass"], r["deterministic"]))
+                    or not _has(row.passes, schema.label(r))
                     or not (r["impl"] == row.impl or (row.impl == ANY and r["impl"] in backends))):
                 continue
             o = _other(r, by, row.against) if row.against != "-" else None
@@ -168,7 +191,8 @@ def _per_record(value, figure, needs_other=False):
                 continue
             v = value(r, o)
             out.append(Item(row, r["shape"], r["dims"]["N"], _subject(r),
-                            figure(r, o, v, lambda: _describe(o, row.against, row.target)), v))
+                            figure(r, o, v, lambda: _describe(o, row.against, row.target)), v,
+                            _at_suite(r)))
         return out
     return items
 
@@ -215,6 +239,11 @@ def _slower_ops(report, row, by):
 
 
 METRICS = {
+    "floor": Metric("%", _per_record(
+        lambda r, o: r["pct_floor"],
+        lambda r, o, v, d: (f"{r['median_s'] * 1e3:.2f} ms = {_pct(v)} of the floor "
+                            f"({r['floor_s'] * 1e3:.2f} ms)" if v is not None
+                            else "no floor (limits not measured)"))),
     "weight_stream": Metric("%", _per_record(
         lambda r, o: r["pct_copy_weights"],
         lambda r, o, v, d: f"weight stream {r['weight_gbps']:.1f} GB/s = {_pct(v)} of copy")),
@@ -241,9 +270,9 @@ def _check_table():
             ("layer", row.layer == ANY or row.layer in optable.LAYERS),
             ("threshold", row.threshold == "-" or (len(row.threshold.split()) == 2
                                                    and row.threshold.split()[0] in OPS)),
-            ("passes", all(p == ANY or p.replace(" (deterministic)", "") in schema.PASSES
+            ("passes", all(p == ANY or schema.parse_label(p)[0] in schema.PASSES
                            for p in row.passes.split(","))),
-            ("batch", row.batch == ANY or isinstance(row.batch, int))) if not ok]
+            ("batch", row.batch in (ANY, SUITE) or isinstance(row.batch, int))) if not ok]
         if problems:
             raise ValueError(f"bench/targets.py row {row.name!r} ({row.target}, {row.impl}): "
                              f"bad {', '.join(problems)}")
@@ -272,7 +301,8 @@ def section(report):
     target = report["config"]["target"]
     title = (f"Targets ({target}, bench/targets.py: {sum(it.met for it in rated)} of "
              f"{len(rated)} met; a verdict where the run has the target's shape and batch)")
-    return title, [it.line() for it in items]
+    # two rows on one figure (thresholds at different shapes) print it once where neither rates
+    return title, list(dict.fromkeys(it.line() for it in items))
 
 
 def markdown():

@@ -23,18 +23,25 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     doc = schema.load(str(path))                  # what was written matches the schema
     assert doc["config"]["mode"] == "quick" and doc["config"]["batch"] == 1
     peers = {"conv2d": ("torch-conv2d", "torch-unfold"), "local2d": ("torch-unfold",)}
-    keys = [(r["layer"], r["pass"], r["impl"]) for r in doc["results"]]
+    keys = [(r["layer"], schema.label(r), r["impl"]) for r in doc["results"]]
     want = [(layer, p, impl) for layer in ("conv2d", "local2d") for p in ("forward", "backward")
             for impl in ("cpu", *(peers[layer] if ops.torch is not None else ()))]
+    want += [("local2d", "backward (grad_weight=)", "cpu")]     # ours only
     want += [("local2d", "soft_sharing_penalty", impl)
              for impl in ("cpu", *(("torch-eager",) if ops.torch is not None else ()))]
-    assert keys == want
+    assert keys == want        # the quick run: no tf-keras or JAX (--full only)
     assert doc["config"]["layers"] == ["conv2d", "local2d"]
     assert not any(r["deterministic"] for r in doc["results"])
+    assert doc["machine"]["isa"] == "native" and doc["limits"]["read_gbps"] > 0
+    lim = doc["limits"]
     for r in doc["results"]:
         assert r["shape"] == "cifar_5x5" and r["dims"]["N"] == 1 and len(r["samples_s"]) >= 2
         assert r["median_s"] > 0 and r["gflops"] > 0 and r["flops"] > 0
-        if r["role"] == "ours":
+        # the floor: the pass's bytes at the read bandwidth or its FLOPs at the sgemm rate
+        floor = max(r["bytes"] / lim["read_gbps"], r["flops"] / lim["sgemm_gflops"]) / 1e9
+        assert r["floor_s"] == pytest.approx(floor, rel=1e-9)
+        assert r["pct_floor"] == pytest.approx(100 * floor / r["median_s"], rel=1e-9)
+        if r["role"] == "ours" or r["rel_err_against"] is not None:   # peers are checked too
             assert r["rel_err"] is not None and r["rel_err"] < 1e-4, r
     local = next(r for r in doc["results"] if r["layer"] == "local2d" and r["impl"] == "cpu")
     assert local["params"] == 32 * 32 * 32 * (16 * 25 + 1)
@@ -44,6 +51,14 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     pen = next(r for r in doc["results"]
                if r["pass"] == "soft_sharing_penalty" and r["impl"] == "cpu")
     assert pen["bytes"] == 6 * local["weight_bytes"] and pen["rel_err"] < 1e-6
+    into = next(r for r in doc["results"] if r["accumulate"])
+    back = next(r for r in doc["results"] if r["layer"] == "local2d" and r["impl"] == "cpu"
+                and r["pass"] == "backward" and not r["accumulate"])
+    assert into["bytes"] == back["bytes"] + local["weight_bytes"]     # the buffer is read too
+    if ops.torch is not None:              # checked against the peer: added into, not overwritten
+        assert into["rel_err_against"] == "torch-unfold" and into["rel_err"] < 1e-4
+    assert "floor ms" in out and "% floor" in out
+    assert "backward (grad_weight=)" in out
     if plot:
         for suffix in ("times", "roofline"):
             assert (tmp_path / "plots" / f"run_{suffix}.png").read_bytes()[:4] == b"\x89PNG"
@@ -75,7 +90,11 @@ def _valid():
     (lambda d: d["results"].append(dict(d["results"][0])), "duplicate timing"),
     (lambda d: d["config"].update(backends=["numba-cuda"]), "not a configured backend"),
     (lambda d: d["config"].update(mode="slow"), "'slow' not one of"),
-    (lambda d: d.update(schema="sharenet_fast.bench/2"), "expected 'sharenet_fast.bench/3'"),
+    (lambda d: d.update(schema="sharenet_fast.bench/2"), "expected 'sharenet_fast.bench/4'"),
+    (lambda d: d["results"][0].pop("accumulate"), "missing 'accumulate'"),
+    (lambda d: d["results"][0].update(pct_floor="50%"), "pct_floor: str is not"),
+    (lambda d: d["machine"].update(isa="avx512"), "'avx512' not one of"),
+    (lambda d: d["limits"].update(read_gbps="fast"), "limits.read_gbps: not a number"),
     (lambda d: d["results"][0].update(layer="shared"), "'shared' not one of"),
     (lambda d: d["results"][0].update(**{"pass": "weight (atomic)"}), "not one of"),
     (lambda d: d["results"][0].update(deterministic=1), "deterministic: int is not bool"),
@@ -87,6 +106,28 @@ def test_schema_names_what_is_wrong(break_it, message):
     break_it(doc)
     problems = schema.validate(doc)
     assert problems and any(message in p for p in problems), problems
+
+
+def test_version_3_files_are_upgraded_on_load(tmp_path):
+    """A run written before the floor (schema 3: no read bandwidth, no accumulate variant, no
+    isa) still loads (compare, plots): native, nothing accumulated, no floor."""
+    doc = _valid()
+    doc["schema"] = "sharenet_fast.bench/3"
+    del doc["machine"]["isa"], doc["limits"]["read_gbps"]
+    for r in doc["results"]:
+        for field in ("accumulate", "floor_s", "pct_floor"):
+            del r[field]
+    assert schema.validate(doc)                      # not a version 4 document as it is
+    path = tmp_path / "v3.json"
+    path.write_text(json.dumps(doc))
+    new = schema.load(str(path))
+    assert new["schema"] == schema.VERSION and new["machine"]["isa"] == "native"
+    assert all(r["accumulate"] is False and r["floor_s"] is None and r["pct_floor"] is None
+               for r in new["results"])
+    rows = report.shape_rows(new["results"], "s")    # the tables say "-" for the floor
+    col = report.COLUMNS.index("floor ms")
+    assert [row[col] for row in rows] == ["-", "-"]
+    assert [row[col + 1] for row in rows] == ["-", "-"]
 
 
 def test_schema_load_refuses_with_the_file_name(tmp_path):
@@ -169,6 +210,45 @@ def test_target_verdicts_only_at_the_suite_batch():
     assert any("80% of copy (target >= 50%: met)" in line for line in lines)
 
 
+def test_cpu_floor_and_peer_targets():
+    """The CPU rows on the floor (local2d forward >= 75%, backward with and without
+    grad_weight= >= 50%), on tf-keras (>= 3x at alexnet_conv1 / deepface_l4 batch 8, >= 1.5x at
+    the suite shape), on oneDNN (conv2d >= 0.9x at the suite shape) and on JAX (figure only)."""
+    from bench.shapes import SUITE
+
+    s = "alexnet_conv1"
+    times = {(s, "local2d", "forward", "cpu"): [0.010], (s, "local2d", "forward", "tf-keras"):
+             [0.025], (s, "local2d", "forward", "jax"): [0.3],
+             (s, "local2d", "backward", "cpu"): [0.1],
+             (s, "local2d", "backward (grad_weight=)", "cpu"): [0.1],
+             (s, "conv2d", "forward", "cpu"): [0.010],
+             (s, "conv2d", "forward", "torch-conv2d"): [0.0095]}
+    doc = make_doc(times)
+    doc["config"]["shapes"] = [s]
+    floors = {"forward": 80.0, "backward": 40.0}
+    for r in doc["results"]:
+        r["dims"] = SUITE[s]._asdict()                 # the suite's layer, batch 8
+        r["pct_floor"] = floors[r["pass"]] if r["layer"] == "local2d" else 99.0
+        r["floor_s"] = r["median_s"] * r["pct_floor"] / 100
+    _, lines = targets.section(doc)
+    text = "\n".join(lines)
+    assert ("cpu: local2d forward alexnet_conv1 (batch 8): 10.00 ms = 80% of the floor (8.00 ms) "
+            "(target >= 75%: met)") in text
+    assert ("cpu: local2d backward alexnet_conv1 (batch 8): 100.00 ms = 40% of the floor "
+            "(40.00 ms) (target >= 50%: NOT met)") in text
+    assert "cpu: local2d backward (grad_weight=) alexnet_conv1 (batch 8): 100.00 ms = 40%" in text
+    assert ("2.5x faster than tf-keras LocallyConnected2D (target >= 3x: NOT met)") in text
+    assert ("2.5x faster than tf-keras LocallyConnected2D (target >= 1.5x: met)") in text
+    assert "30.0x faster than JAX conv_general_dilated_local\n" in text + "\n"   # no verdict
+    assert ("cpu: conv2d forward alexnet_conv1 (batch 8): 0.95x the speed of PyTorch conv2d "
+            "(oneDNN) (target >= 0.9x: met)") in text
+    for r in doc["results"]:                      # a cut layer at batch 8 is not the suite's:
+        r["dims"]["H"] = r["dims"]["W"] = 127     # the 'suite' rows give figures only
+    _, lines = targets.section(doc)
+    assert not any("1.5x: " in line or "0.9x: " in line for line in lines)
+    assert any("(target >= 3x: NOT met)" in line for line in lines)    # batch 8 is enough there
+
+
 def test_gpu_target_verdicts_from_the_table():
     """The GPU rows of bench/targets.py: cuDNN speed, weight stream, deterministic cost, cupy
     against numba-cuda; verdicts at batch 64 only, except where the row says any batch."""
@@ -206,7 +286,7 @@ def test_gpu_target_verdicts_from_the_table():
 def test_targets_table_rows_are_checked():
     assert {row.target for row in targets.TABLE} == {"cpu", "gpu"}
     assert "| local_stream | cpu | cpu | local2d |" in targets.markdown()
-    bad = targets.TABLE[0]._replace(layer="local")
+    bad = next(r for r in targets.TABLE if r.name == "local_stream")._replace(layer="local")
     old = targets.TABLE
     try:
         targets.TABLE = (bad,)
