@@ -53,16 +53,30 @@ NR = 3
 # columns), from the target's vector width: AVX-512 has 32 vector registers, AVX2 16.
 # local2d forward: rows = filters, columns = the batch. With a split reduction (batch < lanes)
 # one vector of columns.
+# local2d weight gradient: rows = filters, columns = the reduction T (the batch is the short
+# reduction). Input gradient: rows = images, columns = T, reduction over the filters.
 if VEC_BYTES == 64:
     FWD_TILE = (8, 2)
     FWD_TILE_SPLIT = (8, 1)
+    WGRAD_TILE = (4, 4)
+    DGRAD_TILE = (8, 2)
 else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
+    WGRAD_TILE = (4, 2)
+    DGRAD_TILE = (4, 2)
+# cache lines of the next bank the input gradient prefetches per reduction step
+DGRAD_PREFETCH = 4
+
+# local2d forward: the weights are prefetched into L2 this many tiles of MR filters ahead
+# (alexnet_conv1, one core: 1 tile ahead 15.6-15.8 us per position, 4 ahead 14.8, none 24).
+FWD_PREFETCH = 4
 
 # Parallel CPU kernels over positions run this many tasks (runs of consecutive positions): many
 # more than cores, so the last task is short, and each a contiguous stretch of the weights.
 POSITION_BLOCKS = 64
+# The input gradient's tasks are tiles of positions; along q at least this many per tile.
+POSITION_TILE = 8
 # ... and write their NCHW outputs in runs of up to QB positions along a row (64 bytes of float32).
 QB = 16
 

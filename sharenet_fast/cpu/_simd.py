@@ -61,9 +61,9 @@ def _i32s(values):
 
 
 @lru_cache(maxsize=None)
-def outer_kernel(MR, NV, U=1, PF=False):
+def outer_kernel(MR, NV, U=1, PF=0, PF_ON_B=False):
     """The microkernel intrinsic for an MR x (NV vectors) register tile, reduction split U and
-    software prefetch on or off (one instance per tuple, made on first use).
+    PF software prefetches per step, into A (or B with PF_ON_B), one instance per tuple.
 
     ukr(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols, beta,
         D, d0, add_d, pf):
@@ -95,14 +95,14 @@ def outer_kernel(MR, NV, U=1, PF=False):
                          ncols, beta, D, d0, add_d, pf)
 
         def codegen(context, builder, signature, args):
-            return _emit(context, builder, signature, args, MR, NV, U, PF)
+            return _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B)
 
         return sig, codegen
 
     return ukr
 
 
-def _emit(context, builder, signature, args, MR, NV, U, PF):
+def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
     tys = signature.args
     vals = [context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer) else v
             for v, t in zip(args, tys)]
@@ -132,7 +132,6 @@ def _emit(context, builder, signature, args, MR, NV, U, PF):
     align = ir.Constant(I32, itemsize)
     zero = ir.Constant(vty, None)
     line = 64 // itemsize
-    npf = max(1, MR * U * itemsize // 64) if PF else 0
 
     def c64(v):
         return ir.Constant(I64, v)
@@ -205,9 +204,11 @@ def _emit(context, builder, signature, args, MR, NV, U, PF):
     def main_loop(masked):
         with cgutils.for_range(builder, nk) as loop:
             j = loop.index
-            for f in range(npf):
-                off = builder.add(builder.add(pf, builder.mul(j, c64(MR * U))), c64(f * line))
-                builder.call(prefetch, [builder.bitcast(builder.gep(pA, [off]), i8p),
+            for f in range(PF):
+                off = builder.add(builder.add(pf, builder.mul(j, c64(PF * line))),
+                                  c64(f * line))
+                builder.call(prefetch, [builder.bitcast(builder.gep(pB if PF_ON_B else pA,
+                                                                    [off]), i8p),
                                         ir.Constant(I32, 0), ir.Constant(I32, 2),
                                         ir.Constant(I32, 1)])
             step(j, masked)

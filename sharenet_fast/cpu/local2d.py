@@ -24,8 +24,9 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, QB, njit_options
-from ._gemm import gemm_nn, typed_zero
+from ..config import (DGRAD_PREFETCH, DGRAD_TILE, FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT,
+                      POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE, njit_options)
+from ._gemm import typed_zero
 from ._simd import lanes, lanes_of, outer_kernel
 from ._workspace import scratch
 from ._workspace import launch_lock as _launch_lock
@@ -63,8 +64,9 @@ def fwd_columns(N, itemsize):
 
 @lru_cache(maxsize=None)
 def _fwd_kernel(MR, NV, U):
-    # prefetching the next MR filters during this tile's reduction (pf = wrow + MR*T below)
-    ukr = outer_kernel(MR, NV, U, True)
+    # each step reads MR*U weights (one 64-byte line at MR = 8, U = 2 in float32) and
+    # prefetches as many lines, FWD_PREFETCH tiles of MR filters ahead (pf below)
+    ukr = outer_kernel(MR, NV, U, max(1, MR * U * 4 // 64))
 
     @njit(**njit_options(parallel=True))
     def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
@@ -122,7 +124,7 @@ def _fwd_kernel(MR, NV, U):
                             ukr(wf, wrow, T, U, patch, n0, ldb, T // U, T - T0,
                                 obuf, (qi * K + k0) * G + n0, G, 1, min(MR, K - k0),
                                 min(step, N - n0), False, bf, (pos + qi) * K + k0, has_bias,
-                                wrow + 4 * MR * T)
+                                wrow + FWD_PREFETCH * MR * T)
                 for n in range(N):
                     for k in range(K):
                         base = (n * K + k) * PQ + pos
@@ -165,62 +167,102 @@ def _transposed(x, padding, G, name):
 
 
 # ------------------------------------------------------------------ weight and input grads
-@njit(**njit_options(parallel=True))
-def local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, G, want_dx, want_dw,
-                            accumulate):
-    """Input and/or weight gradient in one pass over the positions.
+@lru_cache(maxsize=None)
+def _iwgrad_kernel():
+    MW, NW = WGRAD_TILE
+    MD, ND = DGRAD_TILE
+    wgrad_ukr = outer_kernel(MW, NW)
+    # the input gradient streams the bank as B (rows of T along the vector): prefetch the next
+    # position's bank, DGRAD_PREFETCH lines a step, while this one's is used from L2
+    dgrad_ukr = outer_kernel(MD, ND, 1, DGRAD_PREFETCH, True)
 
-    dyt: dy as (P, Q, N, K); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed padded
-    NCHW input gradient; dwo: (P, Q, K, C, R, S) weight gradient (added into if accumulate).
+    @njit(**njit_options(parallel=True))
+    def local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
+                              want_dw, accumulate):
+        """Input and/or weight gradient in one pass over the positions.
 
-    One task = one output row p. Weight gradient: the task is the only writer of dwo[p]; each
-    weight's gradient is a sum over the batch alone, in registers, and each row of dwo is
-    written once when N <= 8 (gemm_nn takes the batch 8 terms at a time). Input gradient:
-    dpatch = dy_pq (N x K) . W_pq (K x T), added into the input rows under (p, q); phase f runs
-    rows p = f, f + G, ..., and G*sh > dh*(R-1), so rows of one phase write disjoint input rows.
-    Both together share the patch gather and make one pass over memory, reading W and writing
-    dW position by position (about 1.5x faster than two passes at alexnet_conv1).
-    """
-    P, Q, N, K = dyt.shape
-    _, C, Hp, Wp = xp.shape if want_dw else dxp.shape  # the other one is a placeholder
-    T = C * R * S
-    xf = xp.ravel()
-    wf = w.ravel()
-    dyf = dyt.ravel()
-    dxf = dxp.ravel()
-    of = dwo.ravel()
-    for f in range(G):
-        for i in prange((P - f + G - 1) // G):
-            p = f + i * G
-            patch = np.empty(N * T if want_dw else 1, dtype=xp.dtype)
-            dpatch = np.empty(N * T if want_dx else 1, dtype=xp.dtype)
-            for q in range(Q):
-                pos = p * Q + q
-                if want_dw:
-                    _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw, dh, dw)
-                    # A[k, n] = dyt[p, q, n, k]: row stride 1, term stride K
-                    gemm_nn(dyf, pos * N * K, 1, K, patch, 0, T, of, pos * K * T, T, K, N, T,
-                            accumulate)
-                if want_dx:
-                    # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
-                    gemm_nn(dyf, pos * N * K, K, 1, wf, pos * K * T, T, dpatch, 0, T, N, K, T,
-                            False)
-                    for n in range(N):
-                        for c in range(C):
-                            for r in range(R):
-                                dst = ((n * C + c) * Hp + p * sh + r * dh) * Wp + q * sw
-                                src = ((n * C + c) * R + r) * S
-                                if dw == 1:
-                                    _add(dxf[dst:dst + S], dpatch[src:src + S])
-                                else:
-                                    for s in range(S):
-                                        dxf[dst + s * dw] += dpatch[src + s]
+        dyt: dy as (P, Q, N, K); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed
+        padded NCHW input gradient; dwo: (P, Q, K, C, R, S) weight gradient (added into if
+        accumulate).
+
+        Tasks are tiles of BP x BQ positions, run in 4 phases by the parity of the tile's row and
+        column (with BP*sh + sh >= the kernel's extent, and the same along q, tiles of one phase
+        touch disjoint input pixels), so the whole grid is parallel, a 1-D layer (P = 1) too, and
+        every input pixel gets its sum in a fixed order whatever the thread count. Per position:
+          weight gradient  dW_pq (K x T) (+)= dy_pq^T (K x N) . patch (N x T): owner computes,
+                           a sum over the batch in registers, each dW row written once;
+          input gradient   dpatch (N x T) = dy_pq (N x K) . W_pq (K x T), added into the input
+                           rows under (p, q).
+        Both together share the patch gather and read W / write dW in one pass.
+        """
+        P, Q, N, K = dyt.shape
+        _, C, Hp, Wp = xp.shape if want_dw else dxp.shape  # the other one is a placeholder
+        T = C * R * S
+        xf = xp.ravel()
+        wf = w.ravel()
+        dyf = dyt.ravel()
+        dxf = dxp.ravel()
+        of = dwo.ravel()
+        TPn = -(-P // BP)
+        TQn = -(-Q // BQ)
+        VW = NW * lanes_of(dwo)
+        VD = ND * lanes_of(dwo)
+        for phase in range(4):
+            fp = phase // 2
+            fq = phase % 2
+            ntp = (TPn - fp + 1) // 2
+            ntq = (TQn - fq + 1) // 2
+            for task in prange(ntp * ntq):
+                tp = fp + 2 * (task // ntq)
+                tq = fq + 2 * (task % ntq)
+                patch = np.empty(N * T if want_dw else 1, dtype=dwo.dtype)
+                dpatch = np.empty(N * T if want_dx else 1, dtype=dwo.dtype)
+                for p in range(tp * BP, min(P, tp * BP + BP)):
+                    for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
+                        pos = p * Q + q
+                        dyo = pos * N * K
+                        if want_dw:
+                            _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw,
+                                            dh, dw)
+                            # A[k, n] = dyt[p, q, n, k]: row stride 1, step stride K
+                            for k0 in range(0, K, MW):
+                                for t0 in range(0, T, VW):
+                                    wgrad_ukr(dyf, dyo + k0, 1, K, patch, t0, T, N, 0,
+                                              of, (pos * K + k0) * T + t0, T, 1,
+                                              min(MW, K - k0), min(VW, T - t0), accumulate,
+                                              of, 0, False, 0)
+                        if want_dx:
+                            # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
+                            nxt = (pos + 1) * K * T
+                            for t0 in range(0, T, VD):
+                                for n0 in range(0, N, MD):
+                                    dgrad_ukr(dyf, dyo + n0 * K, K, 1, wf, pos * K * T + t0, T,
+                                              K, 0, dpatch, n0 * T + t0, T, 1, min(MD, N - n0),
+                                              min(VD, T - t0), False, dpatch, 0, False,
+                                              nxt + (t0 // VD) * K * DGRAD_PREFETCH * 16)
+                            for n in range(N):
+                                for c in range(C):
+                                    for r in range(R):
+                                        dst = ((n * C + c) * Hp + p * sh + r * dh) * Wp + q * sw
+                                        src = ((n * C + c) * R + r) * S
+                                        if dw == 1:
+                                            _add(dxf[dst:dst + S], dpatch[src:src + S])
+                                        else:
+                                            for s in range(S):
+                                                dxf[dst + s * dw] += dpatch[src + s]
+
+    return local2d_iwgrad_kernel
 
 
-def _phases(g):
-    """Fewest row phases G with G*sh > dh*(R-1): rows G apart never share an input row."""
-    extent = g.dilation[0] * (g.R - 1) + 1
-    return -(-extent // g.stride[0])
+def _tiles(g):
+    """(BP, BQ): position tiles whose same-parity neighbours (two tiles apart) share no input
+    pixel: (BP + 1) * sh >= dh*(R-1) + 1, likewise along q; at least POSITION_TILE positions
+    along q where Q allows, so a task streams several banks."""
+    ext_h = g.dilation[0] * (g.R - 1) + 1
+    ext_w = g.dilation[1] * (g.S - 1) + 1
+    BP = max(1, -(-ext_h // g.stride[0]) - 1)
+    BQ = max(1, -(-ext_w // g.stride[1]) - 1, min(POSITION_TILE, -(-g.Q // 4)))
+    return BP, BQ
 
 
 def _backward(dy, x, weight, g, want_dx, want_dw, out):
@@ -241,8 +283,8 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out):
             dxp[...] = 0
         else:
             dxp = np.zeros((1, 1, 1, 1), dt)
-        local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation,
-                                _phases(g) if want_dx else 1, want_dx, want_dw, accumulate)
+        _iwgrad_kernel()(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
+                         want_dx, want_dw, accumulate)
         # a fresh array: the scratch is reused by the next call
         dx = dxp[:, :, ph:ph + g.H, pw:pw + g.W].copy() if want_dx else None
     return dx, (out if want_dw else None)
