@@ -60,11 +60,13 @@ if VEC_BYTES == 64:
     FWD_TILE_SPLIT = (8, 1)
     WGRAD_TILE = (4, 4)
     DGRAD_TILE = (8, 2)
+    CONV_ACC, CONV_NVMAX = 24, 4    # shared/tiled conv forward: accumulators, vectors of K
 else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
     WGRAD_TILE = (4, 2)
     DGRAD_TILE = (4, 2)
+    CONV_ACC, CONV_NVMAX = 12, 3
 # cache lines of the next bank the input gradient prefetches per reduction step
 DGRAD_PREFETCH = 4
 

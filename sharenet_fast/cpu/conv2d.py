@@ -14,12 +14,15 @@ Public host launchers (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bia
 table's signatures, optable.py) take validated arrays, a ConvGeometry and the bank grid (1 x 1
 here); kernels are named <layer>_<kernel tag>_kernel.
 """
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
 
-from ..config import (VEC_PAD, WGRAD_CHUNK, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE,
-                      njit_options)
+from ..config import (CONV_ACC, CONV_NVMAX, VEC_PAD, WGRAD_CHUNK, WGRAD_MAX_PARTIALS,
+                      WGRAD_MAX_WORKSPACE, njit_options)
 from ._gemm import gemm_nt, typed_zero
+from ._simd import lanes, lanes_of, outer_kernel
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
 
@@ -64,59 +67,76 @@ def _add(dst, src):
 
 
 # ----------------------------------------------------------------------------------- forward
-@njit(**njit_options(parallel=True))
-def conv2d_fwd_kernel(xh, wk, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
-    """xh: padded NHWC input; wk: TP*TQ banks of (K, R*S*C) rows, each zero-padded to a multiple
-    of VEC_PAD (no scalar remainder in the GEMM's reduction); y: (N, K, P, Q) output.
+def conv_tile(K, itemsize):
+    """(MR, NV): the forward's register tile, MR output positions x NV vectors of filters.
+    NV divides the filters' vector count where it can (no masked lanes but at K's end), and MR
+    fills the accumulator budget (config.CONV_ACC) up to 8 rows."""
+    nvec = -(-K // lanes(itemsize))
+    NV = max(d for d in range(1, CONV_NVMAX + 1) if nvec % d == 0 or d == 1)
+    return min(8, CONV_ACC // NV), NV
 
-    Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1), bias (TP*TQ*K).
-    One task = one output row (n, p): gather its Q patches (rows of R*S*C, unit stride along
-    (s, c) when dilation is 1), class by class of q % TQ, then for each class
-    y[n, :, p, class] = bank . patch^T. The banks are re-read from L2 by every task; the patch
-    buffer (Q*R*S*C) stays in L2 for the whole row.
-    """
-    N, Hp, Wp, C = xh.shape
-    _, _, P, Q = y.shape
-    K = wk.shape[0] // (TP * TQ)
-    T = wk.shape[1]  # R*S*C rounded up to VEC_PAD; the patch rows get the same zero tail
-    RSC = R * S * C
-    SC = S * C
-    xf = xh.ravel()
-    wf = wk.ravel()
-    yf = y.ravel()
-    for task in prange(N * P):
-        n = task // P
-        p = task - n * P
-        tp = p % TP
-        patch = np.empty(Q * T, dtype=xh.dtype)
-        row = 0
-        for tq in range(TQ):
-            for q in range(tq, Q, TQ):
-                for r in range(R):
-                    src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
-                    dst = row * T + r * SC
-                    if dw == 1:
-                        _copy(patch[dst:dst + SC], xf[src:src + SC])
-                    else:
-                        for s in range(S):
-                            _copy(patch[dst + s * C:dst + (s + 1) * C],
-                                  xf[src + s * dw * C:src + s * dw * C + C])
-                patch[row * T + RSC:(row + 1) * T] = 0
-                row += 1
-        base = n * K * P * Q + p * Q
-        row = 0
-        for tq in range(TQ):
-            nq = (Q - tq + TQ - 1) // TQ
-            bank = tp * TQ + tq
-            # columns q = tq + j*TQ of the output row: C offset base + tq, column stride TQ
-            gemm_nt(wf, bank * K * T, T, patch, row * T, T, K, nq, T, yf, base + tq, P * Q, TQ,
-                    False)
-            if has_bias:
+
+@lru_cache(maxsize=None)
+def _fwd_kernel(MR, NV):
+    ukr = outer_kernel(MR, NV)
+
+    @njit(**njit_options(parallel=True))
+    def conv2d_fwd_kernel(xh, wt, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
+        """xh: padded NHWC input; wt: TP*TQ banks of (R*S*C, K), filters innermost; y: (N, K,
+        P, Q) output; bias (TP*TQ*K).
+
+        Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1). One task = one
+        output row (n, p): gather its Q patches (rows of R*S*C, unit stride along (s, c) when
+        dilation is 1), class by class of q % TQ; then, per class, out (positions x K) =
+        patch (positions x T) . bank (T x K), MR positions x NV vectors of filters at a time:
+        each step broadcasts one input value per position and loads NV vectors of weights
+        (the bank stays in L2 across tasks). The block is stored (positions, K) and written to
+        y's row n, k, p as runs along q.
+        """
+        N, Hp, Wp, C = xh.shape
+        _, K, P, Q = y.shape
+        T = R * S * C
+        SC = S * C
+        VK = NV * lanes_of(y)
+        xf = xh.ravel()
+        wf = wt.ravel()
+        yf = y.ravel()
+        for task in prange(N * P):
+            n = task // P
+            p = task - n * P
+            tp = p % TP
+            patch = np.empty(Q * T, dtype=xh.dtype)
+            obuf = np.empty(Q * K, dtype=xh.dtype)
+            row = 0
+            for tq in range(TQ):
+                for q in range(tq, Q, TQ):
+                    for r in range(R):
+                        src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
+                        dst = row * T + r * SC
+                        if dw == 1:
+                            _copy(patch[dst:dst + SC], xf[src:src + SC])
+                        else:
+                            for s in range(S):
+                                _copy(patch[dst + s * C:dst + (s + 1) * C],
+                                      xf[src + s * dw * C:src + s * dw * C + C])
+                    row += 1
+            row = 0
+            for tq in range(TQ):
+                nq = (Q - tq + TQ - 1) // TQ
+                bank = tp * TQ + tq
+                for i0 in range(row, row + nq, MR):
+                    for k0 in range(0, K, VK):
+                        ukr(patch, i0 * T, T, 1, wf, bank * T * K + k0, K, T, 0,
+                            obuf, i0 * K + k0, K, 1, min(MR, row + nq - i0), min(VK, K - k0),
+                            False, obuf, 0, False, 0)
+                base = n * K * P * Q + p * Q
                 for k in range(K):
-                    bk = bias[bank * K + k]
+                    bk = bias[bank * K + k] if has_bias else typed_zero(y)
                     for j in range(nq):
-                        yf[base + k * P * Q + tq + j * TQ] += bk
-            row += nq
+                        yf[base + k * P * Q + tq + j * TQ] = obuf[(row + j) * K + k] + bk
+                row += nq
+
+    return conv2d_fwd_kernel
 
 
 def conv2d(x, weight, bias, g, grid):
@@ -131,12 +151,12 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
     TP, TQ, K, C, R, S = banks.shape
     T = R * S * C
     b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
+    kernel = _fwd_kernel(*conv_tile(K, x.dtype.itemsize))
     with _launch_lock:
         xh = _padded(x, *padding, "nhwc", "fwd_x")
-        wk = scratch("fwd_w", (TP * TQ * K, -(-T // VEC_PAD) * VEC_PAD), x.dtype)
-        wk[:, T:] = 0
-        wk[:, :T] = banks.transpose(0, 1, 2, 4, 5, 3).reshape(TP * TQ * K, T)
-        conv2d_fwd_kernel(xh, wk, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
+        wt = scratch("fwd_w", (TP * TQ, T, K), x.dtype)
+        wt.reshape(TP, TQ, R, S, C, K)[...] = banks.transpose(0, 1, 4, 5, 3, 2)
+        kernel(xh, wt, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
 
 
 # ----------------------------------------------------------------------------- weight grad
