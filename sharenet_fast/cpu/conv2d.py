@@ -76,6 +76,27 @@ def conv_tile(K, itemsize):
     return min(8, CONV_ACC // NV), NV
 
 
+@njit(**njit_options(), inline="always")
+def _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw, dh, dw):
+    """Patches of output row (n, p), columns q = tq, tq + TQ, ... into patch rows row, row+1,
+    ...: row = the R*S*C inputs under (p, q) from NHWC xf, (r, s, c) order, unit-stride runs
+    of S*C when dilation is 1. Returns the next free row."""
+    T = R * S * C
+    SC = S * C
+    for q in range(tq, Q, TQ):
+        for r in range(R):
+            src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
+            dst = row * T + r * SC
+            if dw == 1:
+                _copy(patch[dst:dst + SC], xf[src:src + SC])
+            else:
+                for s in range(S):
+                    _copy(patch[dst + s * C:dst + (s + 1) * C],
+                          xf[src + s * dw * C:src + s * dw * C + C])
+        row += 1
+    return row
+
+
 @lru_cache(maxsize=None)
 def _fwd_kernel(MR, NV):
     ukr = outer_kernel(MR, NV)
@@ -96,7 +117,6 @@ def _fwd_kernel(MR, NV):
         N, Hp, Wp, C = xh.shape
         _, K, P, Q = y.shape
         T = R * S * C
-        SC = S * C
         VK = NV * lanes_of(y)
         xf = xh.ravel()
         wf = wt.ravel()
@@ -109,17 +129,8 @@ def _fwd_kernel(MR, NV):
             obuf = np.empty(Q * K, dtype=xh.dtype)
             row = 0
             for tq in range(TQ):
-                for q in range(tq, Q, TQ):
-                    for r in range(R):
-                        src = ((n * Hp + p * sh + r * dh) * Wp + q * sw) * C
-                        dst = row * T + r * SC
-                        if dw == 1:
-                            _copy(patch[dst:dst + SC], xf[src:src + SC])
-                        else:
-                            for s in range(S):
-                                _copy(patch[dst + s * C:dst + (s + 1) * C],
-                                      xf[src + s * dw * C:src + s * dw * C + C])
-                    row += 1
+                row = _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw,
+                                   dh, dw)
             row = 0
             for tq in range(TQ):
                 nq = (Q - tq + TQ - 1) // TQ
@@ -160,71 +171,66 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
 
 
 # ----------------------------------------------------------------------------- weight grad
-@njit(**njit_options(parallel=True))
-def conv2d_wgrad_kernel(dyd, xd, partial, Q, R, S, sh, sw, dh, dw, rows, TP, TQ):
-    """dyd: dy (N, K, P, Q) de-interleaved by q % TQ as (N, K, P, TQ, ceil(Q/TQ));
-    xd: padded NCHW input de-interleaved by column % M, M = sw*TQ, as (N, C, Hp, M, ceil(Wp/M));
-    partial: (B, TP*TQ, K, C*R*S) private sums.
+@lru_cache(maxsize=None)
+def _wgrad_kernel(MR, NV):
+    ukr = outer_kernel(MR, NV)
 
-    Work unit u = (image n, block of `rows` output rows). Partial b owns units
-    [b*U//B, (b+1)*U//B) and is the only writer of partial[b]: the CPU form of the per-depth-slice
-    reduction. Within a unit, each tile class (p % TP, q % TQ) gathers its dy entries
-    (K x positions) and its transposed patches (C*R*S x positions) and adds their product into
-    its own bank (shared conv: one class). Input column q*sw + s*dw with q = tq + j*TQ is column
-    j + (tq*sw + s*dw) // M of phase (tq*sw + s*dw) % M in xd, so every gathered run is
-    unit-stride whatever the stride and tile (a strided gather does not vectorise). Both
-    operands' rows are zero-padded to a multiple of VEC_PAD positions: the GEMM's reduction then
-    has no scalar remainder loop, which costs more than the vector body at these lengths.
-    """
-    N, K, P, _, Qd = dyd.shape
-    _, C, Hp, M, Wd = xd.shape
-    B = partial.shape[0]
-    T = C * R * S
-    chunks = (P + rows - 1) // rows
-    U = N * chunks
-    cap = -(-rows // TP) * Qd + VEC_PAD  # >= any class's padded length
-    dyf = dyd.ravel()
-    xf = xd.ravel()
-    pf = partial.ravel()
-    for b in prange(B):
-        patch = np.empty(T * cap, dtype=xd.dtype)
-        dyc = np.empty(K * cap, dtype=xd.dtype)
-        pf[b * TP * TQ * K * T:(b + 1) * TP * TQ * K * T] = 0
-        for u in range(b * U // B, (b + 1) * U // B):
-            n = u // chunks
-            p0 = (u - n * chunks) * rows
-            p1 = min(p0 + rows, P)
-            for tp in range(TP):
-                pa = p0 + (tp - p0) % TP  # first row of the unit in this class
-                nr = (p1 - pa + TP - 1) // TP if pa < p1 else 0
-                for tq in range(TQ):
-                    nq = (Q - tq + TQ - 1) // TQ
-                    L = nr * nq
-                    if L == 0:
-                        continue
-                    Lp = -(-L // VEC_PAD) * VEC_PAD
-                    for c in range(C):
-                        for r in range(R):
-                            for s in range(S):
-                                j = (c * R + r) * S + s
-                                col = tq * sw + s * dw
-                                m = col % M
-                                j0 = col // M
-                                for i in range(nr):
-                                    p = pa + i * TP
-                                    src = (((n * C + c) * Hp + p * sh + r * dh) * M + m) * Wd + j0
-                                    dst = j * Lp + i * nq
-                                    _copy(patch[dst:dst + nq], xf[src:src + nq])
-                                patch[j * Lp + L:(j + 1) * Lp] = 0
-                    for k in range(K):
+    @njit(**njit_options(parallel=True))
+    def conv2d_wgrad_kernel(dyd, xh, partial, Q, R, S, sh, sw, dh, dw, rows, TP, TQ):
+        """dyd: dy (N, K, P, Q) de-interleaved by q % TQ as (N, K, P, TQ, ceil(Q/TQ));
+        xh: padded NHWC input; partial: (B, TP*TQ, K, R*S*C) private sums, (r, s, c) order.
+
+        Work unit u = (image n, block of `rows` output rows). Partial b owns units
+        [b*U//B, (b+1)*U//B) and is the only writer of partial[b]: the CPU form of the
+        per-depth-slice reduction. Within a unit, each tile class (p % TP, q % TQ) gathers its
+        dy entries (K x L positions) and its patches (L x T, as the forward does), and adds
+        their product into its own bank: MR filters x NV vectors along T, the L positions
+        reduced in registers, each partial tile loaded and stored once per class.
+        """
+        N, K, P, _, Qd = dyd.shape
+        _, Hp, Wp, C = xh.shape
+        B = partial.shape[0]
+        T = C * R * S
+        chunks = (P + rows - 1) // rows
+        U = N * chunks
+        cap = -(-rows // TP) * Qd
+        VT = NV * lanes_of(partial)
+        dyf = dyd.ravel()
+        xf = xh.ravel()
+        pf = partial.ravel()
+        for b in prange(B):
+            patch = np.empty(T * cap, dtype=xh.dtype)
+            dyc = np.empty(K * cap, dtype=xh.dtype)
+            pf[b * TP * TQ * K * T:(b + 1) * TP * TQ * K * T] = 0
+            for u in range(b * U // B, (b + 1) * U // B):
+                n = u // chunks
+                p0 = (u - n * chunks) * rows
+                p1 = min(p0 + rows, P)
+                for tp in range(TP):
+                    pa = p0 + (tp - p0) % TP  # first row of the unit in this class
+                    nr = (p1 - pa + TP - 1) // TP if pa < p1 else 0
+                    for tq in range(TQ):
+                        nq = (Q - tq + TQ - 1) // TQ
+                        L = nr * nq
+                        if L == 0:
+                            continue
+                        row = 0
                         for i in range(nr):
-                            src = (((n * K + k) * P + pa + i * TP) * TQ + tq) * Qd
-                            dst = k * Lp + i * nq
-                            _copy(dyc[dst:dst + nq], dyf[src:src + nq])
-                        dyc[k * Lp + L:(k + 1) * Lp] = 0
-                    bank = tp * TQ + tq
-                    gemm_nt(dyc, 0, Lp, patch, 0, Lp, K, T, Lp, pf,
-                            (b * TP * TQ + bank) * K * T, T, 1, True)
+                            row = _gather_rows(xf, patch, row, n, pa + i * TP, tq, TQ, Q, Hp,
+                                               Wp, C, R, S, sh, sw, dh, dw)
+                        for k in range(K):
+                            for i in range(nr):
+                                src = (((n * K + k) * P + pa + i * TP) * TQ + tq) * Qd
+                                dst = k * L + i * nq
+                                _copy(dyc[dst:dst + nq], dyf[src:src + nq])
+                        base = (b * TP * TQ + tp * TQ + tq) * K * T
+                        for t0 in range(0, T, VT):
+                            for k0 in range(0, K, MR):
+                                ukr(dyc, k0 * L, L, 1, patch, t0, T, L, 0, pf,
+                                    base + k0 * T + t0, T, 1, min(MR, K - k0),
+                                    min(VT, T - t0), True, pf, 0, False, 0)
+
+    return conv2d_wgrad_kernel
 
 
 @njit(**njit_options(parallel=True))
@@ -272,14 +278,21 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     accumulate = out is not None
     if out is None:
         out = np.empty(w_shape, dtype=x.dtype)
+    kernel = _wgrad_kernel(*conv_tile(g.K, x.dtype.itemsize))
     with _launch_lock:
-        xd = _deinterleaved(_padded(x, *g.padding, "nchw", "wgrad_xp"), g.stride[1] * TQ,
-                            "wgrad_x")
+        xh = _padded(x, *g.padding, "nhwc", "wgrad_x")
         dyd = _deinterleaved(dy, TQ, "wgrad_dy")
-        partial = scratch("wgrad_partial", (nparts, TP * TQ, g.K, g.C * g.R * g.S), x.dtype)
-        conv2d_wgrad_kernel(dyd, xd, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP,
-                            TQ)
-        reduce_partials_kernel(partial.reshape(nparts, -1), out.reshape(-1), accumulate)
+        partial = scratch("wgrad_partial", (nparts, TP * TQ, g.K, g.R * g.S * g.C), x.dtype)
+        kernel(dyd, xh, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP, TQ)
+        # partial banks are (K, R, S, C); out is (..., K, C, R, S)
+        summed = scratch("wgrad_sum", (TP * TQ * g.K, g.R * g.S * g.C), x.dtype)
+        reduce_partials_kernel(partial.reshape(nparts, -1), summed.reshape(-1), False)
+        banks = summed.reshape(TP * TQ * g.K, g.R, g.S, g.C).transpose(0, 3, 1, 2)
+        flat = out.reshape(TP * TQ * g.K, g.C, g.R, g.S)
+        if accumulate:
+            flat += banks
+        else:
+            flat[...] = banks
     return out
 
 
