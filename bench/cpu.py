@@ -156,14 +156,15 @@ class CpuTarget:
         lim = dict(sgemm_n=n, sgemm_gflops=sgemm_gflops(n), copy_mb=mb)
         lim["copy_gbps_1thread"], lim["copy_gbps_parallel"] = copy_gbps(mb)
         lim["copy_gbps"] = max(lim["copy_gbps_1thread"], lim["copy_gbps_parallel"])
+        reps = 5 if small else 10
         lim["read_mb"] = READ_MB
-        lim["read_gbps"] = read_gbps(READ_MB)
+        lim["read_gbps"] = read_gbps(READ_MB, reps)
         lim["describe"] = (
             f"sgemm: numpy float32 {n}^3, best of 3: {lim['sgemm_gflops']:.1f} GFLOP/s; "
             f"copy: {mb} MB float32, read + write, best of 10: {lim['copy_gbps']:.1f} GB/s (the "
             f"larger of np.copyto on one thread, {lim['copy_gbps_1thread']:.1f} GB/s, and a "
             f"Numba copy on all cores, {lim['copy_gbps_parallel']:.1f} GB/s); read: a Numba sum "
-            f"over {READ_MB} MB float32 on all cores, best of 10: {lim['read_gbps']:.1f} GB/s")
+            f"over {READ_MB} MB float32 on all cores, best of {reps}: {lim['read_gbps']:.1f} GB/s")
         return lim
 
     def to_device(self, a):

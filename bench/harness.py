@@ -238,7 +238,8 @@ def record(case, name, step, samples, limits, err=None, err_against=None):
     return {
         "shape": name, "dims": case.shape._asdict(), "layer": step.layer,
         "grid": list(case.grid), "pass": step.pass_, "deterministic": step.deterministic,
-        "accumulate": step.accumulate, "impl": step.impl, "role": "ours" if step.impl in case.backends else "peer",
+        "accumulate": step.accumulate, "impl": step.impl,
+        "role": "ours" if step.impl in case.backends else "peer",
         "label": label(case.target, step.impl, case.backends),
         "params": int(case.weight.size + case.bias.size),
         "weight_bytes": int(case.weight.nbytes), **f,

@@ -3,7 +3,6 @@ really compiles for AVX2 only (Numba: no zmm register in a jitted float32 loop; 
 kernel for torch's conv2d), each checked in a fresh process (the libraries read the variables
 when they load); and `--isa avx2` re-runs the benchmark in such a child."""
 import os
-import re
 import subprocess
 import sys
 
