@@ -1,6 +1,8 @@
 """Benchmarks for sharenet_fast (see DESIGN.md, "Benchmarks").
 
-    python -m bench [--quick|--full] [--gpu] [--shapes a,b] [--layers conv2d,local2d] [--json PATH]
+    python -m bench [--quick|--full] [--gpu] [--isa native|avx2] [--shapes a,b]
+                    [--layers conv2d,local2d] [--json PATH]
+    python -m bench.isa avx2 CMD...          # CMD in the AVX2-only environment (CI's 2nd step)
     pytest bench --benchmark-enable          # pytest-benchmark suite (bench_*.py)
     python -m bench.compare OLD.json NEW.json | python -m bench.plots RUN.json
     python -m bench.targets                  # the targets table

@@ -13,7 +13,9 @@ on a local2d layer's banks); `deterministic` is the backward's keyword the timin
 pass_label, impl), where pass_label adds " (deterministic)" or " (grad_weight=)" to the pass.
 `floor_s` is the least time the pass can take here (max(bytes / limits.read_gbps, flops /
 limits.sgemm_gflops)), `pct_floor` = 100 * floor_s / median_s; both None where the limits were
-not measured. Version 3 files (no read bandwidth, no floor) are upgraded on load (upgrade()).
+not measured. `machine.isa` is what the CPU code was compiled for (python -m bench --isa:
+native or avx2). Version 3 files (no read bandwidth, no floor, no isa) are upgraded on load
+(upgrade()).
 """
 from __future__ import annotations
 
