@@ -1,0 +1,134 @@
+"""The CPU outer-product microkernel (sharenet_fast/cpu/_simd.py) against a float64 NumPy
+product: every register tile the kernels use, both dtypes, split reductions with and without a
+partial last group, edge tiles (fewer rows / columns than the tile), accumulate (beta), the
+per-row addend D, strided output columns, and poisoned memory around the output so a store
+out of place fails."""
+import numpy as np
+import pytest
+from numba import njit
+
+from sharenet_fast import config
+from sharenet_fast.cpu._simd import lanes, outer_kernel
+
+POISON = 1e30
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    cache = {}
+
+    def get(MR, NV, U, PF=0):
+        key = (MR, NV, U, PF)
+        if key not in cache:
+            ukr = outer_kernel(MR, NV, U, PF)
+
+            @njit
+            def call(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols,
+                     beta, D, d0, add_d, pf):
+                ukr(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols,
+                    beta, D, d0, add_d, pf)
+            cache[key] = call
+        return cache[key]
+    return get
+
+
+TILES = sorted({(8, 1, 1), (4, 2, 1), (6, 4, 1), (8, 3, 1), (4, 4, 1), config.FWD_TILE + (1,),
+                config.WGRAD_TILE + (1,), config.DGRAD_TILE + (1,),
+                (config.FWD_TILE_SPLIT[0], 1, 2), (8, 1, 4), (8, 1, 8)})
+
+
+def _case(rng, dt, MR, NV, U, nrows, ncols, steps, ldcn, beta, add_d):
+    VL = lanes(np.dtype(dt).itemsize)
+    if U > 1 and VL % U:
+        pytest.skip(f"{VL} lanes do not split {U} ways")
+    G = VL // U if U > 1 else NV * VL
+    nk, ntail = divmod(steps, U)
+    # A: rows of `steps` values at stride lda, unit stride along the reduction; an offset a0
+    lda, a0 = steps + 3, 5
+    A = rng.standard_normal(a0 + MR * lda + 8).astype(dt)
+    # B: steps x G values (row stride ldb >= G), then one zero-padded group for the tail
+    ldb = (VL if U > 1 else G + 7)
+    b0 = 2
+    rowsB = nk + (1 if ntail else 0)
+    B = np.zeros(b0 + rowsB * ldb + VL, dt)
+    Bm = rng.standard_normal((steps, G)).astype(dt)
+    for t in range(steps):
+        j, u = divmod(t, U)
+        off = b0 + j * ldb + (u * G if U > 1 else 0)
+        B[off:off + G] = Bm[t]
+    D = rng.standard_normal(MR + 4).astype(dt)
+    ldc = (G + 5) * ldcn
+    c0 = 3
+    C = np.full(c0 + MR * ldc + G * ldcn + 16, POISON, dt)
+    start = rng.standard_normal((MR, G)).astype(dt)
+    idx = c0 + np.arange(nrows)[:, None] * ldc + np.arange(ncols)[None, :] * ldcn
+    if beta:
+        C[idx] = start[:nrows, :ncols]
+    Am = np.stack([A[a0 + i * lda:a0 + i * lda + steps] for i in range(MR)])
+    want = Am.astype(np.float64) @ Bm.astype(np.float64)
+    want = want[:nrows, :ncols]
+    if beta:
+        want = want + start[:nrows, :ncols]
+    if add_d:
+        want = want + D[1:1 + nrows, None]
+    return (A, a0, lda, 1 if U == 1 else U, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows,
+            ncols, beta, D, 1, add_d, a0), C, idx, want
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("MR,NV,U", TILES)
+@pytest.mark.parametrize("edge", ["full", "rows", "cols", "both"])
+@pytest.mark.parametrize("ldcn,beta,add_d", [(1, False, False), (1, True, True), (3, True, False),
+                                             (2, False, True)])
+def test_microkernel_matches_float64(kernels, dt, MR, NV, U, edge, ldcn, beta, add_d):
+    rng = np.random.default_rng(hash((MR, NV, U, edge, ldcn, beta, add_d)) % 2**32)
+    VL = lanes(np.dtype(dt).itemsize)
+    G = VL // U if U > 1 else NV * VL
+    nrows = MR - 1 if edge in ("rows", "both") and MR > 1 else MR
+    ncols = max(1, G - 3) if edge in ("cols", "both") else G
+    steps = 37 if U > 1 else 29      # U > 1: a partial last group unless U divides 37
+    args, C, idx, want = _case(rng, dt, MR, NV, U, nrows, ncols, steps, ldcn, beta, add_d)
+    kernels(MR, NV, U, 1)(*args)
+    got = C[idx].astype(np.float64)
+    tol = 1e-5 if dt == np.float32 else 1e-12
+    assert np.linalg.norm(got - want) <= tol * np.linalg.norm(want)
+    untouched = np.ones(C.shape, bool)
+    untouched[idx] = False
+    assert (C[untouched] == POISON).all(), "the microkernel wrote outside its tile"
+
+
+def test_split_reduction_without_tail(kernels):
+    """U divides the steps: no partial group, and B needs no padding row."""
+    rng = np.random.default_rng(7)
+    VL = lanes(4)
+    U = 2
+    args, C, idx, want = _case(rng, np.float32, 8, 1, U, 8, VL // U, 40, 1, False, False)
+    kernels(8, 1, U)(*args)
+    assert np.allclose(C[idx], want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_steps_gives_the_addends(kernels):
+    """nk = 0: C = beta*C + D, the accumulators start at zero."""
+    rng = np.random.default_rng(3)
+    args, C, idx, want = _case(rng, np.float64, 4, 2, 1, 4, 5, 0, 1, True, True)
+    kernels(4, 2, 1)(*args)
+    assert np.allclose(C[idx], want)
+
+
+def test_vector_width_follows_the_numba_target(monkeypatch):
+    monkeypatch.setenv("SHARENET_FAST_VECTOR_BYTES", "48")
+    with pytest.raises(ValueError, match="SHARENET_FAST_VECTOR_BYTES"):
+        config._target_vector_bytes()
+    monkeypatch.setenv("SHARENET_FAST_VECTOR_BYTES", "32")
+    assert config._target_vector_bytes() == 32
+    monkeypatch.delenv("SHARENET_FAST_VECTOR_BYTES")
+    from numba.core import config as nconfig
+    monkeypatch.setattr(nconfig, "CPU_FEATURES", "+avx,+avx2,+fma")
+    assert config._target_vector_bytes() == 32
+    monkeypatch.setattr(nconfig, "CPU_FEATURES", "+avx2,+avx512f,+fma")
+    assert config._target_vector_bytes() == 64
+    monkeypatch.setattr(nconfig, "CPU_FEATURES", "")
+    monkeypatch.setattr(nconfig, "CPU_NAME", "haswell")
+    assert config._target_vector_bytes() == 32
+    monkeypatch.setattr(nconfig, "CPU_NAME", "znver4")
+    assert config._target_vector_bytes() == 64
