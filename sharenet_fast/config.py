@@ -42,13 +42,6 @@ def _target_vector_bytes():
 
 VEC_BYTES = _target_vector_bytes()
 
-# Register tile of the CPU microkernel (sharenet_fast/cpu/_gemm.py): 4 rows x 3 columns of
-# accumulators, each an 8-wide AVX2 vector after LLVM vectorises the reduction loop: 12 of the
-# 16 ymm registers hold accumulators, 4 + 3 hold operands. Changing these needs the microkernel
-# rewritten; they are here so the blocking loops and tests agree on them.
-MR = 4
-NR = 3
-
 # Register tiles of the outer-product microkernel (cpu/_simd.py), (MR rows, NV vectors of
 # columns), from the target's vector width: AVX-512 has 32 vector registers, AVX2 16.
 # local2d forward: rows = filters, columns = the batch. With a split reduction (batch < lanes)
@@ -60,7 +53,8 @@ if VEC_BYTES == 64:
     FWD_TILE_SPLIT = (8, 1)
     WGRAD_TILE = (4, 4)
     DGRAD_TILE = (8, 2)
-    CONV_ACC, CONV_NVMAX = 24, 4    # shared/tiled conv forward: accumulators, vectors of K
+    # shared/tiled conv (all passes): accumulator budget and most vectors along the columns
+    CONV_ACC, CONV_NVMAX = 24, 4
 else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
@@ -81,12 +75,6 @@ POSITION_BLOCKS = 64
 POSITION_TILE = 8
 # ... and write their NCHW outputs in runs of up to QB positions along a row (64 bytes of float32).
 QB = 16
-
-# GEMM reduction rows that the kernels gather themselves are zero-padded to a multiple of this
-# many elements (64 bytes of float32: one AVX-512 vector, two AVX2 ones). LLVM vectorises the
-# microkernel's reduction loop and finishes the remainder one scalar element at a time, which at
-# lengths of a few hundred costs as much as the vector body (363 -> 368 is +33% GFLOP/s).
-VEC_PAD = 16
 
 # Weight-gradient reduction: positions (N*P*Q) are cut into chunks of about this many output
 # positions; each chunk writes a private partial (K x C*R*S), summed in a fixed order.

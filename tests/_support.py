@@ -82,8 +82,9 @@ class Case(NamedTuple):
         return self.geometry.y_shape
 
 
-# The CPU microkernel tile is MR x NR = 4 x 3 (rows = K in forward / weight grad, columns = Q in
-# forward, C*R*S in weight grad, S*C in input grad): the K and Q values below cover every tail.
+# The CPU microkernel tiles (config.py: up to 8 rows x up to 4 vectors of 8-16 lanes; rows = Q in
+# the conv forward, K in weight grads, N in the local input grad; vectors along K, C*R*S, S*C or
+# the batch) meet tails at the K, Q and C*R*S values below.
 SHAPES = [
     Case("alexnet_s4_k11", 2, 3, 35, 35, 8, 11, 11, stride=4),             # P = Q = 7
     Case("pad1_3x3", 2, 4, 10, 10, 6, 3, 3, padding=1),                     # K=6, Q=10: tails

@@ -8,7 +8,7 @@ import pytest
 from numba import njit
 
 from sharenet_fast import config
-from sharenet_fast.cpu._simd import lanes, outer_kernel
+from sharenet_fast.cpu._simd import lanes, outer_product
 
 POISON = 1e30
 
@@ -20,13 +20,11 @@ def kernels():
     def get(MR, NV, U, PF=0):
         key = (MR, NV, U, PF)
         if key not in cache:
-            ukr = outer_kernel(MR, NV, U, PF)
-
             @njit
             def call(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols,
                      beta, D, d0, add_d, pf):
-                ukr(A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows, ncols,
-                    beta, D, d0, add_d, pf)
+                outer_product(MR, NV, U, PF, 0, A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0,
+                              ldc, ldcn, nrows, ncols, beta, D, d0, add_d, pf)
             cache[key] = call
         return cache[key]
     return get
@@ -113,6 +111,28 @@ def test_zero_steps_gives_the_addends(kernels):
     args, C, idx, want = _case(rng, np.float64, 4, 2, 1, 4, 5, 0, 1, True, True)
     kernels(4, 2, 1)(*args)
     assert np.allclose(C[idx], want)
+
+
+def test_tile_must_be_compile_time_constants():
+    from numba.core.errors import TypingError
+
+    @njit
+    def call(mr, A):
+        outer_product(mr, 1, 1, 0, 0, A, 0, 1, 1, A, 0, 1, 1, 0, A, 0, 1, 1, 1, 1, False, A, 0,
+                      False, 0)
+    with pytest.raises(TypingError, match="compile-time"):
+        call(4, np.zeros(64, np.float32))
+
+
+def test_split_reduction_needs_one_vector():
+    from numba.core.errors import TypingError
+
+    @njit
+    def call(A):
+        outer_product(4, 2, 2, 0, 0, A, 0, 1, 1, A, 0, 1, 1, 0, A, 0, 1, 1, 1, 1, False, A, 0,
+                      False, 0)
+    with pytest.raises(TypingError, match="NV = 1"):
+        call(np.zeros(64, np.float32))
 
 
 def test_vector_width_follows_the_numba_target(monkeypatch):

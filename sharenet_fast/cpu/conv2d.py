@@ -1,14 +1,16 @@
 """Shared-weight 2D convolution on the CPU: Numba parallel kernels, forward and backward.
 
-All three passes are cast as the register-blocked GEMM of _gemm.py over operands that each
-task gathers into a private, L2-sized buffer:
+All three passes are cast as the outer-product microkernel of _simd.py (rows broadcast, one
+or more vectors along the columns, the reduction in registers) over operands that each task
+gathers into a private, L2-sized buffer:
 
-  forward  y[n, :, p, :]  = W (K x RSC) . patch(n, p)^T   patch row q = the R*S*C inputs under
-                                                          output (p, q), gathered from NHWC x
-  wgrad    dW (K x CRS)  += dy[n, :, rows] . patchT^T     per chunk of output rows; each chunk
-                                                          owns a private partial (no shared writes)
-  dgrad    dx[n, :, h, :] = sum_r scatter(dyT[n, p(h, r)] . W_r^T)   gather form: one task owns
-                                                          one input row, so no atomics
+  forward  out (Q x K)    = patch(n, p) (Q x RSC) . W^T (RSC x K)   patch row q = the R*S*C
+                            inputs under output (p, q), gathered from NHWC x; vectors along K
+  wgrad    dW (K x RSC)  += dy[n, :, rows] (K x L) . patches (L x RSC)   per chunk of output
+                            rows; each chunk owns a private partial (no shared writes)
+  dgrad    dx[n, :, h, :] = sum_r scatter(dyT[n, p(h, r)] (Q x K) . W_r (K x S*C))   gather
+                            form: one task owns one input row, so no atomics (stride 1: the
+                            forward of the flipped layer)
 
 Public host launchers (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad: the op
 table's signatures, optable.py) take validated arrays, a ConvGeometry and the bank grid (1 x 1
@@ -19,10 +21,9 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (CONV_ACC, CONV_NVMAX, VEC_PAD, WGRAD_CHUNK, WGRAD_MAX_PARTIALS,
+from ..config import (CONV_ACC, CONV_NVMAX, WGRAD_CHUNK, WGRAD_MAX_PARTIALS,
                       WGRAD_MAX_WORKSPACE, njit_options)
-from ._gemm import gemm_nt, typed_zero
-from ._simd import lanes, lanes_of, outer_kernel
+from ._simd import lanes, lanes_of, outer_product, typed_zero
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
 
@@ -99,8 +100,6 @@ def _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw, dh, d
 
 @lru_cache(maxsize=None)
 def _fwd_kernel(MR, NV):
-    ukr = outer_kernel(MR, NV)
-
     @njit(**njit_options(parallel=True))
     def conv2d_fwd_kernel(xh, wt, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
         """xh: padded NHWC input; wt: TP*TQ banks of (R*S*C, K), filters innermost; y: (N, K,
@@ -137,9 +136,10 @@ def _fwd_kernel(MR, NV):
                 bank = tp * TQ + tq
                 for i0 in range(row, row + nq, MR):
                     for k0 in range(0, K, VK):
-                        ukr(patch, i0 * T, T, 1, wf, bank * T * K + k0, K, T, 0,
-                            obuf, i0 * K + k0, K, 1, min(MR, row + nq - i0), min(VK, K - k0),
-                            False, obuf, 0, False, 0)
+                        outer_product(MR, NV, 1, 0, 0, patch, i0 * T, T, 1,
+                                      wf, bank * T * K + k0, K, T, 0,
+                                      obuf, i0 * K + k0, K, 1, min(MR, row + nq - i0),
+                                      min(VK, K - k0), False, obuf, 0, False, 0)
                 base = n * K * P * Q + p * Q
                 for k in range(K):
                     bk = bias[bank * K + k] if has_bias else typed_zero(y)
@@ -173,8 +173,6 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
 # ----------------------------------------------------------------------------- weight grad
 @lru_cache(maxsize=None)
 def _wgrad_kernel(MR, NV):
-    ukr = outer_kernel(MR, NV)
-
     @njit(**njit_options(parallel=True))
     def conv2d_wgrad_kernel(dyd, xh, partial, Q, R, S, sh, sw, dh, dw, rows, TP, TQ):
         """dyd: dy (N, K, P, Q) de-interleaved by q % TQ as (N, K, P, TQ, ceil(Q/TQ));
@@ -226,9 +224,10 @@ def _wgrad_kernel(MR, NV):
                         base = (b * TP * TQ + tp * TQ + tq) * K * T
                         for t0 in range(0, T, VT):
                             for k0 in range(0, K, MR):
-                                ukr(dyc, k0 * L, L, 1, patch, t0, T, L, 0, pf,
-                                    base + k0 * T + t0, T, 1, min(MR, K - k0),
-                                    min(VT, T - t0), True, pf, 0, False, 0)
+                                outer_product(MR, NV, 1, 0, 0, dyc, k0 * L, L, 1,
+                                              patch, t0, T, L, 0,
+                                              pf, base + k0 * T + t0, T, 1, min(MR, K - k0),
+                                              min(VT, T - t0), True, pf, 0, False, 0)
 
     return conv2d_wgrad_kernel
 
@@ -315,54 +314,66 @@ def _deinterleaved(a, M, name):
 
 
 # ------------------------------------------------------------------------------ input grad
-@njit(**njit_options(parallel=True))
-def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw, TP, TQ):
-    """dyt: dy as (N, P, Q, K); wt: TP*TQ banks of (R, S*C, K); dx: (N, C, H, W) output.
+@lru_cache(maxsize=None)
+def _dgrad_kernel(MR, NV):
+    @njit(**njit_options(parallel=True))
+    def conv2d_dgrad_kernel(dyt, wt, dx, H, W, ph, pw, sh, sw, dh, dw, TP, TQ):
+        """dyt: dy as (N, P, Q, K); wt: TP*TQ*R banks of (K, S*C); dx: (N, C, H, W) output.
 
-    Gather form: one task owns input row (n, h) and sums, over the taps r whose output row
-    p = (h + ph - r*dh) / sh is on the grid and each class tq of q % TQ,
-    tmp = dyt[n, p, class] (nq x K) . wt[bank, r]^T (S*C x K), then scatters tmp[j, (s, c)] to
-    column w = q*sw + s*dw - pw (q = tq + j*TQ) of its own row buffer. No two tasks write the
-    same element. Shared conv: TP = TQ = 1.
-    """
-    N, P, Q, K = dyt.shape
-    R = wt.shape[0] // (TP * TQ)
-    SC = wt.shape[1]
-    C = dx.shape[1]
-    S = SC // C
-    Wp = W + 2 * pw
-    dyf = dyt.ravel()
-    wf = wt.ravel()
-    for task in prange(N * H):
-        n = task // H
-        h = task - n * H
-        rowbuf = np.zeros(Wp * C, dtype=dx.dtype)
-        tmp = np.empty(Q * SC, dtype=dx.dtype)
-        for r in range(R):
-            num = h + ph - r * dh
-            if num < 0 or num % sh != 0:
-                continue
-            p = num // sh
-            if p >= P:
-                continue
-            tp = p % TP
-            for tq in range(TQ):
-                nq = (Q - tq + TQ - 1) // TQ
-                bank = tp * TQ + tq
-                # rows q = tq + j*TQ of dyt[n, p]: offset tq*K, row stride TQ*K
-                gemm_nt(dyf, ((n * P + p) * Q + tq) * K, TQ * K, wf, (bank * R + r) * SC * K, K,
-                        nq, SC, K, tmp, 0, SC, 1, False)
-                for j in range(nq):
-                    q = tq + j * TQ
-                    if dw == 1:  # the S taps of one q are adjacent in the NHWC row buffer
-                        _add(rowbuf[q * sw * C:q * sw * C + SC], tmp[j * SC:(j + 1) * SC])
-                    else:
-                        for s in range(S):
-                            dst = (q * sw + s * dw) * C
-                            _add(rowbuf[dst:dst + C], tmp[j * SC + s * C:j * SC + (s + 1) * C])
-        for c in range(C):
-            for w in range(W):
-                dx[n, c, h, w] = rowbuf[(w + pw) * C + c]
+        Gather form: one task owns input row (n, h) and sums, over the taps r whose output row
+        p = (h + ph - r*dh) / sh is on the grid and each class tq of q % TQ,
+        tmp = dyt[n, p, class] (nq x K) . wt[bank, r] (K x S*C): MR positions x NV vectors of
+        (s, c), the filters reduced in registers; then scatters tmp[j, (s, c)] to column
+        w = q*sw + s*dw - pw (q = tq + j*TQ) of its own row buffer. No two tasks write the
+        same element. Shared conv: TP = TQ = 1.
+        """
+        N, P, Q, K = dyt.shape
+        SC = wt.shape[1] // K
+        R = wt.shape[0] // (TP * TQ)
+        C = dx.shape[1]
+        S = SC // C
+        Wp = W + 2 * pw
+        VC = NV * lanes_of(dx)
+        dyf = dyt.ravel()
+        wf = wt.ravel()
+        for task in prange(N * H):
+            n = task // H
+            h = task - n * H
+            rowbuf = np.zeros(Wp * C, dtype=dx.dtype)
+            tmp = np.empty(Q * SC, dtype=dx.dtype)
+            for r in range(R):
+                num = h + ph - r * dh
+                if num < 0 or num % sh != 0:
+                    continue
+                p = num // sh
+                if p >= P:
+                    continue
+                tp = p % TP
+                for tq in range(TQ):
+                    nq = (Q - tq + TQ - 1) // TQ
+                    bank = tp * TQ + tq
+                    # rows q = tq + j*TQ of dyt[n, p]: offset tq*K, row stride TQ*K
+                    for j0 in range(0, nq, MR):
+                        for c0 in range(0, SC, VC):
+                            outer_product(MR, NV, 1, 0, 0,
+                                          dyf, ((n * P + p) * Q + tq + j0 * TQ) * K, TQ * K, 1,
+                                          wf, (bank * R + r) * K * SC + c0, SC, K, 0,
+                                          tmp, j0 * SC + c0, SC, 1, min(MR, nq - j0),
+                                          min(VC, SC - c0), False, tmp, 0, False, 0)
+                    for j in range(nq):
+                        q = tq + j * TQ
+                        if dw == 1:  # the S taps of one q are adjacent in the NHWC row buffer
+                            _add(rowbuf[q * sw * C:q * sw * C + SC], tmp[j * SC:(j + 1) * SC])
+                        else:
+                            for s in range(S):
+                                dst = (q * sw + s * dw) * C
+                                _add(rowbuf[dst:dst + C],
+                                     tmp[j * SC + s * C:j * SC + (s + 1) * C])
+            for c in range(C):
+                for w in range(W):
+                    dx[n, c, h, w] = rowbuf[(w + pw) * C + c]
+
+    return conv2d_dgrad_kernel
 
 
 def conv2d_input_grad(dy, weight, g, grid):
@@ -397,10 +408,11 @@ def _input_grad(dy, banks, g):
     with _launch_lock:
         dyt = scratch("dgrad_dy", (g.N, g.P, g.Q, K), dy.dtype)
         dyt[...] = dy.transpose(0, 2, 3, 1)
-        wt = scratch("dgrad_w", (TP, TQ, R, S, C, K), dy.dtype)
-        wt[...] = banks.transpose(0, 1, 4, 5, 3, 2)
-        conv2d_dgrad_kernel(dyt, wt.reshape(TP * TQ * R, S * C, K), dx, g.H, g.W, *g.padding,
-                            *g.stride, *g.dilation, TP, TQ)
+        wt = scratch("dgrad_w", (TP, TQ, R, K, S, C), dy.dtype)
+        wt[...] = banks.transpose(0, 1, 4, 2, 5, 3)
+        kernel = _dgrad_kernel(*conv_tile(S * C, dy.dtype.itemsize))
+        kernel(dyt, wt.reshape(TP * TQ * R, K * S * C), dx, g.H, g.W, *g.padding, *g.stride,
+               *g.dilation, TP, TQ)
     return dx
 
 

@@ -26,8 +26,7 @@ from numba import njit, prange
 
 from ..config import (DGRAD_PREFETCH, DGRAD_TILE, FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT,
                       POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE, njit_options)
-from ._gemm import typed_zero
-from ._simd import lanes, lanes_of, outer_kernel
+from ._simd import lanes, lanes_of, line_of, outer_product, typed_zero
 from ._workspace import scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _add, _copy, _padded
@@ -66,7 +65,7 @@ def fwd_columns(N, itemsize):
 def _fwd_kernel(MR, NV, U):
     # each step reads MR*U weights (one 64-byte line at MR = 8, U = 2 in float32) and
     # prefetches as many lines, FWD_PREFETCH tiles of MR filters ahead (pf below)
-    ukr = outer_kernel(MR, NV, U, max(1, MR * U * 4 // 64))
+    PF = max(1, MR * U * 4 // 64)
 
     @njit(**njit_options(parallel=True))
     def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
@@ -121,10 +120,12 @@ def _fwd_kernel(MR, NV, U):
                     for k0 in range(0, K, MR):
                         wrow = ((pos + qi) * K + k0) * T
                         for n0 in range(0, N, step):
-                            ukr(wf, wrow, T, U, patch, n0, ldb, T // U, T - T0,
-                                obuf, (qi * K + k0) * G + n0, G, 1, min(MR, K - k0),
-                                min(step, N - n0), False, bf, (pos + qi) * K + k0, has_bias,
-                                wrow + FWD_PREFETCH * MR * T)
+                            outer_product(MR, NV, U, PF, 0, wf, wrow, T, U,
+                                          patch, n0, ldb, T // U, T - T0,
+                                          obuf, (qi * K + k0) * G + n0, G, 1, min(MR, K - k0),
+                                          min(step, N - n0), False,
+                                          bf, (pos + qi) * K + k0, has_bias,
+                                          wrow + FWD_PREFETCH * MR * T)
                 for n in range(N):
                     for k in range(K):
                         base = (n * K + k) * PQ + pos
@@ -171,10 +172,8 @@ def _transposed(x, padding, G, name):
 def _iwgrad_kernel():
     MW, NW = WGRAD_TILE
     MD, ND = DGRAD_TILE
-    wgrad_ukr = outer_kernel(MW, NW)
-    # the input gradient streams the bank as B (rows of T along the vector): prefetch the next
-    # position's bank, DGRAD_PREFETCH lines a step, while this one's is used from L2
-    dgrad_ukr = outer_kernel(MD, ND, 1, DGRAD_PREFETCH, True)
+    # the input gradient streams the bank as B (rows of T along the vector): it prefetches the
+    # next position's bank, DGRAD_PREFETCH lines a step, while this one's is used from L2
 
     @njit(**njit_options(parallel=True))
     def local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
@@ -227,19 +226,22 @@ def _iwgrad_kernel():
                             # A[k, n] = dyt[p, q, n, k]: row stride 1, step stride K
                             for k0 in range(0, K, MW):
                                 for t0 in range(0, T, VW):
-                                    wgrad_ukr(dyf, dyo + k0, 1, K, patch, t0, T, N, 0,
-                                              of, (pos * K + k0) * T + t0, T, 1,
-                                              min(MW, K - k0), min(VW, T - t0), accumulate,
-                                              of, 0, False, 0)
+                                    outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0, 1, K,
+                                                  patch, t0, T, N, 0,
+                                                  of, (pos * K + k0) * T + t0, T, 1,
+                                                  min(MW, K - k0), min(VW, T - t0),
+                                                  accumulate, of, 0, False, 0)
                         if want_dx:
                             # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
                             nxt = (pos + 1) * K * T
                             for t0 in range(0, T, VD):
                                 for n0 in range(0, N, MD):
-                                    dgrad_ukr(dyf, dyo + n0 * K, K, 1, wf, pos * K * T + t0, T,
-                                              K, 0, dpatch, n0 * T + t0, T, 1, min(MD, N - n0),
-                                              min(VD, T - t0), False, dpatch, 0, False,
-                                              nxt + (t0 // VD) * K * DGRAD_PREFETCH * 16)
+                                    outer_product(MD, ND, 1, DGRAD_PREFETCH, 1,
+                                                  dyf, dyo + n0 * K, K, 1,
+                                                  wf, pos * K * T + t0, T, K, 0,
+                                                  dpatch, n0 * T + t0, T, 1, min(MD, N - n0),
+                                                  min(VD, T - t0), False, dpatch, 0, False,
+                                                  nxt + (t0 // VD) * K * DGRAD_PREFETCH * line_of(wf))
                             for n in range(N):
                                 for c in range(C):
                                     for r in range(R):
