@@ -127,10 +127,47 @@ def outer_product(typingctx, MR, NV, U, PF, PF_ON_B, A, a0, lda, ldaj, B, b0, ld
     return sig, codegen
 
 
-def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
+@intrinsic(prefer_literal=True)
+def outer_product_nested(typingctx, MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C, c0, ldc, ldcn,
+                         nrows, ncols, beta, D, d0, add_d, nk1, ldb1, nk2, ldb2):
+    """outer_product (U = 1, no prefetch) whose reduction runs over a 3-level index
+    j = (j2*nk1 + j1)*nk + j0 (j2 < nk2, j1 < nk1, j0 < nk): A's step j is at a0 + i*lda +
+    j*ldaj as before, B's at b0 + j2*ldb2 + j1*ldb1 + j0*ldb. A direct convolution: B's rows
+    are read in place from the input (j2 = channel, j1 = kernel row, j0 = kernel column), with
+    no gathered copy."""
+    consts = (MR, NV)
+    if not all(isinstance(t, types.IntegerLiteral) for t in consts):
+        raise errors.TypingError("outer_product_nested: MR, NV must be compile-time integer "
+                                 f"constants, got {consts}")
+    mr, nv = (t.literal_value for t in consts)
+    arrays = (A, B, C, D)
+    if not (all(isinstance(a, types.Array) for a in arrays)
+            and A.dtype in (types.float32, types.float64)
+            and all(a.dtype == A.dtype for a in arrays)):
+        return None
+    sig = types.void(MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C, c0, ldc, ldcn, nrows, ncols,
+                     beta, D, d0, add_d, nk1, ldb1, nk2, ldb2)
+
+    def codegen(context, builder, signature, args):
+        a = signature.args
+        i64 = lambda k: context.cast(builder, args[k], a[k], types.int64)  # noqa: E731
+        zero = context.get_constant(types.int64, 0)
+        # the flat operand list of outer_product: ntail = 0 and pf = 0
+        sub_args = list(args[2:10]) + [zero] + list(args[10:20]) + [zero]
+        sub_tys = list(a[2:10]) + [types.int64] + list(a[10:20]) + [types.int64]
+        sub = signature.replace(args=tuple(sub_tys))
+        return _emit(context, builder, sub, sub_args, mr, nv, 1, 0, False,
+                     nest=(i64(20), i64(21), i64(22), i64(23)))
+
+    return sig, codegen
+
+
+def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
     tys = signature.args
     vals = [context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer) else v
             for v, t in zip(args, tys)]
+    if nest is not None:  # (nk1, ldb1, nk2, ldb2), already i64
+        nk1, ldb1, nk2, ldb2 = nest
     (aA, a0, lda, ldaj, aB, b0, ldb, nk, ntail, aC, c0, ldc, ldcn, nrows, ncols, beta, aD, d0,
      add_d, pf) = vals
     beta = context.cast(builder, beta, tys[15], types.boolean)
@@ -191,8 +228,9 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
         for a in row:
             builder.store(zero, a)
 
-    def load_b(j, masked):
-        boff = builder.add(b0, builder.mul(j, ldb))
+    def load_b(j, masked, boff=None):
+        if boff is None:
+            boff = builder.add(b0, builder.mul(j, ldb))
         out = []
         for v in range(NV):
             p = vptr(pB, builder.add(boff, c64(v * VL)))
@@ -218,17 +256,17 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
                              [p, align, umask, ir.Constant(uty, None)])
         return builder.shuffle_vector(s, ir.Constant(uty, None), a_pattern)
 
-    def step(j, masked, umask=None):
-        bv = load_b(j, masked)
+    def step(j, masked, umask=None, boff=None):
+        bv = load_b(j, masked, boff)
         for i in range(MR):
             a = load_a(i, j, umask)
             for v in range(NV):
                 acc = builder.load(accs[i][v])
                 builder.store(builder.call(fma, [a, bv[v], acc]), accs[i][v])
 
-    def main_loop(masked):
+    def inner(masked, jbase, bbase):
         with cgutils.for_range(builder, nk) as loop:
-            j = loop.index
+            j = builder.add(jbase, loop.index)
             for f in range(PF):
                 off = builder.add(builder.add(pf, builder.mul(j, c64(PF * line))),
                                   c64(f * line))
@@ -236,7 +274,18 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
                                                                     [off]), i8p),
                                         ir.Constant(I32, 0), ir.Constant(I32, 2),
                                         ir.Constant(I32, 1)])
-            step(j, masked)
+            step(j, masked, None, builder.add(bbase, builder.mul(loop.index, ldb)))
+
+    def main_loop(masked):
+        if nest is None:
+            inner(masked, c64(0), b0)
+            return
+        with cgutils.for_range(builder, nk2) as l2:
+            with cgutils.for_range(builder, nk1) as l1:
+                jbase = builder.mul(builder.add(builder.mul(l2.index, nk1), l1.index), nk)
+                bbase = builder.add(b0, builder.add(builder.mul(l2.index, ldb2),
+                                                    builder.mul(l1.index, ldb1)))
+                inner(masked, jbase, bbase)
 
     with builder.if_else(bfull) as (then, otherwise):
         with then:
@@ -271,12 +320,17 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
                     val = builder.shuffle_vector(val, zero, _i32s(
                         [c * U if c < G else VL for c in range(VL)]))
                 val = builder.fadd(val, splat(dval))
+                # C is read only when beta: a select would add whatever the (maybe
+                # uninitialised) output holds, and a denormal there costs a microcode assist
+                # per lane (that made the epilogue 3x the whole reduction at alexnet_conv1)
                 with builder.if_else(unit) as (contiguous, strided):
                     with contiguous:
                         p = vptr(pC, builder.add(crow, c64(v * VL)))
-                        old = builder.call(mload, [p, align, cmask[v], zero])
-                        new = builder.select(beta, builder.fadd(val, old), val)
-                        builder.call(mstore, [new, p, align, cmask[v]])
+                        slot = cgutils.alloca_once_value(builder, val)
+                        with builder.if_then(beta):
+                            old = builder.call(mload, [p, align, cmask[v], zero])
+                            builder.store(builder.fadd(val, old), slot)
+                        builder.call(mstore, [builder.load(slot), p, align, cmask[v]])
                     with strided:
                         for c in range(VL if U == 1 else G):
                             col = v * VL + c
@@ -284,6 +338,8 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B):
                                 p = builder.gep(pC, [builder.add(crow, builder.mul(
                                     c64(col), ldcn))])
                                 x = builder.extract_element(val, ir.Constant(I32, c))
-                                x = builder.select(beta, builder.fadd(x, builder.load(p)), x)
-                                builder.store(x, p)
+                                xs = cgutils.alloca_once_value(builder, x)
+                                with builder.if_then(beta):
+                                    builder.store(builder.fadd(x, builder.load(p)), xs)
+                                builder.store(builder.load(xs), p)
     return context.get_dummy_value()

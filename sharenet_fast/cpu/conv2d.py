@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from ..config import (CONV_ACC, CONV_NVMAX, WGRAD_CHUNK, WGRAD_MAX_PARTIALS,
                       WGRAD_MAX_WORKSPACE, njit_options)
-from ._simd import lanes, lanes_of, outer_product, typed_zero
+from ._simd import lanes, lanes_of, outer_product, outer_product_nested, typed_zero
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
 
@@ -157,11 +157,65 @@ def conv2d(x, weight, bias, g, grid):
     return y
 
 
+@lru_cache(maxsize=None)
+def _fwd_rows_kernel(MR, NV):
+
+    @njit(**njit_options(parallel=True))
+    def conv2d_fwd_rows_kernel(xp, w, bias, has_bias, y, R, S, sh, dh, dw):
+        """The shared conv forward with vectors along q (the other orientation of
+        conv2d_fwd_kernel, for few filters and unit column stride): xp: padded NCHW input;
+        w: (K, C*R*S) in its own layout; y: (N, K, P, Q).
+
+        One task = one output row (n, p): y[n, :, p, :] (K x Q) = W (K x T) . X, where X's row
+        t = (c, r, s) is the run of Q inputs of row (n, c, p*sh + r*dh) from column s*dw on,
+        read in place (no gathered copy: a direct convolution); MR filters x NV vectors of q
+        at a time, stored straight into y's rows with the bias added. Per step: NV loads and
+        MR broadcasts for MR*NV FMAs, where the filters-along-vector form at K = 16 needs a
+        load per FMA.
+        """
+        N, C, Hp, Wp = xp.shape
+        _, K, P, Q = y.shape
+        T = C * R * S
+        VQ = NV * lanes_of(y)
+        xf = xp.ravel()
+        wf = w.ravel()
+        yf = y.ravel()
+        for task in prange(N * P):
+            n = task // P
+            p = task - n * P
+            row0 = ((n * C) * Hp + p * sh) * Wp
+            for k0 in range(0, K, MR):
+                for q0 in range(0, Q, VQ):
+                    # steps (c, r, s): B row = input row (n, c, p*sh + r*dh) from column
+                    # s*dw + q0, read in place
+                    outer_product_nested(MR, NV, wf, k0 * T, T, 1, xf, row0 + q0, dw, S,
+                                         yf, ((n * K + k0) * P + p) * Q + q0, P * Q, 1,
+                                         min(MR, K - k0), min(VQ, Q - q0), False,
+                                         bias, k0, has_bias, R, dh * Wp, C, Hp * Wp)
+
+    return conv2d_fwd_rows_kernel
+
+
+def _rows_form(TP, TQ, K, stride, itemsize):
+    """Whether the forward runs with vectors along q: a shared conv with unit column stride
+    whose filters fill fewer vectors than the filters-along-vector tile takes."""
+    return (TP, TQ) == (1, 1) and stride[1] == 1 and -(-K // lanes(itemsize)) < CONV_NVMAX
+
+
 def _forward(x, banks, bias, padding, stride, dilation, y):
     """y = tiled conv of x with banks (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None."""
     TP, TQ, K, C, R, S = banks.shape
     T = R * S * C
     b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
+    if _rows_form(TP, TQ, K, stride, x.dtype.itemsize):
+        Q = y.shape[3]
+        NV = max(1, min(CONV_NVMAX, -(-Q // lanes(x.dtype.itemsize))))
+        kernel = _fwd_rows_kernel(min(8, CONV_ACC // NV), NV)
+        with _launch_lock:
+            xp = _padded(x, *padding, "nchw", "fwd_x")
+            kernel(xp, np.ascontiguousarray(banks.reshape(K, C * R * S)), b, bias is not None,
+                   y, R, S, stride[0], *dilation)
+        return
     kernel = _fwd_kernel(*conv_tile(K, x.dtype.itemsize))
     with _launch_lock:
         xh = _padded(x, *padding, "nhwc", "fwd_x")
