@@ -265,6 +265,23 @@ class Quiet:
         pass
 
 
+def _affordable(steps, shape, layer, progress):
+    """The steps without the peer passes that are not timed at this shape's weight size
+    (ops.skipped), each left out with its reason logged."""
+    spec = ops.SPECS[layer]
+    g = geometry(shape)
+    out = []
+    for s in steps:
+        if s.layer == layer and s.impl in ops.PEERS and ops.PEERS[s.impl].backward_max_weight:
+            wbytes = int(np.prod(spec.weight_shape(g, spec.bank_grid(g)))) * DTYPE.itemsize
+            why = ops.skipped(s.impl, s.pass_, wbytes)
+            if why:
+                progress.log(f"{why} ({layer})")
+                continue
+        out.append(s)
+    return out
+
+
 def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None,
                 full=True):
     """Result records (bench/schema.py) for one shape: every layer x pass x impl of plan()."""

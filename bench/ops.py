@@ -100,6 +100,23 @@ class Peer(NamedTuple):
     backward: object        # (shape, layer, x, weight, grad_out, bias, device) -> run
     full_only: bool = False     # slow: timed by python -m bench --full only
     install: str = "pip install torch==2.13.0"
+    backward_max_weight: int = 0    # bytes: a larger weight's backward is not timed (0: any)
+
+
+# tf-keras's backward of LocallyConnected2D at alexnet_conv1 (a 422 MB weight) peaked at 17.8 GB
+# of memory and took 120 s to build its graph (4.1 s a call): with the run's other buffers it
+# was killed for memory on a 24 GB machine. Its backward is timed up to this weight size.
+TF_KERAS_BACKWARD_MAX_WEIGHT = 64 * 2**20
+
+
+def skipped(impl, pass_, weight_bytes):
+    """Why a peer's pass is not timed at this weight size, or None."""
+    peer = PEERS.get(impl)
+    limit = peer.backward_max_weight if peer is not None else 0
+    if pass_ == "backward" and limit and weight_bytes > limit:
+        return (f"{impl} backward not timed: weight {weight_bytes / 2**20:.0f} MiB > "
+                f"{limit / 2**20:.0f} MiB (its graph needs ~40x the weight in memory)")
+    return None
 
 
 def peer_names(layer, device="cpu", full=True):
@@ -394,7 +411,8 @@ PEERS = {
                          lambda *a: torch_backward(*a, impl="torch-unfold")),
     "tf-keras": Peer("tf-keras LocallyConnected2D", ("local",), ("cpu",),
                      ("tensorflow", "tf_keras"), tf_keras_forward, tf_keras_backward,
-                     full_only=True, install="pip install -e '.[peers]'"),
+                     full_only=True, install="pip install -e '.[peers]'",
+                     backward_max_weight=TF_KERAS_BACKWARD_MAX_WEIGHT),
     "jax": Peer("JAX conv_general_dilated_local", ("local",), ("cpu",), ("jax",),
                 jax_forward, jax_backward, full_only=True, install="pip install -e '.[peers]'"),
     # the soft-sharing penalty's peer (torch_penalty): a pass, not a layer
