@@ -272,7 +272,8 @@ def _affordable(steps, shape, layer, progress):
     g = geometry(shape)
     out = []
     for s in steps:
-        if s.layer == layer and s.impl in ops.PEERS and ops.PEERS[s.impl].backward_max_weight:
+        peer = ops.PEERS.get(s.impl)
+        if s.layer == layer and peer is not None and (peer.backward_max_weight or peer.max_weight):
             wbytes = int(np.prod(spec.weight_shape(g, spec.bank_grid(g)))) * DTYPE.itemsize
             why = ops.skipped(s.impl, s.pass_, wbytes)
             if why:
