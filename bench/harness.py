@@ -290,7 +290,8 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
     steps = plan(target, layers, backends, full=full)
     results = []
     for layer in layers:
-        case = LayerCase(target, shape, layer, steps, backends)
+        case = LayerCase(target, shape, layer, _affordable(steps, shape, layer, progress),
+                         backends)
         case.warm()
         refs = case.references()
         for pass_label in dict.fromkeys(s.label for s in case.steps):
