@@ -73,7 +73,7 @@ def conv_tile(K, itemsize):
     NV divides the filters' vector count where it can (no masked lanes but at K's end), and MR
     fills the accumulator budget (config.CONV_ACC) up to 8 rows."""
     nvec = -(-K // lanes(itemsize))
-    NV = max(d for d in range(1, CONV_NVMAX + 1) if nvec % d == 0 or d == 1)
+    NV = max(d for d in range(1, CONV_NVMAX + 1) if nvec % d == 0)
     return min(8, CONV_ACC // NV), NV
 
 
