@@ -8,7 +8,7 @@ import pytest
 from numba import njit
 
 from sharenet_fast import config
-from sharenet_fast.cpu._simd import lanes, outer_product
+from sharenet_fast.cpu._simd import lanes, outer_product, stream_copy
 
 POISON = 1e30
 
@@ -152,3 +152,24 @@ def test_vector_width_follows_the_numba_target(monkeypatch):
     assert config._target_vector_bytes() == 32
     monkeypatch.setattr(nconfig, "CPU_NAME", "znver4")
     assert config._target_vector_bytes() == 64
+
+
+@njit
+def _stream_copy(dst, d0, src, s0, n):
+    stream_copy(dst, d0, src, s0, n)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_stream_copy_writes_exactly_the_run(dt):
+    """Every destination alignment (the unaligned head, the vector body with non-temporal
+    stores, the scalar tail) and run lengths around the vector length, with poison on both
+    sides of the run."""
+    rng = np.random.default_rng(3)
+    VL = lanes(np.dtype(dt).itemsize)
+    src = rng.standard_normal(4 * VL + 64).astype(dt)
+    for d0 in range(VL + 1):
+        for n in (0, 1, VL - 1, VL, VL + 1, 3 * VL + 2):
+            dst = np.full(5 * VL + 64, POISON, dt)
+            _stream_copy(dst, d0, src, 5, n)
+            np.testing.assert_array_equal(dst[d0:d0 + n], src[5:5 + n])
+            assert (dst[:d0] == POISON).all() and (dst[d0 + n:] == POISON).all(), (d0, n)

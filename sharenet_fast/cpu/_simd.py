@@ -25,6 +25,8 @@ Edges: rows past `nrows` recompute the last valid row (reads stay in bounds) and
 stored; columns past `ncols` are masked on every load and store of B and C, so neither is
 touched beyond the caller's arrays.
 """
+import platform
+
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -35,6 +37,7 @@ from numba.extending import intrinsic, overload
 from ..config import VEC_BYTES
 
 I32 = ir.IntType(32)
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 I64 = ir.IntType(64)
 
 
@@ -343,3 +346,63 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
                                     builder.store(builder.fadd(x, builder.load(p)), xs)
                                 builder.store(builder.load(xs), p)
     return context.get_dummy_value()
+
+
+@intrinsic
+def stream_copy(typingctx, dst, d0, src, s0, n):
+    """dst[d0 + i] = src[s0 + i], i < n, with non-temporal vector stores.
+
+    For an output written once and not read again soon (a locally-connected weight gradient,
+    hundreds of MB): an ordinary store first reads each destination line into the cache (a
+    read for ownership), so writing 422 MB moved 844; a non-temporal store writes whole lines
+    to memory and reads nothing. Stores are aligned to the vector (x86's movntps needs it): the
+    unaligned head and the tail are scalar. A fence at the end orders the weakly ordered
+    non-temporal stores before anything this thread does next (another thread reading the
+    output after the parallel region's join sees them)."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.dtype in (types.float32, types.float64) and src.dtype == dst.dtype):
+        return None
+    sig = types.void(dst, d0, src, s0, n)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        pd, ps = (context.make_array(tys[k])(context, builder, args[k]).data for k in (0, 2))
+        d0, s0, n = (context.cast(builder, args[k], tys[k], types.int64) for k in (1, 3, 4))
+        flt = context.get_value_type(tys[0].dtype)
+        itemsize = context.get_abi_sizeof(flt)
+        VL = VEC_BYTES // itemsize
+        vty = ir.VectorType(flt, VL)
+        c64 = lambda v: ir.Constant(I64, v)  # noqa: E731
+        dp = builder.gep(pd, [d0])
+        sp = builder.gep(ps, [s0])
+        # elements before the first vector-aligned destination address, at most n
+        addr = builder.ptrtoint(dp, I64)
+        mis = builder.and_(builder.udiv(addr, c64(itemsize)), c64(VL - 1))
+        head = builder.and_(builder.sub(c64(VL), mis), c64(VL - 1))
+        head = builder.select(builder.icmp_signed("<", head, n), head, n)
+        nvec = builder.sdiv(builder.sub(n, head), c64(VL))
+        body_end = builder.add(head, builder.mul(nvec, c64(VL)))
+
+        def scalar(i):
+            builder.store(builder.load(builder.gep(sp, [i])), builder.gep(dp, [i]))
+
+        with cgutils.for_range(builder, head) as loop:
+            scalar(loop.index)
+        with cgutils.for_range(builder, nvec) as loop:
+            i = builder.add(head, builder.mul(loop.index, c64(VL)))
+            val = builder.load(builder.bitcast(builder.gep(sp, [i]), vty.as_pointer()),
+                               align=itemsize)
+            st = builder.store(val, builder.bitcast(builder.gep(dp, [i]), vty.as_pointer()),
+                               align=VEC_BYTES)
+            st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(I32, 1)]))
+        with cgutils.for_range(builder, builder.sub(n, body_end)) as loop:
+            scalar(builder.add(body_end, loop.index))
+        if _X86:  # sfence: what Intel and AMD name for non-temporal stores (a locked
+            # instruction, LLVM's seq_cst fence on x86, is not documented to drain them)
+            builder.call(_declare(builder.module, "llvm.x86.sse.sfence",
+                                  ir.FunctionType(ir.VoidType(), [])), [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from ..config import (DGRAD_PREFETCH, DGRAD_TILE, FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT,
                       POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE, njit_options)
-from ._simd import lanes, lanes_of, line_of, outer_product, typed_zero
+from ._simd import lanes, lanes_of, line_of, outer_product, stream_copy, typed_zero
 from ._workspace import scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _add, _copy, _padded
@@ -215,6 +215,7 @@ def _iwgrad_kernel():
                 tp = fp + 2 * (task // ntq)
                 tq = fq + 2 * (task % ntq)
                 patch = np.empty(N * T if want_dw else 1, dtype=dwo.dtype)
+                bank = np.empty(K * T if want_dw else 1, dtype=dwo.dtype)
                 dpatch = np.empty(N * T if want_dx else 1, dtype=dwo.dtype)
                 for p in range(tp * BP, min(P, tp * BP + BP)):
                     for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
@@ -228,9 +229,14 @@ def _iwgrad_kernel():
                                 for t0 in range(0, T, VW):
                                     outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0, 1, K,
                                                   patch, t0, T, N, 0,
-                                                  of, (pos * K + k0) * T + t0, T, 1,
+                                                  bank, k0 * T + t0, T, 1,
                                                   min(MW, K - k0), min(VW, T - t0),
-                                                  accumulate, of, 0, False, 0)
+                                                  False, bank, 0, False, 0)
+                            # the bank, contiguous, from L2 to memory in one sequential run
+                            if accumulate:
+                                _add(of[pos * K * T:(pos + 1) * K * T], bank)
+                            else:
+                                stream_copy(of, pos * K * T, bank, 0, K * T)
                         if want_dx:
                             # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
                             nxt = (pos + 1) * K * T
