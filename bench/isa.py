@@ -4,7 +4,9 @@ variables: the one place `python -m bench --isa`, the tests and CI take them fro
     python -m bench.isa avx2 CMD [ARG...]     run CMD with the AVX2 environment (.ci/run does)
     python -m bench.isa avx2                  print it, one NAME=VALUE a line
 
-native: nothing set, everything compiles for the host (AVX-512 where it has it).
+native: everything compiles for the host (AVX-512 where it has it); an AVX2 setting inherited
+from the environment (a machine with OPENBLAS_CORETYPE=Haswell set for everyone held NumPy's
+sgemm, the FLOP roof, to half of a Zen 5 core's rate) is removed.
 avx2: our Numba kernels for Haswell, AVX2 + FMA only (NUMBA_CPU_NAME=haswell with an empty
 NUMBA_CPU_FEATURES, so the features are the name's own: with NUMBA_CPU_NAME alone Numba keeps
 the host's features, AVX-512 included, and a plain float32 loop then uses zmm registers), and
@@ -35,9 +37,18 @@ ISAS = tuple(VARS)
 _APPENDED = ("XLA_FLAGS",)          # a list of flags: ours goes after the caller's own
 
 
+def _held(base):
+    """The AVX2 settings `base` holds (the appended XLA flag is left to the caller's list)."""
+    return [name for name, value in VARS[AVX2].items()
+            if name not in _APPENDED and base.get(name) == value]
+
+
 def env(isa, base=None):
     """A copy of `base` (default os.environ) with the variables of `isa` set."""
     out = dict(os.environ if base is None else base)
+    if isa == NATIVE:
+        for name in _held(out):
+            del out[name]
     for name, value in VARS[isa].items():
         old = out.get(name, "")
         if name in _APPENDED and old:
@@ -49,6 +60,8 @@ def env(isa, base=None):
 def active(isa, base=None):
     """Whether `base` (default os.environ) already has every variable of `isa`."""
     base = os.environ if base is None else base
+    if isa == NATIVE and _held(base):
+        return False
     return all(base.get(name) == value or (name in _APPENDED and value in
                                             base.get(name, "").split())
                for name, value in VARS[isa].items())
@@ -63,6 +76,8 @@ def main(argv=None):
     if not cmd:
         for name, value in VARS[isa].items():
             print(f"{name}={value}")
+        for name in (_held(os.environ) if isa == NATIVE else ()):
+            print(f"{name}=  (unset)")
         return 0
     os.execvpe(cmd[0], cmd, env(isa))
 

@@ -417,14 +417,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if not isa.active(args.isa):          # the libraries read these when they load: a child
+        unset = [k for k in isa.VARS[isa.AVX2] if k in os.environ and k not in isa.env(args.isa)]
         log(f"--isa {args.isa}: running the benchmark in a child process with "
-            + " ".join(f"{k}={v}" for k, v in isa.VARS[args.isa].items()))
+            + " ".join([f"{k}={v}" for k, v in isa.VARS[args.isa].items()]
+                       + [f"{k} unset" for k in unset]))
         return subprocess.call([sys.executable, "-m", "bench", *argv],
                                env=isa.env(args.isa), cwd=REPO)
-    held = [k for k, v in isa.VARS[isa.AVX2].items() if v and os.environ.get(k) == v]
-    if args.isa == isa.NATIVE and held:
-        log(f"WARNING: --isa native with {', '.join(held)} set: not all of it runs the host's "
-            "own instruction set")
     try:
         report = run(args)
     except SystemExit as exc:

@@ -121,3 +121,15 @@ def test_bench_isa_avx2_reruns_in_a_child(monkeypatch, capsys):
     assert "--isa avx2: running the benchmark in a child process" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         report.parse_args(["--gpu", "--isa", "avx2"])
+
+
+def test_native_drops_an_inherited_avx2_setting():
+    """A machine that sets OPENBLAS_CORETYPE=Haswell for every process (seen on a Zen 5 VM)
+    would hold NumPy's sgemm, the native run's FLOP roof, to AVX2: the native environment
+    drops it, and keeps another core type the user chose."""
+    base = {"OPENBLAS_CORETYPE": "Haswell", "PATH": "/bin"}
+    assert not isa.active(isa.NATIVE, base)
+    env = isa.env(isa.NATIVE, base)
+    assert env == {"PATH": "/bin"} and isa.active(isa.NATIVE, env)
+    chosen = {"OPENBLAS_CORETYPE": "SkylakeX"}
+    assert isa.active(isa.NATIVE, chosen) and isa.env(isa.NATIVE, chosen) == chosen
