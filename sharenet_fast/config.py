@@ -55,12 +55,17 @@ if VEC_BYTES == 64:
     DGRAD_TILE = (8, 2)
     # shared/tiled conv (all passes): accumulator budget and most vectors along the columns
     CONV_ACC, CONV_NVMAX = 24, 4
+    # the shared conv's in-place weight gradient: most vectors along a tap's S*C inputs
+    WGRAD_DIRECT_NVMAX = 6
 else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
     WGRAD_TILE = (4, 2)
     DGRAD_TILE = (4, 2)
     CONV_ACC, CONV_NVMAX = 12, 3
+    WGRAD_DIRECT_NVMAX = 3
+# ... used where S*C fills at least this fraction of its vectors' lanes (else the gathered form)
+WGRAD_DIRECT_FILL = 0.8
 # cache lines of the next bank the input gradient prefetches per reduction step
 DGRAD_PREFETCH = 4
 

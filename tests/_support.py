@@ -105,6 +105,9 @@ SHAPES = [
     Case("stride_1x2", 2, 3, 8, 9, 5, 2, 3, stride=(1, 2), padding=(0, 1)),
     Case("wgrad_chunks", 2, 2, 30, 30, 3, 3, 3, padding=1),                 # P*Q > WGRAD_CHUNK
     Case("wide_row", 1, 1, 2, 600, 2, 1, 3),                                # Q > WGRAD_CHUNK
+    # S*C fills whole vectors (2 of 16 float32 lanes, 4 of 8 float64): the CPU weight
+    # gradient's in-place form, with a row stride, a row dilation and K past one row tile
+    Case("wgrad_inplace", 2, 16, 12, 11, 10, 3, 2, stride=(2, 1), padding=1, dilation=(2, 1)),
     # alexnet's stride 4 and 11 x 11 kernel small enough for the CUDA simulator: 16 input
     # classes in the GPU input gradient, each with its own taps
     Case("stride4_k11_small", 1, 2, 19, 21, 3, 11, 11, stride=4, padding=(0, 1)),

@@ -21,8 +21,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (CONV_ACC, CONV_NVMAX, WGRAD_CHUNK, WGRAD_MAX_PARTIALS,
-                      WGRAD_MAX_WORKSPACE, njit_options)
+from ..config import (CONV_ACC, CONV_NVMAX, WGRAD_CHUNK, WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX,
+                      WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE, njit_options)
 from ._simd import lanes, lanes_of, outer_product, outer_product_nested, typed_zero
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
@@ -286,6 +286,69 @@ def _wgrad_kernel(MR, NV):
     return conv2d_wgrad_kernel
 
 
+@lru_cache(maxsize=None)
+def _wgrad_direct_kernel(MR, NV):
+    @njit(**njit_options(parallel=True))
+    def conv2d_wgrad_direct_kernel(dy, xh, partial, R, S, sh, sw, dh, rows):
+        """The shared conv's weight gradient read in place (no gathered patches, no copy of
+        dy): dy (N, K, P, Q); xh: padded NHWC input; partial: (B, 1, K, R*S*C) as in
+        conv2d_wgrad_kernel, the same work units and owners. Column dilation 1: tap r's S*C
+        inputs under (p, q) are one run of xh's row p*sh + r*dh from column q*sw.
+
+        Per unit (n, rows p0..p1) and tap r: partial[b][k, r*S*C + sc] += sum over (p, q) of
+        dy[n, k, p, q] * xh[n, p*sh + r*dh, q*sw, sc]: MR filters (A: dy's rows, unit stride
+        along the positions) x NV vectors of (s, c) (B: read from the input row, stride sw*C
+        per q, sh rows per p), the unit's positions reduced in registers. Where C*S fills whole
+        vectors this does the GEMM of conv2d_wgrad_kernel without writing and re-reading its
+        patch matrix (8 MB per image at deepface_l4)."""
+        N, K, P, Q = dy.shape
+        _, Hp, Wp, C = xh.shape
+        B = partial.shape[0]
+        SC = S * C
+        T = R * SC
+        chunks = (P + rows - 1) // rows
+        U = N * chunks
+        VT = NV * lanes_of(partial)
+        dyf = dy.ravel()
+        xf = xh.ravel()
+        pf = partial.ravel()
+        for b in prange(B):
+            pf[b * K * T:(b + 1) * K * T] = 0
+            for u in range(b * U // B, (b + 1) * U // B):
+                n = u // chunks
+                p0 = (u - n * chunks) * rows
+                nr = min(rows, P - p0)
+                for r in range(R):
+                    xrow = (n * Hp + p0 * sh + r * dh) * Wp * C
+                    for sc0 in range(0, SC, VT):
+                        for k0 in range(0, K, MR):
+                            outer_product_nested(MR, NV, dyf, ((n * K + k0) * P + p0) * Q,
+                                                 P * Q, 1, xf, xrow + sc0, sw * C, Q,
+                                                 pf, (b * K + k0) * T + r * SC + sc0, T, 1,
+                                                 min(MR, K - k0), min(VT, SC - sc0), True,
+                                                 pf, 0, False, nr, sh * Wp * C, 1, 0)
+
+    return conv2d_wgrad_direct_kernel
+
+
+def wgrad_direct_tile(K, SC, itemsize):
+    """(MR, NV) of the in-place weight gradient, or None where the gathered form is the better
+    one: vectors run along a tap's S*C inputs, so S*C must fill them (alexnet_conv1's 33 would
+    leave a third of the lanes idle). NV: no masked vector where one divides S*C's vector
+    count, then the most FMAs per load (MR*NV / (MR + NV)) within the accumulator budget."""
+    VL = lanes(itemsize)
+    nvec = -(-SC // VL)
+    if SC / (nvec * VL) < WGRAD_DIRECT_FILL:
+        return None
+    best = None
+    for NV in range(1, min(nvec, WGRAD_DIRECT_NVMAX) + 1):
+        MR = min(8, CONV_ACC // NV, K)
+        key = (-(-(-nvec // NV) * NV - nvec), MR * NV / (MR + NV))
+        if best is None or key > best[0]:
+            best = (key, (MR, NV))
+    return best[1]
+
+
 @njit(**njit_options(parallel=True))
 def reduce_partials_kernel(partial, out, accumulate):
     """out (+)= sum_b partial[b], b in increasing order: the same bits whatever the threads."""
@@ -331,12 +394,18 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     accumulate = out is not None
     if out is None:
         out = np.empty(w_shape, dtype=x.dtype)
-    kernel = _wgrad_kernel(*conv_tile(g.K, x.dtype.itemsize))
+    direct = (wgrad_direct_tile(g.K, g.S * g.C, x.dtype.itemsize)
+              if (TP, TQ) == (1, 1) and g.dilation[1] == 1 else None)
     with _launch_lock:
         xh = _padded(x, *g.padding, "nhwc", "wgrad_x")
-        dyd = _deinterleaved(dy, TQ, "wgrad_dy")
         partial = scratch("wgrad_partial", (nparts, TP * TQ, g.K, g.R * g.S * g.C), x.dtype)
-        kernel(dyd, xh, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP, TQ)
+        if direct is not None:
+            _wgrad_direct_kernel(*direct)(np.ascontiguousarray(dy), xh, partial, g.R, g.S,
+                                          *g.stride, g.dilation[0], rows)
+        else:
+            dyd = _deinterleaved(dy, TQ, "wgrad_dy")
+            _wgrad_kernel(*conv_tile(g.K, x.dtype.itemsize))(
+                dyd, xh, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP, TQ)
         # partial banks are (K, R, S, C); out is (..., K, C, R, S)
         summed = scratch("wgrad_sum", (TP * TQ * g.K, g.R * g.S * g.C), x.dtype)
         reduce_partials_kernel(partial.reshape(nparts, -1), summed.reshape(-1), False)
