@@ -47,7 +47,7 @@ import time
 import numpy as np
 
 import sharenet_fast as sf
-from bench import harness, isa, ops, schema, targets
+from bench import harness, isa, ops, precompile, schema, targets
 from bench.cpu import REPO, CpuTarget, log, peak_memory, startup
 from bench.shapes import SUITE, geometry
 
@@ -349,7 +349,8 @@ def run(args, progress_stream=None, shapes=None):
     target, backends = make_target(args)
     if target is None:
         raise SystemExit(backends)
-    if shapes is None:
+    suite = shapes is None
+    if suite:
         shapes = {n: SUITE[n].with_batch(args.batch) if args.batch else SUITE[n]
                   for n in args.shapes}
         if args.grid:
@@ -359,6 +360,10 @@ def run(args, progress_stream=None, shapes=None):
     if load > 0.5:
         log(f"WARNING: load average {load:.2f} before starting: other processes share the "
             "cores, so timings are noisy")
+    if suite and args.target == "cpu" and "cpu" in backends and sf.config.CACHE:
+        log(f"compiling our CPU kernels into Numba's cache, {os.cpu_count()} processes ...")
+        wall, errors = precompile.run(shapes, args.layers, args.mode)
+        log(f"compiled in {wall:.0f} s" + "".join(f"; a worker failed: {e}" for e in errors))
     log(f"{target.device()}: measuring the machine's limits ...")
     limits = target.limits(small=args.mode == "quick")
     log(limits.get("describe", "no limits measured"))
@@ -416,13 +421,15 @@ def run(args, progress_stream=None, shapes=None):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if not isa.active(args.isa):          # the libraries read these when they load: a child
-        unset = [k for k in isa.VARS[isa.AVX2] if k in os.environ and k not in isa.env(args.isa)]
-        log(f"--isa {args.isa}: running the benchmark in a child process with "
-            + " ".join([f"{k}={v}" for k, v in isa.VARS[args.isa].items()]
-                       + [f"{k} unset" for k in unset]))
-        return subprocess.call([sys.executable, "-m", "bench", *argv],
-                               env=isa.env(args.isa), cwd=REPO)
+    env = isa.env(args.isa)
+    if args.target == "cpu":             # see bench/precompile.py; SHARENET_FAST_CACHE=0 opts out
+        env.setdefault("SHARENET_FAST_CACHE", "1")
+    if env != dict(os.environ):          # the libraries read these when they load: a child
+        changed = [f"{k}={v}" for k, v in env.items() if os.environ.get(k) != v]
+        unset = [k for k in os.environ if k not in env]
+        log("running the benchmark in a child process with "
+            + " ".join(changed + [f"{k} unset" for k in unset]))
+        return subprocess.call([sys.executable, "-m", "bench", *argv], env=env, cwd=REPO)
     try:
         report = run(args)
     except SystemExit as exc:

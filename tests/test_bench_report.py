@@ -9,8 +9,19 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sharenet_fast as sf  # noqa: E402
-from bench import ops, report, schema, targets  # noqa: E402
+from bench import isa, ops, precompile, report, schema, targets  # noqa: E402
 from _bench_docs import make_doc  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _in_this_process(monkeypatch):
+    """report.main runs the benchmark in a child process where the environment lacks what the
+    run needs (bench/isa.py's native settings, the kernel cache): set so it runs here, where
+    capsys sees it, with the cache off (as this process imported sharenet_fast)."""
+    monkeypatch.setenv("SHARENET_FAST_CACHE", "0")
+    for name in isa.VARS[isa.AVX2]:
+        if os.environ.get(name) == isa.VARS[isa.AVX2][name] and name not in isa._APPENDED:
+            monkeypatch.delenv(name)
 
 
 def test_cpu_report_end_to_end(tmp_path, capsys):
@@ -351,3 +362,16 @@ def test_no_import_cycle_in_bench():
 
     cyclic = sorted(m for m in graph if reaches(m, m))
     assert cyclic == [], f"modules in an import cycle: {cyclic}"
+
+
+def test_precompile_fills_the_cache_in_workers(tmp_path, monkeypatch):
+    """bench/precompile.py: the workers call our launchers for their (shape, layer) pairs with
+    the cache on, so the kernels land in Numba's cache directory, and report failures."""
+    from bench.shapes import SUITE
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    shapes = {"cifar_5x5": SUITE["cifar_5x5"].shrunk(1, 4)}
+    wall, errors = precompile.run(shapes, ["conv2d", "local2d"], "quick", workers=2)
+    assert errors == [] and wall > 0
+    assert any(p.suffix == ".nbc" for p in tmp_path.rglob("*"))    # compiled code was saved
+    wall, errors = precompile.run({"x": SUITE["cifar_5x5"]._replace(N=0)}, ["conv2d"], "quick")
+    assert errors and wall > 0                                      # a worker's error comes back
