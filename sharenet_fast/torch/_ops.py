@@ -1,0 +1,305 @@
+"""The layers as PyTorch custom operators (`torch.ops.sharenet_fast.*`), built from the op table.
+
+Per layer kind (optable.LAYERS: conv2d, tiled_conv2d, local2d) three operators, and two for the
+penalty:
+
+    <layer>(x, weight, bias?, stride, padding, padding_word, dilation, deterministic, backend)
+        -> y
+    <layer>_backward(grad_out, x, weight, stride, padding, padding_word, dilation,
+                     needs_input, needs_weight, needs_bias, deterministic, backend)
+        -> (dx, dw, db): a gradient not asked for is an empty tensor (custom ops return no None)
+    <layer>_backward_into(grad_out, x, weight, grad_weight, grad_bias?, ..., needs_input, ...)
+        -> dx; ADDS the weight and bias gradients into grad_weight / grad_bias (mutates_args:
+        hard sharing's accumulation, as the NumPy API's grad_weight= does)
+    soft_sharing_penalty(a, b, strength, backend) -> 0-d tensor of a's dtype
+    soft_sharing_penalty_backward(grad, a, b, strength, needs_a, needs_b, backend) -> (ga, gb)
+
+Every operator has a fake kernel (shapes only, for torch.compile and meta tensors); the forward
+operators and the penalty have autograd by `torch.library.register_autograd`, whose backward
+calls the backward operator with `needs` from `ctx.needs_input_grad` (so one fused pass computes
+exactly the gradients autograd wants), and autocast rules (compute in float32: the kernels have
+no reduced-precision storage yet).
+
+The kernels are the NumPy API's: CPU tensors are handed over as zero-copy NumPy views (a copy
+only where a tensor is not C-contiguous), results come back as tensors sharing the NumPy
+result's memory, and each gradient has the strides of the tensor it is the gradient of (DDP's
+bucket views need a gradient strided like its parameter). CUDA tensors go through DLPack as CuPy
+arrays, launched on torch's current stream; that path has not yet run on a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import api, optable, registry
+from ..geometry import ConvGeometry
+
+NS = "sharenet_fast"
+FLOATS = (torch.float32, torch.float64)
+# the NumPy API's functions the operators call, looked up per call (tests spy on them here)
+_FUNCTIONS = {name: getattr(api, name) for name in optable.LAYERS}
+_BACKWARDS = {name: getattr(api, name + "_backward") for name in optable.LAYERS}
+
+
+# ------------------------------------------------------------------------------ boundary
+def _padding(padding, word):
+    return word if word else tuple(padding)
+
+
+def _same_device(**tensors):
+    """TypeError for tensors of one call on different devices (the fake kernels' check too:
+    a meta or fake tensor beside a real one never reaches the kernels)."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on {d}" for name, d in devices.items())
+        raise TypeError(f"tensors of one call must be on one device, not mixed: {listing}")
+
+
+def _check(autocast=False, **tensors):
+    """dtype and device of every given tensor, before anything is converted: a TypeError naming
+    the argument (the NumPy API checks everything else, before any kernel runs). Returns the
+    device type ("cpu" or "cuda"). autocast: a reduced-precision float is let through where
+    torch.autocast is on for its device (the autocast rule casts it to float32 next)."""
+    given = {k: t for k, t in tensors.items() if t is not None}
+    for name, t in given.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if (autocast and t.dtype in (torch.bfloat16, torch.float16)
+                and t.device.type in ("cpu", "cuda")
+                and torch.is_autocast_enabled(t.device.type)):
+            continue
+        if t.dtype not in FLOATS:
+            raise TypeError(f"{name} must be float32 or float64, got {t.dtype} (under "
+                            "torch.autocast the operators compute in float32)")
+    _same_device(**given)
+    device = next(iter(given.values())).device
+    if device.type == "cuda":
+        avail = registry.backends()
+        if not any(avail[b] == "available" for b in registry.GPU):
+            raise TypeError("CUDA tensors need a GPU backend, and none is available here: "
+                            + "; ".join(f"{b}: {avail[b]}" for b in registry.GPU))
+    elif device.type != "cpu":
+        raise TypeError(f"tensors must be on the CPU or a CUDA device, got {device}")
+    return device.type
+
+
+def _check_args(**tensors):
+    """The functional forms' check before the operator is called (where a meta tensor would
+    send the call to a fake kernel): types, dtypes and one device. Not under torch.compile's
+    tracing, where the fake kernels check what they can."""
+    if torch.compiler.is_compiling():
+        return
+    _check(autocast=True, **tensors)
+
+
+def _array(t, writable=False):
+    """The NumPy (CPU) or CuPy (CUDA) array of a tensor, without a copy where the kernels can
+    read it as it is; `writable`: a buffer added into in place (strides kept: the API adds into
+    a strided buffer through a temporary)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if not writable and not t.is_contiguous():
+        t = t.contiguous()
+    if t.device.type == "cpu":
+        return t.numpy()
+    import cupy
+
+    return cupy.from_dlpack(t)
+
+
+def _tensor(a, like):
+    """A tensor of the API's result `a` (sharing its memory) on `like`'s device."""
+    if like.device.type == "cpu":
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+def _strided_like(g, ref):
+    """Gradient `g` (C-contiguous) with the strides of `ref`, the tensor it is the gradient of
+    (a copy only where ref is not contiguous)."""
+    if ref.is_contiguous():
+        return g
+    return torch.empty_like(ref).copy_(g)
+
+
+@contextlib.contextmanager
+def _stream(device_type, ref):
+    """CuPy launches on torch's current stream of ref's device; nothing to do on the CPU."""
+    if device_type != "cuda":
+        yield
+        return
+    import cupy
+
+    stream = torch.cuda.current_stream(ref.device)
+    with cupy.cuda.Device(ref.device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
+        yield
+
+
+def _geometry(x, weight, stride, padding, word, dilation):
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape[-4:]
+    return ConvGeometry.make(N, C, H, W, K, R, S, tuple(stride), _padding(padding, word),
+                             tuple(dilation))
+
+
+# ------------------------------------------------------------------------ layer operators
+def _define(name):
+    """The three operators of one layer kind, their fake kernels, autograd and autocast."""
+
+    @torch.library.custom_op(f"{NS}::{name}", mutates_args=())
+    def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                padding: list[int], padding_word: str, dilation: list[int],
+                deterministic: bool, backend: str) -> Tensor:
+        dev = _check(x=x, weight=weight, bias=bias)
+        with _stream(dev, x):
+            y = _FUNCTIONS[name](_array(x), _array(weight), _array(bias),
+                                 stride=tuple(stride), padding=_padding(padding, padding_word),
+                                 dilation=tuple(dilation), backend=backend)
+        return _tensor(y, x)
+
+    @forward.register_fake
+    def _(x, weight, bias, stride, padding, padding_word, dilation, deterministic, backend):
+        _same_device(x=x, weight=weight, bias=bias)
+        g = _geometry(x, weight, stride, padding, padding_word, dilation)
+        return x.new_empty(g.y_shape)
+
+    @torch.library.custom_op(f"{NS}::{name}_backward", mutates_args=())
+    def backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: list[int],
+                 padding: list[int], padding_word: str, dilation: list[int],
+                 needs_input: bool, needs_weight: bool, needs_bias: bool, deterministic: bool,
+                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
+        dev = _check(grad_out=grad_out, x=x, weight=weight)
+        needs = tuple(n for n, want in zip(optable.GRADIENTS,
+                                           (needs_input, needs_weight, needs_bias)) if want)
+        with _stream(dev, x):
+            g = _BACKWARDS[name](_array(grad_out), _array(x), _array(weight),
+                                 stride=tuple(stride), padding=_padding(padding, padding_word),
+                                 dilation=tuple(dilation), needs=needs,
+                                 deterministic=deterministic, backend=backend)
+        empty = x.new_empty(0)
+        return (_strided_like(_tensor(g.input, x), x) if needs_input else empty,
+                _strided_like(_tensor(g.weight, x), weight) if needs_weight else empty.clone(),
+                _tensor(g.bias, x) if needs_bias else empty.clone())
+
+    @backward.register_fake
+    def _(grad_out, x, weight, stride, padding, padding_word, dilation, needs_input,
+          needs_weight, needs_bias, deterministic, backend):
+        spec = optable.LAYERS[name]
+        g = _geometry(x, weight, stride, padding, padding_word, dilation)
+        return (torch.empty_like(x) if needs_input else x.new_empty(0),
+                torch.empty_like(weight) if needs_weight else x.new_empty(0),
+                x.new_empty(spec.bias_shape(g, spec.grid(weight.shape))) if needs_bias
+                else x.new_empty(0))
+
+    @torch.library.custom_op(f"{NS}::{name}_backward_into",
+                             mutates_args=("grad_weight", "grad_bias"))
+    def backward_into(grad_out: Tensor, x: Tensor, weight: Tensor, grad_weight: Tensor,
+                      grad_bias: Optional[Tensor], stride: list[int], padding: list[int],
+                      padding_word: str, dilation: list[int], needs_input: bool,
+                      deterministic: bool, backend: str) -> Tensor:
+        dev = _check(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
+                     grad_bias=grad_bias)
+        needs = (("input",) if needs_input else ()) + ("weight",) + (
+            ("bias",) if grad_bias is not None else ())
+        with _stream(dev, x):
+            g = _BACKWARDS[name](_array(grad_out), _array(x), _array(weight),
+                                 stride=tuple(stride), padding=_padding(padding, padding_word),
+                                 dilation=tuple(dilation), needs=needs,
+                                 deterministic=deterministic,
+                                 grad_weight=_array(grad_weight, writable=True),
+                                 grad_bias=_array(grad_bias, writable=True), backend=backend)
+        return _strided_like(_tensor(g.input, x), x) if needs_input else x.new_empty(0)
+
+    @backward_into.register_fake
+    def _(grad_out, x, weight, grad_weight, grad_bias, stride, padding, padding_word, dilation,
+          needs_input, deterministic, backend):
+        return torch.empty_like(x) if needs_input else x.new_empty(0)
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, word, dilation, deterministic, backend = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.args = (stride, padding, word, dilation)
+        ctx.deterministic, ctx.backend = deterministic, backend
+
+    def grad(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        if not (want_x or want_w or want_b):
+            return (None,) * 9
+        dx, dw, db = backward(grad_out.contiguous(), x, weight, *ctx.args, want_x, want_w,
+                              want_b, ctx.deterministic, ctx.backend)
+        return (dx if want_x else None, dw if want_w else None, db if want_b else None,
+                None, None, None, None, None, None)
+
+    forward.register_autograd(grad, setup_context=setup_context)
+    for device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"{NS}::{name}", device, torch.float32)
+    return forward, backward, backward_into
+
+
+OPS = {name: _define(name) for name in optable.LAYERS}
+
+
+# ----------------------------------------------------------------------------- the penalty
+@torch.library.custom_op(f"{NS}::soft_sharing_penalty", mutates_args=())
+def soft_sharing_penalty(a: Tensor, b: Tensor, strength: float, backend: str) -> Tensor:
+    dev = _check(a=a, b=b)
+    with _stream(dev, a):
+        p = api.soft_sharing_penalty(_array(a), _array(b), strength, backend=backend)
+    if dev == "cpu":
+        return torch.tensor(float(p), dtype=a.dtype)
+    return torch.from_dlpack(p).to(a.dtype)
+
+
+@soft_sharing_penalty.register_fake
+def _(a, b, strength, backend):
+    return a.new_empty(())
+
+
+@torch.library.custom_op(f"{NS}::soft_sharing_penalty_backward", mutates_args=())
+def soft_sharing_penalty_backward(grad: Tensor, a: Tensor, b: Tensor, strength: float,
+                                  needs_a: bool, needs_b: bool,
+                                  backend: str) -> tuple[Tensor, Tensor]:
+    """(grad * strength * (a - b), -grad * strength * (a - b)); one not asked for is empty.
+    The fused kernel adds into zeroed buffers, then the incoming gradient scales them."""
+    dev = _check(a=a, b=b)
+    ga = torch.zeros_like(a, memory_format=torch.contiguous_format) if needs_a else None
+    gb = torch.zeros_like(b, memory_format=torch.contiguous_format) if needs_b else None
+    with _stream(dev, a):
+        api.soft_sharing_penalty(_array(a), _array(b), strength, grad_a=_array(ga, True),
+                                 grad_b=_array(gb, True), backend=backend)
+    scale = grad.to(a.dtype)
+    empty = a.new_empty(0)
+    return (_strided_like(ga.mul_(scale), a) if needs_a else empty,
+            _strided_like(gb.mul_(scale), b) if needs_b else empty.clone())
+
+
+@soft_sharing_penalty_backward.register_fake
+def _(grad, a, b, strength, needs_a, needs_b, backend):
+    return (torch.empty_like(a) if needs_a else a.new_empty(0),
+            torch.empty_like(b) if needs_b else a.new_empty(0))
+
+
+def _penalty_setup(ctx, inputs, output):
+    a, b, strength, backend = inputs
+    ctx.save_for_backward(a, b)
+    ctx.strength, ctx.backend = strength, backend
+
+
+def _penalty_grad(ctx, grad):
+    a, b = ctx.saved_tensors
+    want_a, want_b = ctx.needs_input_grad[:2]
+    if not (want_a or want_b):
+        return None, None, None, None
+    ga, gb = soft_sharing_penalty_backward(grad, a, b, ctx.strength, want_a, want_b,
+                                           ctx.backend)
+    return (ga if want_a else None, gb if want_b else None, None, None)
+
+
+soft_sharing_penalty.register_autograd(_penalty_grad, setup_context=_penalty_setup)
+for _device_type in ("cpu", "cuda"):
+    torch.library.register_autocast(f"{NS}::soft_sharing_penalty", _device_type, torch.float32)
