@@ -110,6 +110,17 @@ WGRAD_MAX_WORKSPACE = 256 * 2**20
 # being allocated afresh: each one is reused by the next call of the same kernel.
 WORKSPACE_CACHE_BYTES = 64 * 2**20
 
+# Results (arrays handed to the caller) of at least RESULT_POOL_MIN_BYTES come from a pool of
+# recycled buffers (cpu/_workspace.py, result()): a buffer goes back to the pool when the
+# caller's last view of it dies, and the pool keeps at most RESULT_POOL_BYTES of such free
+# buffers (env SHARENET_FAST_RESULT_POOL_MB; 0 turns it off). A locally-connected weight
+# gradient is the weight's size (422 MB at alexnet_conv1): fresh memory each call cost page
+# faults and, after other programs had freed memory, the kernel's compaction for huge pages:
+# 46-57 ms per call in a clean process and 130-570 ms after TensorFlow or JAX ran, for a
+# kernel taking 36.
+RESULT_POOL_BYTES = int(float(os.environ.get("SHARENET_FAST_RESULT_POOL_MB", 1024)) * 2**20)
+RESULT_POOL_MIN_BYTES = 16 * 2**20
+
 # ----------------------------------------------------------------------- Numba CUDA launch geometry
 # Under NUMBA_ENABLE_CUDASIM=1 every CUDA thread is a Python thread, so the tests shrink the
 # blocks here, in the one place, instead of in the kernels (which read these when first built).

@@ -7,12 +7,18 @@ the op. Kernels' private scratch (never returned to the caller) therefore comes 
 
 Only use under launch_lock, and never let a scratch array escape the call: the next call gets
 the same memory. Buffers above WORKSPACE_CACHE_BYTES are not kept.
+
+Results the caller keeps can't be scratch; large ones come from result(): a pool of buffers,
+each lent out behind a small owner object that every NumPy view of the result holds as its
+base, so the buffer returns to the pool only when the caller's last view is gone (a training
+loop's weight gradient of one step is freed before the next step asks for another).
 """
 import threading
+import weakref
 
 import numpy as np
 
-from ..config import WORKSPACE_CACHE_BYTES
+from ..config import RESULT_POOL_BYTES, RESULT_POOL_MIN_BYTES, WORKSPACE_CACHE_BYTES
 
 # Every parallel CPU kernel launches under this lock. Numba's "workqueue" threading layer (the
 # fallback where no OpenMP/TBB exists) aborts the process when two Python threads enter parallel
@@ -41,3 +47,57 @@ def scratch(name, shape, dtype):
 def clear():
     """Drop every cached buffer (the memory goes back to the allocator)."""
     _cache.clear()
+
+
+# ------------------------------------------------------------------------------ result pool
+_pool_lock = threading.Lock()
+_pool = {}            # nbytes -> [uint8 buffers], free
+_pool_bytes = [0]
+
+
+class _Lease:
+    """The owner of a pooled buffer while it is lent out: the result array and all its views
+    have it as their base (NumPy collapses a view's base to the first object that is not a
+    view), so it dies with the last of them, and its finalizer returns the buffer."""
+    __slots__ = ("__array_interface__", "buf", "__weakref__")
+
+
+def _give_back(buf):
+    with _pool_lock:
+        if _pool_bytes[0] + buf.nbytes <= RESULT_POOL_BYTES:
+            _pool.setdefault(buf.nbytes, []).append(buf)
+            _pool_bytes[0] += buf.nbytes
+
+
+def result(shape, dtype):
+    """An uninitialised C-contiguous array for a result the caller keeps: from the pool where
+    it is large enough to be worth it (the kernel must write every element)."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if nbytes < RESULT_POOL_MIN_BYTES or RESULT_POOL_BYTES <= 0:
+        return np.empty(shape, dtype)
+    with _pool_lock:
+        free = _pool.get(nbytes)
+        buf = free.pop() if free else None
+        if buf is not None:
+            _pool_bytes[0] -= nbytes
+    if buf is None:
+        buf = np.empty(nbytes, np.uint8)
+    lease = _Lease()
+    lease.buf = buf
+    lease.__array_interface__ = dict(shape=shape, typestr=dtype.str, version=3,
+                                     data=(buf.ctypes.data, False))
+    weakref.finalize(lease, _give_back, buf)
+    return np.asarray(lease)
+
+
+def pool_bytes():
+    """Bytes of free buffers the result pool holds."""
+    return _pool_bytes[0]
+
+
+def clear_pool():
+    with _pool_lock:
+        _pool.clear()
+        _pool_bytes[0] = 0

@@ -27,7 +27,7 @@ from numba import njit, prange
 from ..config import (DGRAD_PREFETCH, DGRAD_TILE, FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT,
                       POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE, njit_options)
 from ._simd import lanes, lanes_of, line_of, outer_product, stream_copy, typed_zero
-from ._workspace import scratch
+from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _add, _copy, _padded
 
@@ -278,8 +278,8 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out):
     ph, pw = g.padding
     dt = dy.dtype
     accumulate = out is not None
-    if want_dw and out is None:
-        out = np.empty((g.P, g.Q) + g.w_shape, dtype=dt)
+    if want_dw and out is None:  # written whole: from the result pool (cpu/_workspace.py)
+        out = result((g.P, g.Q) + g.w_shape, dt)
     dwo = out if want_dw else np.zeros((1, 1, 1, 1, 1, 1), dt)
     w = weight if want_dx else np.zeros((1, 1, 1, 1, 1, 1), dt)
     with _launch_lock:
