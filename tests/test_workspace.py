@@ -71,3 +71,19 @@ def test_local_weight_gradients_alive_together_do_not_share_memory():
     g3 = sf.local2d_backward(dy2, x, w, needs=("weight",)).weight
     assert g3.ctypes.data == ptr
     assert np.linalg.norm(g3 - want2) / np.linalg.norm(want2) < 1e-5
+
+
+def test_the_pool_drops_the_least_recently_returned_beyond_its_cap(monkeypatch):
+    """A run that moves from one layer size to another gets the new size pooled: the old
+    size's buffers go first."""
+    monkeypatch.setattr(ws, "RESULT_POOL_BYTES", 5 * BIG[0])
+    old = [ws.result(BIG, np.float32) for _ in range(2)]          # 2 x 4*BIG bytes: one fits
+    del old
+    gc.collect()
+    assert ws.pool_bytes() == 4 * BIG[0]
+    new = ws.result((BIG[0] + 16,), np.float32)                   # another size: a miss
+    ptr = new.ctypes.data
+    del new
+    gc.collect()
+    assert ws.pool_bytes() == 4 * (BIG[0] + 16)                   # the old one was dropped
+    assert ws.result((BIG[0] + 16,), np.float32).ctypes.data == ptr

@@ -51,7 +51,7 @@ def clear():
 
 # ------------------------------------------------------------------------------ result pool
 _pool_lock = threading.Lock()
-_pool = {}            # nbytes -> [uint8 buffers], free
+_pool = []            # free uint8 buffers, oldest first
 _pool_bytes = [0]
 
 
@@ -63,10 +63,15 @@ class _Lease:
 
 
 def _give_back(buf):
+    """Keep the buffer, dropping the least recently returned ones beyond RESULT_POOL_BYTES (a
+    run that moves on to another layer size must not find the pool full of the last size's)."""
+    if buf.nbytes > RESULT_POOL_BYTES:
+        return
     with _pool_lock:
-        if _pool_bytes[0] + buf.nbytes <= RESULT_POOL_BYTES:
-            _pool.setdefault(buf.nbytes, []).append(buf)
-            _pool_bytes[0] += buf.nbytes
+        _pool.append(buf)
+        _pool_bytes[0] += buf.nbytes
+        while _pool_bytes[0] > RESULT_POOL_BYTES:
+            _pool_bytes[0] -= _pool.pop(0).nbytes
 
 
 def result(shape, dtype):
@@ -78,8 +83,9 @@ def result(shape, dtype):
     if nbytes < RESULT_POOL_MIN_BYTES or RESULT_POOL_BYTES <= 0:
         return np.empty(shape, dtype)
     with _pool_lock:
-        free = _pool.get(nbytes)
-        buf = free.pop() if free else None
+        hit = next((i for i in range(len(_pool) - 1, -1, -1) if _pool[i].nbytes == nbytes),
+                   None)
+        buf = _pool.pop(hit) if hit is not None else None
         if buf is not None:
             _pool_bytes[0] -= nbytes
     if buf is None:
