@@ -32,8 +32,14 @@ NAMES = tuple(DTYPES)
 WORDS = ", ".join(NAMES[:-1]) + " or " + NAMES[-1]     # "float32 or float64", for messages
 
 
+_BY_DTYPE = {row.storage: row for row in DTYPES.values()}
+
+
 def lookup(dtype):
     """The DType row of a storage dtype, or None if no kernel takes it."""
+    row = _BY_DTYPE.get(dtype) if isinstance(dtype, np.dtype) else None
+    if row is not None:            # the common case, without building a name (every call)
+        return row
     try:
         return DTYPES.get(np.dtype(dtype).name)
     except TypeError:

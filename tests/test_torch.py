@@ -383,3 +383,41 @@ def test_importing_sharenet_fast_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_eager_shortcuts_and_the_operator_give_the_same_results():
+    """Eager CPU calls skip the dispatcher (sft._ops.direct: the implementation under no_grad,
+    an autograd.Function with gradients); under a dispatch mode the operator itself runs. All
+    three give the same bits, and the mode sees our operators."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = SHAPES[1].tensors("local2d", torch.float32)
+    assert sft._ops.direct(x, w, b) == "impl"
+    with torch.no_grad():
+        y0 = sft.local2d(x, w, b, **SHAPES[1].kw)
+    runs = []
+    for mode in (None, Seen()):
+        wg = w.clone().requires_grad_()
+        assert sft._ops.direct(x, wg, b) == "function"
+        if mode is None:
+            y = sft.local2d(x, wg, b, **SHAPES[1].kw)
+            y.sum().backward()
+        else:
+            with mode:
+                assert sft._ops.direct(x, wg, b) is None
+                y = sft.local2d(x, wg, b, **SHAPES[1].kw)
+                y.sum().backward()
+            assert any("sharenet_fast.local2d" in op for op in mode.ops)
+            assert any("sharenet_fast.local2d_backward" in op for op in mode.ops)
+        runs.append((y.detach(), wg.grad))
+    assert torch.equal(runs[0][0], y0) and torch.equal(runs[1][0], y0)
+    assert torch.equal(runs[0][1], runs[1][1])

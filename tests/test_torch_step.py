@@ -16,7 +16,7 @@ def test_quick_run_reports_every_variant(tmp_path, capsys):
                                   "sft.Conv2d", "torch.nn.Conv2d"}
     assert all(s > 0 for s in rep["step_s"].values())
     for op in ("conv2d", "local2d"):
-        assert set(rep["overhead_s"][op]) == {"numpy forward", "torch forward",
+        assert set(rep["overhead_s"][op]) >= {"numpy forward", "torch forward",
                                               "numpy forward+backward",
                                               "torch forward+backward"}
     out = capsys.readouterr().out

@@ -39,7 +39,13 @@ def _conv_args(stride, padding, dilation):
 def _apply(op, x, weight, bias, stride, padding, dilation, deterministic, backend):
     _ops._check_args(x=x, weight=weight, bias=bias)
     st, pd, word, dl = _conv_args(stride, padding, dilation)
-    return getattr(_ops_ns, op)(x, weight, bias, st, pd, word, dl, bool(deterministic), backend)
+    args = (x, weight, bias, st, pd, word, dl, bool(deterministic), backend)
+    how = _ops.direct(x, weight, bias)      # eager CPU calls skip the dispatcher
+    if how == "impl":
+        return _ops.IMPLS[op](*args)
+    if how == "function":
+        return _ops.EAGER[op].apply(*args)
+    return getattr(_ops_ns, op)(*args)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, *, deterministic=False,

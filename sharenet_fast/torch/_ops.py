@@ -150,10 +150,9 @@ def _geometry(x, weight, stride, padding, word, dilation):
 def _define(name):
     """The three operators of one layer kind, their fake kernels, autograd and autocast."""
 
-    @torch.library.custom_op(f"{NS}::{name}", mutates_args=())
-    def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
-                padding: list[int], padding_word: str, dilation: list[int],
-                deterministic: bool, backend: str) -> Tensor:
+    def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                     padding: list[int], padding_word: str, dilation: list[int],
+                     deterministic: bool, backend: str) -> Tensor:
         dev = _check(x=x, weight=weight, bias=bias)
         with _stream(dev, x):
             y = _FUNCTIONS[name](_array(x), _array(weight), _array(bias),
@@ -161,17 +160,18 @@ def _define(name):
                                  dilation=tuple(dilation), backend=backend)
         return _tensor(y, x)
 
+    forward = torch.library.custom_op(f"{NS}::{name}", forward_impl, mutates_args=())
+
     @forward.register_fake
     def _(x, weight, bias, stride, padding, padding_word, dilation, deterministic, backend):
         _same_device(x=x, weight=weight, bias=bias)
         g = _geometry(x, weight, stride, padding, padding_word, dilation)
         return x.new_empty(g.y_shape)
 
-    @torch.library.custom_op(f"{NS}::{name}_backward", mutates_args=())
-    def backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: list[int],
-                 padding: list[int], padding_word: str, dilation: list[int],
-                 needs_input: bool, needs_weight: bool, needs_bias: bool, deterministic: bool,
-                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    def backward_impl(grad_out: Tensor, x: Tensor, weight: Tensor, stride: list[int],
+                      padding: list[int], padding_word: str, dilation: list[int],
+                      needs_input: bool, needs_weight: bool, needs_bias: bool,
+                      deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
         dev = _check(grad_out=grad_out, x=x, weight=weight)
         needs = tuple(n for n, want in zip(optable.GRADIENTS,
                                            (needs_input, needs_weight, needs_bias)) if want)
@@ -184,6 +184,8 @@ def _define(name):
         return (_strided_like(_tensor(g.input, x), x) if needs_input else empty,
                 _strided_like(_tensor(g.weight, x), weight) if needs_weight else empty.clone(),
                 _tensor(g.bias, x) if needs_bias else empty.clone())
+
+    backward = torch.library.custom_op(f"{NS}::{name}_backward", backward_impl, mutates_args=())
 
     @backward.register_fake
     def _(grad_out, x, weight, stride, padding, padding_word, dilation, needs_input,
@@ -225,23 +227,62 @@ def _define(name):
         ctx.args = (stride, padding, word, dilation)
         ctx.deterministic, ctx.backend = deterministic, backend
 
-    def grad(ctx, grad_out):
+    def grad(ctx, grad_out, run=backward):
         x, weight = ctx.saved_tensors
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
         if not (want_x or want_w or want_b):
             return (None,) * 9
-        dx, dw, db = backward(grad_out.contiguous(), x, weight, *ctx.args, want_x, want_w,
-                              want_b, ctx.deterministic, ctx.backend)
+        dx, dw, db = run(grad_out.contiguous(), x, weight, *ctx.args, want_x, want_w, want_b,
+                         ctx.deterministic, ctx.backend)
         return (dx if want_x else None, dw if want_w else None, db if want_b else None,
                 None, None, None, None, None, None)
 
+    class Eager(torch.autograd.Function):
+        """The operator's forward and backward without the dispatcher, for eager calls
+        (direct() says when): the same implementations, setup and gradient rule. forward
+        takes ctx itself: a separate setup_context costs a signature binding per call."""
+
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = forward_impl(*inputs)
+            setup_context(ctx, inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return grad(ctx, grad_out, run=backward_impl)
+
+    IMPLS[name], EAGER[name] = forward_impl, Eager
     forward.register_autograd(grad, setup_context=setup_context)
     for device in ("cpu", "cuda"):
         torch.library.register_autocast(f"{NS}::{name}", device, torch.float32)
     return forward, backward, backward_into
 
 
+IMPLS = {}          # layer -> the forward operator's implementation, a plain function
+EAGER = {}          # layer -> the same forward and backward as a torch.autograd.Function
 OPS = {name: _define(name) for name in optable.LAYERS}
+
+
+def direct(*tensors):
+    """How an eager call may skip the dispatcher: None (it may not: torch.compile is tracing,
+    autocast or a dispatch mode is on, or a tensor is not a plain CPU tensor; those need the
+    operator itself), "impl" (no gradient to record: call the implementation), "function"
+    (EAGER's autograd.Function). The dispatcher and the operator's autograd wrapper cost
+    ~45 us a call and again for the backward operator, twice a tiny layer's kernels."""
+    given = [t for t in tensors if t is not None]
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or _dispatch_modes():
+        return None
+    if not all(type(t) is Tensor and t.device.type == "cpu" for t in given):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in given):
+        return "function"
+    return "impl"
+
+
+def _dispatch_modes():
+    stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return stack() if stack is not None else 1
 
 
 # ----------------------------------------------------------------------------- the penalty
