@@ -57,6 +57,8 @@ if VEC_BYTES == 64:
     CONV_ACC, CONV_NVMAX = 24, 4
     # the shared conv's in-place weight gradient: most vectors along a tap's S*C inputs
     WGRAD_DIRECT_NVMAX = 6
+    # the direct (rows form) forward: accumulators and vectors along q
+    CONV_ROWS_ACC, CONV_ROWS_NVMAX = 24, 4
 else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
@@ -64,6 +66,9 @@ else:
     DGRAD_TILE = (4, 2)
     CONV_ACC, CONV_NVMAX = 12, 3
     WGRAD_DIRECT_NVMAX = 3
+    # a 4 x 3 or 6 x 2 tile in the direct forward's 3-level loop spilled on 16 ymm: deepface_l4
+    # (K = 16) 15.5 ms, 2.5x the gathered form; 4 x 2: 3.3 ms at K = 8 (gathered 3.7)
+    CONV_ROWS_ACC, CONV_ROWS_NVMAX = 8, 2
 # ... used where S*C fills at least this fraction of its vectors' lanes (else the gathered form)
 WGRAD_DIRECT_FILL = 0.8
 # cache lines of the next bank the input gradient prefetches per reduction step

@@ -21,8 +21,9 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (CONV_ACC, CONV_NVMAX, WGRAD_CHUNK, WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX,
-                      WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE, njit_options)
+from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX, WGRAD_CHUNK,
+                      WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS,
+                      WGRAD_MAX_WORKSPACE, njit_options)
 from ._simd import lanes, lanes_of, outer_product, outer_product_nested, typed_zero
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
@@ -209,8 +210,8 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
     b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
     if _rows_form(TP, TQ, K, stride, x.dtype.itemsize):
         Q = y.shape[3]
-        NV = max(1, min(CONV_NVMAX, -(-Q // lanes(x.dtype.itemsize))))
-        kernel = _fwd_rows_kernel(min(8, CONV_ACC // NV), NV)
+        NV = max(1, min(CONV_ROWS_NVMAX, -(-Q // lanes(x.dtype.itemsize))))
+        kernel = _fwd_rows_kernel(min(8, CONV_ROWS_ACC // NV), NV)
         with _launch_lock:
             xp = _padded(x, *padding, "nchw", "fwd_x")
             kernel(xp, np.ascontiguousarray(banks.reshape(K, C * R * S)), b, bias is not None,
