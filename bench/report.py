@@ -1,7 +1,8 @@
 """`python -m bench`: this machine's limits, then ours against every PyTorch peer on the suite.
 
     python -m bench                     quick run: the suite at batch 2 with outputs cut to at
-                                        most 32 x 32, CPU (< 1 minute on 2 cores)
+                                        most 32 x 32, CPU (~83 s on 2 cores cold, ~40 s with
+                                        the kernels in Numba's cache: bench/precompile.py)
     python -m bench --full              the DESIGN.md suite at its own batch, plus the local2d peak
                                         memory and the first-call-after-import cost
     python -m bench --gpu [--full]      the same on the GPU (batch 8, --full: batch 64) with every
