@@ -49,8 +49,8 @@ def main(argv=None):
 
     target = CpuTarget()
     for _, dims, layer in spec["items"]:
-        steps = [s for s in harness.plan(target, [layer], ("cpu",), peers=False,
-                                         full=spec["mode"] == "full")]
+        steps = harness.plan(target, [layer], ("cpu",), peers=False,
+                             full=spec["mode"] == "full")
         harness.LayerCase(target, ConvShape(*dims), layer, steps, ("cpu",)).warm()
     return 0
 

@@ -33,27 +33,27 @@ RESULTS = os.path.join(REPO, "bench", "results")
 OVERHEAD_TARGET_US = 30.0
 
 
-def _models(C, K, R, S, input_size):
+def _models(N, C, K, R, S, input_size):
     import torch
 
     import sharenet_fast.torch as sft
+    from bench import ops
+    from bench.shapes import ConvShape
+
+    shape = ConvShape(N, C, *input_size, K, R, S)
 
     class UnfoldLocal(torch.nn.Module):
-        """A locally connected layer by unfold + einsum, weight (P*Q, K, C*R*S)."""
+        """A locally connected layer as the benchmark's unfold+einsum peer computes it
+        (bench/ops.py), as a module: weight (P, Q, K, C, R, S), bias (P, Q, K)."""
 
         def __init__(self):
             super().__init__()
             ref = sft.LocallyConnected2d(C, K, (R, S), input_size)
-            P, Q = ref.output_size
-            self.P, self.Q = P, Q
-            self.weight = torch.nn.Parameter(ref.weight.detach().reshape(P * Q, K, C * R * S)
-                                             .clone())
-            self.bias = torch.nn.Parameter(ref.bias.detach().permute(2, 0, 1).clone())
+            self.weight = torch.nn.Parameter(ref.weight.detach().clone())
+            self.bias = torch.nn.Parameter(ref.bias.detach().clone())
 
         def forward(self, x):
-            cols = torch.nn.functional.unfold(x, (R, S))
-            y = torch.einsum("ntl,lkt->nkl", cols, self.weight)
-            return y.reshape(x.shape[0], -1, self.P, self.Q) + self.bias
+            return ops._torch_untied(shape, "local2d", x, self.weight, self.bias)
 
     first = {
         "sft.LocallyConnected2d": lambda: sft.LocallyConnected2d(C, K, (R, S), input_size),
@@ -79,7 +79,7 @@ def training_step(quick=False, repeat=5, min_time=1.0):
     x = torch.randn(N, C, H, H, generator=g)
     t = torch.randint(0, 10, (N,), generator=g)
     steps = {}
-    for name, model in _models(C, K, R, R, (H, H)).items():
+    for name, model in _models(N, C, K, R, R, (H, H)).items():
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
         def step(model=model, opt=opt):

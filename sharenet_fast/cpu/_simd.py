@@ -37,8 +37,8 @@ from numba.extending import intrinsic, overload
 from ..config import VEC_BYTES
 
 I32 = ir.IntType(32)
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 I64 = ir.IntType(64)
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
 def lanes(itemsize):

@@ -344,7 +344,8 @@ def wgrad_direct_tile(K, SC, itemsize):
     best = None
     for NV in range(1, min(nvec, WGRAD_DIRECT_NVMAX) + 1):
         MR = min(8, CONV_ACC // NV, K)
-        key = (-(-(-nvec // NV) * NV - nvec), MR * NV / (MR + NV))
+        masked = -(-nvec // NV) * NV - nvec          # vectors of the last tile past S*C
+        key = (-masked, MR * NV / (MR + NV))
         if best is None or key > best[0]:
             best = (key, (MR, NV))
     return best[1]

@@ -37,13 +37,14 @@ def _conv_args(stride, padding, dilation):
 
 
 def _apply(op, x, weight, bias, stride, padding, dilation, deterministic, backend):
-    _ops._check_args(x=x, weight=weight, bias=bias)
     st, pd, word, dl = _conv_args(stride, padding, dilation)
     args = (x, weight, bias, st, pd, word, dl, bool(deterministic), backend)
     how = _ops.direct(x, weight, bias)      # eager CPU calls skip the dispatcher
-    if how == "impl":
+    if how is None:                         # (the implementation checks its tensors itself)
+        _ops._check_args(x=x, weight=weight, bias=bias)
+    elif how == "impl":
         return _ops.IMPLS[op](*args)
-    if how == "function":
+    elif how == "function":
         return _ops.EAGER[op].apply(*args)
     return getattr(_ops_ns, op)(*args)
 

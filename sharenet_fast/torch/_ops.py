@@ -126,17 +126,17 @@ def _strided_like(g, ref):
     return torch.empty_like(ref).copy_(g)
 
 
-@contextlib.contextmanager
 def _stream(device_type, ref):
     """CuPy launches on torch's current stream of ref's device; nothing to do on the CPU."""
     if device_type != "cuda":
-        yield
-        return
+        return contextlib.nullcontext()
     import cupy
 
     stream = torch.cuda.current_stream(ref.device)
-    with cupy.cuda.Device(ref.device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        yield
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(ref.device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream))
+    return stack
 
 
 def _geometry(x, weight, stride, padding, word, dilation):
@@ -271,9 +271,9 @@ def direct(*tensors):
     (EAGER's autograd.Function). The dispatcher and the operator's autograd wrapper cost
     ~45 us a call and again for the backward operator, twice a tiny layer's kernels."""
     given = [t for t in tensors if t is not None]
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or _dispatch_modes():
-        return None
     if not all(type(t) is Tensor and t.device.type == "cpu" for t in given):
+        return None
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or _dispatch_modes():
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in given):
         return "function"
