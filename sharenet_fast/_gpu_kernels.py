@@ -97,8 +97,8 @@ def row(dtype):
     if isinstance(dtype, dtypes.DType):
         return dtype
     dt = dtypes.lookup(dtype)
-    if dt is None:
-        raise TypeError(f"no GPU kernel takes dtype {dtype!r}; kernels take {dtypes.NAMES}")
+    if dt is None or dt.name not in dtypes.FULL:
+        raise TypeError(f"no GPU kernel takes dtype {dtype!r}; kernels take {dtypes.FULL}")
     return dt
 
 

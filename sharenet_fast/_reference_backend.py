@@ -1,11 +1,16 @@
 """The float64 oracle behind the backend interface: each op-table layer's oracle functions with
-the backends' signatures (optable.py), results cast to the input dtype."""
+the backends' signatures (optable.py), results cast to the input dtype (or out_dtype).
+
+Every storage dtype: the oracle reads reduced (bfloat16/float16) inputs exactly, sums in float64
+and rounds once; an out= buffer gets its sum in float64, rounded once into its dtype."""
 import numpy as np
 
+from . import dtypes
 from . import reference as ref
 from .optable import LAYERS
 
 KINDS = ("numpy",)
+DTYPES = dtypes.NAMES
 
 
 def _kw(g):
@@ -15,24 +20,26 @@ def _kw(g):
 def _into(result, out, dtype):
     if out is None:
         return np.ascontiguousarray(result, dtype=dtype)  # C order, like every backend
-    out += result.astype(dtype)
+    out[...] = (out.astype(np.float64) + result).astype(out.dtype)
     return out
 
 
 def _layer(spec):
     """(forward, input_grad, weight_grad, bias_grad) of one layer on its oracle."""
-    def forward(x, weight, bias, g, grid):
-        return _into(spec.oracle("forward")(x, weight, bias, **_kw(g)), None, x.dtype)
+    def forward(x, weight, bias, g, grid, out_dtype=None):
+        return _into(spec.oracle("forward")(x, weight, bias, **_kw(g)), None,
+                     out_dtype or x.dtype)
 
-    def input_grad(dy, weight, g, grid):
-        return _into(spec.oracle("input")(dy, g.x_shape, weight, **_kw(g)), None, dy.dtype)
+    def input_grad(dy, weight, g, grid, out_dtype=None):
+        return _into(spec.oracle("input")(dy, g.x_shape, weight, **_kw(g)), None,
+                     out_dtype or dy.dtype)
 
-    def weight_grad(dy, x, g, grid, out=None, deterministic=False):
+    def weight_grad(dy, x, g, grid, out=None, deterministic=False, out_dtype=None):
         dw = spec.oracle("weight")(dy, x, spec.weight_shape(g, grid), **_kw(g))
-        return _into(dw, out, x.dtype)
+        return _into(dw, out, out_dtype or x.dtype)
 
-    def bias_grad(dy, g, grid, out=None):
-        return _into(spec.oracle("bias")(dy, grid), out, dy.dtype)
+    def bias_grad(dy, g, grid, out=None, out_dtype=None):
+        return _into(spec.oracle("bias")(dy, grid), out, out_dtype or dy.dtype)
     return forward, input_grad, weight_grad, bias_grad
 
 
@@ -46,5 +53,5 @@ def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
     penalty, da, db = ref.soft_sharing_penalty(a, b, strength)
     for out, d in ((grad_a, da), (grad_b, db)):
         if out is not None:
-            out += d.astype(out.dtype)
+            _into(d, out, out.dtype)
     return penalty

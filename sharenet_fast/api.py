@@ -130,6 +130,26 @@ class _Moves:
         return buf
 
 
+def _precision(be, dtype, out_dtype):
+    """{"out_dtype": ...} for a backend call on storage `dtype` ({} for float32/float64, whose
+    results always have their own dtype); TypeError if the backend has no kernels for `dtype`
+    or out_dtype is not the storage or its accumulation dtype."""
+    row = dtypes.lookup(dtype)
+    if row.name not in be.DTYPES:
+        raise TypeError(f"backend {registry.name_of(be)!r} has no {row.name} kernels (it takes "
+                        f"{dtypes.words(be.DTYPES)}); use backend='cpu' or convert the arrays")
+    if out_dtype is not None:
+        try:
+            want = np.dtype(out_dtype)
+        except TypeError:
+            raise TypeError(f"out_dtype must be a dtype, got {out_dtype!r}") from None
+        if want not in (row.storage, row.accum):
+            raise TypeError(f"out_dtype must be None, {row.storage} or {row.accum} for "
+                            f"{row.name} inputs, got {want}")
+        out_dtype = None if want == row.storage else want
+    return {"out_dtype": out_dtype} if row.reduced else {}
+
+
 def _geometry(x, bank, stride, padding, dilation):
     """Geometry from x and one bank's (K, C, R, S); the channel counts must agree."""
     N, C, H, W = x.shape
@@ -155,7 +175,7 @@ def _kernel_input(x, g):
     return x if g.extra == (0, 0) else _device.pad_end(x, g.extra)
 
 
-def _forward(op, x, weight, bias, stride, padding, dilation, backend):
+def _forward(op, x, weight, bias, stride, padding, dilation, backend, out_dtype):
     spec = optable.LAYERS[op]
     g, grid = _layer_geometry(spec, x, weight, stride, padding, dilation)
     if bias is not None:
@@ -166,10 +186,11 @@ def _forward(op, x, weight, bias, stride, padding, dilation, backend):
                              f"got {bias.shape}")
     kind = _same_place(x=x, weight=weight, bias=bias)
     be = _backend(backend, kind, op)
+    kw = _precision(be, x.dtype, out_dtype)
     io = _Moves(be, kind)
     forward = getattr(be, spec.export("forward"))
     return io.get(forward(io.put(_kernel_input(x, g)), io.put(weight), io.put(bias),
-                          g.padded_input(), grid))
+                          g.padded_input(), grid, **kw))
 
 
 def _needs(needs):
@@ -186,7 +207,7 @@ def _needs(needs):
 
 
 def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
-              grad_weight, grad_bias, backend):
+              grad_weight, grad_bias, backend, out_dtype):
     spec = optable.LAYERS[op]
     g, grid = _layer_geometry(spec, x, weight, stride, padding, dilation)
     _array("grad_out", grad_out, 4, x.dtype)
@@ -201,6 +222,7 @@ def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, determi
     kind = _same_place(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
                        grad_bias=grad_bias)
     be = _backend(backend, kind, op)
+    kw = _precision(be, x.dtype, out_dtype)
     io = _Moves(be, kind)
     kg, det = g.padded_input(), bool(deterministic)
     passes = {p: getattr(be, spec.export(p), None) for p in optable.PASSES}
@@ -215,18 +237,18 @@ def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, determi
 
         def both(out):
             got["dx"], dw_ = passes["input_weight"](dy, xd, wd, kg, grid, out=out,
-                                                    deterministic=det)
+                                                    deterministic=det, **kw)
             return dw_
         dw = io.into(grad_weight, both)
         dx = io.get(got["dx"])
     else:
         if "input" in needs:
-            dx = io.get(passes["input"](dy, wd, kg, grid))
+            dx = io.get(passes["input"](dy, wd, kg, grid, **kw))
         if "weight" in needs:
             dw = io.into(grad_weight, lambda out: passes["weight"](dy, xd, kg, grid, out=out,
-                                                                   deterministic=det))
+                                                                   deterministic=det, **kw))
     if "bias" in needs:
-        db = io.into(grad_bias, lambda out: passes["bias"](dy, kg, grid, out=out))
+        db = io.into(grad_bias, lambda out: passes["bias"](dy, kg, grid, out=out, **kw))
     if dx is not None and g.extra != (0, 0):
         dx = _device.contiguous(dx[:, :, :g.H, :g.W])       # drop the rows padded for "same"
     return Grads(dx, dw, db)
@@ -239,56 +261,63 @@ _BACKWARD_DOC = """
     grad_bias, when given, are added into in place and returned (hard sharing: a weight used at
     several call sites gets the sum of their gradients). deterministic=True asks for a weight
     gradient with the same bits on every run (the CPU kernels always give that).
+
+    bfloat16 / float16 inputs accumulate in float32; gradients come back in the storage dtype,
+    or float32 with out_dtype=np.float32. grad_weight / grad_bias may then be float32 buffers
+    (master weights): added into in float32, with no rounding to the storage dtype.
     """
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto",
+           out_dtype=None):
     """Shared-weight 2D convolution (cross-correlation, zero padding), NCHW.
 
     x (N, C, H, W), weight (K, C, R, S), bias (K,) or None -> y (N, K, P, Q), dtype of x.
     """
-    return _forward("conv2d", x, weight, bias, stride, padding, dilation, backend)
+    return _forward("conv2d", x, weight, bias, stride, padding, dilation, backend, out_dtype)
 
 
 def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
                     needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
-                    backend="auto"):
+                    backend="auto", out_dtype=None):
     return _backward("conv2d", grad_out, x, weight, stride, padding, dilation, needs,
-                     deterministic, grad_weight, grad_bias, backend)
+                     deterministic, grad_weight, grad_bias, backend, out_dtype)
 
 
-def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
+def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto",
+            out_dtype=None):
     """Locally-connected 2D layer (no weight sharing): one filter bank per output position.
 
     x (N, C, H, W), weight (P, Q, K, C, R, S), bias (P, Q, K) or None -> y (N, K, P, Q);
     y[n, k, p, q] = sum_{c, r, s} weight[p, q, k, c, r, s] * x_padded[n, c, p*sh + r*dh,
     q*sw + s*dw] + bias[p, q, k]. (P, Q) must be the output size for the given geometry.
     """
-    return _forward("local2d", x, weight, bias, stride, padding, dilation, backend)
+    return _forward("local2d", x, weight, bias, stride, padding, dilation, backend, out_dtype)
 
 
 def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
                      needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
-                     backend="auto"):
+                     backend="auto", out_dtype=None):
     return _backward("local2d", grad_out, x, weight, stride, padding, dilation, needs,
-                     deterministic, grad_weight, grad_bias, backend)
+                     deterministic, grad_weight, grad_bias, backend, out_dtype)
 
 
-def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto"):
+def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto",
+                 out_dtype=None):
     """Tiled 2D convolution: a TP x TQ grid of filter banks, output (p, q) uses bank
     [p % TP, q % TQ].
 
     x (N, C, H, W), weight (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None -> y (N, K, P, Q).
     TP = TQ = 1 is conv2d; TP = P, TQ = Q is local2d. The tile may not exceed the output.
     """
-    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, backend)
+    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, backend, out_dtype)
 
 
 def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
                           needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
-                          backend="auto"):
+                          backend="auto", out_dtype=None):
     return _backward("tiled_conv2d", grad_out, x, weight, stride, padding, dilation, needs,
-                     deterministic, grad_weight, grad_bias, backend)
+                     deterministic, grad_weight, grad_bias, backend, out_dtype)
 
 
 conv2d_backward.__doc__ = "Gradients of conv2d." + _BACKWARD_DOC
@@ -297,12 +326,22 @@ tiled_conv2d_backward.__doc__ = ("Gradients of tiled_conv2d (weight (TP, TQ, K, 
                                  + _BACKWARD_DOC)
 
 
+def _accepts(buf_dtype, dtype):
+    """A buffer added into for arrays of `dtype`: the same dtype, or float32 for reduced
+    storage (master weights)."""
+    row = dtypes.lookup(dtype)
+    return buf_dtype == dtype or (row.reduced and buf_dtype == row.accum)
+
+
 def _check_accumulator(name, buf, shape, dtype):
     if buf is None:
         return
     k = _kind(name, buf)
-    if buf.dtype != dtype:
-        raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes")
+    if not _accepts(buf.dtype, dtype):
+        extra = (f" (or {dtypes.lookup(dtype).accum}: master weights)"
+                 if dtypes.lookup(dtype).reduced else "")
+        raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes; "
+                        f"{name} must be {dtype}{extra}")
     if buf.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
     if k == "numpy" and not buf.flags.writeable:
@@ -313,11 +352,13 @@ def _check_accumulator(name, buf, shape, dtype):
 def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="auto"):
     """Soft parameter sharing: penalty = strength/2 * sum((a - b)**2), in one fused pass.
 
-    a, b: weight arrays of one shape and dtype (float32/float64), e.g. two branches' filters,
-    or a locally connected layer's banks and their mean broadcast to the same shape. strength:
+    a, b: weight arrays of one shape and dtype (float32, float64, bfloat16 or float16: reduced
+    storage is read as it is and summed in float32, the penalty in float64), e.g. two
+    branches' filters, or a locally connected layer's banks and their mean broadcast to the
+    same shape. strength:
     a finite real >= 0. grad_a / grad_b, when given (a's shape and dtype), are ADDED INTO in
-    place: grad_a += strength * (a - b), grad_b -= strength * (a - b); they must not overlap
-    each other or a and b.
+    place: grad_a += strength * (a - b), grad_b -= strength * (a - b) (float32 buffers for
+    bfloat16/float16 a and b: master weights); they must not overlap each other or a and b.
 
     Returns the penalty as a float64 scalar: numpy.float64 for NumPy (and Numba device)
     arrays, a 0-d CuPy array for CuPy arrays (no device-to-host synchronisation). It is summed
@@ -334,7 +375,8 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
             continue
         if dtypes.lookup(arr.dtype) is None:
             raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {arr.dtype}")
-        if arr.dtype != a.dtype:
+        if arr.dtype != a.dtype and not (name.startswith("grad_")
+                                         and _accepts(arr.dtype, a.dtype)):
             raise TypeError(f"{name} has dtype {arr.dtype} but a has dtype {a.dtype}: "
                             "mixed dtypes")
         if tuple(arr.shape) != tuple(a.shape):
@@ -355,6 +397,7 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
                 raise ValueError(f"{name} overlaps {other} in memory: {name} is written while "
                                  f"{other} is read or written")
     be = _backend(backend, kind, optable.PENALTY)
+    _precision(be, a.dtype, None)
     if a.size == 0:
         return _device.zero_scalar(kind)
     io = _Moves(be, kind)

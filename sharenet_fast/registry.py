@@ -2,7 +2,8 @@
 
 Every backend module exports the host functions the op table names (optable.required_exports();
 signatures in optable.py), so dispatch is a lookup and tests iterate over this table, and says
-which arrays it takes: KINDS, its first entry the kind it computes on. A GPU backend (KINDS[0]
+which arrays it takes: KINDS, its first entry the kind it computes on, and which storage dtypes
+(DTYPES, names from dtypes.py; a backend with reduced ones takes out_dtype= in every pass). A GPU backend (KINDS[0]
 a device kind) also exports to_device(a), to_host(d) and copy_into(d, out): the API moves NumPy
 arrays through them, once per call.
 """
@@ -48,3 +49,8 @@ def get(name):
     if module is None:
         raise RuntimeError(f"backend {name!r} is not available: {why}")
     return module
+
+
+def name_of(module):
+    """The registry name of a loaded backend module."""
+    return next(n for n, (path, _) in BACKENDS.items() if path == module.__name__)

@@ -1,13 +1,33 @@
 """CPU backend: Numba @njit(parallel=True) kernels; the host functions the op table names
-(optable.py), exported for dispatch."""
-from .conv2d import conv2d, conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad
-from .local2d import (local2d, local2d_bias_grad, local2d_input_grad, local2d_input_weight_grad,
-                      local2d_weight_grad)
+(optable.py), exported for dispatch.
+
+Every storage dtype of dtypes.py: local2d and the penalty read bfloat16/float16 in their kernels
+(their weights are the traffic); the shared and tiled conv run on float32 copies of reduced
+arrays (_precision.adapted: they are bound by arithmetic, not bytes).
+"""
+from .. import dtypes
+from . import conv2d as _conv2d
+from . import tiled as _tiled
+from ._precision import adapted
+from . import local2d as _local2d
 from .sharing import soft_sharing_penalty
-from .tiled import (tiled_conv2d, tiled_conv2d_bias_grad, tiled_conv2d_input_grad,
-                    tiled_conv2d_weight_grad)
+
+conv2d = adapted(_conv2d.conv2d)
+conv2d_input_grad = adapted(_conv2d.conv2d_input_grad)
+conv2d_weight_grad = adapted(_conv2d.conv2d_weight_grad)
+conv2d_bias_grad = adapted(_conv2d.conv2d_bias_grad)
+tiled_conv2d = adapted(_tiled.tiled_conv2d)
+tiled_conv2d_input_grad = adapted(_tiled.tiled_conv2d_input_grad)
+tiled_conv2d_weight_grad = adapted(_tiled.tiled_conv2d_weight_grad)
+tiled_conv2d_bias_grad = adapted(_tiled.tiled_conv2d_bias_grad)
+local2d = adapted(_local2d.local2d)
+local2d_input_grad = adapted(_local2d.local2d_input_grad)
+local2d_weight_grad = adapted(_local2d.local2d_weight_grad)
+local2d_bias_grad = adapted(_local2d.local2d_bias_grad)
+local2d_input_weight_grad = adapted(_local2d.local2d_input_weight_grad)
 
 KINDS = ("numpy",)
+DTYPES = dtypes.NAMES
 
 __all__ = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
            "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad",

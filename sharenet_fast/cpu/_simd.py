@@ -78,6 +78,99 @@ def _line_of_overload(a):
     return lambda a: n
 
 
+# ------------------------------------------------------------- reduced-precision storage
+# Kernels read bfloat16 and float16 arrays as 16-bit integers (dtypes.py, `view`): uint16 holds
+# bfloat16, int16 holds float16. Widening and rounding are a few integer instructions on whole
+# vectors, written once here for scalars and vectors alike (LLVM applies them lane by lane).
+_HALF = {types.uint16: "bf16", types.int16: "f16"}
+
+
+def _vec_of(ty, like):
+    """`ty` (a scalar IR type), as a vector of like's length if `like` is a vector type."""
+    return ir.VectorType(ty, like.count) if isinstance(like, ir.VectorType) else ty
+
+
+def _const(ty, value):
+    """A constant of scalar or vector type `ty`, every lane `value`."""
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [ir.Constant(ty.element, value)] * ty.count)
+    return ir.Constant(ty, value)
+
+
+def widen_ir(builder, val, kind):
+    """16-bit storage (i16 scalar or vector) -> float32: bfloat16 is the float32's high half (a
+    shift), float16 a hardware conversion (F16C's vcvtph2ps on x86)."""
+    if kind == "bf16":
+        wide = builder.zext(val, _vec_of(I32, val.type))
+        wide = builder.shl(wide, _const(wide.type, 16))
+        return builder.bitcast(wide, _vec_of(ir.FloatType(), val.type))
+    half = builder.bitcast(val, _vec_of(ir.HalfType(), val.type))
+    return builder.fpext(half, _vec_of(ir.FloatType(), val.type))
+
+
+def narrow_ir(builder, val, kind):
+    """float32 (scalar or vector) -> 16-bit storage, rounded to nearest even. bfloat16: add
+    0x7FFF plus the kept part's lowest bit, keep the high half (what ml_dtypes, PyTorch and
+    vcvtneps2bf16 give); a NaN keeps its high half with the quiet bit set (rounding could carry
+    it into an infinity). float16: the hardware conversion (RNE)."""
+    i16 = _vec_of(ir.IntType(16), val.type)
+    if kind == "f16":
+        return builder.bitcast(builder.fptrunc(val, _vec_of(ir.HalfType(), val.type)), i16)
+    bits = builder.bitcast(val, _vec_of(I32, val.type))
+    c = lambda v: _const(bits.type, v)  # noqa: E731
+    lsb = builder.and_(builder.lshr(bits, c(16)), c(1))
+    rounded = builder.lshr(builder.add(bits, builder.add(c(0x7FFF), lsb)), c(16))
+    isnan = builder.icmp_unsigned(">", builder.and_(bits, c(0x7FFFFFFF)), c(0x7F800000))
+    quiet = builder.or_(builder.lshr(bits, c(16)), c(0x40))
+    return builder.trunc(builder.select(isnan, quiet, rounded), i16)
+
+
+@intrinsic
+def widen(typingctx, v):
+    """A stored element as its accumulation type: a bfloat16 (uint16 bits) or float16 (int16
+    bits) as float32; float32 and float64 as they are."""
+    if v in _HALF:
+        def codegen(context, builder, signature, args):
+            return widen_ir(builder, args[0], _HALF[v])
+        return types.float32(v), codegen
+    if v in (types.float32, types.float64):
+        return v(v), lambda context, builder, signature, args: args[0]
+    return None
+
+
+@intrinsic
+def narrow(typingctx, v, like):
+    """Accumulated value `v` as an element of array `like`: rounded to nearest even into
+    bfloat16 / float16 bits, or cast to like's float dtype."""
+    if not isinstance(like, types.Array):
+        return None
+    out = like.dtype
+    if out in _HALF:
+        if v != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return narrow_ir(builder, args[0], _HALF[out])
+        return out(v, like), codegen
+    if out in (types.float32, types.float64) and isinstance(v, types.Float):
+        def codegen(context, builder, signature, args):
+            return context.cast(builder, args[0], v, out)
+        return out(v, like), codegen
+    return None
+
+
+def accum_zero(a):  # pragma: no cover - replaced by the overload inside jitted code
+    return np.float32(0)
+
+
+@overload(accum_zero, jit_options={"fastmath": True})
+def _accum_zero_overload(a):
+    # zero of the type a's elements accumulate in: float64 for float64, else float32
+    if a.dtype == types.float64:
+        return lambda a: np.float64(0)
+    return lambda a: np.float32(0)
+
+
 def _declare(module, name, fnty):
     return cgutils.get_or_insert_function(module, fnty, name)
 

@@ -8,12 +8,14 @@ current stream. Status: compiled by NVRTC (tests/test_cupy_backend.py) and run b
 emulation (tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
 """
 from .. import _gpu_host as host
-from .. import config
+from .. import config, dtypes
 from .._device import flat
 from ..optable import LAYERS
 from . import _loader
 
 KINDS = ("cupy", "numpy")
+# float32 and float64 kernels only so far: a reduced-precision array is a TypeError (api.py)
+DTYPES = dtypes.FULL
 
 
 def unavailable():

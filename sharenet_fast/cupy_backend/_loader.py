@@ -79,7 +79,7 @@ def name_expressions(menu=None, bias_threads=None, penalty_threads=None, rows=No
     tile, every specialised kernel size and the generic one; each name once."""
     menu = config.CUDA_TILE_MENU if menu is None else menu
     nb = config.CUDA_BIAS_THREADS if bias_threads is None else bias_threads
-    rows = dtypes.DTYPES.values() if rows is None else rows
+    rows = [dtypes.DTYPES[n] for n in dtypes.FULL] if rows is None else rows
     sizes = [(0, 0)] + [tuple(z) for z in config.CUDA_KERNEL_SIZES]
     names = []
     for dt in rows:

@@ -12,11 +12,13 @@ except ImportError as exc:     # reported by the registry as this backend's reas
     raise ImportError(f"numba.cuda does not import ({exc}); "
                       f"pip install 'sharenet_fast[cuda]'") from exc
 
-from .. import _gpu_host, config
+from .. import _gpu_host, config, dtypes
 from ..optable import LAYERS
 from .conv2d import DEV
 
 KINDS = ("numba", "cupy", "numpy")
+# float32 and float64 kernels only so far: a reduced-precision array is a TypeError (api.py)
+DTYPES = dtypes.FULL
 
 
 def unavailable():

@@ -1,0 +1,130 @@
+"""Reduced-precision storage (bfloat16, float16) on the CPU: conversions and the pass adapter.
+
+DESIGN.md, Precision: reduced storage accumulates in float32 and returns the storage dtype (or
+float32 with out_dtype=np.float32); a float32 `out=` buffer for a reduced weight (master
+weights) is added into in float32. Kernels see reduced arrays as their 16-bit integer views
+(dtypes.py) and widen them in registers (_simd.widen / narrow).
+
+Where the weights are the traffic (local2d) the kernels read the 16-bit weights themselves (the
+layer's module says so with NATIVE = True). Elsewhere the adapter below widens the inputs to
+float32 in one parallel pass, runs the float32 kernels, and rounds the result back: a shared or
+tiled conv's weights are small and reused N*P*Q times, so its time is arithmetic, and the extra
+pass over its activations is a few percent of it (the benchmark's bf16 rows show what it costs).
+"""
+from functools import wraps
+
+import numpy as np
+from numba import njit, prange
+
+from .. import dtypes
+from ..config import njit_options
+from ._simd import narrow, widen
+
+
+@njit(**njit_options(parallel=True))
+def widen_kernel(src, dst):
+    """dst[i] = src[i] widened (16-bit storage view -> float32); flat, contiguous."""
+    for i in prange(src.size):
+        dst[i] = widen(src[i])
+
+
+@njit(**njit_options(parallel=True))
+def narrow_kernel(src, dst):
+    """dst[i] = src[i] rounded to nearest even into dst's storage."""
+    for i in prange(src.size):
+        dst[i] = narrow(src[i], dst)
+
+
+@njit(**njit_options(parallel=True))
+def add_narrow_kernel(acc, src):
+    """acc[i] = round(widen(acc[i]) + src[i]): one float32 sum, one rounding."""
+    for i in prange(src.size):
+        acc[i] = narrow(widen(acc[i]) + src[i], acc)
+
+
+def row(a):
+    return None if a is None else dtypes.lookup(a.dtype)
+
+
+def reduced(a):
+    """True for a bfloat16 / float16 array."""
+    r = row(a)
+    return r is not None and r.reduced
+
+
+def widened(a):
+    """A reduced array as a fresh float32 array of its shape (None and other dtypes pass)."""
+    if not reduced(a):
+        return a
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape, np.float32)
+    widen_kernel(dtypes.kernel_view(a).reshape(-1), out.reshape(-1))
+    return out
+
+
+def narrowed(a, storage):
+    """Float32 array `a` rounded into a fresh array of `storage` dtype (a itself if storage is
+    float32, its own dtype)."""
+    storage = np.dtype(storage)
+    if a.dtype == storage:
+        return a
+    out = np.empty(a.shape, storage)
+    narrow_kernel(np.ascontiguousarray(a).reshape(-1), dtypes.kernel_view(out).reshape(-1))
+    return out
+
+
+def add_into(out, r):
+    """out += r (r float32, C-contiguous, out's shape): summed in float32 and rounded once into a
+    reduced out; plain addition into a float32 out."""
+    if reduced(out):
+        add_narrow_kernel(dtypes.kernel_view(out).reshape(-1), r.reshape(-1))
+    else:
+        out += r
+    return out
+
+
+def result_dtype(storage, out_dtype):
+    """What a pass returns: `out_dtype` when given (float32), else the storage dtype."""
+    return np.dtype(storage) if out_dtype is None else np.dtype(out_dtype)
+
+
+def _widened_call(fn, args, out, storage, out_dtype, kw):
+    """fn on float32 arrays `args`; its float32 result rounded to the result dtype, or added
+    into `out` (a float32 out by the kernel itself; a reduced one rounded once)."""
+    if out is not None and not reduced(out):
+        return fn(*args, out=out, **kw)
+    r = fn(*args, out=None, **kw)
+    if out is not None:
+        return add_into(out, r)
+    return narrowed(r, result_dtype(storage, out_dtype))
+
+
+def adapted(fn):
+    """Host function `fn` (float32/float64 kernels) for every storage dtype: float32/float64
+    calls go straight through; reduced ones through float32 copies of the arrays, with the
+    result rounded back (or kept float32: out_dtype=) and out= added into as described above."""
+    name = fn.__name__
+    grads = name.endswith(("_weight_grad", "_bias_grad"))
+    both = name.endswith("_input_weight_grad")
+
+    @wraps(fn)
+    def call(*args, out_dtype=None, **kw):
+        storage = next(a.dtype for a in args if isinstance(a, np.ndarray))
+        if not dtypes.lookup(storage).reduced:
+            return fn(*args, **kw)
+        wide = tuple(widened(a) if isinstance(a, np.ndarray) else a for a in args)
+        out = kw.pop("out", None)
+        rdt = result_dtype(storage, out_dtype)
+        if both:
+            got = {}
+
+            def weight_part(*a, out=None, **k):
+                got["dx"], dw = fn(*a, out=out, **k)
+                return dw
+            dw = _widened_call(weight_part, wide, out, storage, out_dtype, kw)
+            return narrowed(got["dx"], rdt), dw
+        if grads:
+            return _widened_call(fn, wide, out, storage, out_dtype, kw)
+        return narrowed(fn(*wide, **kw), rdt)
+
+    return call
