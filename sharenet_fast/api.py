@@ -135,9 +135,6 @@ def _precision(be, dtype, out_dtype):
     results always have their own dtype); TypeError if the backend has no kernels for `dtype`
     or out_dtype is not the storage or its accumulation dtype."""
     row = dtypes.lookup(dtype)
-    if row.name not in be.DTYPES:
-        raise TypeError(f"backend {registry.name_of(be)!r} has no {row.name} kernels (it takes "
-                        f"{dtypes.words(be.DTYPES)}); use backend='cpu' or convert the arrays")
     if out_dtype is not None:
         try:
             want = np.dtype(out_dtype)
@@ -147,6 +144,9 @@ def _precision(be, dtype, out_dtype):
             raise TypeError(f"out_dtype must be None, {row.storage} or {row.accum} for "
                             f"{row.name} inputs, got {want}")
         out_dtype = None if want == row.storage else want
+    if row.name not in be.DTYPES:
+        raise TypeError(f"backend {registry.name_of(be)!r} has no {row.name} kernels (it takes "
+                        f"{dtypes.words(be.DTYPES)}); use backend='cpu' or convert the arrays")
     return {"out_dtype": out_dtype} if row.reduced else {}
 
 

@@ -170,7 +170,7 @@ def grid(layer, case, tile=None):
 def layer_call(layer, pass_, backend, d, kw, **extra):
     """One pass of a layer through the public API."""
     if pass_ == "forward":
-        return getattr(sf, layer)(d.x, d.w, d.b, backend=backend, **kw)
+        return getattr(sf, layer)(d.x, d.w, d.b, backend=backend, **kw, **extra)
     g = getattr(sf, layer + "_backward")(d.dy, d.x, d.w, needs=(pass_,), backend=backend, **kw,
                                          **extra)
     return getattr(g, pass_)

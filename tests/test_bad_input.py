@@ -6,6 +6,7 @@ AssertionError instead of the expected exception.
 """
 import importlib
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -86,6 +87,7 @@ def _readonly(a):
 
 
 f32 = np.float32
+BF16 = ml_dtypes.bfloat16
 X = _good()[0]
 W = _good()[1]
 DY = _good()[2]
@@ -121,10 +123,38 @@ BAD = {
     "mixed_dtypes_bias": (fwd(bias=np.ones(4)), TypeError, r"bias has dtype float64"),
     "mixed_dtypes_grad_out": (bwd(grad_out=DY.astype(np.float64)), TypeError,
                               r"grad_out has dtype float64"),
-    "x_int64": (fwd(x=np.ones((2, 3, 8, 8), np.int64)), TypeError, r"\bx must be float32 or "
-                                                                   r"float64.*int64"),
+    "x_int64": (fwd(x=np.ones((2, 3, 8, 8), np.int64)), TypeError, r"\bx must be float32, "
+                                                                   r"float64, bfloat16 or "
+                                                                   r"float16.*int64"),
     "weight_float16": (fwd(weight=W.astype(np.float16)), TypeError,
-                       r"weight must be float32 or float64.*float16"),
+                       r"weight has dtype float16 but x has dtype float32: mixed"),
+    # reduced-precision storage: one storage dtype per call, float32 only as a master buffer
+    "mixed_storage_bf16_f16": (fwd(x=X.astype(BF16), weight=W.astype(np.float16)), TypeError,
+                               r"weight has dtype float16 but x has dtype bfloat16"),
+    "bias_f32_for_bf16": (fwd(x=X.astype(BF16), weight=W.astype(BF16), bias=np.ones(4, f32)),
+                          TypeError, r"bias has dtype float32 but x has dtype bfloat16"),
+    "grad_out_f32_for_bf16": (bwd(x=X.astype(BF16), weight=W.astype(BF16)), TypeError,
+                              r"grad_out has dtype float32 but x has dtype bfloat16"),
+    "grad_weight_f64_for_bf16": (bwd(x=X.astype(BF16), weight=W.astype(BF16),
+                                     grad_out=DY.astype(BF16),
+                                     grad_weight=np.zeros((4, 3, 3, 3))), TypeError,
+                                 r"grad_weight has dtype float64.*must be bfloat16 \(or "
+                                 r"float32: master weights\)"),
+    "grad_weight_f32_for_f16_wrong_shape": (bwd(x=X.astype(np.float16),
+                                                weight=W.astype(np.float16),
+                                                grad_out=DY.astype(np.float16),
+                                                grad_weight=np.zeros((4, 3, 3, 2), f32)),
+                                            ValueError, r"grad_weight must have shape"),
+    "out_dtype_f64_for_bf16": (fwd(x=X.astype(BF16), weight=W.astype(BF16),
+                                   out_dtype=np.float64), TypeError,
+                               r"out_dtype must be None, bfloat16 or float32 for bfloat16"),
+    "out_dtype_f32_for_f64": (fwd(x=X.astype(np.float64), weight=W.astype(np.float64),
+                                  out_dtype=f32), TypeError, r"out_dtype.*float64 inputs"),
+    "out_dtype_not_a_dtype": (bwd(x=X.astype(BF16), weight=W.astype(BF16),
+                                  grad_out=DY.astype(BF16), out_dtype="floaty"),
+                              TypeError, r"out_dtype must be a dtype"),
+    "x_uint16": (fwd(x=X.view(np.uint16)[..., ::2].copy(), weight=W.view(np.uint16)[..., :3]),
+                 TypeError, r"\bx must be .*uint16"),
     "grad_out_int32": (bwd(grad_out=DY.astype(np.int32)), TypeError, r"grad_out must be float"),
     "x_list": (fwd(x=X.tolist()), TypeError, r"\bx must be a numpy.ndarray.*list"),
     "weight_list_backward": (bwd(weight=W.tolist()), TypeError, r"weight must be a numpy"),
@@ -251,6 +281,27 @@ def test_unavailable_backend_is_a_runtime_error(which, name):
     call = fwd() if which == "forward" else bwd()
     with pytest.raises(RuntimeError, match=rf"{name}.*not available"):
         call(name)
+
+
+@pytest.mark.parametrize("dtype", [BF16, np.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("which", ["forward", "backward", "penalty"])
+def test_backend_without_reduced_kernels_is_a_type_error(which, dtype):
+    """A bfloat16/float16 array on a backend that has no kernels for it: TypeError naming the
+    backend and the dtype, before any kernel runs (the fixture's guard)."""
+    lacking = [b for b in BACKENDS
+               if np.dtype(dtype).name not in registry.get(b).DTYPES]
+    if not lacking:
+        pytest.skip("every available backend takes reduced storage")
+    x, w, dy = (a.astype(dtype) for a in _good())
+    for backend in lacking:
+        with pytest.raises(TypeError, match=rf"backend '{backend}' has no "
+                                            rf"{np.dtype(dtype).name} kernels"):
+            if which == "forward":
+                sf.conv2d(x, w, backend=backend)
+            elif which == "backward":
+                sf.local2d_backward(dy, x, np.ones((6, 6) + w.shape, dtype), backend=backend)
+            else:
+                sf.soft_sharing_penalty(w, w, 0.5, backend=backend)
 
 
 def test_bad_input_is_reported_before_backend_lookup_errors_matter():

@@ -127,7 +127,7 @@ def _bad(rng):
 @pytest.mark.parametrize("case, exc, match", [
     (lambda a, b: dict(b=b[:, :3]), ValueError, r"b must have a's shape \(3, 4\)"),
     (lambda a, b: dict(b=b.astype(np.float64)), TypeError, "mixed dtypes"),
-    (lambda a, b: dict(a=a.astype(np.int32), b=b.astype(np.int32)), TypeError, "float32 or"),
+    (lambda a, b: dict(a=a.astype(np.int32), b=b.astype(np.int32)), TypeError, "float32, float64, bfloat16 or float16"),
     (lambda a, b: dict(a=a.tolist()), TypeError, "numpy.ndarray"),
     (lambda a, b: dict(strength=-1.0), ValueError, "finite and >= 0"),
     (lambda a, b: dict(strength=float("nan")), ValueError, "finite and >= 0"),
