@@ -9,7 +9,8 @@ from .. import dtypes
 from . import conv2d as _conv2d
 from . import tiled as _tiled
 from ._precision import adapted
-from . import local2d as _local2d
+from .local2d import (local2d, local2d_bias_grad, local2d_input_grad, local2d_input_weight_grad,
+                      local2d_weight_grad)
 from .sharing import soft_sharing_penalty
 
 conv2d = adapted(_conv2d.conv2d)
@@ -20,11 +21,6 @@ tiled_conv2d = adapted(_tiled.tiled_conv2d)
 tiled_conv2d_input_grad = adapted(_tiled.tiled_conv2d_input_grad)
 tiled_conv2d_weight_grad = adapted(_tiled.tiled_conv2d_weight_grad)
 tiled_conv2d_bias_grad = adapted(_tiled.tiled_conv2d_bias_grad)
-local2d = adapted(_local2d.local2d)
-local2d_input_grad = adapted(_local2d.local2d_input_grad)
-local2d_weight_grad = adapted(_local2d.local2d_weight_grad)
-local2d_bias_grad = adapted(_local2d.local2d_bias_grad)
-local2d_input_weight_grad = adapted(_local2d.local2d_input_weight_grad)
 
 KINDS = ("numpy",)
 DTYPES = dtypes.NAMES

@@ -179,6 +179,18 @@ def _i32s(values):
     return ir.Constant(ir.VectorType(I32, len(values)), list(values))
 
 
+def _operands_ok(A, B, C, D):
+    """C and D: one float dtype (the accumulator's); A and B: that dtype too, or, with a float32
+    accumulator, 16-bit storage (bfloat16 / float16 views, widened as they are loaded)."""
+    arrays = (A, B, C, D)
+    if not all(isinstance(a, types.Array) for a in arrays):
+        return False
+    acc = C.dtype
+    if acc not in (types.float32, types.float64) or D.dtype != acc:
+        return False
+    return all(a.dtype == acc or (acc == types.float32 and a.dtype in _HALF) for a in (A, B))
+
+
 @intrinsic(prefer_literal=True)
 def outer_product(typingctx, MR, NV, U, PF, PF_ON_B, A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C,
                   c0, ldc, ldcn, nrows, ncols, beta, D, d0, add_d, pf):
@@ -193,7 +205,9 @@ def outer_product(typingctx, MR, NV, U, PF, PF_ON_B, A, a0, lda, ldaj, B, b0, ld
       U  > 1: NV must be 1, n < G = VL/U, steps t = j*U + u, j < nk, u < U, and then the steps
               j = nk, u < ntail (a last, partial group: A is read masked there; B's row nk must
               exist, zero-padded): A[a0 + i*lda + j*ldaj + u] * B[b0 + j*ldb + u*G + n].
-    A, B, C, D: 1-D C-contiguous arrays of one float dtype; offsets and strides in elements.
+    A, B, C, D: 1-D C-contiguous arrays of one float dtype, offsets and strides in elements;
+    with a float32 C, A and/or B may hold 16-bit storage (bfloat16 as uint16, float16 as int16:
+    dtypes.py), widened to float32 in registers as each element is loaded.
     PF > 0: step j also prefetches (into L2) the PF cache lines of A (or B) from element
     pf + j*PF*64/itemsize on: a caller streaming a bank from memory in short rows (~1.5 KB
     each, too short for the hardware prefetchers to ramp up) points pf at what it reads next,
@@ -208,10 +222,7 @@ def outer_product(typingctx, MR, NV, U, PF, PF_ON_B, A, a0, lda, ldaj, B, b0, ld
     mr, nv, u, npf, pfb = (t.literal_value for t in consts)
     if u > 1 and nv != 1:
         raise errors.TypingError("outer_product: a split reduction (U > 1) takes NV = 1")
-    arrays = (A, B, C, D)
-    if not (all(isinstance(a, types.Array) for a in arrays)
-            and A.dtype in (types.float32, types.float64)
-            and all(a.dtype == A.dtype for a in arrays)):
+    if not _operands_ok(A, B, C, D):
         return None
     sig = types.void(MR, NV, U, PF, PF_ON_B, A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc,
                      ldcn, nrows, ncols, beta, D, d0, add_d, pf)
@@ -236,10 +247,7 @@ def outer_product_nested(typingctx, MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C,
         raise errors.TypingError("outer_product_nested: MR, NV must be compile-time integer "
                                  f"constants, got {consts}")
     mr, nv = (t.literal_value for t in consts)
-    arrays = (A, B, C, D)
-    if not (all(isinstance(a, types.Array) for a in arrays)
-            and A.dtype in (types.float32, types.float64)
-            and all(a.dtype == A.dtype for a in arrays)):
+    if not _operands_ok(A, B, C, D):
         return None
     sig = types.void(MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C, c0, ldc, ldcn, nrows, ncols,
                      beta, D, d0, add_d, nk1, ldb1, nk2, ldb2)
@@ -268,9 +276,13 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
      add_d, pf) = vals
     beta = context.cast(builder, beta, tys[15], types.boolean)
     add_d = context.cast(builder, add_d, tys[18], types.boolean)
-    flt = context.get_value_type(tys[0].dtype)
+    flt = context.get_value_type(tys[9].dtype)       # the accumulator: C's dtype
     itemsize = context.get_abi_sizeof(flt)
     VL = VEC_BYTES // itemsize
+    # A's and B's element types and, for 16-bit storage, how they widen (None: already flt)
+    a_ety, b_ety = (context.get_value_type(tys[k].dtype) for k in (0, 4))
+    a_kind, b_kind = (_HALF.get(tys[k].dtype) for k in (0, 4))
+    a_size, b_size = (context.get_abi_sizeof(t) for t in (a_ety, b_ety))
     G = VL // U                        # output columns per vector
     vty = ir.VectorType(flt, VL)
     mty = ir.VectorType(ir.IntType(1), VL)
@@ -282,6 +294,14 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
     fma = _declare(mod, f"llvm.fma.{sfx}", ir.FunctionType(vty, [vty, vty, vty]))
     mload = _declare(mod, f"llvm.masked.load.{sfx}.p0",
                      ir.FunctionType(vty, [vty.as_pointer(), I32, mty, vty]))
+
+    def masked_load(ety, n):
+        """llvm.masked.load of n elements of type ety (float or 16-bit storage)."""
+        t = ir.VectorType(ety, n)
+        name = {ir.FloatType(): "f32", ir.DoubleType(): "f64"}.get(ety, "i16")
+        return _declare(mod, f"llvm.masked.load.v{n}{name}.p0",
+                        ir.FunctionType(t, [t.as_pointer(), I32, ir.VectorType(ir.IntType(1), n),
+                                            t]))
     mstore = _declare(mod, f"llvm.masked.store.{sfx}.p0",
                       ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), I32, mty]))
     i8p = ir.IntType(8).as_pointer()
@@ -289,7 +309,7 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
                                                                  [i8p, I32, I32, I32]))
     align = ir.Constant(I32, itemsize)
     zero = ir.Constant(vty, None)
-    line = 64 // itemsize
+    line = 64 // (b_size if PF_ON_B else a_size)     # elements of the prefetched operand
 
     def c64(v):
         return ir.Constant(I64, v)
@@ -328,10 +348,15 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
         if boff is None:
             boff = builder.add(b0, builder.mul(j, ldb))
         out = []
+        bvty = ir.VectorType(b_ety, VL)
         for v in range(NV):
-            p = vptr(pB, builder.add(boff, c64(v * VL)))
-            val = (builder.call(mload, [p, align, bmasks[v], zero]) if masked
-                   else builder.load(p, align=itemsize))
+            p = builder.bitcast(builder.gep(pB, [builder.add(boff, c64(v * VL))]),
+                                bvty.as_pointer())
+            val = (builder.call(masked_load(b_ety, VL), [p, ir.Constant(I32, b_size), bmasks[v],
+                                                         ir.Constant(bvty, None)]) if masked
+                   else builder.load(p, align=b_size))
+            if b_kind is not None:
+                val = widen_ir(builder, val, b_kind)
             if U > 1:
                 val = builder.shuffle_vector(val, zero, b_perm)
             out.append(val)
@@ -340,16 +365,17 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
     def load_a(i, j, umask=None):
         off = builder.add(a_rows[i], builder.mul(j, ldaj))
         if U == 1:
-            return splat(builder.load(builder.gep(pA, [off])))
-        p = builder.bitcast(builder.gep(pA, [off]), uty.as_pointer())
+            s = builder.load(builder.gep(pA, [off]))
+            return splat(s if a_kind is None else widen_ir(builder, s, a_kind))
+        auty = ir.VectorType(a_ety, U)
+        p = builder.bitcast(builder.gep(pA, [off]), auty.as_pointer())
         if umask is None:
-            s = builder.load(p, align=itemsize)
+            s = builder.load(p, align=a_size)
         else:
-            s = builder.call(_declare(mod, f"llvm.masked.load.v{U}{elt}.p0",
-                                      ir.FunctionType(uty, [uty.as_pointer(), I32,
-                                                            ir.VectorType(ir.IntType(1), U),
-                                                            uty])),
-                             [p, align, umask, ir.Constant(uty, None)])
+            s = builder.call(masked_load(a_ety, U), [p, ir.Constant(I32, a_size), umask,
+                                                     ir.Constant(auty, None)])
+        if a_kind is not None:
+            s = widen_ir(builder, s, a_kind)
         return builder.shuffle_vector(s, ir.Constant(uty, None), a_pattern)
 
     def step(j, masked, umask=None, boff=None):
@@ -451,42 +477,53 @@ def stream_copy(typingctx, dst, d0, src, s0, n):
     to memory and reads nothing. Stores are aligned to the vector (x86's movntps needs it): the
     unaligned head and the tail are scalar. A fence at the end orders the weakly ordered
     non-temporal stores before anything this thread does next (another thread reading the
-    output after the parallel region's join sees them)."""
+    output after the parallel region's join sees them).
+
+    A 16-bit storage dst (bfloat16 / float16 view) with a float32 src: each element is rounded
+    to nearest even on the way (narrow_ir), so the stream to memory is half as many bytes."""
     if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
-            and dst.dtype in (types.float32, types.float64) and src.dtype == dst.dtype):
+            and src.dtype in (types.float32, types.float64)
+            and (src.dtype == dst.dtype or (src.dtype == types.float32 and dst.dtype in _HALF))):
         return None
     sig = types.void(dst, d0, src, s0, n)
+    kind = _HALF.get(dst.dtype)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
         pd, ps = (context.make_array(tys[k])(context, builder, args[k]).data for k in (0, 2))
         d0, s0, n = (context.cast(builder, args[k], tys[k], types.int64) for k in (1, 3, 4))
-        flt = context.get_value_type(tys[0].dtype)
-        itemsize = context.get_abi_sizeof(flt)
-        VL = VEC_BYTES // itemsize
+        flt = context.get_value_type(tys[2].dtype)
+        dty = context.get_value_type(tys[0].dtype)
+        dsize = context.get_abi_sizeof(dty)
+        VL = VEC_BYTES // context.get_abi_sizeof(flt)
         vty = ir.VectorType(flt, VL)
+        dvty = ir.VectorType(dty, VL)
         c64 = lambda v: ir.Constant(I64, v)  # noqa: E731
         dp = builder.gep(pd, [d0])
         sp = builder.gep(ps, [s0])
         # elements before the first vector-aligned destination address, at most n
         addr = builder.ptrtoint(dp, I64)
-        mis = builder.and_(builder.udiv(addr, c64(itemsize)), c64(VL - 1))
+        mis = builder.and_(builder.udiv(addr, c64(dsize)), c64(VL - 1))
         head = builder.and_(builder.sub(c64(VL), mis), c64(VL - 1))
         head = builder.select(builder.icmp_signed("<", head, n), head, n)
         nvec = builder.sdiv(builder.sub(n, head), c64(VL))
         body_end = builder.add(head, builder.mul(nvec, c64(VL)))
 
+        def stored(val):
+            return val if kind is None else narrow_ir(builder, val, kind)
+
         def scalar(i):
-            builder.store(builder.load(builder.gep(sp, [i])), builder.gep(dp, [i]))
+            builder.store(stored(builder.load(builder.gep(sp, [i]))), builder.gep(dp, [i]))
 
         with cgutils.for_range(builder, head) as loop:
             scalar(loop.index)
         with cgutils.for_range(builder, nvec) as loop:
             i = builder.add(head, builder.mul(loop.index, c64(VL)))
             val = builder.load(builder.bitcast(builder.gep(sp, [i]), vty.as_pointer()),
-                               align=itemsize)
-            st = builder.store(val, builder.bitcast(builder.gep(dp, [i]), vty.as_pointer()),
-                               align=VEC_BYTES)
+                               align=context.get_abi_sizeof(flt))
+            st = builder.store(stored(val), builder.bitcast(builder.gep(dp, [i]),
+                                                            dvty.as_pointer()),
+                               align=VL * dsize)
             st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(I32, 1)]))
         with cgutils.for_range(builder, builder.sub(n, body_end)) as loop:
             scalar(builder.add(body_end, loop.index))

@@ -18,6 +18,13 @@ that would be a second weight-sized buffer and a second pass over memory).
 
 patch_pq (N x T) holds the C*R*S inputs under (p, q) for each image, in the (c, r, s) order of
 the weights, gathered from the zero-padded NCHW input (runs of S along w when dilation is 1).
+
+Reduced-precision storage (bfloat16, float16): the weights are read and the weight gradient is
+written as 16-bit values (their integer views, dtypes.py) by the kernels themselves, widened in
+registers as the microkernel loads them and rounded to nearest even as the gradient streams out,
+so the weight stream, the layer's traffic, is half the bytes. Activations (x, dy: a few percent
+of the bytes) are widened to float32 once on the way into the scratch copies the kernels read
+anyway; everything sums in float32.
 """
 from functools import lru_cache
 
@@ -26,7 +33,9 @@ from numba import njit, prange
 
 from ..config import (DGRAD_PREFETCH, DGRAD_TILE, FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT,
                       POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE, njit_options)
-from ._simd import lanes, lanes_of, line_of, outer_product, stream_copy, typed_zero
+from .. import dtypes
+from ._precision import result_dtype, widened
+from ._simd import accum_zero, lanes, lanes_of, line_of, narrow, outer_product, stream_copy, widen
 from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _add, _copy, _padded
@@ -61,16 +70,24 @@ def fwd_columns(N, itemsize):
     return G, VL // G
 
 
+@njit(**njit_options(), inline="always")
+def _accumulate(dst, src):
+    """dst += src (src in the accumulation dtype; a 16-bit dst rounded once per element)."""
+    for i in range(dst.shape[0]):
+        dst[i] = narrow(widen(dst[i]) + src[i], dst)
+
+
 @lru_cache(maxsize=None)
-def _fwd_kernel(MR, NV, U):
-    # each step reads MR*U weights (one 64-byte line at MR = 8, U = 2 in float32) and
-    # prefetches as many lines, FWD_PREFETCH tiles of MR filters ahead (pf below)
-    PF = max(1, MR * U * 4 // 64)
+def _fwd_kernel(MR, NV, U, WB):
+    # each step reads MR*U weights of WB bytes (one 64-byte line at MR = 8, U = 2 in float32)
+    # and prefetches as many lines (at least one), FWD_PREFETCH tiles of MR filters ahead (pf)
+    PF = max(1, MR * U * WB // 64)
 
     @njit(**njit_options(parallel=True))
     def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
-        """xt: padded input as (C, Hp, Wp, G), images innermost and zero past N; w: (P, Q, K, C,
-        R, S); bias: (P, Q, K); y: (N, K, P, Q).
+        """xt: padded input as (C, Hp, Wp, G), images innermost and zero past N, in the
+        accumulation dtype; w: (P, Q, K, C, R, S) (or its 16-bit view); bias: (P, Q, K), in the
+        accumulation dtype; y: (N, K, P, Q), any storage (rounded as it is written).
 
         Tasks are `blocks` runs of consecutive positions (p, q), so every core streams its own
         contiguous part of the weights, whatever P and Q are. Per position: gather patch[t, n]
@@ -81,7 +98,7 @@ def _fwd_kernel(MR, NV, U):
         C, Hp, Wp, G = xt.shape
         P, Q, K = w.shape[0], w.shape[1], w.shape[2]
         T = C * R * S
-        W = NV * lanes_of(y)                   # tile columns (U > 1: U steps of G images)
+        W = NV * lanes_of(xt)                  # tile columns (U > 1: U steps of G images)
         ldb = W if U > 1 else G
         step = G if U > 1 else W               # images per column tile
         T0 = (T // U) * U                      # split steps; the T % U rest in scalar code
@@ -94,12 +111,12 @@ def _fwd_kernel(MR, NV, U):
             lo = b * PQ // blocks
             hi = (b + 1) * PQ // blocks
             # zero rows past T: the last partial group of a split reduction reads one
-            patch = np.zeros((T + U) * G, dtype=y.dtype)
+            patch = np.zeros((T + U) * G, dtype=xt.dtype)
             # outputs of up to QB consecutive positions of one row, (q, k, n): the microkernel
             # stores contiguous rows here, and each y[n, k, p, q0:q0 + QB] is then written as
             # one run. (Storing straight into NCHW y scatters K*N single floats per position,
             # each an L1 miss: that cost 2.4x the arithmetic at alexnet_conv1.)
-            obuf = np.empty(QB * K * G, dtype=y.dtype)
+            obuf = np.empty(QB * K * G, dtype=xt.dtype)
             pos = lo
             while pos < hi:
                 p = pos // Q
@@ -130,7 +147,7 @@ def _fwd_kernel(MR, NV, U):
                     for k in range(K):
                         base = (n * K + k) * PQ + pos
                         for qi in range(nq):
-                            yf[base + qi] = obuf[(qi * K + k) * G + n]
+                            yf[base + qi] = narrow(obuf[(qi * K + k) * G + n], yf)
                 pos += nq
 
     return local2d_fwd_kernel
@@ -145,20 +162,23 @@ def _fwd_tile(G, U, itemsize):
     return MR, max(1, min(NV, G // lanes(itemsize)))
 
 
-def local2d(x, weight, bias, g, grid):
-    y = np.empty(g.y_shape, dtype=x.dtype)
-    b = bias if bias is not None else np.zeros((1, 1, 1), dtype=x.dtype)
-    G, U = fwd_columns(g.N, x.dtype.itemsize)
-    kernel = _fwd_kernel(*_fwd_tile(G, U, x.dtype.itemsize), U)
+def local2d(x, weight, bias, g, grid, out_dtype=None):
+    row = dtypes.lookup(x.dtype)
+    acc = row.accum
+    y = np.empty(g.y_shape, dtype=result_dtype(x.dtype, out_dtype))
+    b = widened(bias) if bias is not None else np.zeros((1, 1, 1), dtype=acc)
+    G, U = fwd_columns(g.N, acc.itemsize)
+    kernel = _fwd_kernel(*_fwd_tile(G, U, acc.itemsize), U, x.dtype.itemsize)
     with _launch_lock:
-        xt = _transposed(x, g.padding, G, "local_xt")
-        kernel(xt, weight, b, bias is not None, y, g.N, g.R, g.S, *g.stride, *g.dilation,
-               min(g.P * g.Q, POSITION_BLOCKS))
+        xt = _transposed(widened(x), g.padding, G, "local_xt")
+        kernel(xt, dtypes.kernel_view(weight), b, bias is not None, dtypes.kernel_view(y),
+               g.N, g.R, g.S, *g.stride, *g.dilation, min(g.P * g.Q, POSITION_BLOCKS))
     return y
 
 
 def _transposed(x, padding, G, name):
-    """Zero-padded input as (C, Hp, Wp, G): images innermost, zero columns past N."""
+    """Zero-padded input as (C, Hp, Wp, G): images innermost, zero columns past N (x in the
+    accumulation dtype)."""
     N, C, H, W = x.shape
     ph, pw = padding
     xt = scratch(name, (C, H + 2 * ph, W + 2 * pw, G), x.dtype)
@@ -182,7 +202,8 @@ def _iwgrad_kernel():
 
         dyt: dy as (P, Q, N, K); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed
         padded NCHW input gradient; dwo: (P, Q, K, C, R, S) weight gradient (added into if
-        accumulate).
+        accumulate). dyt, xp, dxp in the accumulation dtype; w and dwo in any storage (w
+        widened as the microkernel loads it, dwo rounded as it is written).
 
         Tasks are tiles of BP x BQ positions, run in 4 phases by the parity of the tile's row and
         column (with BP*sh + sh >= the kernel's extent, and the same along q, tiles of one phase
@@ -204,8 +225,8 @@ def _iwgrad_kernel():
         of = dwo.ravel()
         TPn = -(-P // BP)
         TQn = -(-Q // BQ)
-        VW = NW * lanes_of(dwo)
-        VD = ND * lanes_of(dwo)
+        VW = NW * lanes_of(dyt)
+        VD = ND * lanes_of(dyt)
         for phase in range(4):
             fp = phase // 2
             fq = phase % 2
@@ -214,9 +235,9 @@ def _iwgrad_kernel():
             for task in prange(ntp * ntq):
                 tp = fp + 2 * (task // ntq)
                 tq = fq + 2 * (task % ntq)
-                patch = np.empty(N * T if want_dw else 1, dtype=dwo.dtype)
-                bank = np.empty(K * T if want_dw else 1, dtype=dwo.dtype)
-                dpatch = np.empty(N * T if want_dx else 1, dtype=dwo.dtype)
+                patch = np.empty(N * T if want_dw else 1, dtype=dyt.dtype)
+                bank = np.empty(K * T if want_dw else 1, dtype=dyt.dtype)
+                dpatch = np.empty(N * T if want_dx else 1, dtype=dyt.dtype)
                 for p in range(tp * BP, min(P, tp * BP + BP)):
                     for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
                         pos = p * Q + q
@@ -234,7 +255,7 @@ def _iwgrad_kernel():
                                                   False, bank, 0, False, 0)
                             # the bank, contiguous, from L2 to memory in one sequential run
                             if accumulate:
-                                _add(of[pos * K * T:(pos + 1) * K * T], bank)
+                                _accumulate(of[pos * K * T:(pos + 1) * K * T], bank)
                             else:
                                 stream_copy(of, pos * K * T, bank, 0, K * T)
                         if want_dx:
@@ -273,19 +294,21 @@ def _tiles(g):
     return BP, BQ
 
 
-def _backward(dy, x, weight, g, want_dx, want_dw, out):
-    """(dx or None, dw or None); dw added into `out` when given."""
+def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
+    """(dx or None, dw or None); dw added into `out` when given (any storage: a float32 out
+    for reduced storage is a master-weight buffer)."""
     ph, pw = g.padding
-    dt = dy.dtype
+    dt = dtypes.lookup(dy.dtype).accum
     accumulate = out is not None
     if want_dw and out is None:  # written whole: from the result pool (cpu/_workspace.py)
-        out = result((g.P, g.Q) + g.w_shape, dt)
-    dwo = out if want_dw else np.zeros((1, 1, 1, 1, 1, 1), dt)
-    w = weight if want_dx else np.zeros((1, 1, 1, 1, 1, 1), dt)
+        out = result((g.P, g.Q) + g.w_shape, result_dtype(dy.dtype, out_dtype))
+    dwo = dtypes.kernel_view(out) if want_dw else np.zeros((1, 1, 1, 1, 1, 1), dt)
+    w = dtypes.kernel_view(weight) if want_dx else np.zeros((1, 1, 1, 1, 1, 1), dt)
     with _launch_lock:
         dyt = scratch("local_dy", (g.P, g.Q, g.N, g.K), dt)
-        dyt[...] = dy.transpose(2, 3, 0, 1)
-        xp = _padded(x, ph, pw, "nchw", "local_x") if want_dw else np.zeros((1, 1, 1, 1), dt)
+        dyt[...] = widened(dy).transpose(2, 3, 0, 1)
+        xp = (_padded(widened(x), ph, pw, "nchw", "local_x") if want_dw
+              else np.zeros((1, 1, 1, 1), dt))
         if want_dx:
             dxp = scratch("local_dx", (g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dt)
             dxp[...] = 0
@@ -293,23 +316,38 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out):
             dxp = np.zeros((1, 1, 1, 1), dt)
         _iwgrad_kernel()(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
                          want_dx, want_dw, accumulate)
-        # a fresh array: the scratch is reused by the next call
-        dx = dxp[:, :, ph:ph + g.H, pw:pw + g.W].copy() if want_dx else None
+        # a fresh array (the scratch is reused by the next call), in the result dtype
+        dx = None
+        if want_dx:
+            dx = np.empty(g.x_shape, result_dtype(dy.dtype, out_dtype))
+            _round_into(dtypes.kernel_view(dx), dxp[:, :, ph:ph + g.H, pw:pw + g.W])
     return dx, (out if want_dw else None)
 
 
-def local2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
+@njit(**njit_options(parallel=True))
+def _round_into(dst, src):
+    """dst[...] = src[...] (4-D; src in the accumulation dtype, dst any storage)."""
+    N, C, H, W = dst.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for h in range(H):
+            for w in range(W):
+                dst[n, c, h, w] = narrow(src[n, c, h, w], dst)
+
+
+def local2d_weight_grad(dy, x, g, grid, out=None, deterministic=False, out_dtype=None):
     """(P, Q, K, C, R, S); with `out`, added into it. Always bitwise reproducible."""
-    return _backward(dy, x, None, g, False, True, out)[1]
+    return _backward(dy, x, None, g, False, True, out, out_dtype)[1]
 
 
-def local2d_input_grad(dy, weight, g, grid):
-    return _backward(dy, None, weight, g, True, False, None)[0]
+def local2d_input_grad(dy, weight, g, grid, out_dtype=None):
+    return _backward(dy, None, weight, g, True, False, None, out_dtype)[0]
 
 
-def local2d_input_weight_grad(dy, x, weight, g, grid, out=None, deterministic=False):
+def local2d_input_weight_grad(dy, x, weight, g, grid, out=None, deterministic=False,
+                              out_dtype=None):
     """(input grad, weight grad) in one pass (the API uses it when both are needed)."""
-    return _backward(dy, x, weight, g, True, True, out)
+    return _backward(dy, x, weight, g, True, True, out, out_dtype)
 
 
 # ------------------------------------------------------------------------------- bias grad
@@ -324,20 +362,21 @@ def local2d_bgrad_kernel(dy, out, accumulate):
     for k in prange(K):
         for p in range(P):
             for q in range(Q):
-                acc = typed_zero(dy)
+                acc = accum_zero(dy)
                 for n in range(N):
-                    acc += dy[n, k, p, q]
+                    acc += widen(dy[n, k, p, q])
                 i = (p * Q + q) * K + k
                 if accumulate:
-                    of[i] += acc
+                    of[i] = narrow(widen(of[i]) + acc, of)
                 else:
-                    of[i] = acc
+                    of[i] = narrow(acc, of)
 
 
-def local2d_bias_grad(dy, g, grid, out=None):
+def local2d_bias_grad(dy, g, grid, out=None, out_dtype=None):
     accumulate = out is not None
     if out is None:
-        out = np.empty((dy.shape[2], dy.shape[3], dy.shape[1]), dtype=dy.dtype)
+        out = np.empty((dy.shape[2], dy.shape[3], dy.shape[1]),
+                       dtype=result_dtype(dy.dtype, out_dtype))
     with _launch_lock:
-        local2d_bgrad_kernel(dy, out, accumulate)
+        local2d_bgrad_kernel(dtypes.kernel_view(dy), dtypes.kernel_view(out), accumulate)
     return out
