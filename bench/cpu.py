@@ -172,7 +172,9 @@ class CpuTarget:
 
     def to_host(self, a):
         if hasattr(a, "detach"):             # a PyTorch peer's tensor
-            return a.detach().numpy()
+            from bench.ops import from_torch
+
+            return from_torch(a)
         return np.asarray(a)
 
     def time(self, fns, repeat, min_time):

@@ -46,7 +46,9 @@ def to_host(a):
         return a.get()
     if hasattr(a, "copy_to_host"):         # Numba
         return a.copy_to_host()
-    return a.detach().cpu().numpy()        # torch
+    from bench.ops import from_torch       # torch
+
+    return from_torch(a.cpu())
 
 
 def synchronize():

@@ -19,6 +19,13 @@ runs the report) both go through here:
 The pytest-benchmark suite hands the same launcher to pytest-benchmark's loop when it times
 (perf_counter, as CpuTarget) and, in its smoke run, checks the same outputs with check().
 Errors are sharenet_fast.dtypes.rel_err against dtypes.tol (the tests' bound).
+
+Reduced precision: every pass of ours that a backend has in bfloat16 (its DTYPES) is timed again
+on the same inputs rounded to bfloat16 (REDUCED: float32 accumulation, bfloat16 results; the
+grad_weight= timing adds into a float32 master buffer), with the PyTorch peers that take
+bfloat16. Its bytes, and so its floor, are the bfloat16 ones; its outputs are checked against our
+float32 kernels run on the rounded inputs (the oracle of the rounded problem, within float32's
+1e-5), at the bfloat16 bound.
 """
 from __future__ import annotations
 
@@ -28,10 +35,11 @@ import numpy as np
 
 from bench import ops, schema
 from bench.shapes import geometry, make_inputs
-from sharenet_fast import dtypes, optable
+from sharenet_fast import dtypes, optable, registry
 
 DTYPE = np.dtype(np.float32)
 TOL = dtypes.tol(DTYPE)
+REDUCED = "bfloat16"                    # the reduced storage timed beside float32
 BACKWARD = schema.BACKWARD              # input + weight + bias gradients, one call
 PENALTY = optable.PENALTY               # soft_sharing_penalty on a local layer's banks
 TIMED = ("forward", BACKWARD)           # every layer kind, every target
@@ -44,10 +52,11 @@ class Step(NamedTuple):
     impl: str                 # one of ours (a backend) or a peer
     deterministic: bool = False
     accumulate: bool = False  # the gradients added into a grad_weight= buffer
+    dtype: str = "float32"    # storage dtype of the arrays (REDUCED: float32 accumulation)
 
     @property
     def label(self):
-        return schema.pass_label(self.pass_, self.deterministic, self.accumulate)
+        return schema.pass_label(self.pass_, self.deterministic, self.accumulate, self.dtype)
 
 
 def plan(target, layers, backends, peers=None, full=True):
@@ -59,18 +68,27 @@ def plan(target, layers, backends, peers=None, full=True):
     there: target.peers_ok); full=False: the quick run's, without the slow peers."""
     if peers is None:
         peers = target.peers_ok
+    reduced = [b for b in backends if REDUCED in registry.get(b).DTYPES]
     out = []
     for layer in layers:
         spec = ops.SPECS[layer]
         mine = ops.peer_names(layer, target.torch_device, full) if peers else ()
         for pass_ in TIMED:
             out += [Step(layer, pass_, impl) for impl in (*backends, *mine)]
+        if reduced:     # the same passes in bfloat16, with the peers that take it
+            mine16 = (ops.peer_names(layer, target.torch_device, full, REDUCED) if peers
+                      else ())
+            for pass_ in TIMED:
+                out += [Step(layer, pass_, impl, dtype=REDUCED) for impl in (*reduced, *mine16)]
         if spec.sharing == "shared" and target.name == "gpu":
             out += [Step(layer, "weight", b, det) for det in (False, True) for b in backends]
         if spec.sharing == "local":
             out += [Step(layer, BACKWARD, b, accumulate=True) for b in backends]
+            out += [Step(layer, BACKWARD, b, accumulate=True, dtype=REDUCED) for b in reduced]
             penalty_peer = (PENALTY_PEER,) if peers and ops.installed(PENALTY_PEER) else ()
             out += [Step(layer, PENALTY, impl) for impl in (*backends, *penalty_peer)]
+            out += [Step(layer, PENALTY, impl, dtype=REDUCED)
+                    for impl in (*reduced, *(penalty_peer if reduced else ()))]
     return out
 
 
@@ -91,16 +109,27 @@ class LayerCase:
         weight, bias = ops.layer_params(layer, weight, bias, self.g)
         self.x, self.weight, self.bias, self.grad_out = x, weight, bias, grad_out
         self.steps = [s for s in steps if s.layer == layer]
-        self.pen = (ops.penalty_inputs(weight) if any(s.pass_ == PENALTY for s in self.steps)
-                    else None)
-        dev = [target.to_device(a) for a in (x, weight, bias, grad_out)]
-        dpen = [target.to_device(a) for a in self.pen] if self.pen is not None else None
-        self.calls = {s: self._launcher(s, dev, dpen) for s in self.steps}
+        # the inputs per storage dtype: float32, and rounded to each reduced dtype timed
+        self.data = {DTYPE.name: (x, weight, bias, grad_out)}
+        for dt in dict.fromkeys(s.dtype for s in self.steps if s.dtype != DTYPE.name):
+            storage = dtypes.lookup(dt).storage
+            self.data[dt] = tuple(a.astype(storage) for a in (x, weight, bias, grad_out))
+        pen_dtypes = dict.fromkeys(s.dtype for s in self.steps if s.pass_ == PENALTY)
+        self.pens = {dt: ops.penalty_inputs(self.data[dt][1]) for dt in pen_dtypes}
+        self.pen = self.pens.get(DTYPE.name)
+        dev = {dt: [target.to_device(a) for a in arrays] for dt, arrays in self.data.items()}
+        dpen = {dt: [target.to_device(a) for a in pen] for dt, pen in self.pens.items()}
+        self.calls = {s: self._launcher(s, dev[s.dtype], dpen.get(s.dtype)) for s in self.steps}
         self.outs = {}
+
+    def weight_of(self, step):
+        """The weight array a step runs on (its storage dtype)."""
+        return self.data[step.dtype][1]
 
     def _launcher(self, step, dev, dpen):
         shape, layer, impl = self.shape, self.layer, step.impl
         x, w, b, dy = dev
+        hx, hw, hb, hdy = self.data[step.dtype]
         device = self.target.torch_device
         if impl in self.backends:
             if step.pass_ == "forward":
@@ -116,18 +145,18 @@ class LayerCase:
             if step.pass_ == PENALTY:
                 return ops.ours_penalty(*dpen, backend=impl)
         elif step.pass_ == PENALTY:
-            return ops.torch_penalty(*self.pen, device)
+            return ops.torch_penalty(*self.pens[step.dtype], device)
         elif step.pass_ == "forward":
-            return ops.PEERS[impl].forward(shape, layer, self.x, self.weight, self.bias, device)
+            return ops.PEERS[impl].forward(shape, layer, hx, hw, hb, device)
         elif step.pass_ == BACKWARD:
-            return ops.PEERS[impl].backward(shape, layer, self.x, self.weight, self.grad_out,
-                                            self.bias, device)
+            return ops.PEERS[impl].backward(shape, layer, hx, hw, hdy, hb, device)
         raise ValueError(f"no launcher for {step}")
 
     def _accumulating(self, step, dev):
         """Our backward adding dW into a buffer (grad_weight=: hard sharing's path), the buffer
         random at first (never zeros: an overwrite instead of an add fails the check). Every
-        call adds into it; the check takes the warm-up call's, the first: buffer - start."""
+        call adds into it; the check takes the warm-up call's, the first: buffer - start. The
+        buffer is float32 for every storage dtype (a reduced weight's master weights)."""
         x, w, _, dy = dev
         start = np.random.default_rng(3).standard_normal(self.weight.shape, dtype=DTYPE)
         run = ops.ours_backward(self.shape, self.layer, x, w, dy, backend=step.impl,
@@ -145,11 +174,40 @@ class LayerCase:
         return self.outs
 
     def references(self, oracle=None):
-        """{pass: (who, outputs)}. oracle=True: the float64 oracle (ops.reference) for every
-        pass; oracle=None: the oracle for the shared layer on the CPU, else the first PyTorch
-        peer's float32 result (a float64 oracle of a local layer at full size would take
-        minutes). A gradient alone is checked against its part of the backward; the penalty
-        always against the float64 oracle."""
+        """{(dtype, pass): (who, outputs)}. float32: oracle=True: the float64 oracle
+        (ops.reference) for every pass; oracle=None: the oracle for the shared layer on the CPU,
+        else the first PyTorch peer's float32 result (a float64 oracle of a local layer at full
+        size would take minutes). A gradient alone is checked against its part of the backward;
+        the penalty always against the float64 oracle. Reduced dtypes: our float32 kernels on
+        the rounded inputs (self.reduced_references)."""
+        refs = {(DTYPE.name, p): r for p, r in self._float32_references(oracle).items()}
+        for dt in self.data:
+            if dt != DTYPE.name:
+                refs.update({(dt, p): r for p, r in self.reduced_references(dt).items()})
+        return refs
+
+    def reduced_references(self, dt):
+        """{pass: (who, outputs)} for the inputs rounded to `dt`: the first backend of ours in
+        float32 on those inputs (the rounded problem, summed in float32 as the reduced kernels
+        sum), and the float64 oracle of the penalty on the rounded banks."""
+        be = self.backends[0]
+        x, w, b, dy = (self.target.to_device(a.astype(DTYPE)) for a in self.data[dt])
+        y = ops.ours_forward(self.shape, self.layer, x, w, b, backend=be)()
+        g = ops.ours_backward(self.shape, self.layer, x, w, dy, backend=be)()
+        who = f"ours ({be}) float32 on the {dt} inputs"
+        refs = {"forward": (who, host_tuple(self.target, y)),
+                BACKWARD: (who, host_tuple(self.target, g))}
+        for i, pass_ in enumerate(optable.GRADIENTS):
+            refs[pass_] = (who, refs[BACKWARD][1][i:i + 1])
+        if dt in self.pens:
+            from sharenet_fast import reference
+
+            a, bb = self.pens[dt][:2]
+            refs[PENALTY] = ("float64 oracle", (np.float64(reference.soft_sharing_penalty(
+                a, bb, ops.PENALTY_STRENGTH)[0]),))
+        return refs
+
+    def _float32_references(self, oracle):
         if oracle is None:
             oracle = ops.SPECS[self.layer].sharing == "shared" and self.target.name == "cpu"
         refs = {}
@@ -160,7 +218,7 @@ class LayerCase:
         else:
             for pass_ in TIMED:
                 peer = next((s.impl for s in self.outs if s.pass_ == pass_ and not s.accumulate
-                             and s.impl not in self.backends), None)
+                             and s.dtype == DTYPE.name and s.impl not in self.backends), None)
                 if peer is not None:
                     refs[pass_] = (peer, self.outs[Step(self.layer, pass_, peer)])
         if BACKWARD in refs:
@@ -178,10 +236,23 @@ class LayerCase:
     def error(self, step, refs):
         """(max relative error of the step's outputs, against whom), or (None, None) when it
         has no reference (or is the reference)."""
-        ref = refs.get(step.pass_)
+        ref = refs.get((step.dtype, step.pass_))
         if ref is None or ref[0] == step.impl:
             return None, None
         return check(self.outs[step], ref[1]), ref[0]
+
+
+# A peer in a reduced dtype may sum in it too (PyTorch's bfloat16 einsum on the CPU: 1e-2 from
+# the float32 result at cifar_5x5's backward): the check then only tells another layer apart.
+PEER_REDUCED_TOL = 5e-2
+
+
+def check_tol(step, backends):
+    """The error bound a step's outputs are checked at: the dtype's (dtypes.tol) for ours and for
+    float32 peers; PEER_REDUCED_TOL for a peer in a reduced dtype."""
+    if step.impl in backends or step.dtype == DTYPE.name:
+        return dtypes.tol(step.dtype)
+    return PEER_REDUCED_TOL
 
 
 def check(outs, refs):
@@ -195,9 +266,9 @@ def check(outs, refs):
 
 def figures(layer, pass_, g, grid, weight, median=None, accumulate=False):
     """{flops, bytes, weight_stream_bytes} of one timed pass (the op table's counts: spec.flops,
-    spec.bytes, plus the grad_weight= buffer's read when `accumulate`; the penalty's six
-    streams of the weights' size), and with a median time in seconds their rates: gflops,
-    gbps, weight_gbps."""
+    spec.bytes at the weight's itemsize, plus the float32 grad_weight= buffer's read, and its
+    write in float32, when `accumulate`; the penalty's six streams of the weights' size), and
+    with a median time in seconds their rates: gflops, gbps, weight_gbps."""
     if pass_ == PENALTY:
         # per element: a - b, its square into the sum, one multiply-add into each gradient;
         # a and b read, grad_a and grad_b read and written
@@ -209,8 +280,9 @@ def figures(layer, pass_, g, grid, weight, median=None, accumulate=False):
         nbytes = spec.bytes(g, pass_, weight.itemsize, grid)
         # forward and the input gradient read W, the weight gradient writes dW; backward both
         wbytes = weight.nbytes * (2 if pass_ == BACKWARD else 1)
-        if accumulate:               # dW added into a buffer: the buffer is read, too
-            nbytes, wbytes = nbytes + weight.nbytes, wbytes + weight.nbytes
+        if accumulate:    # dW added into a float32 buffer: read too, and written as float32
+            extra = 2 * weight.size * DTYPE.itemsize - weight.nbytes
+            nbytes, wbytes = nbytes + extra, wbytes + extra
     out = dict(flops=int(flops), bytes=int(nbytes), weight_stream_bytes=int(wbytes))
     if median is not None:
         def rate(amount):
@@ -232,17 +304,18 @@ def record(case, name, step, samples, limits, err=None, err_against=None):
     """The JSON record (bench/schema.py RESULT) of one timing."""
     median = float(np.median(samples))
     q1, q3 = (float(v) for v in np.percentile(samples, [25, 75]))
-    f = figures(step.layer, step.pass_, case.g, case.grid, case.weight, median, step.accumulate)
+    weight = case.weight_of(step)
+    f = figures(step.layer, step.pass_, case.g, case.grid, weight, median, step.accumulate)
     sg, cp = limits.get("sgemm_gflops"), limits.get("copy_gbps")
     floor = floor_s(f["flops"], f["bytes"], limits)
     return {
         "shape": name, "dims": case.shape._asdict(), "layer": step.layer,
         "grid": list(case.grid), "pass": step.pass_, "deterministic": step.deterministic,
-        "accumulate": step.accumulate, "impl": step.impl,
+        "accumulate": step.accumulate, "dtype": step.dtype, "impl": step.impl,
         "role": "ours" if step.impl in case.backends else "peer",
         "label": label(case.target, step.impl, case.backends),
         "params": int(case.weight.size + case.bias.size),
-        "weight_bytes": int(case.weight.nbytes), **f,
+        "weight_bytes": int(weight.nbytes), **f,
         "samples_s": [float(s) for s in samples], "median_s": median, "q1_s": q1, "q3_s": q3,
         "pct_sgemm": 100 * f["gflops"] / sg if sg else None,
         "pct_copy": 100 * f["gbps"] / cp if cp else None,
@@ -299,9 +372,10 @@ def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits,
             samples = target.time({s: case.calls[s] for s in mine}, repeat, min_time)
             for s in mine:
                 err, against = case.error(s, refs)
-                if err is not None and err >= TOL:     # ours, or a peer computing another layer
+                tol = check_tol(s, case.backends)
+                if err is not None and err >= tol:     # ours, or a peer computing another layer
                     progress.log(f"WARNING: {name} {layer} {pass_label} {s.impl}: relative "
-                                 f"error {err:.2e} >= {TOL:.0e} against {against}")
+                                 f"error {err:.2e} >= {tol:.0e} against {against}")
                 rec = record(case, name, s, samples[s], limits, err, against)
                 results.append(rec)
                 progress.step(f"{name} {layer} {pass_label} {s.impl}: "

@@ -102,6 +102,7 @@ class Peer(NamedTuple):
     install: str = "pip install torch==2.13.0"
     backward_max_weight: int = 0    # bytes: a larger weight's backward is not timed (0: any)
     max_weight: int = 0             # bytes: a larger weight is not timed at all (0: any)
+    dtypes: tuple = ("float32",)    # the storage dtypes it is timed in
 
 
 # tf-keras's backward of LocallyConnected2D at alexnet_conv1 (a 422 MB weight) peaked at 17.8 GB
@@ -128,13 +129,13 @@ def skipped(impl, pass_, weight_bytes):
     return None
 
 
-def peer_names(layer, device="cpu", full=True):
-    """The installed peers of a layer kind on a device, in timing order (without `full`: the
-    quick run's, the slow ones left out)."""
+def peer_names(layer, device="cpu", full=True, dtype="float32"):
+    """The installed peers of a layer kind on a device that take `dtype`, in timing order
+    (without `full`: the quick run's, the slow ones left out)."""
     sharing = SPECS[layer].sharing
     return tuple(name for name, p in PEERS.items()
                  if sharing in p.sharing and device in p.devices and installed(name)
-                 and (full or not p.full_only))
+                 and (full or not p.full_only) and dtype in p.dtypes)
 
 
 def installed(impl):
@@ -192,8 +193,25 @@ def _torch_untied(shape, layer, xt, wt, bt):
     return y
 
 
+def to_torch(a):
+    """A NumPy array as a tensor sharing its memory; ml_dtypes' bfloat16 through its bits."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def from_torch(t):
+    """A (CPU) tensor as a NumPy array; bfloat16 as ml_dtypes' bfloat16."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
 def _tensors(device, *arrays):
-    return tuple(torch.from_numpy(a).to(device) for a in arrays)
+    return tuple(to_torch(a).to(device) for a in arrays)
 
 
 def torch_forward(shape, layer, x, weight, bias, device="cpu", impl=None):
@@ -226,7 +244,7 @@ def torch_backward(shape, layer, x, weight, grad_out, bias=None, device="cpu", i
             return torch.ops.aten.convolution_backward(
                 dyt, xt, wt, [shape.K], st, pd, [1, 1], False, [0, 0], 1, [True, True, True])
         return run
-    b = bias if bias is not None else np.zeros(weight.shape[:-3], np.float32)
+    b = bias if bias is not None else np.zeros(weight.shape[:-3], weight.dtype)
     xt, wt, bt = (t.requires_grad_() for t in _tensors(device, x, weight, b))
     (dyt,) = _tensors(device, grad_out)
     y = _torch_untied(shape, layer, xt, wt, bt)
@@ -412,12 +430,15 @@ def jax_backward(shape, layer, x, weight, grad_out, bias=None, device="cpu"):
 
 ALL = ("shared", "tiled", "local")
 PEERS = {
+    # PyTorch takes bfloat16 too (oneDNN's bf16 convolution on CPUs with AVX512_BF16)
     "torch-conv2d": Peer("PyTorch conv2d ({lib})", ("shared",), ("cpu", "cuda"), ("torch",),
                          lambda *a: torch_forward(*a, impl="torch-conv2d"),
-                         lambda *a: torch_backward(*a, impl="torch-conv2d")),
+                         lambda *a: torch_backward(*a, impl="torch-conv2d"),
+                         dtypes=("float32", "bfloat16")),
     "torch-unfold": Peer("PyTorch unfold+einsum", ALL, ("cpu", "cuda"), ("torch",),
                          lambda *a: torch_forward(*a, impl="torch-unfold"),
-                         lambda *a: torch_backward(*a, impl="torch-unfold")),
+                         lambda *a: torch_backward(*a, impl="torch-unfold"),
+                         dtypes=("float32", "bfloat16")),
     "tf-keras": Peer("tf-keras LocallyConnected2D", ("local",), ("cpu",),
                      ("tensorflow", "tf_keras"), tf_keras_forward, tf_keras_backward,
                      full_only=True, install="pip install -e '.[peers]'",
@@ -427,7 +448,8 @@ PEERS = {
                 jax_forward, jax_backward, full_only=True, install="pip install -e '.[peers]'",
                 max_weight=LOCAL_PEER_MAX_WEIGHT),
     # the soft-sharing penalty's peer (torch_penalty): a pass, not a layer
-    "torch-eager": Peer("PyTorch eager", (), ("cpu", "cuda"), ("torch",), None, None),
+    "torch-eager": Peer("PyTorch eager", (), ("cpu", "cuda"), ("torch",), None, None,
+                        dtypes=("float32", "bfloat16")),
 }
 
 
@@ -468,8 +490,9 @@ def penalty_inputs(weight):
     and their mean bank broadcast to the same shape (the pull toward the shared filter), and
     two gradient buffers the penalty adds into (random, never zeros)."""
     rng = np.random.default_rng(2)
-    b = np.ascontiguousarray(np.broadcast_to(weight.mean(axis=(0, 1)), weight.shape))
-    ga = rng.standard_normal(weight.shape, dtype=np.float32)
+    mean = weight.astype(np.float32).mean(axis=(0, 1)).astype(weight.dtype)
+    b = np.ascontiguousarray(np.broadcast_to(mean, weight.shape))
+    ga = rng.standard_normal(weight.shape, dtype=np.float32).astype(weight.dtype)
     return weight, b, ga, ga[::-1].copy()
 
 

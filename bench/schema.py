@@ -9,21 +9,24 @@ local2d); `pass` is an op-table pass word (forward, input, weight, bias, input_w
 backward (input + weight + bias gradients in one call), or soft_sharing_penalty (the penalty op
 on a local2d layer's banks); `deterministic` is the backward's keyword the timing ran with;
 `accumulate`: the gradients were added into a grad_weight= buffer (backward (grad_weight=));
-`grid` is the layer's bank grid (TP, TQ). A timing is keyed by key(record): (shape, layer,
-pass_label, impl), where pass_label adds " (deterministic)" or " (grad_weight=)" to the pass.
+`grid` is the layer's bank grid (TP, TQ); `dtype` the storage dtype of the timed arrays
+(float32, or bfloat16 with float32 accumulation; a grad_weight= buffer is float32 either way).
+A timing is keyed by key(record): (shape, layer, pass_label, impl), where pass_label adds
+" (deterministic)" or " (grad_weight=)" to the pass, and " [bfloat16]" for a storage dtype other
+than float32.
 `floor_s` is the least time the pass can take here (max(bytes / limits.read_gbps, flops /
 limits.sgemm_gflops)), `pct_floor` = 100 * floor_s / median_s; both None where the limits were
 not measured. `machine.isa` is what the CPU code was compiled for (python -m bench --isa:
-native or avx2). Version 3 files (no read bandwidth, no floor, no isa) are upgraded on load
-(upgrade()).
+native or avx2). Version 3 and 4 files (3: no read bandwidth, no floor, no isa; 4: no dtype,
+all float32) are upgraded on load (upgrade()).
 """
 from __future__ import annotations
 
 import math
 
-from sharenet_fast import optable
+from sharenet_fast import dtypes, optable
 
-VERSION = "sharenet_fast.bench/4"
+VERSION = "sharenet_fast.bench/5"
 
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
@@ -39,7 +42,7 @@ CONFIG = {"mode": str, "target": str, "backends": list, "repeat": int, "min_time
 SHAPE = {"N": int, "C": int, "H": int, "W": int, "K": int, "R": int, "S": int, "stride": int,
          "padding": int, "describe": str, "P": int, "Q": int, "gflop_forward": NUM}
 RESULT = {"shape": str, "dims": dict, "layer": str, "grid": list, "pass": str,
-          "deterministic": bool, "accumulate": bool, "impl": str,
+          "deterministic": bool, "accumulate": bool, "dtype": str, "impl": str,
           "role": str, "label": str, "params": int, "weight_bytes": int, "flops": int,
           "bytes": int, "weight_stream_bytes": int, "samples_s": list, "median_s": NUM,
           "q1_s": NUM, "q3_s": NUM, "gflops": NUM, "gbps": NUM, "weight_gbps": NUM,
@@ -49,23 +52,31 @@ BACKWARD = "backward"               # input + weight + bias gradients, one call
 PASSES = (*optable.PASSES, BACKWARD, optable.PENALTY)
 ISAS = ("native", "avx2")          # python -m bench --isa: what the CPU code was compiled for
 CHOICES = {"mode": ("quick", "full"), "target": ("cpu", "gpu"), "isa": ISAS,
-           "layer": tuple(optable.layers()), "role": ("ours", "peer"), "pass": PASSES}
+           "layer": tuple(optable.layers()), "role": ("ours", "peer"), "pass": PASSES,
+           "dtype": dtypes.NAMES}
 
 
 # the variants of a pass a timing can run with (a record's boolean fields), as labels spell them
 VARIANTS = {"deterministic": " (deterministic)", "accumulate": " (grad_weight=)"}
 
 
-def pass_label(pass_, deterministic=False, accumulate=False):
+DEFAULT_DTYPE = "float32"
+
+
+def pass_label(pass_, deterministic=False, accumulate=False, dtype=DEFAULT_DTYPE):
     """How tables and keys spell a timing's pass: the pass word, plus ' (deterministic)' or
-    ' (grad_weight=)'."""
+    ' (grad_weight=)', plus ' [bfloat16]' for a storage dtype other than float32."""
     on = dict(deterministic=deterministic, accumulate=accumulate)
-    return pass_ + "".join(suffix for name, suffix in VARIANTS.items() if on[name])
+    text = pass_ + "".join(suffix for name, suffix in VARIANTS.items() if on[name])
+    return text if dtype == DEFAULT_DTYPE else f"{text} [{dtype}]"
 
 
 def parse_label(label):
-    """(pass, {variant: bool}) of a pass label: the inverse of pass_label."""
-    on = {}
+    """(pass, {variant: bool, "dtype": name}) of a pass label: the inverse of pass_label."""
+    on = {"dtype": DEFAULT_DTYPE}
+    if label.endswith("]") and " [" in label:
+        label, dt = label[:-1].rsplit(" [", 1)
+        on["dtype"] = dt
     for name, suffix in VARIANTS.items():
         on[name] = suffix in label
         label = label.replace(suffix, "")
@@ -74,7 +85,8 @@ def parse_label(label):
 
 def label(r):
     """A record's pass label."""
-    return pass_label(r["pass"], r["deterministic"], r["accumulate"])
+    return pass_label(r["pass"], r["deterministic"], r["accumulate"],
+                      r.get("dtype", DEFAULT_DTYPE))
 
 
 def key(r):
@@ -142,9 +154,9 @@ def validate(doc):
 
 
 def upgrade(doc):
-    """A version 3 document as version 4, in place (other documents are returned as they are):
-    compiled for the host (native), no timing accumulated into a buffer, and no floor (version 3
-    measured no read bandwidth)."""
+    """A version 3 or 4 document as version 5, in place (other documents are returned as they
+    are): 3 -> 4: compiled for the host (native), no timing accumulated into a buffer, and no
+    floor (version 3 measured no read bandwidth); 4 -> 5: every timing float32."""
     if isinstance(doc, dict) and doc.get("schema") == "sharenet_fast.bench/3":
         if isinstance(doc.get("machine"), dict):
             doc["machine"].setdefault("isa", "native")
@@ -153,6 +165,11 @@ def upgrade(doc):
                 r.setdefault("accumulate", False)
                 r.setdefault("floor_s", None)
                 r.setdefault("pct_floor", None)
+        doc["schema"] = "sharenet_fast.bench/4"
+    if isinstance(doc, dict) and doc.get("schema") == "sharenet_fast.bench/4":
+        for r in doc.get("results") or ():
+            if isinstance(r, dict):
+                r.setdefault("dtype", DEFAULT_DTYPE)
         doc["schema"] = VERSION
     return doc
 

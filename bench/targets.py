@@ -131,8 +131,10 @@ def _pct(v):
 # --------------------------------------------------------------------------------- metrics
 def _subject(r):
     if r["pass"] == optable.PENALTY:
+        dt = r.get("dtype", "float32")
         return (f"{r['impl']}: {optable.PENALTY} on {r['shape']}'s local banks "
-                f"({r['weight_bytes'] // 4 / 1e6:.1f}M float32, both gradients)")
+                f"({r['weight_bytes'] // (2 if dt in ('bfloat16', 'float16') else 4) / 1e6:.1f}M "
+                f"{dt}, both gradients)")
     layer = r["layer"]
     if optable.LAYERS[layer].sharing == "tiled":
         layer += f" {r['grid'][0]}x{r['grid'][1]}"

@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sharenet_fast as sf  # noqa: E402
-from bench import isa, ops, precompile, report, schema, targets  # noqa: E402
+from bench import harness, isa, ops, precompile, report, schema, targets  # noqa: E402
+from sharenet_fast import dtypes  # noqa: E402
 from _bench_docs import make_doc  # noqa: E402
 
 
@@ -35,12 +36,18 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     assert doc["config"]["mode"] == "quick" and doc["config"]["batch"] == 1
     peers = {"conv2d": ("torch-conv2d", "torch-unfold"), "local2d": ("torch-unfold",)}
     keys = [(r["layer"], schema.label(r), r["impl"]) for r in doc["results"]]
-    want = [(layer, p, impl) for layer in ("conv2d", "local2d") for p in ("forward", "backward")
-            for impl in ("cpu", *(peers[layer] if ops.torch is not None else ()))]
-    want += [("local2d", "backward (grad_weight=)", "cpu")]     # ours only
-    want += [("local2d", "soft_sharing_penalty", impl)
-             for impl in ("cpu", *(("torch-eager",) if ops.torch is not None else ()))]
+    want = []
+    eager = ("torch-eager",) if ops.torch is not None else ()
+    for layer in ("conv2d", "local2d"):     # each pass in float32, then in bfloat16
+        for suffix in ("", " [bfloat16]"):
+            want += [(layer, p + suffix, impl) for p in ("forward", "backward")
+                     for impl in ("cpu", *(peers[layer] if ops.torch is not None else ()))]
+    want += [("local2d", "backward (grad_weight=)", "cpu"),      # ours only
+             ("local2d", "backward (grad_weight=) [bfloat16]", "cpu")]
+    want += [("local2d", "soft_sharing_penalty" + suffix, impl) for suffix in ("", " [bfloat16]")
+             for impl in ("cpu", *eager)]
     assert keys == want        # the quick run: no tf-keras or JAX (--full only)
+    assert {r["dtype"] for r in doc["results"]} == {"float32", "bfloat16"}
     assert doc["config"]["layers"] == ["conv2d", "local2d"]
     assert not any(r["deterministic"] for r in doc["results"])
     assert doc["machine"]["isa"] == "native" and doc["limits"]["read_gbps"] > 0
@@ -53,7 +60,9 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
         assert r["floor_s"] == pytest.approx(floor, rel=1e-9)
         assert r["pct_floor"] == pytest.approx(100 * floor / r["median_s"], rel=1e-9)
         if r["role"] == "ours" or r["rel_err_against"] is not None:   # peers are checked too
-            assert r["rel_err"] is not None and r["rel_err"] < 1e-4, r
+            bound = (1e-4 if r["dtype"] == "float32" else
+                     dtypes.tol(r["dtype"]) if r["role"] == "ours" else harness.PEER_REDUCED_TOL)
+            assert r["rel_err"] is not None and r["rel_err"] < bound, r
     local = next(r for r in doc["results"] if r["layer"] == "local2d" and r["impl"] == "cpu")
     assert local["params"] == 32 * 32 * 32 * (16 * 25 + 1)
     assert "cifar_5x5: x 1x16x32x32 * 32x16x5x5" in out and "ours (cpu)" in out
@@ -66,6 +75,19 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     back = next(r for r in doc["results"] if r["layer"] == "local2d" and r["impl"] == "cpu"
                 and r["pass"] == "backward" and not r["accumulate"])
     assert into["bytes"] == back["bytes"] + local["weight_bytes"]     # the buffer is read too
+    # bfloat16: half the weight bytes, so half the weight stream (and a floor from those bytes);
+    # the float32 master buffer of grad_weight= is read and written as float32
+    by = {(r["layer"], schema.label(r), r["impl"]): r for r in doc["results"]}
+    fwd16 = by[("local2d", "forward [bfloat16]", "cpu")]
+    fwd32 = by[("local2d", "forward", "cpu")]
+    assert fwd16["weight_bytes"] * 2 == fwd32["weight_bytes"] == local["weight_bytes"]
+    assert fwd16["bytes"] < 0.6 * fwd32["bytes"]
+    back16 = by[("local2d", "backward [bfloat16]", "cpu")]
+    into16 = by[("local2d", "backward (grad_weight=) [bfloat16]", "cpu")]
+    assert into16["bytes"] == back16["bytes"] + 3 * fwd16["weight_bytes"]
+    pen16 = by[("local2d", "soft_sharing_penalty [bfloat16]", "cpu")]
+    assert pen16["bytes"] * 2 == pen["bytes"] and pen16["rel_err"] < 1e-6
+    assert "forward [bfloat16]" in out
     if ops.torch is not None:              # checked against the peer: added into, not overwritten
         assert into["rel_err_against"] == "torch-unfold" and into["rel_err"] < 1e-4
     assert "floor ms" in out and "% floor" in out
@@ -101,7 +123,7 @@ def _valid():
     (lambda d: d["results"].append(dict(d["results"][0])), "duplicate timing"),
     (lambda d: d["config"].update(backends=["numba-cuda"]), "not a configured backend"),
     (lambda d: d["config"].update(mode="slow"), "'slow' not one of"),
-    (lambda d: d.update(schema="sharenet_fast.bench/2"), "expected 'sharenet_fast.bench/4'"),
+    (lambda d: d.update(schema="sharenet_fast.bench/2"), "expected 'sharenet_fast.bench/5'"),
     (lambda d: d["results"][0].pop("accumulate"), "missing 'accumulate'"),
     (lambda d: d["results"][0].update(pct_floor="50%"), "pct_floor: str is not"),
     (lambda d: d["machine"].update(isa="avx512"), "'avx512' not one of"),

@@ -92,10 +92,12 @@ def result(shape, dtype):
         buf = np.empty(nbytes, np.uint8)
     lease = _Lease()
     lease.buf = buf
-    lease.__array_interface__ = dict(shape=shape, typestr=dtype.str, version=3,
+    # the interface as bytes, then viewed: a typestr cannot name every dtype (ml_dtypes'
+    # bfloat16 is "<V2" there, a void)
+    lease.__array_interface__ = dict(shape=(nbytes,), typestr="|u1", version=3,
                                      data=(buf.ctypes.data, False))
     weakref.finalize(lease, _give_back, buf)
-    return np.asarray(lease)
+    return np.asarray(lease).view(dtype).reshape(shape)
 
 
 def pool_bytes():
