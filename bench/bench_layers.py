@@ -17,6 +17,7 @@ weights grow with the grid: alexnet_conv1's are 422 MB), and is checked against 
 oracle, so the smoke run is a test. GFLOP/s, GB/s and the weight stream's GB/s (from the
 median) land in extra_info (`--benchmark-json` keeps them).
 """
+import numpy as np
 import pytest
 
 from bench import harness, ops
@@ -47,27 +48,33 @@ def test_step(benchmark, name, step):
         pytest.importorskip(module)
     shape = suite_shape(benchmark, name)
     case = harness.LayerCase(TARGET, shape, step.layer, [step], BACKENDS)
+    pen = case.pens.get(step.dtype)
     if step.pass_ == harness.PENALTY:
-        ga0, gb0 = case.pen[2].copy(), case.pen[3].copy()
+        ga0, gb0 = (a.astype(np.float64) for a in pen[2:])
     case.warm()  # JIT compile / oneDNN kernel choice, outside the timing; outputs kept
+    tol = harness.check_tol(step, BACKENDS)
     if benchmark.disabled:  # one call, checked (peers too: their numbers mean something only
         # if right); the float64 oracle at full size would take minutes
         err, against = case.error(step, case.references(oracle=True))
-        assert err is not None and err < harness.TOL, (
-            f"{name} {step}: relative error {err} >= {harness.TOL:.0e} against {against}")
+        assert err is not None and err < tol, (
+            f"{name} {step}: relative error {err} >= {tol:.0e} against {against}")
         if step.pass_ == harness.PENALTY:  # the penalty to 1e-6, and both gradients it added
             from sharenet_fast import reference
 
-            assert err <= 1e-6, (name, step, err)
-            a, b, ga, gb = case.pen
+            # (a peer in bfloat16 rounds a - b to bfloat16 itself: its own precision)
+            exact = step.impl in BACKENDS or step.dtype == harness.DTYPE.name
+            assert err <= (1e-6 if exact else tol), (name, step, err)
+            a, b, ga, gb = pen
             _, da, db = reference.soft_sharing_penalty(a, b, ops.PENALTY_STRENGTH)
-            assert harness.check((ga, gb), (ga0 + da, gb0 + db)) < harness.TOL, (name, step)
+            assert harness.check((ga, gb), (ga0 + da, gb0 + db)) < tol, (name, step)
     benchmark.group = f"{name} {step.layer} {step.label}"
     benchmark(case.calls[step])
     median = benchmark.stats.stats.median if benchmark.stats is not None else None
-    f = harness.figures(step.layer, step.pass_, case.g, case.grid, case.weight, median)
+    weight = case.weight_of(step)
+    f = harness.figures(step.layer, step.pass_, case.g, case.grid, weight, median,
+                        step.accumulate)
     benchmark.extra_info.update({"shape": shape.describe(), "layer": step.layer,
                                  "pass": step.label, "impl": step.impl,
                                  "gflop": f["flops"] / 1e9, "min_mb": f["bytes"] / 1e6,
-                                 "weight_mb": case.weight.nbytes / 1e6,
+                                 "weight_mb": weight.nbytes / 1e6, "dtype": step.dtype,
                                  **{k: f[k] for k in ("gflops", "gbps", "weight_gbps") if k in f}})

@@ -183,22 +183,28 @@ class LayerCase:
         refs = {(DTYPE.name, p): r for p, r in self._float32_references(oracle).items()}
         for dt in self.data:
             if dt != DTYPE.name:
-                refs.update({(dt, p): r for p, r in self.reduced_references(dt).items()})
+                refs.update({(dt, p): r for p, r in self.reduced_references(dt, oracle).items()})
         return refs
 
-    def reduced_references(self, dt):
-        """{pass: (who, outputs)} for the inputs rounded to `dt`: the first backend of ours in
-        float32 on those inputs (the rounded problem, summed in float32 as the reduced kernels
-        sum), and the float64 oracle of the penalty on the rounded banks."""
-        be = self.backends[0]
-        x, w, b, dy = (self.target.to_device(a.astype(DTYPE)) for a in self.data[dt])
-        y = ops.ours_forward(self.shape, self.layer, x, w, b, backend=be)()
-        g = ops.ours_backward(self.shape, self.layer, x, w, dy, backend=be)()
-        who = f"ours ({be}) float32 on the {dt} inputs"
-        refs = {"forward": (who, host_tuple(self.target, y)),
-                BACKWARD: (who, host_tuple(self.target, g))}
+    def reduced_references(self, dt, oracle=None):
+        """{pass: (who, outputs)} for the inputs rounded to `dt`: the float64 oracle on them
+        with oracle=True, else the first backend of ours in float32 on them (the rounded
+        problem, summed in float32 as the reduced kernels sum: within 1e-5 of the oracle,
+        which would take minutes at full size); the penalty's float64 oracle on the rounded
+        banks."""
+        if oracle:
+            r = ops.reference(self.shape, self.layer, *self.data[dt])
+            refs = {"forward": ("float64 oracle", r[:1]), BACKWARD: ("float64 oracle", r[1:])}
+        else:
+            be = self.backends[0]
+            x, w, b, dy = (self.target.to_device(a.astype(DTYPE)) for a in self.data[dt])
+            y = ops.ours_forward(self.shape, self.layer, x, w, b, backend=be)()
+            g = ops.ours_backward(self.shape, self.layer, x, w, dy, backend=be)()
+            who = f"ours ({be}) float32 on the {dt} inputs"
+            refs = {"forward": (who, host_tuple(self.target, y)),
+                    BACKWARD: (who, host_tuple(self.target, g))}
         for i, pass_ in enumerate(optable.GRADIENTS):
-            refs[pass_] = (who, refs[BACKWARD][1][i:i + 1])
+            refs[pass_] = (refs[BACKWARD][0], refs[BACKWARD][1][i:i + 1])
         if dt in self.pens:
             from sharenet_fast import reference
 

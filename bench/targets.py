@@ -51,6 +51,8 @@ class Target(NamedTuple):
 CONV, TILED, LOCAL = "conv2d", "tiled_conv2d", "local2d"
 FB, FWD, PEN, DET = "forward,backward", "forward", optable.PENALTY, "weight (deterministic)"
 BWD = "backward,backward (grad_weight=)"        # the backward, returned and added into a buffer
+FWD16, BWD16 = "forward [bfloat16]", "backward [bfloat16]"     # bfloat16 storage (pass labels)
+PEN16 = f"{optable.PENALTY} [bfloat16]"
 NC, CP = "numba-cuda", "cupy"
 UNF, EAGER, CUDNN = "torch-unfold", "torch-eager", "torch-conv2d"     # PyTorch peers (bench/ops.py)
 ONEDNN = CUDNN                          # the same peer on the CPU: torch conv2d runs oneDNN there
@@ -72,6 +74,13 @@ TABLE = tuple(Target(*row) for row in (
     ("local_memory",     "cpu", UNF,   LOCAL, FWD, "peak_memory",   "-",      ANY,  ANY, "-"),
     ("penalty_stream",   "cpu", "cpu", LOCAL, PEN, "bandwidth",     ">= 60",  ANY,  ANY, "-"),
     ("penalty_vs_eager", "cpu", "cpu", LOCAL, PEN, "speedup",       "-",      ANY,  ANY, EAGER),
+    # bfloat16 storage (float32 accumulation) against our float32, same run, same inputs rounded
+    ("bf16_speedup",     "cpu", "cpu", LOCAL, FWD16, "speedup",     ">= 1.8", CPU8, 8,   FWD),
+    ("bf16_floor",       "cpu", "cpu", LOCAL, FWD16, "floor",       ">= 75",  CPU8, 8,   "-"),
+    ("bf16_speedup",     "cpu", "cpu", LOCAL, BWD16, "speedup",     ">= 1.6", CPU8, 8,   "backward"),
+    ("bf16_speedup",     "cpu", "cpu", LOCAL, PEN16, "speedup",     ">= 1.8", ANY,  ANY, PEN),
+    ("bf16_speedup",     "cpu", "cpu", CONV,  FWD16, "speedup",     "-",      ANY,  ANY, FWD),
+    ("bf16_speedup",     "cpu", "cpu", CONV,  BWD16, "speedup",     "-",      ANY,  ANY, "backward"),
     ("conv_vs_cudnn",    "gpu", NC,    CONV,  FB,  "speed",         ">= 0.5", ANY,  64,  CUDNN),
     ("conv_vs_cudnn",    "gpu", CP,    CONV,  FB,  "speed",         ">= 0.8", ANY,  64,  CUDNN),
     ("local_stream",     "gpu", NC,    LOCAL, FB,  "weight_stream", ">= 60",  ANY,  64,  "-"),
@@ -164,10 +173,12 @@ def _other(r, by, against):
     return by.get(tuple(k))
 
 
-def _describe(o, against, target):
+def _describe(r, o, against, target):
     field = _field(against)
     if o["role"] == "peer":
         return ops.peer_label(o["impl"], "cuda" if target == "gpu" else "cpu")
+    if field == "pass" and o.get("dtype") != r.get("dtype"):
+        return f"our {o['dtype']} {o['pass']} ({o['median_s'] * 1e3:.2f} ms)"
     if field == "pass":
         return f"the {o['pass']} pass" + (" (atomic)" if not o["deterministic"] else "")
     return f"our {o['layer']}" if field == "layer" else o["label"]
@@ -193,7 +204,7 @@ def _per_record(value, figure, needs_other=False):
                 continue
             v = value(r, o)
             out.append(Item(row, r["shape"], r["dims"]["N"], _subject(r),
-                            figure(r, o, v, lambda: _describe(o, row.against, row.target)), v,
+                            figure(r, o, v, lambda: _describe(r, o, row.against, row.target)), v,
                             _at_suite(r)))
         return out
     return items
