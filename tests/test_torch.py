@@ -141,9 +141,9 @@ def test_penalty_value_and_gradcheck():
 
 
 # ------------------------------------------------------------------------------- operators
-def _op_samples(op):
+def _op_samples(op, dtype=torch.float32):
     shape = SHAPES[1]
-    x, w, b = shape.tensors(op, torch.float32)
+    x, w, b = (t.to(dtype) for t in shape.tensors(op, torch.float32))
     st, pd, word, dl = sft._modules._conv_args(shape.stride, shape.padding, shape.dilation)
     geo = (st, pd, word, dl)
     y = FUNCS[op](x, w, b, **shape.kw)
@@ -333,10 +333,13 @@ def test_gradients_are_strided_like_their_parameter():
 
 def test_bad_input_raises_before_any_kernel():
     x, w, b = SHAPES[0].tensors("local2d", torch.float32)
-    with pytest.raises(TypeError, match="x must be float32 or float64, got torch.int64"):
+    with pytest.raises(TypeError, match="x must be float32, float64, bfloat16 or float16, got "
+                                        "torch.int64"):
         sft.local2d(x.long(), w, b)
-    with pytest.raises(TypeError, match="weight must be float32 or float64.*bfloat16"):
+    with pytest.raises(TypeError, match="weight has dtype bfloat16 but x has dtype float32"):
         sft.local2d(x, w.bfloat16(), b)
+    with pytest.raises(TypeError, match="weight has dtype float16 but x has dtype bfloat16"):
+        sft.local2d(x.bfloat16(), w.half(), None)
     with pytest.raises(TypeError, match="mixed dtypes"):
         sft.local2d(x, w.double(), None)
     with pytest.raises(TypeError, match="one device"):
@@ -354,12 +357,53 @@ def test_bad_input_raises_before_any_kernel():
             sft.local2d(x.cuda(), w.cuda(), b.cuda())
 
 
-def test_autocast_computes_in_float32():
-    x, w, b = SHAPES[0].tensors("local2d", torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = sft.local2d(x.bfloat16(), w, b)
-    assert y.dtype == torch.float32
-    _close(y, sft.local2d(x.bfloat16().float(), w, b), torch.float32)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("op", LAYERS)
+def test_autocast_keeps_reduced_precision(op, dtype):
+    """Under torch.autocast on the CPU our operators run in the autocast dtype (no cast to
+    float32 around them): float32 parameters and inputs are cast to it, the result is in it,
+    and float32 parameters get float32 gradients through the cast."""
+    x, w, b = SHAPES[0].tensors(op, torch.float32)
+    w.requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        y = FUNCS[op](x, w, b, **SHAPES[0].kw)
+        p = sft.soft_sharing_penalty(w, w.detach() * 0.5, 0.1)
+    assert y.dtype == dtype and p.dtype == dtype
+    assert torch.equal(y, FUNCS[op](x.to(dtype), w.detach().to(dtype), b.to(dtype),
+                                    **SHAPES[0].kw))
+    (y.float().sum() + p.float()).backward()
+    assert w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("op", LAYERS)
+def test_reduced_precision_tensors(op, dtype):
+    """bf16/f16 tensors straight through the operators: results in that dtype, within its bound
+    of the float64 reference on the same (rounded) values; gradients too."""
+    from sharenet_fast import dtypes
+
+    shape = SHAPES[0]
+    x, w, b = (t.to(dtype) for t in shape.tensors(op, torch.float32))
+    tol = dtypes.tol(str(dtype).replace("torch.", ""))
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = reference(op, xr, wr, br, **shape.kw)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = FUNCS[op](x, w, b, **shape.kw)
+    assert y.dtype == dtype
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    y.backward(dy)
+    ref.backward(dy.double())
+    for got, want in ((y, ref), (x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+        assert got.dtype == dtype
+        err = (torch.linalg.vector_norm(got.double() - want.detach())
+               / torch.linalg.vector_norm(want.detach())).item()
+        assert err <= tol, f"{op} {dtype}: rel err {err:.3g} > {tol:g}"
+
+
+@pytest.mark.parametrize("op", LAYERS)
+def test_opcheck_bfloat16(op):
+    for fn, args in _op_samples(op, torch.bfloat16)[1:4]:
+        torch.library.opcheck(fn, args)
 
 
 def test_compile_fullgraph_matches_eager():

@@ -17,8 +17,13 @@ penalty:
 Every operator has a fake kernel (shapes only, for torch.compile and meta tensors); the forward
 operators and the penalty have autograd by `torch.library.register_autograd`, whose backward
 calls the backward operator with `needs` from `ctx.needs_input_grad` (so one fused pass computes
-exactly the gradients autograd wants), and autocast rules (compute in float32: the kernels have
-no reduced-precision storage yet).
+exactly the gradients autograd wants), and autocast rules: under torch.autocast on the CPU the
+floating inputs are cast to the autocast dtype (bfloat16 or float16: the CPU kernels store it
+and sum in float32), so a model stays in reduced precision through our layers; on CUDA to
+float32 (the GPU kernels have no reduced-precision storage yet).
+
+dtypes: float32, float64, bfloat16 and float16 tensors (DESIGN.md, Precision); bfloat16 crosses
+to NumPy as ml_dtypes.bfloat16 through its bits, with no copy.
 
 The kernels are the NumPy API's: CPU tensors are handed over as zero-copy NumPy views (a copy
 only where a tensor is not C-contiguous), results come back as tensors sharing the NumPy
@@ -31,6 +36,8 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
+import ml_dtypes
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,7 +45,9 @@ from .. import api, optable, registry
 from ..geometry import ConvGeometry
 
 NS = "sharenet_fast"
-FLOATS = (torch.float32, torch.float64)
+FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+REDUCED = (torch.bfloat16, torch.float16)
+_WORDS = "float32, float64, bfloat16 or float16"
 # the NumPy API's functions the operators call, looked up per call (tests spy on them here)
 _FUNCTIONS = {name: getattr(api, name) for name in optable.LAYERS}
 _BACKWARDS = {name: getattr(api, name + "_backward") for name in optable.LAYERS}
@@ -67,13 +76,11 @@ def _check(autocast=False, **tensors):
     for name, t in given.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if (autocast and t.dtype in (torch.bfloat16, torch.float16)
-                and t.device.type in ("cpu", "cuda")
-                and torch.is_autocast_enabled(t.device.type)):
-            continue
+        if (autocast and t.dtype in REDUCED and t.device.type == "cuda"
+                and torch.is_autocast_enabled("cuda")):
+            continue           # the autocast rule casts it to float32 next
         if t.dtype not in FLOATS:
-            raise TypeError(f"{name} must be float32 or float64, got {t.dtype} (under "
-                            "torch.autocast the operators compute in float32)")
+            raise TypeError(f"{name} must be {_WORDS}, got {t.dtype}")
     _same_device(**given)
     device = next(iter(given.values())).device
     if device.type == "cuda":
@@ -105,6 +112,8 @@ def _array(t, writable=False):
     if not writable and not t.is_contiguous():
         t = t.contiguous()
     if t.device.type == "cpu":
+        if t.dtype == torch.bfloat16:      # NumPy's bfloat16 is ml_dtypes': through the bits
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return t.numpy()
     import cupy
 
@@ -114,8 +123,42 @@ def _array(t, writable=False):
 def _tensor(a, like):
     """A tensor of the API's result `a` (sharing its memory) on `like`'s device."""
     if like.device.type == "cpu":
+        if a.dtype == ml_dtypes.bfloat16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
     return torch.from_dlpack(a)
+
+
+# --------------------------------------------------------------------------------- autocast
+_AUTOCAST_LIB = torch.library.Library(NS, "FRAGMENT")
+
+
+def _autocast_dtype(device_type):
+    """The dtype our operators compute in under torch.autocast: the autocast dtype on the CPU
+    (bfloat16 or float16: reduced storage, float32 sums), float32 on CUDA (no reduced GPU
+    kernels yet) or wherever the autocast dtype is another one."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return dtype if device_type == "cpu" and dtype in REDUCED else torch.float32
+
+
+def _register_autocast(opname):
+    """Autocast rules for operator `opname`, per device type: cast every floating tensor
+    argument to _autocast_dtype(device) and run the operator with autocast off for it (what
+    torch.library.register_autocast does, with the dtype read from the autocast region instead
+    of fixed at registration)."""
+    op = getattr(getattr(torch.ops, NS), opname).default
+    for device_type in ("cpu", "cuda"):
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(_, *args, device_type=device_type, keyset=keyset):
+            dtype = _autocast_dtype(device_type)
+            cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
+                    and a.device.type == device_type else a for a in args]
+            with torch._C._ExcludeDispatchKeyGuard(keyset):
+                return op(*cast)
+
+        _AUTOCAST_LIB.impl(opname, kernel, key, with_keyset=True)
 
 
 def _strided_like(g, ref):
@@ -254,8 +297,7 @@ def _define(name):
 
     IMPLS[name], EAGER[name] = forward_impl, Eager
     forward.register_autograd(grad, setup_context=setup_context)
-    for device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"{NS}::{name}", device, torch.float32)
+    _register_autocast(name)
     return forward, backward, backward_into
 
 
@@ -342,5 +384,4 @@ def _penalty_grad(ctx, grad):
 
 
 soft_sharing_penalty.register_autograd(_penalty_grad, setup_context=_penalty_setup)
-for _device_type in ("cpu", "cuda"):
-    torch.library.register_autocast(f"{NS}::soft_sharing_penalty", _device_type, torch.float32)
+_register_autocast("soft_sharing_penalty")
