@@ -42,6 +42,29 @@ def _target_vector_bytes():
 
 VEC_BYTES = _target_vector_bytes()
 
+
+def _target_has(feature):
+    """Whether the target Numba compiles for has CPU feature `feature` ("avx512bf16"): from
+    NUMBA_CPU_FEATURES, else the host's features when Numba compiles for the host (a CPU name
+    alone, without features: no)."""
+    import llvmlite.binding as ll
+    from numba.core import config as nconfig
+    features = nconfig.CPU_FEATURES
+    if features is None:
+        if nconfig.CPU_NAME not in (None, "host"):
+            return False
+        features = ll.get_host_cpu_features().flatten()
+    return f"+{feature}" in features.split(",")
+
+
+# bfloat16 storage: the local layer's forward multiplies bfloat16 pairs with AVX512_BF16's
+# vdpbf16ps (cpu/_simd.py, outer_product_dot) where the target has it; elsewhere, and with
+# SHARENET_FAST_DOT_BF16=0, it widens to float32 and uses FMAs (the same sums to 1e-5).
+DOT_BF16 = (VEC_BYTES == 64 and os.environ.get("SHARENET_FAST_DOT_BF16", "1") != "0"
+            and _target_has("avx512bf16"))
+# ... for batches up to this many images (its tile: 8 filters x 8 images x 4 steps per vector)
+DOT_BF16_COLUMNS = 8
+
 # Register tiles of the outer-product microkernel (cpu/_simd.py), (MR rows, NV vectors of
 # columns), from the target's vector width: AVX-512 has 32 vector registers, AVX2 16.
 # local2d forward: rows = filters, columns = the batch. With a split reduction (batch < lanes)

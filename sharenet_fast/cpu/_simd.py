@@ -171,6 +171,23 @@ def _accum_zero_overload(a):
     return lambda a: np.float32(0)
 
 
+class _BFloatType(ir.Type):
+    """LLVM's bfloat, which llvmlite's IR builder does not spell: the operand type of the
+    AVX512_BF16 intrinsics (only ever bitcast to and from <2n x i16>)."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloatType)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+_BFLOAT = _BFloatType()
+
+
 def _declare(module, name, fnty):
     return cgutils.get_or_insert_function(module, fnty, name)
 
@@ -235,6 +252,40 @@ def outer_product(typingctx, MR, NV, U, PF, PF_ON_B, A, a0, lda, ldaj, B, b0, ld
 
 
 @intrinsic(prefer_literal=True)
+def outer_product_dot(typingctx, MR, PF, A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc,
+                      ldcn, nrows, ncols, beta, D, d0, add_d, pf):
+    """outer_product on AVX512_BF16's dot-product instruction: A and B bfloat16 (uint16
+    views), C and D float32, a split reduction of U = 4 steps per vector and G = 8 columns.
+
+    B's row j holds 4 steps of 8 columns end to end (lane u*8 + n: step 4j + u, column n: the
+    natural T x 8 layout, as outer_product's U > 1), 32 bfloat16 in one 64-byte load. One
+    vpermw per step pairs them as vdpbf16ps wants (dword lane 2n + p: steps 4j + 2p and
+    4j + 2p + 1 of column n) and A's four steps are one 64-bit broadcast, so a step is MR
+    instructions that each do 32 multiply-adds (vdpbf16ps: each product of two bfloat16 is exact
+    in float32, summed in float32 with round to nearest even; denormals flushed to zero) where
+    the widening path does 16 per FMA plus two shuffles of A. The 2 lanes of a column are added
+    in the epilogue. NV = 1; every other argument as outer_product's (ntail: the steps of the
+    last, partial group, A read masked there; B's row nk must exist, zero-padded).
+    Only where config.DOT_BF16 (the target has avx512bf16)."""
+    consts = (MR, PF)
+    if not all(isinstance(t, types.IntegerLiteral) for t in consts):
+        raise errors.TypingError("outer_product_dot: MR, PF must be compile-time integer "
+                                 f"constants, got {consts}")
+    mr, npf = (t.literal_value for t in consts)
+    if not (_operands_ok(A, B, C, D) and A.dtype == B.dtype == types.uint16
+            and C.dtype == types.float32):
+        return None
+    sig = types.void(MR, PF, A, a0, lda, ldaj, B, b0, ldb, nk, ntail, C, c0, ldc, ldcn, nrows,
+                     ncols, beta, D, d0, add_d, pf)
+
+    def codegen(context, builder, signature, args):
+        sub = signature.replace(args=signature.args[2:])
+        return _emit(context, builder, sub, args[2:], mr, 1, 4, npf, False, dot=True)
+
+    return sig, codegen
+
+
+@intrinsic(prefer_literal=True)
 def outer_product_nested(typingctx, MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C, c0, ldc, ldcn,
                          nrows, ncols, beta, D, d0, add_d, nk1, ldb1, nk2, ldb2):
     """outer_product (U = 1, no prefetch) whose reduction runs over a 3-level index
@@ -266,7 +317,7 @@ def outer_product_nested(typingctx, MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C,
     return sig, codegen
 
 
-def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
+def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, dot=False):
     tys = signature.args
     vals = [context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer) else v
             for v, t in zip(args, tys)]
@@ -279,11 +330,14 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
     flt = context.get_value_type(tys[9].dtype)       # the accumulator: C's dtype
     itemsize = context.get_abi_sizeof(flt)
     VL = VEC_BYTES // itemsize
+    # dot (outer_product_dot): a vector of VL float32 lanes holds FOLD = 2 lanes per column,
+    # each summing pairs of steps inside the instruction; otherwise U lanes per column
+    FOLD = 2 if dot else U
     # A's and B's element types and, for 16-bit storage, how they widen (None: already flt)
     a_ety, b_ety = (context.get_value_type(tys[k].dtype) for k in (0, 4))
     a_kind, b_kind = (_HALF.get(tys[k].dtype) for k in (0, 4))
     a_size, b_size = (context.get_abi_sizeof(t) for t in (a_ety, b_ety))
-    G = VL // U                        # output columns per vector
+    G = VL // FOLD                     # output columns per vector
     vty = ir.VectorType(flt, VL)
     mty = ir.VectorType(ir.IntType(1), VL)
     pA, pB, pC, pD = (context.make_array(tys[k])(context, builder, a).data
@@ -339,6 +393,20 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
     uty = ir.VectorType(flt, U)
     a_pattern = _i32s([c % U for c in range(VL)])
     b_perm = _i32s([(c % U) * G + c // U for c in range(VL)])
+    if dot:
+        # 2*VL bfloat16 per vector; word w of the permuted B: dword lane L = w // 2 = 2n + p
+        # (column n, step pair p), its low / high word steps 2p / 2p + 1 (w % 2) of column n,
+        # at word (2p + w % 2) * G + n of the natural row; A's U = 4 steps repeat every 4 words
+        bw_ty = ir.VectorType(ir.IntType(16), 2 * VL)
+        b_perm = _i32s([(2 * ((w // 2) % 2) + w % 2) * G + (w // 2) // 2 for w in range(2 * VL)])
+        a_pattern = _i32s([w % U for w in range(2 * VL)])
+        bf_ty = ir.VectorType(_BFLOAT, 2 * VL)
+        dpbf16_fn = _declare(mod, f"llvm.x86.avx512bf16.dpbf16ps.{VL * 32}",
+                             ir.FunctionType(vty, [vty, bf_ty, bf_ty]))
+
+        def dpbf16(acc, bvec, avec):
+            return builder.call(dpbf16_fn, [acc, builder.bitcast(bvec, bf_ty),
+                                            builder.bitcast(avec, bf_ty)])
     accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
     for row in accs:
         for a in row:
@@ -348,6 +416,10 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
         if boff is None:
             boff = builder.add(b0, builder.mul(j, ldb))
         out = []
+        if dot:      # one load of 2*VL bfloat16, paired by one vpermw
+            p = builder.bitcast(builder.gep(pB, [boff]), bw_ty.as_pointer())
+            val = builder.load(p, align=b_size)
+            return [builder.shuffle_vector(val, ir.Constant(bw_ty, None), b_perm)]
         bvty = ir.VectorType(b_ety, VL)
         for v in range(NV):
             p = builder.bitcast(builder.gep(pB, [builder.add(boff, c64(v * VL))]),
@@ -374,6 +446,8 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
         else:
             s = builder.call(masked_load(a_ety, U), [p, ir.Constant(I32, a_size), umask,
                                                      ir.Constant(auty, None)])
+        if dot:      # the U steps' bits, repeated: one 64-bit broadcast
+            return builder.shuffle_vector(s, ir.Constant(auty, None), a_pattern)
         if a_kind is not None:
             s = widen_ir(builder, s, a_kind)
         return builder.shuffle_vector(s, ir.Constant(uty, None), a_pattern)
@@ -384,7 +458,10 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
             a = load_a(i, j, umask)
             for v in range(NV):
                 acc = builder.load(accs[i][v])
-                builder.store(builder.call(fma, [a, bv[v], acc]), accs[i][v])
+                if dot:
+                    builder.store(dpbf16(acc, bv[v], a), accs[i][v])
+                else:
+                    builder.store(builder.call(fma, [a, bv[v], acc]), accs[i][v])
 
     def inner(masked, jbase, bbase):
         with cgutils.for_range(builder, nk) as loop:
@@ -433,14 +510,14 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
             dval = builder.load(dslot)
             for v in range(NV):
                 val = builder.load(accs[i][v])
-                if U > 1:
-                    s = U // 2
-                    while s >= 1:  # lane n*U gets the sum of lanes n*U .. n*U + U - 1
+                if FOLD > 1:
+                    s = FOLD // 2
+                    while s >= 1:  # lane n*FOLD gets the sum of lanes n*FOLD .. + FOLD - 1
                         val = builder.fadd(val, builder.shuffle_vector(
                             val, zero, _i32s([c + s for c in range(VL)])))
                         s //= 2
                     val = builder.shuffle_vector(val, zero, _i32s(
-                        [c * U if c < G else VL for c in range(VL)]))
+                        [c * FOLD if c < G else VL for c in range(VL)]))
                 val = builder.fadd(val, splat(dval))
                 # C is read only when beta: a select would add whatever the (maybe
                 # uninitialised) output holds, and a denormal there costs a microcode assist
@@ -465,6 +542,62 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None):
                                     builder.store(builder.fadd(x, builder.load(p)), xs)
                                 builder.store(builder.load(xs), p)
     return context.get_dummy_value()
+
+
+@intrinsic
+def copy_run(typingctx, dst, d0, src, s0, n):
+    """dst[d0 + i] = src[s0 + i], i < n, for short runs (tens to hundreds of elements, e.g. a
+    patch row gathered per position): whole vectors, then one masked vector for the rest. A
+    plain loop over a slice of runtime length costs a vector loop's setup and a scalar
+    remainder per run; at deepface_l4 that was 2 of 5 ms of the bfloat16 forward."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and src.dtype == dst.dtype):
+        return None
+    sig = types.void(dst, d0, src, s0, n)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        pd, ps = (context.make_array(tys[k])(context, builder, args[k]).data for k in (0, 2))
+        d0, s0, n = (context.cast(builder, args[k], tys[k], types.int64) for k in (1, 3, 4))
+        ety = context.get_value_type(tys[0].dtype)
+        esize = context.get_abi_sizeof(ety)
+        VL = VEC_BYTES // esize
+        vty = ir.VectorType(ety, VL)
+        mty = ir.VectorType(ir.IntType(1), VL)
+        name = {4: "i32", 8: "i64", 2: "i16", 1: "i8"}[esize]
+        ity = ir.IntType(8 * esize)
+        ivty = ir.VectorType(ity, VL)
+        mload = _declare(builder.module, f"llvm.masked.load.v{VL}{name}.p0",
+                         ir.FunctionType(ivty, [ivty.as_pointer(), I32, mty, ivty]))
+        mstore = _declare(builder.module, f"llvm.masked.store.v{VL}{name}.p0",
+                          ir.FunctionType(ir.VoidType(), [ivty, ivty.as_pointer(), I32, mty]))
+        c64 = lambda v: ir.Constant(I64, v)  # noqa: E731
+        # moved as integers of the element's size: the same bits whatever the type
+        dp = builder.bitcast(builder.gep(pd, [d0]), ity.as_pointer())
+        sp = builder.bitcast(builder.gep(ps, [s0]), ity.as_pointer())
+        nvec = builder.sdiv(n, c64(VL))
+        with cgutils.for_range(builder, nvec) as loop:
+            i = builder.mul(loop.index, c64(VL))
+            v = builder.load(builder.bitcast(builder.gep(sp, [i]), ivty.as_pointer()),
+                             align=esize)
+            builder.store(v, builder.bitcast(builder.gep(dp, [i]), ivty.as_pointer()),
+                          align=esize)
+        done = builder.mul(nvec, c64(VL))
+        rest = builder.sub(n, done)
+        with builder.if_then(builder.icmp_signed(">", rest, c64(0))):
+            lanes_ = ir.Constant(ir.VectorType(I64, VL), list(range(VL)))
+            r = builder.insert_element(ir.Constant(ir.VectorType(I64, VL), None), rest,
+                                       ir.Constant(I32, 0))
+            r = builder.shuffle_vector(r, ir.Constant(ir.VectorType(I64, VL), None),
+                                       _i32s([0] * VL))
+            mask = builder.icmp_signed("<", lanes_, r)
+            sv = builder.bitcast(builder.gep(sp, [done]), ivty.as_pointer())
+            dv = builder.bitcast(builder.gep(dp, [done]), ivty.as_pointer())
+            v = builder.call(mload, [sv, ir.Constant(I32, esize), mask, ir.Constant(ivty, None)])
+            builder.call(mstore, [v, dv, ir.Constant(I32, esize), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic

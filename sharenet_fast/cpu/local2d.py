@@ -31,11 +31,13 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (DGRAD_PREFETCH, DGRAD_TILE, FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT,
-                      POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE, njit_options)
+from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DOT_BF16, DOT_BF16_COLUMNS, FWD_PREFETCH,
+                      FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE,
+                      njit_options)
 from .. import dtypes
 from ._precision import result_dtype, widened
-from ._simd import accum_zero, lanes, lanes_of, line_of, narrow, outer_product, stream_copy, widen
+from ._simd import (accum_zero, copy_run, lanes, lanes_of, line_of, narrow, outer_product,
+                    outer_product_dot, stream_copy, widen)
 from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _add, _copy, _padded
@@ -78,16 +80,18 @@ def _accumulate(dst, src):
 
 
 @lru_cache(maxsize=None)
-def _fwd_kernel(MR, NV, U, WB):
-    # each step reads MR*U weights of WB bytes (one 64-byte line at MR = 8, U = 2 in float32)
-    # and prefetches as many lines (at least one), FWD_PREFETCH tiles of MR filters ahead (pf)
+def _fwd_kernel(MR, NV, U, WB, DOT, QB=QB):
+    # each step reads MR*U weights of WB bytes (one 64-byte line at MR = 8, U = 2 in float32;
+    # MR = 8, U = 4 in bfloat16) and prefetches as many lines (at least one), FWD_PREFETCH
+    # tiles of MR filters ahead (pf). DOT: bfloat16 x and w multiplied by outer_product_dot.
     PF = max(1, MR * U * WB // 64)
 
     @njit(**njit_options(parallel=True))
     def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
         """xt: padded input as (C, Hp, Wp, G), images innermost and zero past N, in the
-        accumulation dtype; w: (P, Q, K, C, R, S) (or its 16-bit view); bias: (P, Q, K), in the
-        accumulation dtype; y: (N, K, P, Q), any storage (rounded as it is written).
+        accumulation dtype (DOT: bfloat16 bits, as w); w: (P, Q, K, C, R, S) (or its 16-bit
+        view); bias: (P, Q, K), in the accumulation dtype; y: (N, K, P, Q), any storage
+        (rounded as it is written).
 
         Tasks are `blocks` runs of consecutive positions (p, q), so every core streams its own
         contiguous part of the weights, whatever P and Q are. Per position: gather patch[t, n]
@@ -98,8 +102,8 @@ def _fwd_kernel(MR, NV, U, WB):
         C, Hp, Wp, G = xt.shape
         P, Q, K = w.shape[0], w.shape[1], w.shape[2]
         T = C * R * S
-        W = NV * lanes_of(xt)                  # tile columns (U > 1: U steps of G images)
-        ldb = W if U > 1 else G
+        W = NV * lanes_of(bias)                # tile columns (U > 1: U steps of G images)
+        ldb = U * G if U > 1 else G
         step = G if U > 1 else W               # images per column tile
         T0 = (T // U) * U                      # split steps; the T % U rest in scalar code
         PQ = P * Q
@@ -116,7 +120,7 @@ def _fwd_kernel(MR, NV, U, WB):
             # stores contiguous rows here, and each y[n, k, p, q0:q0 + QB] is then written as
             # one run. (Storing straight into NCHW y scatters K*N single floats per position,
             # each an L1 miss: that cost 2.4x the arithmetic at alexnet_conv1.)
-            obuf = np.empty(QB * K * G, dtype=xt.dtype)
+            obuf = np.empty(QB * K * G, dtype=bias.dtype)
             pos = lo
             while pos < hi:
                 p = pos // Q
@@ -129,7 +133,7 @@ def _fwd_kernel(MR, NV, U, WB):
                             src = ((c * Hp + p * sh + r * dh) * Wp + q * sw) * G
                             dst = (c * R + r) * S * G
                             if dw == 1:
-                                _copy(patch[dst:dst + S * G], xf[src:src + S * G])
+                                copy_run(patch, dst, xf, src, S * G)
                             else:
                                 for s in range(S):
                                     _copy(patch[dst + s * G:dst + (s + 1) * G],
@@ -137,12 +141,20 @@ def _fwd_kernel(MR, NV, U, WB):
                     for k0 in range(0, K, MR):
                         wrow = ((pos + qi) * K + k0) * T
                         for n0 in range(0, N, step):
-                            outer_product(MR, NV, U, PF, 0, wf, wrow, T, U,
-                                          patch, n0, ldb, T // U, T - T0,
-                                          obuf, (qi * K + k0) * G + n0, G, 1, min(MR, K - k0),
-                                          min(step, N - n0), False,
-                                          bf, (pos + qi) * K + k0, has_bias,
-                                          wrow + FWD_PREFETCH * MR * T)
+                            if DOT:
+                                outer_product_dot(MR, PF, wf, wrow, T, U,
+                                                  patch, n0, ldb, T // U, T - T0,
+                                                  obuf, (qi * K + k0) * G + n0, G, 1,
+                                                  min(MR, K - k0), min(step, N - n0), False,
+                                                  bf, (pos + qi) * K + k0, has_bias,
+                                                  wrow + FWD_PREFETCH * MR * T)
+                            else:
+                                outer_product(MR, NV, U, PF, 0, wf, wrow, T, U,
+                                              patch, n0, ldb, T // U, T - T0,
+                                              obuf, (qi * K + k0) * G + n0, G, 1,
+                                              min(MR, K - k0), min(step, N - n0), False,
+                                              bf, (pos + qi) * K + k0, has_bias,
+                                              wrow + FWD_PREFETCH * MR * T)
                 for n in range(N):
                     for k in range(K):
                         base = (n * K + k) * PQ + pos
@@ -167,12 +179,20 @@ def local2d(x, weight, bias, g, grid, out_dtype=None):
     acc = row.accum
     y = np.empty(g.y_shape, dtype=result_dtype(x.dtype, out_dtype))
     b = widened(bias) if bias is not None else np.zeros((1, 1, 1), dtype=acc)
-    G, U = fwd_columns(g.N, acc.itemsize)
-    kernel = _fwd_kernel(*_fwd_tile(G, U, acc.itemsize), U, x.dtype.itemsize)
+    dot = DOT_BF16 and row.name == "bfloat16" and g.N <= DOT_BF16_COLUMNS
+    if dot:       # 8 images x 4 steps of bfloat16 per vector, summed in pairs (_simd.py)
+        G, U, tile = DOT_BF16_COLUMNS, 4, (8, 1)
+    else:
+        G, U = fwd_columns(g.N, acc.itemsize)
+        tile = _fwd_tile(G, U, acc.itemsize)
+    kernel = _fwd_kernel(*tile, U, x.dtype.itemsize, dot)
     with _launch_lock:
-        xt = _transposed(widened(x), g.padding, G, "local_xt")
-        kernel(xt, dtypes.kernel_view(weight), b, bias is not None, dtypes.kernel_view(y),
-               g.N, g.R, g.S, *g.stride, *g.dilation, min(g.P * g.Q, POSITION_BLOCKS))
+        # the input as the kernel multiplies it: bfloat16 bits for the dot product, else
+        # widened to the accumulation dtype
+        xt = _transposed(x if dot else widened(x), g.padding, G, "local_xt")
+        kernel(dtypes.kernel_view(xt), dtypes.kernel_view(weight), b, bias is not None,
+               dtypes.kernel_view(y), g.N, g.R, g.S, *g.stride, *g.dilation,
+               min(g.P * g.Q, POSITION_BLOCKS))
     return y
 
 
@@ -182,8 +202,11 @@ def _transposed(x, padding, G, name):
     N, C, H, W = x.shape
     ph, pw = padding
     xt = scratch(name, (C, H + 2 * ph, W + 2 * pw, G), x.dtype)
-    xt[...] = 0
-    xt[:, ph:ph + H, pw:pw + W, :N] = x.transpose(1, 2, 3, 0)
+    # moved as bits (NumPy copies ml_dtypes' bfloat16 element by element through the dtype's
+    # own functions: 2.5 ms at alexnet_conv1's input, more than the layer's arithmetic)
+    bits = dtypes.kernel_view(xt)
+    bits[...] = 0
+    bits[:, ph:ph + H, pw:pw + W, :N] = dtypes.kernel_view(x).transpose(1, 2, 3, 0)
     return xt
 
 
