@@ -75,7 +75,11 @@ if VEC_BYTES == 64:
     FWD_TILE = (8, 2)
     FWD_TILE_SPLIT = (8, 1)
     WGRAD_TILE = (4, 4)
-    DGRAD_TILE = (8, 2)
+    # 4 images x 4 vectors of T: runs of 256 bytes along each W row (8 x 2 read 128-byte runs:
+    # the input gradient alone at alexnet_conv1 20.1 -> 15.9 ms, deepface_l4 14.8 -> 13.9);
+    # 16-bit weights: 4 x 6 (192-byte runs; 13.8 -> 10.4 and 11.2 -> 9.3 ms in bfloat16)
+    DGRAD_TILE = (4, 4)
+    DGRAD_TILE_16 = (4, 6)
     # shared/tiled conv (all passes): accumulator budget and most vectors along the columns
     CONV_ACC, CONV_NVMAX = 24, 4
     # the shared conv's in-place weight gradient: most vectors along a tap's S*C inputs
@@ -86,7 +90,7 @@ else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
     WGRAD_TILE = (4, 2)
-    DGRAD_TILE = (4, 2)
+    DGRAD_TILE = DGRAD_TILE_16 = (4, 2)
     CONV_ACC, CONV_NVMAX = 12, 3
     WGRAD_DIRECT_NVMAX = 3
     # a 4 x 3 or 6 x 2 tile in the direct forward's 3-level loop spilled on 16 ymm: deepface_l4

@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DOT_BF16, DOT_BF16_COLUMNS, FWD_PREFETCH,
+from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_BF16_COLUMNS, FWD_PREFETCH,
                       FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE,
                       njit_options)
 from .. import dtypes
@@ -212,9 +212,10 @@ def _transposed(x, padding, G, name):
 
 # ------------------------------------------------------------------ weight and input grads
 @lru_cache(maxsize=None)
-def _iwgrad_kernel():
+def _iwgrad_kernel(WB):
+    # WB: the weights' itemsize (16-bit weights: a wider input-gradient tile, config.py)
     MW, NW = WGRAD_TILE
-    MD, ND = DGRAD_TILE
+    MD, ND = DGRAD_TILE_16 if WB == 2 else DGRAD_TILE
     # the input gradient streams the bank as B (rows of T along the vector): it prefetches the
     # next position's bank, DGRAD_PREFETCH lines a step, while this one's is used from L2
 
@@ -337,7 +338,8 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
             dxp[...] = 0
         else:
             dxp = np.zeros((1, 1, 1, 1), dt)
-        _iwgrad_kernel()(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
+        kernel = _iwgrad_kernel(weight.dtype.itemsize if want_dx else 4)
+        kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
                          want_dx, want_dw, accumulate)
         # a fresh array (the scratch is reused by the next call), in the result dtype
         dx = None
