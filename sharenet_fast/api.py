@@ -310,7 +310,8 @@ def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backe
     x (N, C, H, W), weight (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None -> y (N, K, P, Q).
     TP = TQ = 1 is conv2d; TP = P, TQ = Q is local2d. The tile may not exceed the output.
     """
-    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, backend, out_dtype)
+    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, backend,
+                    out_dtype)
 
 
 def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,

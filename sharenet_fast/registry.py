@@ -3,9 +3,9 @@
 Every backend module exports the host functions the op table names (optable.required_exports();
 signatures in optable.py), so dispatch is a lookup and tests iterate over this table, and says
 which arrays it takes: KINDS, its first entry the kind it computes on, and which storage dtypes
-(DTYPES, names from dtypes.py; a backend with reduced ones takes out_dtype= in every pass). A GPU backend (KINDS[0]
-a device kind) also exports to_device(a), to_host(d) and copy_into(d, out): the API moves NumPy
-arrays through them, once per call.
+(DTYPES, names from dtypes.py; a backend with reduced ones takes out_dtype= in every pass). A
+GPU backend (KINDS[0] a device kind) also exports to_device(a), to_host(d) and copy_into(d,
+out): the API moves NumPy arrays through them, once per call.
 """
 import importlib
 

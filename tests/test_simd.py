@@ -8,7 +8,7 @@ import pytest
 from numba import njit
 
 from sharenet_fast import config
-from sharenet_fast.cpu._simd import lanes, outer_product, stream_copy
+from sharenet_fast.cpu._simd import add_run, copy_run, lanes, outer_product, stream_copy
 
 POISON = 1e30
 
@@ -173,3 +173,38 @@ def test_stream_copy_writes_exactly_the_run(dt):
             _stream_copy(dst, d0, src, 5, n)
             np.testing.assert_array_equal(dst[d0:d0 + n], src[5:5 + n])
             assert (dst[:d0] == POISON).all() and (dst[d0 + n:] == POISON).all(), (d0, n)
+
+
+@njit
+def _copy_run(dst, d0, src, s0, n):
+    copy_run(dst, d0, src, s0, n)
+
+
+@njit
+def _add_run(dst, d0, src, s0, n):
+    add_run(dst, d0, src, s0, n)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64, np.uint16], ids=["f32", "f64", "u16"])
+def test_copy_and_add_run_touch_exactly_the_run(dt):
+    """Run lengths 0 .. a few vectors at every offset: the whole vectors and the masked rest
+    write exactly [d0, d0 + n) (poison on both sides stays), copying or adding."""
+    rng = np.random.default_rng(4)
+    VL = lanes(np.dtype(dt).itemsize)
+    src = (rng.integers(1, 1000, 4 * VL + 64) if dt == np.uint16
+           else rng.standard_normal(4 * VL + 64)).astype(dt)
+    poison = np.array(7777 if dt == np.uint16 else POISON).astype(dt)
+    for d0 in (0, 1, VL - 1):
+        for n in (0, 1, VL - 1, VL, VL + 1, 3 * VL + 2):
+            dst = np.full(5 * VL + 64, poison, dt)
+            _copy_run(dst, d0, src, 3, n)
+            np.testing.assert_array_equal(dst[d0:d0 + n], src[3:3 + n])
+            assert (dst[:d0] == poison).all() and (dst[d0 + n:] == poison).all(), (d0, n)
+            if dt == np.uint16:
+                continue
+            base = rng.standard_normal(dst.size).astype(dt)
+            acc = base.copy()
+            _add_run(acc, d0, src, 3, n)
+            want = base.copy()
+            want[d0:d0 + n] += src[3:3 + n]
+            np.testing.assert_array_equal(acc, want)

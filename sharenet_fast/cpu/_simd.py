@@ -544,17 +544,9 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
     return context.get_dummy_value()
 
 
-@intrinsic
-def copy_run(typingctx, dst, d0, src, s0, n):
-    """dst[d0 + i] = src[s0 + i], i < n, for short runs (tens to hundreds of elements, e.g. a
-    patch row gathered per position): whole vectors, then one masked vector for the rest. A
-    plain loop over a slice of runtime length costs a vector loop's setup and a scalar
-    remainder per run; at deepface_l4 that was 2 of 5 ms of the bfloat16 forward."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
-            and src.dtype == dst.dtype):
-        return None
-    sig = types.void(dst, d0, src, s0, n)
-
+def _run_codegen(add):
+    """Codegen of copy_run (add=False) and add_run (add=True): whole vectors, then one masked
+    vector for the rest."""
     def codegen(context, builder, signature, args):
         tys = signature.args
         pd, ps = (context.make_array(tys[k])(context, builder, args[k]).data for k in (0, 2))
@@ -562,26 +554,32 @@ def copy_run(typingctx, dst, d0, src, s0, n):
         ety = context.get_value_type(tys[0].dtype)
         esize = context.get_abi_sizeof(ety)
         VL = VEC_BYTES // esize
-        vty = ir.VectorType(ety, VL)
         mty = ir.VectorType(ir.IntType(1), VL)
-        name = {4: "i32", 8: "i64", 2: "i16", 1: "i8"}[esize]
-        ity = ir.IntType(8 * esize)
-        ivty = ir.VectorType(ity, VL)
+        if add:       # the float type itself
+            vty = ir.VectorType(ety, VL)
+            name = {4: "f32", 8: "f64"}[esize]
+        else:         # moved as integers of the element's size: the same bits, any type
+            ety = ir.IntType(8 * esize)
+            vty = ir.VectorType(ety, VL)
+            name = f"i{8 * esize}"
         mload = _declare(builder.module, f"llvm.masked.load.v{VL}{name}.p0",
-                         ir.FunctionType(ivty, [ivty.as_pointer(), I32, mty, ivty]))
+                         ir.FunctionType(vty, [vty.as_pointer(), I32, mty, vty]))
         mstore = _declare(builder.module, f"llvm.masked.store.v{VL}{name}.p0",
-                          ir.FunctionType(ir.VoidType(), [ivty, ivty.as_pointer(), I32, mty]))
+                          ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), I32, mty]))
         c64 = lambda v: ir.Constant(I64, v)  # noqa: E731
-        # moved as integers of the element's size: the same bits whatever the type
-        dp = builder.bitcast(builder.gep(pd, [d0]), ity.as_pointer())
-        sp = builder.bitcast(builder.gep(ps, [s0]), ity.as_pointer())
+        dp = builder.bitcast(builder.gep(pd, [d0]), ety.as_pointer())
+        sp = builder.bitcast(builder.gep(ps, [s0]), ety.as_pointer())
+
+        def at(base, i):
+            return builder.bitcast(builder.gep(base, [i]), vty.as_pointer())
+
         nvec = builder.sdiv(n, c64(VL))
         with cgutils.for_range(builder, nvec) as loop:
             i = builder.mul(loop.index, c64(VL))
-            v = builder.load(builder.bitcast(builder.gep(sp, [i]), ivty.as_pointer()),
-                             align=esize)
-            builder.store(v, builder.bitcast(builder.gep(dp, [i]), ivty.as_pointer()),
-                          align=esize)
+            v = builder.load(at(sp, i), align=esize)
+            if add:
+                v = builder.fadd(v, builder.load(at(dp, i), align=esize))
+            builder.store(v, at(dp, i), align=esize)
         done = builder.mul(nvec, c64(VL))
         rest = builder.sub(n, done)
         with builder.if_then(builder.icmp_signed(">", rest, c64(0))):
@@ -591,13 +589,36 @@ def copy_run(typingctx, dst, d0, src, s0, n):
             r = builder.shuffle_vector(r, ir.Constant(ir.VectorType(I64, VL), None),
                                        _i32s([0] * VL))
             mask = builder.icmp_signed("<", lanes_, r)
-            sv = builder.bitcast(builder.gep(sp, [done]), ivty.as_pointer())
-            dv = builder.bitcast(builder.gep(dp, [done]), ivty.as_pointer())
-            v = builder.call(mload, [sv, ir.Constant(I32, esize), mask, ir.Constant(ivty, None)])
-            builder.call(mstore, [v, dv, ir.Constant(I32, esize), mask])
+            align = ir.Constant(I32, esize)
+            v = builder.call(mload, [at(sp, done), align, mask, ir.Constant(vty, None)])
+            if add:
+                v = builder.fadd(v, builder.call(mload, [at(dp, done), align, mask,
+                                                         ir.Constant(vty, None)]))
+            builder.call(mstore, [v, at(dp, done), align, mask])
         return context.get_dummy_value()
+    return codegen
 
-    return sig, codegen
+
+@intrinsic
+def copy_run(typingctx, dst, d0, src, s0, n):
+    """dst[d0 + i] = src[s0 + i], i < n, for short runs (a few to hundreds of elements, e.g. a
+    patch row gathered per position): whole vectors, then one masked vector for the rest. A
+    plain loop over a slice of runtime length costs a vector loop's setup and a scalar
+    remainder per run; at deepface_l4 that was 2 of 5 ms of the bfloat16 forward."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and src.dtype == dst.dtype and src.dtype.bitwidth in (8, 16, 32, 64)):
+        return None
+    return types.void(dst, d0, src, s0, n), _run_codegen(False)
+
+
+@intrinsic
+def add_run(typingctx, dst, d0, src, s0, n):
+    """dst[d0 + i] += src[s0 + i], i < n (float32 / float64), as copy_run: the scatter of a
+    position's patch gradient into the input gradient, S values per kernel row."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)):
+        return None
+    return types.void(dst, d0, src, s0, n), _run_codegen(True)
 
 
 @intrinsic

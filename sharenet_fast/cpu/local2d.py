@@ -31,16 +31,16 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_BF16_COLUMNS, FWD_PREFETCH,
-                      FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB, WGRAD_TILE,
-                      njit_options)
 from .. import dtypes
+from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_BF16_COLUMNS,
+                      FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB,
+                      WGRAD_TILE, njit_options)
 from ._precision import result_dtype, widened
-from ._simd import (accum_zero, copy_run, lanes, lanes_of, line_of, narrow, outer_product,
+from ._simd import (accum_zero, add_run, copy_run, lanes, lanes_of, line_of, narrow, outer_product,
                     outer_product_dot, stream_copy, widen)
 from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
-from .conv2d import _add, _copy, _padded
+from .conv2d import _copy, _padded
 
 
 @njit(**njit_options(), inline="always")
@@ -52,7 +52,7 @@ def _gather_patches(xf, patch, N, C, Hp, Wp, R, S, h0, w0, dh, dw):
                 src = ((n * C + c) * Hp + h0 + r * dh) * Wp + w0
                 dst = ((n * C + c) * R + r) * S
                 if dw == 1:
-                    _copy(patch[dst:dst + S], xf[src:src + S])
+                    copy_run(patch, dst, xf, src, S)
                 else:
                     _copy(patch[dst:dst + S], xf[src:src + (S - 1) * dw + 1:dw])
 
@@ -292,14 +292,15 @@ def _iwgrad_kernel(WB):
                                                   wf, pos * K * T + t0, T, K, 0,
                                                   dpatch, n0 * T + t0, T, 1, min(MD, N - n0),
                                                   min(VD, T - t0), False, dpatch, 0, False,
-                                                  nxt + (t0 // VD) * K * DGRAD_PREFETCH * line_of(wf))
+                                                  nxt + (t0 // VD) * K * DGRAD_PREFETCH
+                                                  * line_of(wf))
                             for n in range(N):
                                 for c in range(C):
                                     for r in range(R):
                                         dst = ((n * C + c) * Hp + p * sh + r * dh) * Wp + q * sw
                                         src = ((n * C + c) * R + r) * S
                                         if dw == 1:
-                                            _add(dxf[dst:dst + S], dpatch[src:src + S])
+                                            add_run(dxf, dst, dpatch, src, S)
                                         else:
                                             for s in range(S):
                                                 dxf[dst + s * dw] += dpatch[src + s]
