@@ -161,7 +161,7 @@ def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
             w64 = _random(rng, spec.weight_shape(g, grid))
             b64 = _random(rng, spec.bias_shape(g, grid))
             for backend in backends:
-                for dtype in dtypes:
+                for dtype in _dtypes_of(backend, dtypes):
                     def layer_check():     # called at once: the loop variables are current
                         arrays = [a.astype(dtype) for a in (x64, w64, b64, dy64)]
                         # the oracle on the same (rounded) inputs: only the kernel's error counts
@@ -178,7 +178,7 @@ def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
         a64, b64, ga64, gb64 = (_random(rng, (n,)) for _ in range(4))
         strength = float(rng.uniform(0.1, 2.0))
         for backend in backends:
-            for dtype in dtypes:
+            for dtype in _dtypes_of(backend, dtypes):
                 def penalty_check():
                     a, b, ga, gb = (v.astype(dtype) for v in (a64, b64, ga64, gb64))
                     want, da, db = reference.soft_sharing_penalty(a, b, strength)
@@ -191,9 +191,22 @@ def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
                             penalty_check, ("penalty", "grad_a", "grad_b"), dtype)
                 checks += 1
                 failures += not ok
+    lacking = {b: [d for d in dtypes if d not in registry.get(b).DTYPES] for b in backends
+               if registry.backends()[b] == "available"}
+    for b, missing in lacking.items():
+        if missing:
+            print(f"{b}: no {', '.join(missing)} kernels: not checked", file=out)
     print(f"{checks} checks, {failures} failed (tolerance: norm-relative error <= "
           + ", ".join(f"{dtypes_.DTYPES[k].tol:g} {k}" for k in dtypes) + ")", file=out)
     return 1 if failures else 0
+
+
+def _dtypes_of(backend, dtypes):
+    """The asked-for dtypes the backend has kernels for (an unavailable backend: all of them,
+    so its rows report why it fails)."""
+    if registry.backends()[backend] != "available":
+        return list(dtypes)
+    return [d for d in dtypes if d in registry.get(backend).DTYPES]
 
 
 def _check(out, head, compute, keys, dtype):

@@ -62,7 +62,7 @@ def _target_has(feature):
 # SHARENET_FAST_DOT_BF16=0, it widens to float32 and uses FMAs (the same sums to 1e-5).
 DOT_BF16 = (VEC_BYTES == 64 and os.environ.get("SHARENET_FAST_DOT_BF16", "1") != "0"
             and _target_has("avx512bf16"))
-# ... for batches up to this many images (its tile: 8 filters x 8 images x 4 steps per vector)
+# ... on blocks of this many images (its tile: 8 filters x 8 images x 4 steps per vector)
 DOT_BF16_COLUMNS = 8
 
 # Register tiles of the outer-product microkernel (cpu/_simd.py), (MR rows, NV vectors of

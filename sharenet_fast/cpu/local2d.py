@@ -88,23 +88,28 @@ def _fwd_kernel(MR, NV, U, WB, DOT, QB=QB):
 
     @njit(**njit_options(parallel=True))
     def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
-        """xt: padded input as (C, Hp, Wp, G), images innermost and zero past N, in the
-        accumulation dtype (DOT: bfloat16 bits, as w); w: (P, Q, K, C, R, S) (or its 16-bit
-        view); bias: (P, Q, K), in the accumulation dtype; y: (N, K, P, Q), any storage
-        (rounded as it is written).
+        """xt: padded input as (NB, C, Hp, Wp, GB): NB blocks of GB images, images innermost
+        and zero past N, in the accumulation dtype (DOT: bfloat16 bits, as w; blocks of 8
+        images; otherwise one block); w: (P, Q, K, C, R, S) (or its 16-bit view); bias:
+        (P, Q, K), in the accumulation dtype; y: (N, K, P, Q), any storage (rounded as it is
+        written).
 
         Tasks are `blocks` runs of consecutive positions (p, q), so every core streams its own
         contiguous part of the weights, whatever P and Q are. Per position: gather patch[t, n]
-        (t = (c, r, s), a run of S*G contiguous values per (c, r)), then y_pq (K x N) =
-        W_pq (K x T) . patch, MR filters at a time; each weight is read from memory once and
-        used by all N images from a register.
+        per block of images (t = (c, r, s), a run of S*GB contiguous values per (c, r)), then
+        y_pq (K x N) = W_pq (K x T) . patch, MR filters at a time; each weight is read from
+        memory once and used by all N images from registers (a second block of images reads
+        the MR filters' tile again, from L1).
         """
-        C, Hp, Wp, G = xt.shape
+        NB, C, Hp, Wp, GB = xt.shape
+        G = NB * GB                            # images, padded: obuf's columns
         P, Q, K = w.shape[0], w.shape[1], w.shape[2]
         T = C * R * S
-        W = NV * lanes_of(bias)                # tile columns (U > 1: U steps of G images)
-        ldb = U * G if U > 1 else G
-        step = G if U > 1 else W               # images per column tile
+        W = NV * lanes_of(bias)                # tile columns (U > 1: U steps of GB images)
+        ldb = U * GB if U > 1 else GB
+        step = GB if U > 1 else W              # images per column tile (within one block)
+        TB = (T + U) * GB                      # one block's patch
+        XB = C * Hp * Wp * GB                  # one block's input
         T0 = (T // U) * U                      # split steps; the T % U rest in scalar code
         PQ = P * Q
         xf = xt.ravel()
@@ -115,7 +120,7 @@ def _fwd_kernel(MR, NV, U, WB, DOT, QB=QB):
             lo = b * PQ // blocks
             hi = (b + 1) * PQ // blocks
             # zero rows past T: the last partial group of a split reduction reads one
-            patch = np.zeros((T + U) * G, dtype=xt.dtype)
+            patch = np.zeros(NB * TB, dtype=xt.dtype)
             # outputs of up to QB consecutive positions of one row, (q, k, n): the microkernel
             # stores contiguous rows here, and each y[n, k, p, q0:q0 + QB] is then written as
             # one run. (Storing straight into NCHW y scatters K*N single floats per position,
@@ -128,29 +133,32 @@ def _fwd_kernel(MR, NV, U, WB, DOT, QB=QB):
                 nq = min(QB, Q - q0, hi - pos)
                 for qi in range(nq):
                     q = q0 + qi
-                    for c in range(C):
-                        for r in range(R):
-                            src = ((c * Hp + p * sh + r * dh) * Wp + q * sw) * G
-                            dst = (c * R + r) * S * G
-                            if dw == 1:
-                                copy_run(patch, dst, xf, src, S * G)
-                            else:
-                                for s in range(S):
-                                    _copy(patch[dst + s * G:dst + (s + 1) * G],
-                                          xf[src + s * dw * G:src + s * dw * G + G])
+                    for nb in range(NB):
+                        for c in range(C):
+                            for r in range(R):
+                                src = nb * XB + ((c * Hp + p * sh + r * dh) * Wp + q * sw) * GB
+                                dst = nb * TB + (c * R + r) * S * GB
+                                if dw == 1:
+                                    copy_run(patch, dst, xf, src, S * GB)
+                                else:
+                                    for s in range(S):
+                                        copy_run(patch, dst + s * GB, xf, src + s * dw * GB,
+                                                 GB)
                     for k0 in range(0, K, MR):
                         wrow = ((pos + qi) * K + k0) * T
                         for n0 in range(0, N, step):
+                            nb = n0 // GB              # B: this block's patch, from column n0
+                            b0 = nb * TB + n0 - nb * GB
                             if DOT:
                                 outer_product_dot(MR, PF, wf, wrow, T, U,
-                                                  patch, n0, ldb, T // U, T - T0,
+                                                  patch, b0, ldb, T // U, T - T0,
                                                   obuf, (qi * K + k0) * G + n0, G, 1,
                                                   min(MR, K - k0), min(step, N - n0), False,
                                                   bf, (pos + qi) * K + k0, has_bias,
                                                   wrow + FWD_PREFETCH * MR * T)
                             else:
                                 outer_product(MR, NV, U, PF, 0, wf, wrow, T, U,
-                                              patch, n0, ldb, T // U, T - T0,
+                                              patch, b0, ldb, T // U, T - T0,
                                               obuf, (qi * K + k0) * G + n0, G, 1,
                                               min(MR, K - k0), min(step, N - n0), False,
                                               bf, (pos + qi) * K + k0, has_bias,
@@ -179,34 +187,38 @@ def local2d(x, weight, bias, g, grid, out_dtype=None):
     acc = row.accum
     y = np.empty(g.y_shape, dtype=result_dtype(x.dtype, out_dtype))
     b = widened(bias) if bias is not None else np.zeros((1, 1, 1), dtype=acc)
-    dot = DOT_BF16 and row.name == "bfloat16" and g.N <= DOT_BF16_COLUMNS
-    if dot:       # 8 images x 4 steps of bfloat16 per vector, summed in pairs (_simd.py)
-        G, U, tile = DOT_BF16_COLUMNS, 4, (8, 1)
+    dot = DOT_BF16 and row.name == "bfloat16"
+    if dot:       # blocks of 8 images x 4 steps of bfloat16 per vector (_simd.py)
+        GB, U, tile = DOT_BF16_COLUMNS, 4, (8, 1)
     else:
-        G, U = fwd_columns(g.N, acc.itemsize)
-        tile = _fwd_tile(G, U, acc.itemsize)
+        GB, U = fwd_columns(g.N, acc.itemsize)
+        tile = _fwd_tile(GB, U, acc.itemsize)
     kernel = _fwd_kernel(*tile, U, x.dtype.itemsize, dot)
     with _launch_lock:
         # the input as the kernel multiplies it: bfloat16 bits for the dot product, else
         # widened to the accumulation dtype
-        xt = _transposed(x if dot else widened(x), g.padding, G, "local_xt")
+        xt = _transposed(x if dot else widened(x), g.padding, GB, "local_xt")
         kernel(dtypes.kernel_view(xt), dtypes.kernel_view(weight), b, bias is not None,
                dtypes.kernel_view(y), g.N, g.R, g.S, *g.stride, *g.dilation,
                min(g.P * g.Q, POSITION_BLOCKS))
     return y
 
 
-def _transposed(x, padding, G, name):
-    """Zero-padded input as (C, Hp, Wp, G): images innermost, zero columns past N (x in the
-    accumulation dtype)."""
+def _transposed(x, padding, GB, name):
+    """Zero-padded input as (NB, C, Hp, Wp, GB): blocks of GB images, images innermost, zero
+    columns past N; one block when GB covers the batch."""
     N, C, H, W = x.shape
     ph, pw = padding
-    xt = scratch(name, (C, H + 2 * ph, W + 2 * pw, G), x.dtype)
+    NB = -(-N // GB)
+    xt = scratch(name, (NB, C, H + 2 * ph, W + 2 * pw, GB), x.dtype)
     # moved as bits (NumPy copies ml_dtypes' bfloat16 element by element through the dtype's
     # own functions: 2.5 ms at alexnet_conv1's input, more than the layer's arithmetic)
     bits = dtypes.kernel_view(xt)
     bits[...] = 0
-    bits[:, ph:ph + H, pw:pw + W, :N] = dtypes.kernel_view(x).transpose(1, 2, 3, 0)
+    xv = dtypes.kernel_view(x)
+    for nb in range(NB):
+        n0, n1 = nb * GB, min(N, nb * GB + GB)
+        bits[nb, :, ph:ph + H, pw:pw + W, :n1 - n0] = xv[n0:n1].transpose(1, 2, 3, 0)
     return xt
 
 
