@@ -31,7 +31,7 @@ CXX = shutil.which("g++") or shutil.which("c++")
 
 def build(menu=config.CUDA_TILE_MENU_GPU, workdir=None, rows=None):
     """(ctypes library, {instance name: its entry point}) for every instance of `menu` and the
-    dtype rows `rows` (default: every dtypes.DTYPES row)."""
+    dtype rows `rows` (default: every dtypes.DTYPES row the GPU kernels take: dtypes.FULL)."""
     if CXX is None:
         raise RuntimeError("no C++ compiler (g++) found")
     names = _loader.name_expressions(menu, BIAS_THREADS, PENALTY_THREADS, rows)

@@ -123,7 +123,8 @@ def test_instances_cover_every_tile_dtype_and_kernel_size():
     by_kernel = {}
     for n in names:
         by_kernel.setdefault(n.split("<")[0], set()).add(tuple(_loader.template_args(n).values()))
-    rows = [(dt.ctype, dt.accum_ctype) for dt in dtypes.DTYPES.values()]
+    # the GPU kernels' rows: float32 and float64 (no 16-bit storage on the GPU yet)
+    rows = [(dtypes.DTYPES[n].ctype, dtypes.DTYPES[n].accum_ctype) for n in dtypes.FULL]
     tiles = [tuple(map(str, t)) for t in menu]
     sizes = [("0", "0")] + [tuple(map(str, z)) for z in config.CUDA_KERNEL_SIZES]
     want = {

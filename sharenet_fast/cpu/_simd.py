@@ -601,10 +601,11 @@ def _run_codegen(add):
 
 @intrinsic
 def copy_run(typingctx, dst, d0, src, s0, n):
-    """dst[d0 + i] = src[s0 + i], i < n, for short runs (a few to hundreds of elements, e.g. a
-    patch row gathered per position): whole vectors, then one masked vector for the rest. A
-    plain loop over a slice of runtime length costs a vector loop's setup and a scalar
-    remainder per run; at deepface_l4 that was 2 of 5 ms of the bfloat16 forward."""
+    """dst[d0 + i] = src[s0 + i], i < n, for short runs (a few elements to a few vectors, e.g.
+    the S inputs of one kernel row gathered per position and image): whole vectors, then one
+    masked vector for the rest. A plain loop over a slice of runtime length costs a vector
+    loop's setup and a scalar remainder per run: with this and add_run, deepface_l4's local
+    backward (S = 9) went from 26 to 21 ms in float32."""
     if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
             and src.dtype == dst.dtype and src.dtype.bitwidth in (8, 16, 32, 64)):
         return None

@@ -139,11 +139,11 @@ def _fwd_kernel(MR, NV, U, WB, DOT, QB=QB):
                                 src = nb * XB + ((c * Hp + p * sh + r * dh) * Wp + q * sw) * GB
                                 dst = nb * TB + (c * R + r) * S * GB
                                 if dw == 1:
-                                    copy_run(patch, dst, xf, src, S * GB)
+                                    _copy(patch[dst:dst + S * GB], xf[src:src + S * GB])
                                 else:
                                     for s in range(S):
-                                        copy_run(patch, dst + s * GB, xf, src + s * dw * GB,
-                                                 GB)
+                                        _copy(patch[dst + s * GB:dst + (s + 1) * GB],
+                                              xf[src + s * dw * GB:src + s * dw * GB + GB])
                     for k0 in range(0, K, MR):
                         wrow = ((pos + qi) * K + k0) * T
                         for n0 in range(0, N, step):
