@@ -15,7 +15,9 @@ same signature for all three layers (g: the kernels' ConvGeometry, grid: the ban
     input_weight  <layer>_input_weight_grad(dy, x, weight, g, grid, out=None,
                                             deterministic=False) -> (dx, dw)    optional
 
-`out=` buffers are C-contiguous and added into. A kernel is named `<layer>_<kernel>_kernel` with
+`out=` buffers are C-contiguous and added into. A backend with 16-bit storage (bfloat16 /
+float16 in its DTYPES) takes `out_dtype=None` last in every pass (the accumulation dtype to
+return instead of the storage dtype); `out=` may then be a float32 master buffer. A kernel is named `<layer>_<kernel>_kernel` with
 the pass's kernel tag (conv2d_wgrad_kernel); its host launcher drops the suffix.
 """
 from __future__ import annotations

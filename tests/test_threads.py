@@ -176,3 +176,38 @@ def test_every_parallel_kernel_is_safe_under_the_workqueue_layer(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-3000:]}"
     assert "layer workqueue errors []" in out, out[-3000:]
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
+def test_bfloat16_from_four_python_threads():
+    """bfloat16 calls (the local layer's 16-bit kernels, the shared conv through widened copies,
+    the penalty) from four threads at once: each result equals the same call made alone, bit for
+    bit (every CPU kernel sums in a fixed order)."""
+    import ml_dtypes
+
+    bf16 = ml_dtypes.bfloat16
+    case = SHAPES_BY_ID["pad1_3x3"]
+    g = case.geometry
+    jobs, rng = [], np.random.default_rng(7)
+    for t in range(THREADS):
+        for i in range(CALLS_PER_THREAD):
+            x = rng.standard_normal(case.x_shape).astype(bf16)
+            wl = rng.standard_normal((g.P, g.Q) + case.w_shape).astype(bf16)
+            wc = rng.standard_normal(case.w_shape).astype(bf16)
+            dy = rng.standard_normal(case.y_shape).astype(bf16)
+            jobs.append((t, x, wl, wc, dy))
+
+    def run(x, wl, wc, dy):
+        yl = sf.local2d(x, wl, **case.kw)
+        gl = sf.local2d_backward(dy, x, wl, **case.kw)
+        yc = sf.conv2d(x, wc, **case.kw)
+        gw = np.zeros(wl.shape, np.float32)
+        p = sf.soft_sharing_penalty(wl, wl[::-1].copy(), 0.5, grad_a=gw)
+        return (yl, *gl, yc, gw, np.float64(p))
+
+    alone = [run(*job[1:]) for job in jobs]
+    got = run_in_threads(jobs, lambda n, job: run(*job[1:]))
+    for n, want in enumerate(alone):
+        for a, b in zip(got[n], want):
+            np.testing.assert_array_equal(np.atleast_1d(a).view(np.uint8),
+                                          np.atleast_1d(b).view(np.uint8))

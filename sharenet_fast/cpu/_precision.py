@@ -5,12 +5,14 @@ float32 with out_dtype=np.float32); a float32 `out=` buffer for a reduced weight
 weights) is added into in float32. Kernels see reduced arrays as their 16-bit integer views
 (dtypes.py) and widen them in registers (_simd.widen / narrow).
 
-Where the weights are the traffic (local2d) the kernels read the 16-bit weights themselves (the
-layer's module says so with NATIVE = True). Elsewhere the adapter below widens the inputs to
-float32 in one parallel pass, runs the float32 kernels, and rounds the result back: a shared or
-tiled conv's weights are small and reused N*P*Q times, so its time is arithmetic, and the extra
-pass over its activations is a few percent of it (the benchmark's bf16 rows show what it costs).
+Where the weights are the traffic (local2d, the penalty) the kernels read the 16-bit values
+themselves. The shared and tiled conv go through `adapted` below (cpu/__init__.py): it widens
+the inputs to float32 in one parallel pass, runs the float32 kernels, and rounds the result
+back; their weights are small and reused N*P*Q times, so their time is arithmetic, and the
+extra pass over the activations is a few percent of it (the benchmark's bf16 rows show it).
+The conversions are parallel kernels: launched under launch_lock, like every kernel here.
 """
+import inspect
 from functools import wraps
 
 import numpy as np
@@ -19,6 +21,7 @@ from numba import njit, prange
 from .. import dtypes
 from ..config import njit_options
 from ._simd import narrow, widen
+from ._workspace import launch_lock
 
 
 @njit(**njit_options(parallel=True))
@@ -58,7 +61,8 @@ def widened(a):
         return a
     a = np.ascontiguousarray(a)
     out = np.empty(a.shape, np.float32)
-    widen_kernel(dtypes.kernel_view(a).reshape(-1), out.reshape(-1))
+    with launch_lock:
+        widen_kernel(dtypes.kernel_view(a).reshape(-1), out.reshape(-1))
     return out
 
 
@@ -69,7 +73,8 @@ def narrowed(a, storage):
     if a.dtype == storage:
         return a
     out = np.empty(a.shape, storage)
-    narrow_kernel(np.ascontiguousarray(a).reshape(-1), dtypes.kernel_view(out).reshape(-1))
+    with launch_lock:
+        narrow_kernel(np.ascontiguousarray(a).reshape(-1), dtypes.kernel_view(out).reshape(-1))
     return out
 
 
@@ -77,7 +82,8 @@ def add_into(out, r):
     """out += r (r float32, C-contiguous, out's shape): summed in float32 and rounded once into a
     reduced out; plain addition into a float32 out."""
     if reduced(out):
-        add_narrow_kernel(dtypes.kernel_view(out).reshape(-1), r.reshape(-1))
+        with launch_lock:
+            add_narrow_kernel(dtypes.kernel_view(out).reshape(-1), r.reshape(-1))
     else:
         out += r
     return out
@@ -127,4 +133,8 @@ def adapted(fn):
             return _widened_call(fn, wide, out, storage, out_dtype, kw)
         return narrowed(fn(*wide, **kw), rdt)
 
+    # the op table's signature plus out_dtype=, as every pass of a backend with 16-bit storage
+    sig = inspect.signature(fn)
+    call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
+        "out_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)])
     return call
