@@ -59,16 +59,18 @@ class Step(NamedTuple):
         return schema.pass_label(self.pass_, self.deterministic, self.accumulate, self.dtype)
 
 
-def plan(target, layers, backends, peers=None, full=True):
+def plan(target, layers, backends, peers=None, full=True, dtypes=("float32", REDUCED)):
     """[Step] in timing order for one shape: per layer, each pass's backends then its peers;
     on the GPU the shared layer's weight gradient alone (atomic, then deterministic: the
     reduction over all positions); for the local layer the backward into a grad_weight= buffer
     (hard sharing's path; ours only) and the soft-sharing penalty of its banks.
     peers=None: every installed peer that runs on the target (PyTorch's where PyTorch runs
-    there: target.peers_ok); full=False: the quick run's, without the slow peers."""
+    there: target.peers_ok); full=False: the quick run's, without the slow peers; `dtypes`: the
+    storage dtypes timed (float32, and REDUCED where a backend of ours has it)."""
     if peers is None:
         peers = target.peers_ok
-    reduced = [b for b in backends if REDUCED in registry.get(b).DTYPES]
+    reduced = [b for b in backends if REDUCED in registry.get(b).DTYPES] if REDUCED in dtypes \
+        else []
     out = []
     for layer in layers:
         spec = ops.SPECS[layer]
@@ -363,10 +365,10 @@ def _affordable(steps, shape, layer, progress):
 
 
 def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None,
-                full=True):
+                full=True, dtypes=("float32", REDUCED)):
     """Result records (bench/schema.py) for one shape: every layer x pass x impl of plan()."""
     progress = progress or Quiet()
-    steps = plan(target, layers, backends, full=full)
+    steps = plan(target, layers, backends, full=full, dtypes=dtypes)
     results = []
     for layer in layers:
         case = LayerCase(target, shape, layer, _affordable(steps, shape, layer, progress),

@@ -22,7 +22,7 @@ import time
 from bench.cpu import REPO
 
 
-def run(shapes, layers, mode, workers=None):
+def run(shapes, layers, mode, workers=None, dtypes=("float32", "bfloat16")):
     """Compile our CPU kernels for `shapes` ({name: ConvShape}) x `layers` in `workers`
     processes (default: one per core). Returns (wall seconds, [errors]): a worker that fails
     only costs the time it took, the run compiles what is missing itself."""
@@ -31,7 +31,8 @@ def run(shapes, layers, mode, workers=None):
     env = dict(os.environ, SHARENET_FAST_CACHE="1")
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "bench.precompile",
-                               json.dumps(dict(items=items[w::workers], mode=mode))],
+                               json.dumps(dict(items=items[w::workers], mode=mode,
+                                               dtypes=list(dtypes)))],
                               env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
              for w in range(workers)]
@@ -50,7 +51,8 @@ def main(argv=None):
     target = CpuTarget()
     for _, dims, layer in spec["items"]:
         steps = harness.plan(target, [layer], ("cpu",), peers=False,
-                             full=spec["mode"] == "full")
+                             full=spec["mode"] == "full",
+                             dtypes=tuple(spec.get("dtypes", ("float32", harness.REDUCED))))
         harness.LayerCase(target, ConvShape(*dims), layer, steps, ("cpu",)).warm()
     return 0
 

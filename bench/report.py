@@ -1,16 +1,19 @@
 """`python -m bench`: this machine's limits, then ours against every PyTorch peer on the suite.
 
     python -m bench                     quick run: the suite at batch 2 with outputs cut to at
-                                        most 32 x 32, CPU (~83 s on 2 cores cold, ~40 s with
-                                        the kernels in Numba's cache: bench/precompile.py)
-    python -m bench --full              the DESIGN.md suite at its own batch, plus the local2d peak
-                                        memory and the first-call-after-import cost
+                                        most 32 x 32, CPU, float32 (~83 s on 2 cores cold, ~40 s
+                                        with the kernels in Numba's cache: bench/precompile.py;
+                                        --dtypes float32,bfloat16: ~115 s / ~70 s)
+    python -m bench --full              the DESIGN.md suite at its own batch, float32 and
+                                        bfloat16, plus the local2d peak memory and the
+                                        first-call-after-import cost
     python -m bench --gpu [--full]      the same on the GPU (batch 8, --full: batch 64) with every
                                         available GPU backend, cuDNN with TF32 off as the peer
     python -m bench --isa avx2 [...]    the CPU run again in a child process compiled for AVX2
                                         only (bench/isa.py: our kernels, oneDNN, MKL, OpenBLAS,
                                         XLA); saved files get an _avx2 suffix
-    options: --backend B[,B] --shapes S[,S] --layers L[,L] --batch N --repeat N --min-time S
+    options: --backend B[,B] --shapes S[,S] --layers L[,L] --batch N --dtypes float32[,bfloat16]
+             --repeat N --min-time S
              --json PATH --plot STEM --markdown --save --isa native|avx2
              (--layers: op names conv2d, tiled_conv2d, local2d; shared, tiled, local also work)
 
@@ -58,10 +61,14 @@ GPU_BACKENDS = ("numba-cuda", "cupy")
 # per mode and target: batch (None: the suite's own), minimum samples, minimum seconds per timing
 # and, quick only, the largest output grid: the input is cut so P, Q <= grid (a local layer's
 # weights grow with P*Q: alexnet_conv1's 55 x 55 are 422 MB, its 32 x 32 cut 143 MB)
-MODES = {("quick", "cpu"): dict(batch=2, repeat=3, min_time=0.1, grid=32),
-         ("full", "cpu"): dict(batch=None, repeat=5, min_time=1.0, grid=None),
-         ("quick", "gpu"): dict(batch=8, repeat=10, min_time=0.05, grid=None),
-         ("full", "gpu"): dict(batch=64, repeat=20, min_time=0.2, grid=None)}
+# and the storage dtypes timed (the quick CPU run float32 only: bfloat16 doubles its time)
+MODES = {("quick", "cpu"): dict(batch=2, repeat=3, min_time=0.1, grid=32, dtypes="float32"),
+         ("full", "cpu"): dict(batch=None, repeat=5, min_time=1.0, grid=None,
+                               dtypes="float32,bfloat16"),
+         ("quick", "gpu"): dict(batch=8, repeat=10, min_time=0.05, grid=None,
+                                dtypes="float32,bfloat16"),
+         ("full", "gpu"): dict(batch=64, repeat=20, min_time=0.2, grid=None,
+                               dtypes="float32,bfloat16")}
 
 
 # ---------------------------------------------------------------------------- progress
@@ -267,6 +274,9 @@ def parse_args(argv=None):
                    help=f"comma-separated layer kinds: op names (default: "
                         f"{','.join(ops.LAYERS)}; the sharing words shared, tiled, local work too)")
     p.add_argument("--batch", type=int, help="batch size for every shape (overrides the mode)")
+    p.add_argument("--dtypes", help="comma-separated storage dtypes to time: float32, bfloat16 "
+                                    "(default: both with --full and on the GPU, float32 in the "
+                                    "quick CPU run)")
     p.add_argument("--repeat", type=int, help="minimum samples per timing")
     p.add_argument("--min-time", type=float, help="minimum seconds per timing")
     p.add_argument("--json", metavar="PATH", help="write machine, limits and raw samples here")
@@ -317,6 +327,11 @@ def parse_args(argv=None):
             p.error(f"--{key} must be >= 1")
     if args.min_time is not None and args.min_time < 0:
         p.error("--min-time must be >= 0")
+    args.dtypes = tuple(d.strip() for d in (args.dtypes or defaults["dtypes"]).split(",")
+                        if d.strip())
+    bad = [d for d in args.dtypes if d not in ("float32", harness.REDUCED)]
+    if bad or "float32" not in args.dtypes:
+        p.error(f"--dtypes: float32, optionally with {harness.REDUCED}; got {bad or args.dtypes}")
     args.batch = args.batch or defaults["batch"]
     args.repeat = args.repeat or defaults["repeat"]
     args.min_time = defaults["min_time"] if args.min_time is None else args.min_time
@@ -363,7 +378,7 @@ def run(args, progress_stream=None, shapes=None):
             "cores, so timings are noisy")
     if suite and args.target == "cpu" and "cpu" in backends and sf.config.CACHE:
         log(f"compiling our CPU kernels into Numba's cache, {os.cpu_count()} processes ...")
-        wall, errors = precompile.run(shapes, args.layers, args.mode)
+        wall, errors = precompile.run(shapes, args.layers, args.mode, dtypes=args.dtypes)
         log(f"compiled in {wall:.0f} s" + "".join(f"; a worker failed: {e}" for e in errors))
     log(f"{target.device()}: measuring the machine's limits ...")
     limits = target.limits(small=args.mode == "quick")
@@ -379,7 +394,7 @@ def run(args, progress_stream=None, shapes=None):
         if slow:
             log(f"peers {', '.join(sorted(slow))}: timed by --full only (seconds per backward "
                 "call: they would make the quick run several minutes)")
-    steps = harness.plan(target, args.layers, backends, full=full)
+    steps = harness.plan(target, args.layers, backends, full=full, dtypes=args.dtypes)
     extras = (args.target == "cpu" and args.mode == "full"
               and any(ops.SPECS[layer].sharing == "local" for layer in args.layers))
     progress = Progress(len(steps) * len(shapes) + (3 if extras else 0), progress_stream)
@@ -387,7 +402,8 @@ def run(args, progress_stream=None, shapes=None):
     for name, shape in shapes.items():
         progress.log(f"{name}: x {shape.describe()}")
         results += harness.bench_shape(target, name, shape, args.layers, backends,
-                                       args.repeat, args.min_time, limits, progress, full)
+                                       args.repeat, args.min_time, limits, progress, full,
+                                       args.dtypes)
     peak = st = None
     if extras:
         mem = "alexnet_conv1" if "alexnet_conv1" in shapes else args.shapes[0]
@@ -405,6 +421,7 @@ def run(args, progress_stream=None, shapes=None):
         versions=versions(), limits=limits,
         config=dict(mode=args.mode, target=args.target, backends=backends, repeat=args.repeat,
                     min_time_s=args.min_time, batch=args.batch, max_grid=args.grid,
+                    dtypes=list(args.dtypes),
                     shapes=args.shapes, layers=list(args.layers), tile=list(ops.TILE),
                     peers=sorted({r["impl"] for r in results if r["role"] == "peer"})),
         shapes={n: dict(s._asdict(), describe=s.describe(), P=geometry(s).P, Q=geometry(s).Q,

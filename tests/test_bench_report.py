@@ -29,6 +29,7 @@ def test_cpu_report_end_to_end(tmp_path, capsys):
     path, stem = tmp_path / "run.json", tmp_path / "plots" / "run"
     plot = ["--plot", str(stem)] if _has_matplotlib() else []
     code = report.main(["--shapes", "cifar_5x5", "--layers", "conv2d,local2d", "--batch", "1",
+                        "--dtypes", "float32,bfloat16",
                         "--repeat", "2", "--min-time", "0", "--json", str(path), *plot])
     assert code == 0
     out = capsys.readouterr().out
