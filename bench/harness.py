@@ -38,7 +38,6 @@ from bench.shapes import geometry, make_inputs
 from sharenet_fast import dtypes, optable, registry
 
 DTYPE = np.dtype(np.float32)
-TOL = dtypes.tol(DTYPE)
 REDUCED = "bfloat16"                    # the reduced storage timed beside float32
 BACKWARD = schema.BACKWARD              # input + weight + bias gradients, one call
 PENALTY = optable.PENALTY               # soft_sharing_penalty on a local layer's banks

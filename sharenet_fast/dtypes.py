@@ -93,15 +93,6 @@ def kernel_view(a):
     return a if row is None or row.view is None else a.view(row.view)
 
 
-def storage_of(view_dtype):
-    """The storage row whose kernel view is `view_dtype` (uint16 -> bfloat16), or the row of
-    a full-precision dtype."""
-    for row in DTYPES.values():
-        if row.view == view_dtype:
-            return row
-    return lookup(view_dtype)
-
-
 def rel_err(out, expected):
     """||out - expected|| / ||expected||, in float64 (inf if `out` has a non-finite element
     that `expected` has not, so an unwritten NaN-poisoned output never passes)."""

@@ -27,6 +27,7 @@ touched beyond the caller's arrays.
 """
 import platform
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -35,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..config import VEC_BYTES
+from ..dtypes import DTYPES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -56,16 +58,17 @@ def _lanes_of_overload(a):
 
 
 def typed_zero(a):  # pragma: no cover - replaced by the overload inside jitted code
-    return a.dtype.type(0)
+    return np.float64(0) if a.dtype == np.float64 else np.float32(0)
 
 
 @overload(typed_zero, jit_options={"fastmath": True})
 def _typed_zero_overload(a):
-    # A literal zero of the array's dtype: a float64 literal would turn float32 accumulators
-    # into float64 ones and stop the vectoriser.
-    if a.dtype == types.float32:
-        return lambda a: np.float32(0)
-    return lambda a: np.float64(0)
+    # A literal zero of the type a's elements sum in: float64 for float64, float32 for float32
+    # and for 16-bit storage (a float64 literal would turn float32 accumulators into float64
+    # ones and stop the vectoriser).
+    if a.dtype == types.float64:
+        return lambda a: np.float64(0)
+    return lambda a: np.float32(0)
 
 
 def line_of(a):  # pragma: no cover - replaced by the overload inside jitted code
@@ -79,10 +82,11 @@ def _line_of_overload(a):
 
 
 # ------------------------------------------------------------- reduced-precision storage
-# Kernels read bfloat16 and float16 arrays as 16-bit integers (dtypes.py, `view`): uint16 holds
-# bfloat16, int16 holds float16. Widening and rounding are a few integer instructions on whole
+# Kernels read bfloat16 and float16 arrays as 16-bit integers (dtypes.py, `view`: uint16 holds
+# bfloat16, int16 holds float16). Widening and rounding are a few integer instructions on whole
 # vectors, written once here for scalars and vectors alike (LLVM applies them lane by lane).
-_HALF = {types.uint16: "bf16", types.int16: "f16"}
+# The Numba type of each view -> its storage dtype's name, from the dtype table.
+_HALF = {numba.from_dtype(row.view): row.name for row in DTYPES.values() if row.reduced}
 
 
 def _vec_of(ty, like):
@@ -100,7 +104,7 @@ def _const(ty, value):
 def widen_ir(builder, val, kind):
     """16-bit storage (i16 scalar or vector) -> float32: bfloat16 is the float32's high half (a
     shift), float16 a hardware conversion (F16C's vcvtph2ps on x86)."""
-    if kind == "bf16":
+    if kind == "bfloat16":
         wide = builder.zext(val, _vec_of(I32, val.type))
         wide = builder.shl(wide, _const(wide.type, 16))
         return builder.bitcast(wide, _vec_of(ir.FloatType(), val.type))
@@ -114,7 +118,7 @@ def narrow_ir(builder, val, kind):
     vcvtneps2bf16 give); a NaN keeps its high half with the quiet bit set (rounding could carry
     it into an infinity). float16: the hardware conversion (RNE)."""
     i16 = _vec_of(ir.IntType(16), val.type)
-    if kind == "f16":
+    if kind == "float16":
         return builder.bitcast(builder.fptrunc(val, _vec_of(ir.HalfType(), val.type)), i16)
     bits = builder.bitcast(val, _vec_of(I32, val.type))
     c = lambda v: _const(bits.type, v)  # noqa: E731
@@ -157,18 +161,6 @@ def narrow(typingctx, v, like):
             return context.cast(builder, args[0], v, out)
         return out(v, like), codegen
     return None
-
-
-def accum_zero(a):  # pragma: no cover - replaced by the overload inside jitted code
-    return np.float32(0)
-
-
-@overload(accum_zero, jit_options={"fastmath": True})
-def _accum_zero_overload(a):
-    # zero of the type a's elements accumulate in: float64 for float64, else float32
-    if a.dtype == types.float64:
-        return lambda a: np.float64(0)
-    return lambda a: np.float32(0)
 
 
 class _BFloatType(ir.Type):

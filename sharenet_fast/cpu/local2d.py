@@ -36,8 +36,8 @@ from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_B
                       FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB,
                       WGRAD_TILE, njit_options)
 from ._precision import result_dtype, widened
-from ._simd import (accum_zero, add_run, copy_run, lanes, lanes_of, line_of, narrow, outer_product,
-                    outer_product_dot, stream_copy, widen)
+from ._simd import (add_run, copy_run, lanes, lanes_of, line_of, narrow, outer_product,
+                    outer_product_dot, stream_copy, typed_zero, widen)
 from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _copy, _padded
@@ -80,7 +80,7 @@ def _accumulate(dst, src):
 
 
 @lru_cache(maxsize=None)
-def _fwd_kernel(MR, NV, U, WB, DOT, QB=QB):
+def _fwd_kernel(MR, NV, U, WB, DOT):
     # each step reads MR*U weights of WB bytes (one 64-byte line at MR = 8, U = 2 in float32;
     # MR = 8, U = 4 in bfloat16) and prefetches as many lines (at least one), FWD_PREFETCH
     # tiles of MR filters ahead (pf). DOT: bfloat16 x and w multiplied by outer_product_dot.
@@ -400,7 +400,7 @@ def local2d_bgrad_kernel(dy, out, accumulate):
     for k in prange(K):
         for p in range(P):
             for q in range(Q):
-                acc = accum_zero(dy)
+                acc = typed_zero(dy)
                 for n in range(N):
                     acc += widen(dy[n, k, p, q])
                 i = (p * Q + q) * K + k
