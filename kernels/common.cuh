@@ -6,11 +6,45 @@
 
 typedef long long i64;
 
-// 16-byte vector of T (4 floats or 2 doubles), read through the read-only cache and taken apart
-// element by element (the union keeps it in registers).
+// Conversions between the storage type T, the accumulation type A and the output type O:
+// plain casts for float and double; bfloat16 and half (compiled only with SHARENET_REDUCED, so
+// the float32/float64 program needs no CUDA headers) widen exactly and narrow round-to-nearest-
+// even, once, where a result is stored.
+template <typename To, typename From>
+__device__ __forceinline__ To cvt(From v) { return static_cast<To>(v); }
+
+template <typename T>
+__device__ __forceinline__ T zero() { return cvt<T>(0.0f); }
+
+template <typename X, typename Y> struct same_type { static constexpr bool value = false; };
+template <typename X> struct same_type<X, X> { static constexpr bool value = true; };
+
+// 16-byte vector of T (4 floats, 2 doubles, 8 bfloat16 or half), read through the read-only
+// cache and taken apart element by element (the union keeps it in registers).
 template <typename T> struct Vec16;
 template <> struct Vec16<float> { typedef float4 type; };
 template <> struct Vec16<double> { typedef double2 type; };
+
+#ifdef SHARENET_REDUCED
+#ifndef SHARENET_EMU            // the g++ emulation defines the two types itself
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+template <> __device__ __forceinline__ float cvt<float, __nv_bfloat16>(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 cvt<__nv_bfloat16, float>(float v) {
+    return __float2bfloat16_rn(v);
+}
+template <> __device__ __forceinline__ float cvt<float, __half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ __half cvt<__half, float>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 zero<__nv_bfloat16>() {
+    return __ushort_as_bfloat16(0);             // the bits: no conversion instruction
+}
+template <> __device__ __forceinline__ __half zero<__half>() { return __ushort_as_half(0); }
+template <> struct Vec16<__nv_bfloat16> { typedef uint4 type; };
+template <> struct Vec16<__half> { typedef uint4 type; };
+#endif
 
 template <typename T>
 union Lanes16 {
@@ -41,9 +75,9 @@ __device__ __forceinline__ void tile_fma(const T (&As)[BK][BM + 1], const T (&Bs
     for (int kk = 0; kk < BK; ++kk) {
         A a[TM], b[TN];
 #pragma unroll
-        for (int i = 0; i < TM; ++i) a[i] = A(As[kk][tm + i * MT]);
+        for (int i = 0; i < TM; ++i) a[i] = cvt<A>(As[kk][tm + i * MT]);
 #pragma unroll
-        for (int j = 0; j < TN; ++j) b[j] = A(Bs[kk][tn + j * NT]);
+        for (int j = 0; j < TN; ++j) b[j] = cvt<A>(Bs[kk][tn + j * NT]);
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll

@@ -10,8 +10,10 @@
 // host side (grid, tile choice, chunking, tap tables) is sharenet_fast/_gpu_host.py, shared by
 // both backends. Every kernel's template and arguments are declared once, in
 // sharenet_fast/_gpu_kernels.py (a test parses the prototypes below against it). Template
-// parameters: T, the storage type (what arrays and shared-memory tiles hold), A, the
-// accumulation type (accumulators, the weight-gradient partials; A = T for float and double),
+// parameters: T, the storage type (what inputs and shared-memory tiles hold), A, the
+// accumulation type (accumulators, the weight-gradient partials; A = T for float and double), O,
+// the type of the result written or added into (T, or A for a bfloat16/half layer asked for a
+// float32 result or adding into float32 master gradients: rounded once, where it is stored),
 // the block tile BM x BN (TM x TN per thread, reduction staged BK at a time) and, for the forward
 // and weight-gradient kernels, the kernel size KR x KS when it is one of the common ones (0 =
 // read R, S at run time): the (c, r, s) decode of every staged element then divides by
@@ -21,10 +23,11 @@
 
 #define THREADS ((BM / TM) * (BN / TN))
 
-template <typename T, typename A, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
+template <typename T, typename A, typename O, int BM, int BN, int BK, int TM, int TN, int KR,
+          int KS>
 __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                  T* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
+                  O* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
                   i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                   i64 colblocks, i64 has_bias) {
     // grid: x = tile class * column block, y = block of BM filters k
@@ -81,7 +84,7 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                             &w[(wbase + k0 + m) * CRS + red0 + kk]));
                     else
 #pragma unroll
-                        for (int i = 0; i < V; ++i) l.s[i] = T(0);
+                        for (int i = 0; i < V; ++i) l.s[i] = zero<T>();
 #pragma unroll
                     for (int i = 0; i < V; ++i) As[kk + i][m] = l.s[i];
                 }
@@ -92,7 +95,7 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 const int e = t + u * NTH;
                 if (e < BM * BK) {
                     const int m = e / BK, kk = e % BK;   // reduction fastest: coalesced W rows
-                    T v = T(0);
+                    T v = zero<T>();
                     if (k0 + m < K && red0 + kk < CRS) v = __ldg(&w[(wbase + k0 + m) * CRS + red0 + kk]);
                     As[kk][m] = v;
                 }
@@ -104,7 +107,7 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
             if (e < BK * BN) {
                 const int kk = e / BN;               // column fastest: neighbouring q
                 const i64 red = red0 + kk;
-                T v = T(0);
+                T v = zero<T>();
                 if (red < CRS && bn[u] >= 0) {
                     const i64 c = red / RS, rs = red - c * RS, r = rs / Sk;
                     const i64 h = bh[u] + r * dh, ww = bw[u] + (rs - r * Sk) * dw;
@@ -128,21 +131,23 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
             const i64 k = k0 + tm + ii * MT;
             if (k < K)
                 y[off4(n, k, p, q, K, P, Q)] =
-                    T(acc[ii][j] + (has_bias ? A(__ldg(&bias[wbase + k])) : A(0)));
+                    cvt<O>(acc[ii][j] + (has_bias ? cvt<A>(__ldg(&bias[wbase + k])) : A(0)));
         }
     }
 }
 
-template <typename T, typename A, int BM, int BN, int BK, int TM, int TN, int KR, int KS>
+template <typename T, typename A, typename O, int BM, int BN, int BK, int TM, int TN, int KR,
+          int KS>
 __global__ void __launch_bounds__(THREADS)
-conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ out,
+conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, O* __restrict__ out,
                     A* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
                     i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                     i64 nchunks, i64 chunk, i64 redblocks, i64 mode) {
     // grid: x = tile class * chunk of its positions, y = filter block * (c, r, s) block. The
     // block reduces its chunk in registers, then mode 0: adds into out (one chunk per class:
-    // it owns those weights), 1: one atomicAdd per weight, 2: its partial into ws (summed in
-    // chunk order by conv2d_wgrad_reduce_kernel: deterministic).
+    // it owns those weights), 1: one atomicAdd per weight (the host launches it only with
+    // O = A: a bfloat16/half sum is never rounded more than once), 2: its partial into ws
+    // (summed in chunk order by conv2d_wgrad_reduce_kernel: deterministic).
     constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
     constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
     const i64 Rk = KR ? KR : R, Sk = KS ? KS : S;   // compile-time when specialised
@@ -182,7 +187,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
             if (e < BM * BK) {
                 const int m = e / BK, kk = e % BK;   // position fastest: neighbouring q of dy
                 const i64 pos = pos0 + kk;
-                T v = T(0);
+                T v = zero<T>();
                 if (k0 + m < K && pos < stop) {
                     const i64 n = pos / (Pc * Qc), rem = pos - n * (Pc * Qc), i = rem / Qc;
                     v = __ldg(&dy[off4(n, k0 + m, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]);
@@ -196,7 +201,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
             if (e < BK * BN) {
                 const int kk = e / BN;               // (c, r, s) fastest: neighbouring s of x
                 const i64 pos = pos0 + kk;
-                T v = T(0);
+                T v = zero<T>();
                 if (pos < stop && bc[u] >= 0) {
                     const i64 n = pos / (Pc * Qc), rem = pos - n * (Pc * Qc), i = rem / Qc;
                     const i64 h = (tp + i * TP) * sh + br[u];
@@ -220,16 +225,20 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __rest
             const i64 red = c0 + tn + j * NT;
             if (red >= CRS) continue;
             const i64 o = (bank + k) * CRS + red;
-            if (mode == 0) out[o] = T(A(out[o]) + acc[i][j]);
-            else if (mode == 1) atomicAdd(&out[o], T(acc[i][j]));
-            else ws[ch * (TP * TQ * K * CRS) + o] = acc[i][j];
+            if (mode == 0) {
+                out[o] = cvt<O>(cvt<A>(out[o]) + acc[i][j]);
+            } else if (mode == 1) {
+                if constexpr (same_type<O, A>::value) atomicAdd(&out[o], acc[i][j]);
+            } else {
+                ws[ch * (TP * TQ * K * CRS) + o] = acc[i][j];
+            }
         }
     }
 }
 
-template <typename T, typename A, int BM, int BN, int BK, int TM, int TN>
+template <typename T, typename A, typename O, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(THREADS)
-conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, O* __restrict__ dx,
                     const i64* __restrict__ rtab, const i64* __restrict__ stab,
                     const i64* __restrict__ rcnt, const i64* __restrict__ scnt, i64 N, i64 C,
                     i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R, i64 S, i64 TP, i64 TQ, i64 LH,
@@ -280,7 +289,7 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __rest
             if (e < BM * BK) {
                 const int m = e / BK, kk = e % BK;
                 const i64 red = red0 + kk;
-                T v = T(0);
+                T v = zero<T>();
                 if (c0 + m < C && red < nred) {
                     const i64 k = red / (nr * ns), rem = red - k * (nr * ns);
                     const i64 ri = rem / ns, si = rem - ri * ns;
@@ -296,7 +305,7 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __rest
             if (e < BK * BN) {
                 const int kk = e / BN;
                 const i64 red = red0 + kk;
-                T v = T(0);
+                T v = zero<T>();
                 if (red < nred && bn[u] >= 0) {
                     const i64 k = red / (nr * ns), rem = red - k * (nr * ns);
                     const i64 ri = rem / ns, si = rem - ri * ns;
@@ -319,26 +328,27 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, T* __rest
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const i64 c = c0 + tm + i * MT;
-            if (c < C) dx[off4(n, c, h, ww, C, H, W)] = T(acc[i][j]);
+            if (c < C) dx[off4(n, c, h, ww, C, H, W)] = cvt<O>(acc[i][j]);
         }
     }
 }
 
-template <typename T, typename A>
-__global__ void conv2d_wgrad_reduce_kernel(const A* __restrict__ ws, T* __restrict__ out,
+template <typename T, typename A, typename O>
+__global__ void conv2d_wgrad_reduce_kernel(const A* __restrict__ ws, O* __restrict__ out,
                                            i64 nchunks, i64 size) {
     // out[e] += the chunk partials of e, always in chunk order: the same bits on every run.
+    // With nchunks = 1 it is also how an A-typed sum is added into a T-typed result.
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < size;
          e += (i64)gridDim.x * blockDim.x) {
         A s = A(0);
         for (i64 ch = 0; ch < nchunks; ++ch) s += ws[ch * size + e];
-        out[e] = T(A(out[e]) + s);
+        out[e] = cvt<O>(cvt<A>(out[e]) + s);
     }
 }
 
-template <typename T, typename A, int NB>
+template <typename T, typename A, typename O, int NB>
 __global__ void __launch_bounds__(NB)
-conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K, i64 P, i64 Q,
+conv2d_bgrad_kernel(const T* __restrict__ dy, O* __restrict__ out, i64 N, i64 K, i64 P, i64 Q,
                     i64 TP, i64 TQ) {
     // one block per (tile class, k): a strided sum over the class's (n, p, q), then warp
     // shuffles (fixed pattern: deterministic) and one shared-memory step across the warps;
@@ -352,14 +362,14 @@ conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K,
     A s = A(0);
     for (i64 col = t; col < ncol; col += blockDim.x) {
         const i64 n = col / (Pc * Qc), rem = col - n * (Pc * Qc), i = rem / Qc;
-        s += A(__ldg(&dy[off4(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]));
+        s += cvt<A>(__ldg(&dy[off4(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]));
     }
     const int width = blockDim.x < 32 ? blockDim.x : 32;
     const unsigned mask = width == 32 ? 0xffffffffu : (1u << width) - 1u;
     for (int off = width / 2; off > 0; off /= 2) s += __shfl_down_sync(mask, s, off, width);
     const int nwarps = (blockDim.x + 31) / 32;
     if (nwarps == 1) {
-        if (t == 0) out[cls * K + k] = T(A(out[cls * K + k]) + s);
+        if (t == 0) out[cls * K + k] = cvt<O>(cvt<A>(out[cls * K + k]) + s);
         return;
     }
     if (lane == 0) warp_sums[warp] = s;
@@ -367,6 +377,6 @@ conv2d_bgrad_kernel(const T* __restrict__ dy, T* __restrict__ out, i64 N, i64 K,
     if (warp == 0) {
         s = lane < nwarps ? warp_sums[lane] : A(0);
         for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off, 32);
-        if (lane == 0) out[cls * K + k] = T(A(out[cls * K + k]) + s);
+        if (lane == 0) out[cls * K + k] = cvt<O>(cvt<A>(out[cls * K + k]) + s);
     }
 }

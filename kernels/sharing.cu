@@ -2,7 +2,8 @@
 // grad_b -= strength*(a - b), in one pass (host side: sharenet_fast/_gpu_host.py
 // soft_sharing_penalty; the same kernels in Numba: sharenet_fast/numba_cuda/sharing.py; template
 // and arguments declared in sharenet_fast/_gpu_kernels.py). T: the storage type, A: the
-// accumulation type the difference and the gradient step are computed in.
+// accumulation type the difference and the gradient step are computed in, O: the gradients'
+// type (T, or A: float32 master gradients of bfloat16/half weights).
 #include "common.cuh"
 
 // Fold buf[0:NT] into buf[0], halves in a fixed order (deterministic). NT a power of two.
@@ -20,20 +21,20 @@ __device__ __forceinline__ void block_tree(double* buf, int t) {
 // the whole grid, so consecutive threads touch consecutive elements (coalesced loads and
 // read-modify-writes). Each thread sums d*d in double; the block's sum goes to partials[k].
 // grad_a / grad_b may be 1-element placeholders when has_a / has_b is 0 (never touched then).
-template <typename T, typename A, int NT>
+template <typename T, typename A, typename O, int NT>
 __global__ void __launch_bounds__(NT)
 soft_sharing_penalty_kernel(const T* __restrict__ a, const T* __restrict__ b, A strength,
-                            T* __restrict__ grad_a, T* __restrict__ grad_b, i64 has_a, i64 has_b,
+                            O* __restrict__ grad_a, O* __restrict__ grad_b, i64 has_a, i64 has_b,
                             i64 n, double* __restrict__ partials) {
     __shared__ double buf[NT];
     const int t = threadIdx.x;
     const i64 step = (i64)gridDim.x * NT;
     double s = 0.0;
     for (i64 i = (i64)blockIdx.x * NT + t; i < n; i += step) {
-        const A d = A(__ldg(&a[i])) - A(__ldg(&b[i]));
+        const A d = cvt<A>(__ldg(&a[i])) - cvt<A>(__ldg(&b[i]));
         s += (double)d * (double)d;
-        if (has_a) grad_a[i] = T(A(grad_a[i]) + strength * d);
-        if (has_b) grad_b[i] = T(A(grad_b[i]) - strength * d);
+        if (has_a) grad_a[i] = cvt<O>(cvt<A>(grad_a[i]) + strength * d);
+        if (has_b) grad_b[i] = cvt<O>(cvt<A>(grad_b[i]) - strength * d);
     }
     buf[t] = s;
     block_tree<NT>(buf, t);

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from . import config
-from ._gpu_kernels import pack, row
+from ._gpu_kernels import pack, row, same
 
 MAX_GRID_Y = 65535
 
@@ -102,13 +102,14 @@ def pick_tiles(rows, cols):
     return tuple(min(config.CUDA_TILE_MENU, key=cost))
 
 
-def forward(dev, x, w, bias, g, tile):
-    """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks."""
+def forward(dev, x, w, bias, g, tile, out_dtype=None):
+    """y (N, K, P, Q) of a layer whose weight is a (TP, TQ) grid of (K, C, R, S) banks, in
+    x's dtype or `out_dtype` (the accumulation dtype of a reduced one)."""
     TP, TQ = tile
     dt = row(x.dtype)
     ncol = class_columns(g.N, g.P, g.Q, TP, TQ)
     tiles = pick_tiles(g.K, ncol)
-    y = dev.empty(x, g.y_shape, x.dtype)
+    y = dev.empty(x, g.y_shape, out_dtype or x.dtype)
     BM, BN = tiles[:2]
     colblocks = -(-ncol // BN)
     grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
@@ -120,15 +121,17 @@ def forward(dev, x, w, bias, g, tile):
     return y
 
 
-def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
+def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False, out_dtype=None):
     """The weight gradient (TP*TQ banks of (K, C, R, S)) as `shape`, added into `out` (that
-    shape, C-contiguous) when given, which is returned."""
+    shape, C-contiguous) when given, which is returned; a new one in x's dtype or `out_dtype`
+    otherwise. A reduced-storage result is rounded once: blocks that own their weights add
+    into it, atomics go to a float32 sum that is then added in (wgrad_reduce, one chunk)."""
     TP, TQ = tile
     dt = row(x.dtype)
     tiles = pick_tiles(g.K, g.C * g.R * g.S)
     w_shape = tuple(tile) + g.w_shape
     if out is None:
-        out = dev.zeros(x, shape, x.dtype)
+        out = dev.zeros(x, shape, out_dtype or x.dtype)
     BM, BN, BK = tiles[:3]
     ncol = class_columns(g.N, g.P, g.Q, TP, TQ)              # positions of the widest class
     nchunks = min(-(-ncol // config.CUDA_WGRAD_CHUNK), config.CUDA_WGRAD_MAX_CHUNKS)
@@ -145,20 +148,24 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False):
         mode = 1                                 # one atomic add per weight per block
     else:
         mode = 2                                 # partials (accumulation dtype), summed in order
+    staged = mode == 1 and not same(out.dtype, dt.accum, dt)
+    # atomics sum in A, then the sum is added into a reduced result (rounded once, below)
+    target = dev.zeros(x, (size,), dt.accum) if staged else dev.flat(out)
     if mode == 2:
         ws = dev.empty(x, (nchunks * size,), dt.accum)
-    elif dt.accum == dt.storage:
-        ws = dev.flat(out)[:1]                   # a placeholder, never touched
+    elif same(target.dtype, dt.accum, dt):
+        ws = target[:1]                          # a placeholder, never touched
     else:
         ws = dev.empty(x, (1,), dt.accum)
     redblocks = -(-g.C * g.R * g.S // BN)
     grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
     _launch(dev, "wgrad", dt, tiles, grid, threads(tiles), x, (g.R, g.S),
-            dy=dev.flat(dy), x=dev.flat(x), out=dev.flat(out), ws=ws, **_dims(g), TP=TP, TQ=TQ,
+            dy=dev.flat(dy), x=dev.flat(x), out=target, ws=ws, **_dims(g), TP=TP, TQ=TQ,
             **_conv(g), nchunks=nchunks, chunk=chunk, redblocks=redblocks, mode=mode)
-    if mode == 2:
+    if mode == 2 or staged:
+        parts, n = (ws, nchunks) if mode == 2 else (target, 1)
         _launch(dev, "wgrad_reduce", dt, None, *elementwise_grid(size), x, None,
-                ws=ws, out=dev.flat(out), nchunks=nchunks, size=size)
+                ws=parts, out=dev.flat(out), nchunks=n, size=size)
     return out
 
 
@@ -183,8 +190,9 @@ def _tap_table(size, L, pad, stride, dil, taps, T, out_size):
     return table, count
 
 
-def input_grad(dev, dy, w, g, tile):
-    """dx (N, C, H, W) by input class (see conv2d_dgrad_kernel); every element is written."""
+def input_grad(dev, dy, w, g, tile, out_dtype=None):
+    """dx (N, C, H, W) by input class (see conv2d_dgrad_kernel); every element is written, in
+    dy's dtype or `out_dtype`."""
     TP, TQ = tile
     sh, sw = g.stride
     LH, LW = sh * TP, sw * TQ
@@ -192,7 +200,7 @@ def input_grad(dev, dy, w, g, tile):
     stab, scnt = _tap_table(g.W, LW, g.padding[1], sw, g.dilation[1], g.S, TQ, g.Q)
     rtab, stab, rcnt, scnt = (dev.flat(dev.to_device_like(dy, a))
                               for a in (rtab, stab, rcnt, scnt))
-    dx = dev.empty(dy, g.x_shape, dy.dtype)
+    dx = dev.empty(dy, g.x_shape, out_dtype or dy.dtype)
     nch, ncw = len(rcnt), len(scnt)
     ncol = class_columns(g.N, g.H, g.W, LH, LW)                # widest input class
     tiles = pick_tiles(g.C, ncol)
@@ -205,13 +213,14 @@ def input_grad(dev, dy, w, g, tile):
     return dx
 
 
-def bias_grad(dev, dy, tile, shape, out=None):
-    """The bias gradient (TP*TQ banks of K) as `shape`, added into `out` when given.
-    Always deterministic."""
+def bias_grad(dev, dy, tile, shape, out=None, out_dtype=None):
+    """The bias gradient (TP*TQ banks of K) as `shape`, added into `out` when given (a new one
+    in dy's dtype or `out_dtype` otherwise). Always deterministic; one block per weight, so
+    a reduced result is rounded once."""
     TP, TQ = tile
     N, K, P, Q = dy.shape
     if out is None:
-        out = dev.zeros(dy, shape, dy.dtype)
+        out = dev.zeros(dy, shape, out_dtype or dy.dtype)
     ncol = class_columns(N, P, Q, TP, TQ)
     nthreads = min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length()))
     grid = check_grid(TP * TQ * K, 1)
@@ -222,7 +231,8 @@ def bias_grad(dev, dy, tile, shape, out=None):
 
 def soft_sharing_penalty(dev, a, b, strength, grad_a=None, grad_b=None):
     """strength/2 * sum((a - b)**2) as a 1-element float64 device array; strength * (a - b) added
-    into grad_a, subtracted from grad_b (flat, C-contiguous, a's dtype; None: not wanted).
+    into grad_a, subtracted from grad_b (flat, C-contiguous, a's dtype or, for reduced a, its
+    accumulation dtype: master gradients; None: not wanted).
 
     One fused pass (penalty kernel: a fixed grid of blocks strides over the elements, each
     block's float64 sum of squares into its partial), then one block sums the partials in
@@ -233,13 +243,24 @@ def soft_sharing_penalty(dev, a, b, strength, grad_a=None, grad_b=None):
     blocks = max(1, min(-(-n // nt), config.CUDA_PENALTY_BLOCKS))
     partials = dev.empty(a, (blocks,), np.float64)
     out = dev.empty(a, (1,), np.float64)
-    none = dev.empty(a, (1,), a.dtype)          # placeholder for a gradient not wanted
+    grads = {"grad_a": grad_a, "grad_b": grad_b}
+    staged = {}
+    if grad_a is not None and grad_b is not None and not same(grad_a.dtype, grad_b.dtype, dt):
+        # one kernel has one result type: a float32 master gradient beside a reduced one, so
+        # the reduced one gets a float32 step added in afterwards (rounded once)
+        for k, grad in grads.items():
+            if not same(grad.dtype, dt.accum, dt):
+                staged[k], grads[k] = grad, dev.zeros(a, (n,), dt.accum)
+    given = [grad for grad in grads.values() if grad is not None]
+    none = dev.empty(a, (1,), given[0].dtype if given else a.dtype)   # a gradient not wanted
     _launch(dev, "penalty", dt, None, check_grid(blocks, 1), nt, a, None,
-            a=a, b=b, strength=strength, grad_a=none if grad_a is None else grad_a,
-            grad_b=none if grad_b is None else grad_b, has_a=grad_a is not None,
-            has_b=grad_b is not None, n=n, partials=partials)
+            a=a, b=b, strength=strength, **{k: none if v is None else v for k, v in grads.items()},
+            has_a=grad_a is not None, has_b=grad_b is not None, n=n, partials=partials)
     _launch(dev, "penalty_reduce", dt, None, 1, nt, a, None,
             partials=partials, nparts=blocks, scale=0.5 * float(strength), out=out)
+    for k, grad in staged.items():
+        _launch(dev, "wgrad_reduce", dt, None, *elementwise_grid(n), a, None,
+                ws=grads[k], out=grad, nchunks=1, size=n)
     return out
 
 
@@ -250,17 +271,18 @@ def layer_ops(dev, spec):
     its grid (shared 1 x 1, tiled (TP, TQ), local (P, Q)). A locally connected layer has one
     position per tile class, so each forward block streams its bank once for the whole batch
     (N <= BN) and each weight-gradient block owns its weights (one chunk per class: no atomics)."""
-    def fwd(x, weight, bias, g, grid):
-        return forward(dev, x, weight, bias, g, grid)
+    def fwd(x, weight, bias, g, grid, out_dtype=None):
+        return forward(dev, x, weight, bias, g, grid, out_dtype)
 
-    def dgrad(dy, weight, g, grid):
-        return input_grad(dev, dy, weight, g, grid)
+    def dgrad(dy, weight, g, grid, out_dtype=None):
+        return input_grad(dev, dy, weight, g, grid, out_dtype)
 
-    def wgrad(dy, x, g, grid, out=None, deterministic=False):
-        return weight_grad(dev, dy, x, g, grid, spec.weight_shape(g, grid), out, deterministic)
+    def wgrad(dy, x, g, grid, out=None, deterministic=False, out_dtype=None):
+        return weight_grad(dev, dy, x, g, grid, spec.weight_shape(g, grid), out, deterministic,
+                           out_dtype)
 
-    def bgrad(dy, g, grid, out=None):
-        return bias_grad(dev, dy, grid, spec.bias_shape(g, grid), out)
+    def bgrad(dy, g, grid, out=None, out_dtype=None):
+        return bias_grad(dev, dy, grid, spec.bias_shape(g, grid), out, out_dtype)
 
     fns = (fwd, dgrad, wgrad, bgrad)
     for fn, pass_ in zip(fns, ("forward", "input", "weight", "bias")):

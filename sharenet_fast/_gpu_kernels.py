@@ -22,15 +22,20 @@ Argument types, spelt as in CUDA C (a pointer is a flat C-contiguous device arra
 
     T, A            a scalar of the storage / accumulation dtype (dtypes.DType .storage,
                     .accum; CUDA C .ctype, .accum_ctype)
+    O               the result's dtype, written or added into: T, or A for reduced storage
+                    (bfloat16/half) asked for a float32 result (out_dtype=) or adding into
+                    float32 master gradients. Not passed: read off the launch's O* arrays
+                    (out_of), which must agree.
     i64             a 64-bit integer (flags too: 0 or 1)
     double          a float64 scalar
     E*, const E*    an array of E, E one of T, A, i64, double (const: only read)
 
 Template parameter groups, in a kernel's template order: T and A (typename: the DType's ctype
-and accum_ctype), tile (int BM, BN, BK, TM, TN: an entry of config.CUDA_TILE_MENU), ksize (int
+and accum_ctype), O (typename: the result's, T's or A's ctype), tile (int BM, BN, BK, TM, TN: an entry of config.CUDA_TILE_MENU), ksize (int
 KR, KS: the kernel size if specialised, 0, 0 generic), NB (bias-gradient block size), NT
 (penalty block size). The Numba kernels take the same groups as Python closure constants
-(numba_cuda/conv2d.kernels(dt, tiles, bias_threads), sharing.kernels(dt, nt)) but never ksize.
+(numba_cuda/conv2d.kernels(dt, out, tiles, bias_threads), sharing.kernels(dt, out, nt)) but
+never ksize.
 """
 from __future__ import annotations
 
@@ -41,10 +46,11 @@ import numpy as np
 
 from . import dtypes
 
-BASES = ("T", "A", "i64", "double")
+BASES = ("T", "A", "O", "i64", "double")
 TEMPLATE = MappingProxyType({
     "T": ("typename T",),
     "A": ("typename A",),
+    "O": ("typename O",),
     "tile": ("int BM", "int BN", "int BK", "int TM", "int TN"),
     "ksize": ("int KR", "int KS"),
     "NB": ("int NB",),
@@ -86,20 +92,55 @@ def split(ty):
     return base, pointer, const
 
 
-def element(base, dt):
-    """The NumPy dtype of a base type for the DType row dt."""
-    return {"T": dt.storage, "A": dt.accum, "i64": np.dtype(np.int64),
-            "double": np.dtype(np.float64)}[base]
+def element(base, dt, out=None):
+    """The NumPy dtype of a base type for the DType row dt (O: `out`, default the storage)."""
+    return {"T": dt.storage, "A": dt.accum, "O": dt.storage if out is None else np.dtype(out),
+            "i64": np.dtype(np.int64), "double": np.dtype(np.float64)}[base]
+
+
+_VIEWS = {row.view: row for row in dtypes.DTYPES.values() if row.reduced}
 
 
 def row(dtype):
-    """The dtypes.DType row of a DType, a dtype name or a NumPy dtype; TypeError if none."""
+    """The dtypes.DType row of a DType, a dtype name or a NumPy dtype; TypeError if none. The
+    16-bit integer view of a reduced dtype (dtypes.DType.view: how Numba holds bfloat16) names
+    that dtype's row."""
     if isinstance(dtype, dtypes.DType):
         return dtype
     dt = dtypes.lookup(dtype)
-    if dt is None or dt.name not in dtypes.FULL:
-        raise TypeError(f"no GPU kernel takes dtype {dtype!r}; kernels take {dtypes.FULL}")
+    if dt is None and isinstance(dtype, np.dtype):
+        dt = _VIEWS.get(dtype)
+    if dt is None:
+        raise TypeError(f"no GPU kernel takes dtype {dtype!r}; kernels take {dtypes.WORDS}")
     return dt
+
+
+def same(a, b, dt):
+    """Whether array dtype `a` is `b`, counting a reduced dtype's 16-bit view as the dtype."""
+    if a is None or b is None:
+        return False
+    a, b = np.dtype(a), np.dtype(b)
+    return a == b or (dt.reduced and {a, b} == {dt.storage, dt.view})
+
+
+def outputs(dt):
+    """The result dtypes (O) kernels of row dt are built for: the storage dtype, and for
+    reduced storage also the accumulation dtype."""
+    return tuple(dict.fromkeys((dt.storage, dt.accum)))
+
+
+def out_of(tag, dt, args):
+    """The O dtype of a launch tuple of kernel `tag`: that of its O* arrays (the storage dtype
+    if it has none); TypeError if they disagree or are neither T nor A. A reduced dtype's
+    16-bit view counts as the dtype."""
+    found = {row(a.dtype).storage if a.dtype == dt.view else np.dtype(a.dtype)
+             for (_, ty), a in zip(KERNELS[tag].args, args) if split(ty)[0] == "O"}
+    if not found:
+        return dt.storage
+    if len(found) > 1 or next(iter(found)) not in outputs(dt):
+        raise TypeError(f"{KERNELS[tag].name}: result arrays (O*) of dtypes {sorted(map(str, found))}"
+                        f" for T = {dt.name}: they must all be one of {list(map(str, outputs(dt)))}")
+    return next(iter(found))
 
 
 def _i64(*names):
@@ -110,23 +151,23 @@ DIMS = ("N", "C", "H", "W", "K", "P", "Q", "R", "S")       # the layer's geometr
 CONV = ("sh", "sw", "ph", "pw", "dh", "dw")                # stride, padding, dilation
 
 KERNELS = MappingProxyType({k.tag: k for k in (
-    Kernel("fwd", "conv2d_fwd_kernel", "conv2d.cu", ("T", "A", "tile", "ksize"),
-           (("x", "const T*"), ("w", "const T*"), ("bias", "const T*"), ("y", "T*"))
+    Kernel("fwd", "conv2d_fwd_kernel", "conv2d.cu", ("T", "A", "O", "tile", "ksize"),
+           (("x", "const T*"), ("w", "const T*"), ("bias", "const T*"), ("y", "O*"))
            + _i64(*DIMS, "TP", "TQ", *CONV, "colblocks", "has_bias")),
-    Kernel("wgrad", "conv2d_wgrad_kernel", "conv2d.cu", ("T", "A", "tile", "ksize"),
-           (("dy", "const T*"), ("x", "const T*"), ("out", "T*"), ("ws", "A*"))
+    Kernel("wgrad", "conv2d_wgrad_kernel", "conv2d.cu", ("T", "A", "O", "tile", "ksize"),
+           (("dy", "const T*"), ("x", "const T*"), ("out", "O*"), ("ws", "A*"))
            + _i64(*DIMS, "TP", "TQ", *CONV, "nchunks", "chunk", "redblocks", "mode")),
-    Kernel("dgrad", "conv2d_dgrad_kernel", "conv2d.cu", ("T", "A", "tile"),
-           (("dy", "const T*"), ("w", "const T*"), ("dx", "T*"), ("rtab", "const i64*"),
+    Kernel("dgrad", "conv2d_dgrad_kernel", "conv2d.cu", ("T", "A", "O", "tile"),
+           (("dy", "const T*"), ("w", "const T*"), ("dx", "O*"), ("rtab", "const i64*"),
             ("stab", "const i64*"), ("rcnt", "const i64*"), ("scnt", "const i64*"))
            + _i64(*DIMS, "TP", "TQ", "LH", "LW", "ncw", "colblocks")),
-    Kernel("wgrad_reduce", "conv2d_wgrad_reduce_kernel", "conv2d.cu", ("T", "A"),
-           (("ws", "const A*"), ("out", "T*")) + _i64("nchunks", "size")),
-    Kernel("bgrad", "conv2d_bgrad_kernel", "conv2d.cu", ("T", "A", "NB"),
-           (("dy", "const T*"), ("out", "T*")) + _i64("N", "K", "P", "Q", "TP", "TQ")),
-    Kernel("penalty", "soft_sharing_penalty_kernel", "sharing.cu", ("T", "A", "NT"),
-           (("a", "const T*"), ("b", "const T*"), ("strength", "A"), ("grad_a", "T*"),
-            ("grad_b", "T*")) + _i64("has_a", "has_b", "n") + (("partials", "double*"),)),
+    Kernel("wgrad_reduce", "conv2d_wgrad_reduce_kernel", "conv2d.cu", ("T", "A", "O"),
+           (("ws", "const A*"), ("out", "O*")) + _i64("nchunks", "size")),
+    Kernel("bgrad", "conv2d_bgrad_kernel", "conv2d.cu", ("T", "A", "O", "NB"),
+           (("dy", "const T*"), ("out", "O*")) + _i64("N", "K", "P", "Q", "TP", "TQ")),
+    Kernel("penalty", "soft_sharing_penalty_kernel", "sharing.cu", ("T", "A", "O", "NT"),
+           (("a", "const T*"), ("b", "const T*"), ("strength", "A"), ("grad_a", "O*"),
+            ("grad_b", "O*")) + _i64("has_a", "has_b", "n") + (("partials", "double*"),)),
     Kernel("penalty_reduce", "soft_sharing_reduce_kernel", "sharing.cu", ("NT",),
            (("partials", "const double*"), ("nparts", "i64"), ("scale", "double"),
             ("out", "double*"))),
@@ -139,19 +180,20 @@ def pack(tag, dt, values):
     """The launch tuple of kernel `tag` from {argument name: value}, in declared order: arrays
     checked (1-D, the declared element dtype), scalars converted to NumPy scalars of their
     declared type (np.int64, the storage or accumulation dtype, np.float64). TypeError on a
-    missing or unknown name or a wrong array."""
+    missing or unknown name or a wrong array. A reduced dtype's arrays may be its 16-bit view."""
     k = KERNELS[tag]
     if values.keys() != set(k.names):
         missing = [n for n in k.names if n not in values]
         extra = sorted(set(values) - set(k.names))
         raise TypeError(f"{k.name}: arguments missing {missing}, unknown {extra}")
+    o = out_of(tag, dt, [values[n] for n in k.names])
     out = []
     for name, ty in k.args:
         base, pointer, _ = split(ty)
-        want = element(base, dt)
+        want = element(base, dt, o)
         v = values[name]
         if pointer:
-            if getattr(v, "dtype", None) != want or len(v.shape) != 1:
+            if not same(getattr(v, "dtype", None), want, dt) or len(v.shape) != 1:
                 raise TypeError(f"{k.name} argument {name} ({ty}, T = {dt.name}) must be a 1-D "
                                 f"{want} array, got {type(v).__name__} "
                                 f"{getattr(v, 'dtype', '')} {getattr(v, 'shape', '')}")

@@ -31,7 +31,7 @@ CXX = shutil.which("g++") or shutil.which("c++")
 
 def build(menu=config.CUDA_TILE_MENU_GPU, workdir=None, rows=None):
     """(ctypes library, {instance name: its entry point}) for every instance of `menu` and the
-    dtype rows `rows` (default: every dtypes.DTYPES row the GPU kernels take: dtypes.FULL)."""
+    dtype rows `rows` (default: every dtypes.DTYPES row)."""
     if CXX is None:
         raise RuntimeError("no C++ compiler (g++) found")
     names = _loader.name_expressions(menu, BIAS_THREADS, PENALTY_THREADS, rows)
@@ -66,6 +66,11 @@ _C = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_doubl
       np.dtype(np.int64): ctypes.c_longlong}
 
 
+def _floating(dtype):
+    """Guarded with NaN (float32/64, bfloat16, float16), not an integer sentinel."""
+    return dtypes.lookup(dtype) is not None
+
+
 GUARD = 64   # elements of guard band on each side of every array a kernel gets
 
 
@@ -87,20 +92,22 @@ class EmuDevice:
     flat = staticmethod(_device.flat)
 
     def launch(self, tag, dt, tiles, grid, threads, like, args, ksize=None):
-        inst = _loader.name(tag, dt, tiles, BIAS_THREADS, ksize, PENALTY_THREADS)
+        inst = _loader.name(tag, dt, tiles, BIAS_THREADS, ksize, PENALTY_THREADS,
+                            decl.out_of(tag, dt, args))
+        out = decl.out_of(tag, dt, args)
         self.launched.append(inst)
         declared = decl.KERNELS[tag].args
         assert len(args) == len(declared), (inst, len(args), len(declared))
         values, guarded = [], []
         for (argname, ty), a in zip(declared, args):
             base, pointer, _ = decl.split(ty)
-            want = decl.element(base, dt)
+            want = decl.element(base, dt, out)
             if pointer:
                 assert isinstance(a, np.ndarray) and a.dtype == want and a.ndim == 1, \
                     f"{inst} argument {argname} ({ty}): got {type(a).__name__} " \
                     f"{getattr(a, 'dtype', '')}"
                 assert a.flags.c_contiguous
-                fill = np.nan if a.dtype.kind == "f" else -(2**40)
+                fill = np.nan if _floating(a.dtype) else -(2**40)
                 buf = np.full(a.size + 2 * GUARD, fill, a.dtype)
                 buf[GUARD:GUARD + a.size] = a
                 guarded.append((a, buf, buf[GUARD:GUARD + a.size].copy()))
@@ -115,14 +122,15 @@ class EmuDevice:
                                               ctypes.c_uint(threads), argv)
         for a, buf, before in guarded:
             for band in (buf[:GUARD], buf[GUARD + a.size:]):
-                if a.dtype.kind == "f":
-                    assert np.isnan(band).all(), f"{inst} wrote outside an array"
+                if _floating(a.dtype):
+                    assert np.isnan(band.astype(np.float64)).all(), \
+                        f"{inst} wrote outside an array"
                 else:
                     assert (band == -(2**40)).all(), f"{inst} wrote outside an array"
             inner = buf[GUARD:GUARD + a.size]
             # copy back what the kernel changed (an unchanged argument may alias a changed
             # one, as the wgrad workspace placeholder aliases the output)
-            if not np.array_equal(inner, before, equal_nan=True):
+            if not np.array_equal(inner.view(np.uint8), before.view(np.uint8)):
                 a.reshape(-1)[...] = inner
 
 

@@ -54,11 +54,23 @@ def test_every_instance_compiles_for_compute_90(compiled):
     for name, text in entries.items():
         # fragments, accumulators and the hoisted decodes stay in registers
         assert "__local_depot" not in text, f"{name} uses local memory"
+        t = _loader.template_args(name)
         if name.startswith("conv2d_wgrad_kernel"):
-            assert "atom.global.add" in text or "red.global.add" in text, name
+            # atomics only where the host launches them: into an accumulation-typed result
+            atomics = "atom.global.add" in text or "red.global.add" in text
+            assert atomics == (t["O"] == t["A"]), name
+            assert not re.search(r"\b(?:atom|red)\.global\.add\.(?:bf16|f16|noftz\.bf16)", text)
+        if t.get("T") in ("__nv_bfloat16", "__half") and "BM" in t:
+            f = "bf16" if t["T"] == "__nv_bfloat16" else "f16"
+            assert f"cvt.f32.{f}" in text, f"{name}: 16-bit loads not widened"
+            if name.startswith("conv2d_fwd_kernel"):   # the weight stream: 16-byte vectors
+                assert re.search(r"ld\.global\.nc\.v4\.(?:u32|b32)", text), name
+            # the result rounded once, to nearest even, where it is stored
+            assert (f"cvt.rn.{f}.f32" in text) == (t["O"] == t["T"]) or t["O"] == "float", name
         if name.startswith("soft_sharing"):      # deterministic: partials, never atomics
             assert not re.search(r"\b(?:atom|red)\.", text), name
-    assert "soft_sharing_penalty_kernel<float,float,256>" in entries
+    assert "soft_sharing_penalty_kernel<float,float,float,256>" in entries
+    assert "soft_sharing_penalty_kernel<__nv_bfloat16,float,float,256>" in entries
 
 
 def test_accumulation_type_instances_compile_for_compute_90():
@@ -67,7 +79,7 @@ def test_accumulation_type_instances_compile_for_compute_90():
     with nothing in local memory."""
     names = _loader.name_expressions(config.CUDA_TILE_MENU_GPU[:2], 128,
                                      config.CUDA_PENALTY_THREADS_GPU, [_cuda_emu.F32_ACC64])
-    assert "conv2d_wgrad_reduce_kernel<float,double>" in names
+    assert "conv2d_wgrad_reduce_kernel<float,double,float>" in names
     lowered, ptx, _ = _nvrtc_compile(names)
     entries = _loader.ptx_entries(ptx, lowered)
     assert set(entries) == set(names)
@@ -81,26 +93,35 @@ def test_instance_names_spell_the_templates():
     its own argument; and refusals."""
     t = (64, 64, 8, 4, 4)
     assert (_loader.name("fwd", "float32", t, ksize=(3, 3))
-            == "conv2d_fwd_kernel<float,float,64,64,8,4,4,3,3>")
+            == "conv2d_fwd_kernel<float,float,float,64,64,8,4,4,3,3>")
     assert (_loader.name("fwd", "float64", t, ksize=(2, 7))             # not specialised
-            == "conv2d_fwd_kernel<double,double,64,64,8,4,4,0,0>")
+            == "conv2d_fwd_kernel<double,double,double,64,64,8,4,4,0,0>")
+    assert (_loader.name("fwd", "bfloat16", t, ksize=(3, 3))
+            == "conv2d_fwd_kernel<__nv_bfloat16,float,__nv_bfloat16,64,64,8,4,4,3,3>")
+    assert (_loader.name("dgrad", "float16", t, out=np.float32)         # out_dtype=float32
+            == "conv2d_dgrad_kernel<__half,float,float,64,64,8,4,4>")
+    with pytest.raises(ValueError, match="no result type"):
+        _loader.name("dgrad", "float32", t, out=np.float64)
     for dtype in ("float32", "float64"):
         assert _loader.name("fwd", dtype, t, ksize=(3, 3)).endswith(",3,3>")
         assert _loader.name("fwd", dtype, t, ksize=(2, 7)).endswith(",0,0>")
     assert (_loader.name("wgrad", dtypes.DTYPES["float32"], (4, 256, 8, 1, 4), ksize=(11, 11))
-            == "conv2d_wgrad_kernel<float,float,4,256,8,1,4,11,11>")
-    assert _loader.name("dgrad", "float64", t) == "conv2d_dgrad_kernel<double,double,64,64,8,4,4>"
-    assert _loader.name("wgrad_reduce", "float32") == "conv2d_wgrad_reduce_kernel<float,float>"
+            == "conv2d_wgrad_kernel<float,float,float,4,256,8,1,4,11,11>")
+    assert (_loader.name("dgrad", "float64", t)
+            == "conv2d_dgrad_kernel<double,double,double,64,64,8,4,4>")
+    assert (_loader.name("wgrad_reduce", "float32")
+            == "conv2d_wgrad_reduce_kernel<float,float,float>")
     assert (_loader.name("bgrad", "float64", bias_threads=128)
-            == "conv2d_bgrad_kernel<double,double,128>")
+            == "conv2d_bgrad_kernel<double,double,double,128>")
     assert (_loader.name("penalty", "float32", penalty_threads=256)
-            == "soft_sharing_penalty_kernel<float,float,256>")
+            == "soft_sharing_penalty_kernel<float,float,float,256>")
     assert (_loader.name("penalty_reduce", "float64", penalty_threads=256)
             == "soft_sharing_reduce_kernel<256>")
     assert (_loader.name("fwd", _cuda_emu.F32_ACC64, t, ksize=(1, 1))
-            == "conv2d_fwd_kernel<float,double,64,64,8,4,4,1,1>")
-    assert _loader.template_args("conv2d_fwd_kernel<float,double,64,32,8,4,2,1,1>") == dict(
-        T="float", A="double", BM="64", BN="32", BK="8", TM="4", TN="2", KR="1", KS="1")
+            == "conv2d_fwd_kernel<float,double,float,64,64,8,4,4,1,1>")
+    assert _loader.template_args("conv2d_fwd_kernel<float,double,float,64,32,8,4,2,1,1>") == dict(
+        T="float", A="double", O="float", BM="64", BN="32", BK="8", TM="4", TN="2", KR="1",
+        KS="1")
     with pytest.raises(ValueError, match="unknown kernel 'fill'"):     # Numba only
         _loader.name("fill", "float32")
     with pytest.raises(ValueError, match="template group tile"):
@@ -110,7 +131,7 @@ def test_instance_names_spell_the_templates():
     with pytest.raises(TypeError, match="no GPU kernel takes dtype"):
         _loader.name("bgrad", "int32", bias_threads=128)
     with pytest.raises(ValueError, match="template arguments"):
-        _loader.template_args("conv2d_bgrad_kernel<float,float>")
+        _loader.template_args("conv2d_bgrad_kernel<float,float,float>")
 
 
 def test_instances_cover_every_tile_dtype_and_kernel_size():
@@ -123,8 +144,9 @@ def test_instances_cover_every_tile_dtype_and_kernel_size():
     by_kernel = {}
     for n in names:
         by_kernel.setdefault(n.split("<")[0], set()).add(tuple(_loader.template_args(n).values()))
-    # the GPU kernels' rows: float32 and float64 (no 16-bit storage on the GPU yet)
-    rows = [(dtypes.DTYPES[n].ctype, dtypes.DTYPES[n].accum_ctype) for n in dtypes.FULL]
+    # every dtype row, with each of its result types (T; and A for 16-bit storage)
+    rows = [(dt.ctype, dt.accum_ctype, o) for dt in dtypes.DTYPES.values()
+            for o in dict.fromkeys((dt.ctype, dt.accum_ctype))]
     tiles = [tuple(map(str, t)) for t in menu]
     sizes = [("0", "0")] + [tuple(map(str, z)) for z in config.CUDA_KERNEL_SIZES]
     want = {
@@ -247,16 +269,18 @@ class _RecordingDevice(_cuda_emu.EmuDevice):
         super().__init__(lib=None, entries={})
 
     def launch(self, tag, dt, tiles, grid, threads, like, args, ksize=None):
-        self.launched.append((_loader.name(tag, dt, tiles, config.CUDA_BIAS_THREADS, ksize),
+        self.launched.append((_loader.name(tag, dt, tiles, config.CUDA_BIAS_THREADS, ksize,
+                                           out=decl.out_of(tag, dt, args)),
                               grid, threads, args))
 
 
 @pytest.mark.parametrize("menu", ["gpu", "sim"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, dtypes.BFLOAT16])
 def test_host_side_requests_only_compiled_instances(dtype, menu, monkeypatch):
     """Drive the shared host launchers over layers, tiles and batch sizes that select every
     tile of the menu; every kernel they ask for is an instance the module compiles, and every
-    block size matches that instance's template (threads = BM/TM * BN/TN, bias <= NB)."""
+    block size matches that instance's template (threads = BM/TM * BN/TN, bias <= NB).
+    bfloat16 also with float32 results and float32 master gradients."""
     monkeypatch.setattr(config, "CUDA_TILE_MENU", getattr(config, f"CUDA_TILE_MENU_{menu.upper()}"))
     names = set(_loader.name_expressions())
     dev = _RecordingDevice()
@@ -268,11 +292,13 @@ def test_host_side_requests_only_compiled_instances(dtype, menu, monkeypatch):
         for tile in ((1, 1), (2, 2), (g.P, g.Q)):
             x, dy = np.empty(g.x_shape, dtype), np.empty(g.y_shape, dtype)
             w = np.empty(tile + g.w_shape, dtype)
-            host.forward(dev, x, w, None, g, tile)
-            host.input_grad(dev, dy, w, g, tile)
-            for det in (False, True):
-                host.weight_grad(dev, dy, x, g, tile, tile + g.w_shape, None, det)
-            host.bias_grad(dev, dy, tile, tile + (g.K,))
+            outs = (None, np.float32) if dtypes.lookup(dtype).reduced else (None,)
+            for od in outs:
+                host.forward(dev, x, w, None, g, tile, od)
+                host.input_grad(dev, dy, w, g, tile, od)
+                for det in (False, True):
+                    host.weight_grad(dev, dy, x, g, tile, tile + g.w_shape, None, det, od)
+                host.bias_grad(dev, dy, tile, tile + (g.K,), None, od)
     used = {n for n, *_ in dev.launched}
     assert used <= names, sorted(used - names)
     tile_of = {n: tuple(int(_loader.template_args(n)[p]) for p in ("BM", "BN", "BK", "TM", "TN"))

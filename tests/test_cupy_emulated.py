@@ -9,10 +9,10 @@ import pytest
 import sharenet_fast as sf
 from sharenet_fast import _gpu_host as host
 from sharenet_fast import _gpu_kernels as decl
-from sharenet_fast import config, reference
+from sharenet_fast import config, dtypes, reference
 from sharenet_fast.cupy_backend import _loader  # the kernel names (imports no CuPy)
-from _support import (DTYPE_IDS, DTYPES, SHAPES, SHAPE_IDS, UNTIED_CASES, UNTIED_IDS, Case,
-                      assert_close, random_array)
+from _support import (DTYPE_IDS, DTYPES, SHAPES, SHAPES_BY_ID, SHAPE_IDS, UNTIED_BY_ID,
+                      UNTIED_CASES, UNTIED_IDS, Case, assert_close, random_array, rel_err)
 import _cuda_emu
 
 if _cuda_emu.CXX is None:
@@ -163,5 +163,97 @@ def test_accumulation_type_is_a_template_argument(monkeypatch):
     f32 = decl.row("float32")
     dev = _cuda_emu.EmuDevice(*_cuda_emu.build((tile,), rows=[_cuda_emu.F32_ACC64, f32]))
     assert _cuda_emu.accumulation_probe(dev, _cuda_emu.F32_ACC64) == _cuda_emu.EXACT
-    assert any(n.startswith("conv2d_wgrad_reduce_kernel<float,double>") for n in dev.launched)
+    assert any(n.startswith("conv2d_wgrad_reduce_kernel<float,double,float>") for n in dev.launched)
     assert _cuda_emu.accumulation_probe(dev, f32)["forward"] == 2.0**24
+
+
+# ------------------------------------------------------------ reduced storage: bfloat16, float16
+REDUCED = [dtypes.DTYPES["bfloat16"], dtypes.DTYPES["float16"]]
+REDUCED_CASES = [
+    ("conv2d", SHAPES_BY_ID["alexnet_s4_k11"], None),
+    ("conv2d", SHAPES_BY_ID["pad1_3x3"], None),
+    # C*R*S = 72, a multiple of 8: the forward reads W as 16-byte vectors of 8
+    ("conv2d", Case("vec8", 2, 8, 9, 9, 6, 3, 3, padding=1), None),
+    ("local2d", Case("vec8", 2, 8, 9, 9, 6, 3, 3, padding=1), None),
+    ("local2d", SHAPES_BY_ID["alexnet_s4_k11"], None),
+    ("tiled_conv2d", SHAPES_BY_ID["wgrad_chunks"], (4, 3)),
+    ("tiled_conv2d", UNTIED_BY_ID["batch13"].case, (2, 2)),
+]
+
+
+def _check_reduced(dev, layer, case, tile, dt, seed):
+    """Every pass of one layer in a 16-bit storage dtype: the float32 result (O = A) within
+    float32's bound of the float64 oracle on the rounded inputs; the stored result (O = T) that
+    float32 result rounded to nearest even, bit for bit; float32 master gradients added into in
+    float32, 16-bit ones rounded once (owner blocks, staged atomics and partials alike)."""
+    g, kw = case.geometry, case.kw
+    rng = np.random.default_rng(seed)
+    x, dy = (random_array(rng, s).astype(dt.storage) for s in (g.x_shape, g.y_shape))
+    w = random_array(rng, tile + g.w_shape).astype(dt.storage)
+    b = random_array(rng, tile + (g.K,)).astype(dt.storage)
+    f64 = lambda a: a.astype(np.float64)
+    wr, br = (w.reshape(g.w_shape), b.reshape(g.K)) if layer == "conv2d" else (w, b)
+    ref_y = getattr(reference, layer)(f64(x), f64(wr), f64(br), **kw)
+    ref_dx, ref_dw, ref_db = getattr(reference, layer + "_backward")(f64(dy), f64(x), f64(wr),
+                                                                      **kw)
+
+    def both(run, ref, what):
+        wide, out = run(np.float32), run(None)
+        assert wide.dtype == np.float32 and out.dtype == dt.storage, what
+        err = rel_err(wide.reshape(ref.shape), ref)
+        assert err <= dt.out_tol, f"{what} float32 result: rel err {err:.3g}"
+        np.testing.assert_array_equal(out.view(np.uint16), wide.astype(dt.storage).view(np.uint16),
+                                      err_msg=f"{what}: not the float32 result rounded once")
+        return wide
+
+    both(lambda o: host.forward(dev, x, w, b, g, tile, o), ref_y, f"{layer} forward")
+    both(lambda o: host.input_grad(dev, dy, w, g, tile, o), ref_dx, f"{layer} input")
+    both(lambda o: host.bias_grad(dev, dy, tile, tile + (g.K,), None, o), ref_db, f"{layer} bias")
+    shape = tile + g.w_shape
+    for det in (False, True):
+        what = f"{layer} weight det={det}"
+        wide = both(lambda o: host.weight_grad(dev, dy, x, g, tile, shape, None, det, o), ref_dw,
+                    what)
+        master = rng.uniform(-1, 1, shape).astype(np.float32)
+        start = master.copy()
+        host.weight_grad(dev, dy, x, g, tile, shape, master, det)
+        err = rel_err(master, f64(start) + ref_dw.reshape(shape))
+        assert err <= dt.out_tol, f"{what} into a float32 master buffer: rel err {err:.3g}"
+        red = start.astype(dt.storage)
+        want = (red.astype(np.float32) + wide).astype(dt.storage)
+        host.weight_grad(dev, dy, x, g, tile, shape, red, det)
+        np.testing.assert_array_equal(red.view(np.uint16), want.view(np.uint16),
+                                      err_msg=f"{what} into a {dt.name} buffer: not one rounding")
+
+
+@pytest.mark.parametrize("dt", REDUCED, ids=[d.name for d in REDUCED])
+@pytest.mark.parametrize("layer,case,tile", REDUCED_CASES,
+                         ids=[f"{layer}-{c.id}" for layer, c, _ in REDUCED_CASES])
+def test_reduced_storage_emulated(dev, layer, case, tile, dt):
+    g = case.geometry
+    tile = tile or ((1, 1) if layer == "conv2d" else (g.P, g.Q))
+    _check_reduced(dev, layer, case, tile, dt, seed=45)
+    modes = {_loader.template_args(n)["O"] for n in dev.launched if "wgrad_kernel" in n}
+    assert modes == {dt.ctype, dt.accum_ctype}
+
+
+@pytest.mark.parametrize("grads", ["same", "master", "mixed", "none"])
+@pytest.mark.parametrize("dt", REDUCED, ids=[d.name for d in REDUCED])
+def test_soft_sharing_penalty_reduced_emulated(dev, dt, grads, monkeypatch):
+    """16-bit a and b: the penalty in float64 from float32 differences; gradients in the
+    storage dtype, in float32 (master), or one of each (the 16-bit one staged)."""
+    monkeypatch.setattr(config, "CUDA_PENALTY_BLOCKS", 3)
+    rng = np.random.default_rng(46)
+    n = 3 * _cuda_emu.PENALTY_THREADS * 2 + 11
+    a, b = (rng.standard_normal(n).astype(dt.storage) for _ in range(2))
+    kinds = {"same": (dt.storage, dt.storage), "master": (np.float32, np.float32),
+             "mixed": (dt.storage, np.float32), "none": (None, None)}[grads]
+    ga, gb = (None if k is None else rng.standard_normal(n).astype(k) for k in kinds)
+    ga0, gb0 = (None if v is None else v.astype(np.float64) for v in (ga, gb))
+    out = host.soft_sharing_penalty(dev, a, b, 0.8, ga, gb)
+    want, da, db = reference.soft_sharing_penalty(a.astype(np.float64), b.astype(np.float64), 0.8)
+    assert abs(out[0] - want) <= 1e-6 * want
+    for got, start, step in ((ga, ga0, da), (gb, gb0, db)):
+        if got is not None:
+            tol = dt.tol if got.dtype == dt.storage else dt.out_tol
+            assert rel_err(got, start + step) <= tol, got.dtype

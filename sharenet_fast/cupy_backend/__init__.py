@@ -10,12 +10,12 @@ emulation (tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
 from .. import _gpu_host as host
 from .. import config, dtypes
 from .._device import flat
+from .._gpu_kernels import out_of
 from ..optable import LAYERS
 from . import _loader
 
 KINDS = ("cupy", "numpy")
-# float32 and float64 kernels only so far: a reduced-precision array is a TypeError (api.py)
-DTYPES = dtypes.FULL
+DTYPES = dtypes.NAMES       # bfloat16 / float16 storage accumulates in float32 (kernels/*.cu)
 
 
 def unavailable():
@@ -72,8 +72,9 @@ class _CupyDevice:
     @staticmethod
     def launch(tag, dt, tiles, grid, threads, like, args, ksize=None):
         # args: NumPy scalars of the declared types (np.int64 for every i64) and CuPy arrays
-        kernel = _loader.module().get_function(
-            _loader.name(tag, dt, tiles, config.CUDA_BIAS_THREADS, ksize))
+        kernel = _loader.module(dt).get_function(
+            _loader.name(tag, dt, tiles, config.CUDA_BIAS_THREADS, ksize,
+                         out=out_of(tag, dt, args)))
         grid = tuple(grid) if isinstance(grid, tuple) else (grid,)
         kernel(grid, (threads,), args)
 

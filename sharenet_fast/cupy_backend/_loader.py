@@ -4,17 +4,20 @@ requested by name_expressions).
 
 Sources: the wheel carries kernels/ as sharenet_fast/_kernels (pyproject force-include); an
 editable install or a checkout reads <repo>/kernels. Instances: every kernel of
-_gpu_kernels.KERNELS that has a source, for every dtypes.DTYPES row (storage and accumulation
-type: its ctype and accum_ctype), every tile of config.CUDA_TILE_MENU and every specialised
-kernel size, which is also what the host side can ask for. Names are filled in from each
-kernel's declared template groups: no kernel or dtype is named here.
+_gpu_kernels.KERNELS that has a source, for a dtypes.DTYPES row (storage and accumulation
+type: its ctype and accum_ctype; result type O: each of _gpu_kernels.outputs), every tile of
+config.CUDA_TILE_MENU and every specialised kernel size, which is also what the host side can
+ask for. One program per dtype row, compiled on first use (a float32 caller never waits for
+the bfloat16 instances; the float32/float64 programs need no CUDA headers, the reduced ones
+include cuda_bf16.h / cuda_fp16.h from the CUDA toolkit: include_dir). Names are filled in from
+each kernel's declared template groups: no kernel or dtype is named here.
 """
 import functools
 import os
 import re
 
 from .. import config, dtypes
-from .._gpu_kernels import KERNELS, TEMPLATE, row
+from .._gpu_kernels import KERNELS, TEMPLATE, outputs, row
 
 SOURCES = tuple(dict.fromkeys(k.source for k in KERNELS.values() if k.source))
 HEADERS = ("common.cuh",)
@@ -39,16 +42,22 @@ def specialised(ksize):
     return ksize if ksize in map(tuple, config.CUDA_KERNEL_SIZES) else (0, 0)
 
 
-def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None, penalty_threads=None):
+def name(kernel, dtype, tiles=None, bias_threads=None, ksize=None, penalty_threads=None,
+         out=None):
     """The C++ name of one instance of kernel tag `kernel` for a dtypes.DType row (or a dtype
-    name), e.g. conv2d_fwd_kernel<float,float,64,64,8,4,4,3,3>."""
+    name) and result dtype `out` (default: the storage dtype), e.g.
+    conv2d_fwd_kernel<float,float,float,64,64,8,4,4,3,3>."""
     k = KERNELS.get(kernel)
     if k is None or k.source is None:
         raise ValueError(f"unknown kernel {kernel!r}: the CUDA C kernels are "
                          f"{[t for t, d in KERNELS.items() if d.source]}")
     dt = row(dtype)
     pt = config.CUDA_PENALTY_THREADS if penalty_threads is None else penalty_threads
-    values = {"T": (dt.ctype,), "A": (dt.accum_ctype,), "tile": tiles,
+    o = dtypes.lookup(dt.storage if out is None else out)
+    if o is None or o.storage not in outputs(dt):
+        raise ValueError(f"{k.name}: no result type {out!r} for T = {dt.name} "
+                         f"(kernels write {[str(d) for d in outputs(dt)]})")
+    values = {"T": (dt.ctype,), "A": (dt.accum_ctype,), "O": (o.ctype,), "tile": tiles,
               "ksize": specialised(ksize), "NB": (bias_threads,), "NT": (pt,)}
     args = []
     for group in k.template:
@@ -75,21 +84,62 @@ def template_args(instance):
 
 
 def name_expressions(menu=None, bias_threads=None, penalty_threads=None, rows=None):
-    """Every instance the host side may launch: every dtypes row (or `rows`), every menu
-    tile, every specialised kernel size and the generic one; each name once."""
+    """Every instance the host side may launch: for every dtypes row of `rows` (default:
+    all), every result type, every menu tile, every specialised kernel size and the generic
+    one; each name once."""
     menu = config.CUDA_TILE_MENU if menu is None else menu
     nb = config.CUDA_BIAS_THREADS if bias_threads is None else bias_threads
-    rows = [dtypes.DTYPES[n] for n in dtypes.FULL] if rows is None else rows
+    rows = list(dtypes.DTYPES.values()) if rows is None else rows
     sizes = [(0, 0)] + [tuple(z) for z in config.CUDA_KERNEL_SIZES]
     names = []
     for dt in rows:
+        dt = row(dt)
         for tag, k in KERNELS.items():
             if k.source is None:
                 continue
-            for tiles in (map(tuple, menu) if "tile" in k.template else [None]):
-                for ksize in (sizes if "ksize" in k.template else [None]):
-                    names.append(name(tag, dt, tiles, nb, ksize, penalty_threads))
+            for out in (outputs(dt) if "O" in k.template else [None]):
+                for tiles in (map(tuple, menu) if "tile" in k.template else [None]):
+                    for ksize in (sizes if "ksize" in k.template else [None]):
+                        names.append(name(tag, dt, tiles, nb, ksize, penalty_threads, out))
     return list(dict.fromkeys(names))
+
+
+def reduced(names):
+    """Whether any of these instances is of a reduced dtype (needs the CUDA fp16/bf16
+    headers and SHARENET_REDUCED)."""
+    ctypes = {dt.ctype for dt in dtypes.DTYPES.values() if dt.reduced}
+    return any(c in re.split(r"[<>,]", n) for n in names for c in ctypes)
+
+
+@functools.lru_cache(maxsize=None)
+def include_dir():
+    """The CUDA toolkit's include folder (cuda_bf16.h, cuda_fp16.h): the pip wheel's
+    (cuda.pathfinder), else $CUDA_PATH/include or /usr/local/cuda/include; None if none."""
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        d = find_nvidia_header_directory("cudart")
+        if d and os.path.isfile(os.path.join(d, "cuda_bf16.h")):
+            return d
+    except Exception:           # an older cuda-pathfinder, or none: try the usual places
+        pass
+    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and os.path.isfile(os.path.join(root, "include", "cuda_bf16.h")):
+            return os.path.join(root, "include")
+    return None
+
+
+def options(names):
+    """NVRTC options for a program holding `names`: the reduced types' headers and define
+    only where needed."""
+    if not reduced(names):
+        return OPTIONS
+    inc = include_dir()
+    if inc is None:
+        raise RuntimeError("the bfloat16/float16 CUDA C kernels need the CUDA headers "
+                           "cuda_bf16.h and cuda_fp16.h: pip install nvidia-cuda-runtime "
+                           "(or set CUDA_PATH to a CUDA toolkit)")
+    return OPTIONS + ("-DSHARENET_REDUCED", f"-I{inc}")
 
 
 def source():
@@ -102,19 +152,19 @@ def source():
 
 
 @functools.lru_cache(maxsize=None)
-def _module(menu, bias_threads, penalty_threads):
+def _module(menu, bias_threads, penalty_threads, dtype):
     import cupy
 
-    return cupy.RawModule(code=source(), options=OPTIONS + (f"-I{kernel_dir()}",),
-                          name_expressions=name_expressions(menu, bias_threads,
-                                                            penalty_threads))
+    names = name_expressions(menu, bias_threads, penalty_threads, [dtype])
+    return cupy.RawModule(code=source(), options=options(names) + (f"-I{kernel_dir()}",),
+                          name_expressions=names)
 
 
-def module():
-    """The compiled RawModule for the current configuration (compiled once per tile menu and
-    block sizes, on first use)."""
+def module(dtype):
+    """The compiled RawModule of one dtypes row for the current configuration (compiled once
+    per dtype, tile menu and block sizes, on first use)."""
     return _module(tuple(map(tuple, config.CUDA_TILE_MENU)), config.CUDA_BIAS_THREADS,
-                   config.CUDA_PENALTY_THREADS)
+                   config.CUDA_PENALTY_THREADS, row(dtype).name)
 
 
 def compile_ptx(arch="compute_90", names=None):
@@ -133,7 +183,7 @@ def compile_ptx(arch="compute_90", names=None):
         for n in names:
             nvrtc.addNameExpression(prog, n)
         try:
-            nvrtc.compileProgram(prog, [f"--gpu-architecture={arch}", *OPTIONS])
+            nvrtc.compileProgram(prog, [f"--gpu-architecture={arch}", *options(names)])
         except nvrtc.NVRTCError as exc:
             raise RuntimeError(f"NVRTC failed for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
         lowered = {n: nvrtc.getLoweredName(prog, n) for n in names}

@@ -12,6 +12,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -24,6 +26,47 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
     double x, y;
 };
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+
+// The 16-bit storage types of cuda_bf16.h / cuda_fp16.h and their conversions, with the device's
+// rounding: widening is exact; narrowing rounds to nearest even (bfloat16: carry into the upper
+// half; NaN becomes CUDA's canonical 0x7fff; half: g++'s _Float16, IEEE round to nearest even).
+#define SHARENET_EMU
+#define SHARENET_REDUCED
+struct __nv_bfloat16 {
+    unsigned short x;
+};
+struct __half {
+    unsigned short x;
+};
+inline float __bfloat162float(__nv_bfloat16 v) {
+    const std::uint32_t u = std::uint32_t(v.x) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {0x7fff};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return {static_cast<unsigned short>(u >> 16)};
+}
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short x) { return {x}; }
+inline __half __ushort_as_half(unsigned short x) { return {x}; }
+inline float __half2float(__half v) {
+    _Float16 h;
+    std::memcpy(&h, &v.x, 2);
+    return static_cast<float>(h);
+}
+inline __half __float2half_rn(float f) {
+    const _Float16 h = static_cast<_Float16>(f);
+    __half r;
+    std::memcpy(&r.x, &h, 2);
+    return r;
+}
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
