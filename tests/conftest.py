@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(session, config, items):
     runnable = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        why = _support.sim_too_slow(params)
+        why = _support.sim_too_slow(params, getattr(item, "originalname", None))
         if why:
             item.add_marker(pytest.mark.skip(reason=why))
         else:

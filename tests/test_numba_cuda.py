@@ -40,23 +40,30 @@ import importlib, json, re, sys
 from numba import cuda, int32
 k = importlib.import_module("sharenet_fast.numba_cuda.conv2d")
 report = {}
-for dtype in ("float32", "float64"):
-    for (name, tiles), ptx in k.compile_ptx(dtype, cc=(9, 0)).items():
-        report[f"{dtype}/{name}/{tiles}"] = {
-            "target": ".target sm_90" in ptx,
-            "entry": ".entry" in ptx,
-            "local_depot": bool(re.search(r"__local_depot", ptx)),
-            "atomic": "atom.global.add" in ptx or "red.global.add" in ptx,
-        }
-for mod in ("sharing", "_launch"):       # the penalty kernels; fill (device_zeros)
-    s = importlib.import_module("sharenet_fast.numba_cuda." + mod)
-    for dtype in ("float32", "float64"):
+# (storage dtype, result dtype): 16-bit storage is built for both of its results
+LABELS = {"float32": ("float32", None), "float64": ("float64", None),
+          "bfloat16": ("bfloat16", None), "float16": ("float16", None),
+          "bfloat16:float32": ("bfloat16", "float32"), "float16:float32": ("float16", "float32")}
+
+
+def facts(ptx, atomic):
+    return {"target": ".target sm_90" in ptx, "entry": ".entry" in ptx,
+            "local_depot": bool(re.search(r"__local_depot", ptx)), "atomic": atomic,
+            "f16_widen": "cvt.f32.f16" in ptx, "f16_narrow": "cvt.rn.f16.f32" in ptx,
+            "bits": "mov.b32" in ptx}
+
+
+for label, (dtype, out) in LABELS.items():
+    for (name, tiles), ptx in k.compile_ptx(dtype, cc=(9, 0), out=out).items():
+        report[f"{label}/{name}/{tiles}"] = facts(
+            ptx, "atom.global.add" in ptx or "red.global.add" in ptx)
+    s = importlib.import_module("sharenet_fast.numba_cuda.sharing")   # the penalty kernels
+    for name, ptx in s.compile_ptx(dtype, cc=(9, 0), out=out).items():
+        report[f"{label}/{name}/-"] = facts(ptx, bool(re.search(r"\b(?:atom|red)\.", ptx)))
+    if out is None:                      # fill (device_zeros): no result type
+        s = importlib.import_module("sharenet_fast.numba_cuda._launch")
         for name, ptx in s.compile_ptx(dtype, cc=(9, 0)).items():
-            report[f"{dtype}/{name}/-"] = {
-                "target": ".target sm_90" in ptx, "entry": ".entry" in ptx,
-                "local_depot": bool(re.search(r"__local_depot", ptx)),
-                "atomic": bool(re.search(r"\b(?:atom|red)\.", ptx)),
-            }
+            report[f"{label}/{name}/-"] = facts(ptx, bool(re.search(r"\b(?:atom|red)\.", ptx)))
 # the offset helper with int32 indices and extents: every multiply must be 64-bit
 ptx, _ = cuda.compile_ptx(k.off4, (int32,) * 7, device=True, cc=(9, 0))
 muls = re.findall(r"\bmul\.(?:lo|wide)\.[su](?:32|64)\b|\bmad\.(?:lo|wide)\.[su](?:32|64)\b", ptx)
@@ -83,12 +90,17 @@ KERNEL_NAMES = list(decl.KERNELS)      # every declared kernel has a Numba twin
 PRODUCTION_MENU = config.CUDA_TILE_MENU_GPU
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16",
+                                   "bfloat16:float32", "float16:float32"])
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
     """Every kernel, at every production block tile (the subprocess runs without the simulator,
-    so config holds the real menu)."""
+    so config holds the real menu), for every storage dtype and, for 16-bit storage, both
+    result dtypes ("bfloat16:float32": bfloat16 storage, float32 results)."""
     found = {key: r for key, r in ptx_report.items() if key.startswith(f"{dtype}/{name}/")}
+    if name == "fill" and ":" in dtype:
+        assert not found                     # fill has no result type
+        return
     tiled = name in kmod.TILED
     assert len(found) == (len(PRODUCTION_MENU) if tiled else 1), sorted(found)
     for key, r in found.items():
@@ -97,7 +109,15 @@ def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
         # depot would mean a per-thread array spilled to (slow, off-chip) local memory
         assert not r["local_depot"], f"{key} uses local memory"
         if name == "wgrad":
-            assert r["atomic"], f"{key}: the atomic reduction should be a global atomic add"
+            # atomics only into an accumulation-typed result (a 16-bit one is staged)
+            accum_out = dtype in ("float32", "float64") or dtype.endswith(":float32")
+            assert r["atomic"] == accum_out, f"{key}: atomic add {r['atomic']}"
+        if dtype.startswith("float16") and name not in ("fill", "penalty_reduce"):
+            if name != "wgrad_reduce":                  # (reads float32 partials only)
+                assert r["f16_widen"], f"{key}: half loads not converted by cvt.f32.f16"
+            assert r["f16_narrow"] == (dtype == "float16"), f"{key}: results rounded once"
+        if dtype.startswith("bfloat16") and name in ("fwd", "penalty"):
+            assert r["bits"], f"{key}: bfloat16 not widened through the float's bits"
         if name.startswith("penalty"):
             assert not r["atomic"], f"{key}: the penalty is summed in a fixed order, no atomics"
 
@@ -105,8 +125,9 @@ def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
 def _numba_kernels():
     """{tag: the Numba kernel} of every declared kernel (production-free: the first menu tile)."""
     dt = decl.row("float32")
-    ks = dict(kmod.kernels(dt, tuple(config.CUDA_TILE_MENU[0]), config.CUDA_BIAS_THREADS))
-    ks.update(smod.kernels(dt, config.CUDA_PENALTY_THREADS))
+    ks = dict(kmod.kernels(dt, dt.storage, tuple(config.CUDA_TILE_MENU[0]),
+                           config.CUDA_BIAS_THREADS))
+    ks.update(smod.kernels(dt, dt.storage, config.CUDA_PENALTY_THREADS))
     ks["fill"] = lmod.fill_kernel()
     return ks
 

@@ -18,7 +18,7 @@ from numba import njit
 import sharenet_fast as sf
 from _support import (BACKENDS, LAYER_NAMES, PASSES, SHAPES, UNTIED_BY_ID, UNTIED_CASES, UntiedCase,
                       layer_call, layer_reference, make_layer_inputs, rel_err)
-from sharenet_fast import dtypes, registry
+from sharenet_fast import config, dtypes, registry
 from sharenet_fast.cpu._simd import narrow, widen
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -27,6 +27,10 @@ REDUCED = [BF16, F16]
 REDUCED_IDS = ["bf16", "f16"]
 # backends with reduced kernels, by dtype
 TAKES = {dt.name: [b for b in BACKENDS if dt.name in registry.get(b).DTYPES] for dt in REDUCED}
+# Numba CUDA on the simulator (every CUDA thread a Python thread): the main table runs the
+# cheapest case of each kernel signature (conftest.py); the relations below run one small case
+SIMULATED = {"numba-cuda"} if config.CUDASIM else set()
+SMALL = UNTIED_BY_ID["same_dilated"]
 # conv2d over the shared-conv shapes; the untied layers over their cases (tile = (1, 1): conv2d
 # ignores it)
 CASES = ([("conv2d", UntiedCase(c, (1, 1))) for c in SHAPES]
@@ -41,126 +45,135 @@ def _inputs(layer, uc, dtype, seed=0):
     return type(d)(*(a.astype(dtype) for a in d))
 
 
-def _backends(dtype):
-    got = TAKES[np.dtype(dtype).name]
-    if not got:
-        pytest.skip(f"no available backend takes {np.dtype(dtype).name}")
-    return got
+def _takes(backend, dtype):
+    if backend not in TAKES[np.dtype(dtype).name]:
+        pytest.skip(f"{backend} has no {np.dtype(dtype).name} kernels")
 
 
+def _case(backend, uc):
+    """`uc`, or on the simulator a small case."""
+    return SMALL if backend in SIMULATED else uc
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pass_", PASSES)
-@pytest.mark.parametrize("layer_uc", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("layer,uc", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", REDUCED, ids=REDUCED_IDS)
-def test_reduced_matches_oracle(dtype, layer_uc, pass_):
-    layer, uc = layer_uc
+def test_reduced_matches_oracle(dtype, layer, uc, pass_, backend):
+    _takes(backend, dtype)
     d = _inputs(layer, uc, dtype)
     originals = [a.copy() for a in d]
     expected = layer_reference(layer, pass_, d, uc.case.kw)
     row = dtypes.lookup(dtype)
-    for backend in _backends(dtype):
-        wide = layer_call(layer, pass_, backend, d, uc.case.kw, out_dtype=np.float32)
-        out = layer_call(layer, pass_, backend, d, uc.case.kw)
-        what = f"{backend} {layer} {pass_} {uc.id} {row.name}"
-        for a, orig in zip(d, originals):
-            np.testing.assert_array_equal(a, orig, err_msg=f"{what}: an input was modified")
-        assert wide.dtype == np.float32 and out.dtype == dtype, what
-        assert wide.shape == out.shape == expected.shape, what
-        err32 = rel_err(wide, expected)
-        assert err32 <= row.out_tol, f"{what} float32 result: rel err {err32:.3g}"
-        if backend != "reference":   # (the oracle rounds its float64 sums once, not twice)
-            # the stored result is the float32 result rounded to nearest even, bit for bit
-            np.testing.assert_array_equal(out.view(np.uint16),
-                                          wide.astype(dtype).view(np.uint16),
-                                          err_msg=f"{what}: not the float32 result rounded")
-        err = rel_err(out, expected)
-        assert err <= row.tol, f"{what}: rel err {err:.3g} > {row.tol:g}"
+    wide = layer_call(layer, pass_, backend, d, uc.case.kw, out_dtype=np.float32)
+    out = layer_call(layer, pass_, backend, d, uc.case.kw)
+    what = f"{backend} {layer} {pass_} {uc.id} {row.name}"
+    for a, orig in zip(d, originals):
+        np.testing.assert_array_equal(a, orig, err_msg=f"{what}: an input was modified")
+    assert wide.dtype == np.float32 and out.dtype == dtype, what
+    assert wide.shape == out.shape == expected.shape, what
+    err32 = rel_err(wide, expected)
+    assert err32 <= row.out_tol, f"{what} float32 result: rel err {err32:.3g}"
+    if backend != "reference":   # (the oracle rounds its float64 sums once, not twice)
+        # the stored result is the float32 result rounded to nearest even, bit for bit
+        np.testing.assert_array_equal(out.view(np.uint16),
+                                      wide.astype(dtype).view(np.uint16),
+                                      err_msg=f"{what}: not the float32 result rounded")
+    err = rel_err(out, expected)
+    assert err <= row.tol, f"{what}: rel err {err:.3g} > {row.tol:g}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layer", ["conv2d", *LAYER_NAMES])
 @pytest.mark.parametrize("dtype", REDUCED, ids=REDUCED_IDS)
-def test_full_backward_fused_pass(dtype, layer):
+def test_full_backward_fused_pass(dtype, layer, backend):
     """All three gradients in one call (local2d: the fused input+weight pass) equal the passes
     one at a time, in both result dtypes."""
-    uc = UNTIED_BY_ID["batch13"]
+    _takes(backend, dtype)
+    uc = _case(backend, UNTIED_BY_ID["batch13"])
     d = _inputs(layer, uc, dtype, seed=2)
     bwd = getattr(sf, layer + "_backward")
-    for backend in _backends(dtype):
-        for out_dtype in (None, np.float32):
-            g = bwd(d.dy, d.x, d.w, backend=backend, out_dtype=out_dtype, **uc.case.kw)
-            for pass_, got in zip(PASSES[1:], g):
-                one = layer_call(layer, pass_, backend, d, uc.case.kw, out_dtype=out_dtype)
-                assert got.dtype == one.dtype == (out_dtype or dtype)
-                np.testing.assert_array_equal(got, one, err_msg=f"{backend} {layer} {pass_}")
+    for out_dtype in (None, np.float32):
+        g = bwd(d.dy, d.x, d.w, backend=backend, out_dtype=out_dtype, **uc.case.kw)
+        for pass_, got in zip(PASSES[1:], g):
+            one = layer_call(layer, pass_, backend, d, uc.case.kw, out_dtype=out_dtype)
+            assert got.dtype == one.dtype == (out_dtype or dtype)
+            np.testing.assert_array_equal(got, one, err_msg=f"{backend} {layer} {pass_}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layer", ["conv2d", *LAYER_NAMES])
 @pytest.mark.parametrize("dtype", REDUCED, ids=REDUCED_IDS)
-def test_master_gradient_buffers(dtype, layer, rng):
+def test_master_gradient_buffers(dtype, layer, backend, rng):
     """grad_weight / grad_bias in float32 for reduced weights (master weights): added into in
     float32, no rounding; in the storage dtype: the float32 sum rounded once."""
-    uc = UNTIED_BY_ID["alexnet_s4_k11"]
+    _takes(backend, dtype)
+    uc = _case(backend, UNTIED_BY_ID["alexnet_s4_k11"])
     d = _inputs(layer, uc, dtype, seed=3)
     bwd = getattr(sf, layer + "_backward")
     refs = {p: layer_reference(layer, p, d, uc.case.kw) for p in ("weight", "bias")}
-    for backend in _backends(dtype):
-        gw = rng.uniform(-1, 1, d.w.shape).astype(np.float32)
-        gb = rng.uniform(-1, 1, d.b.shape).astype(np.float32)
-        gw0, gb0 = gw.copy(), gb.copy()
-        got = bwd(d.dy, d.x, d.w, needs=("weight", "bias"), grad_weight=gw, grad_bias=gb,
-                  backend=backend, **uc.case.kw)
-        assert got.weight is gw and got.bias is gb
-        for name, buf, buf0 in (("weight", gw, gw0), ("bias", gb, gb0)):
-            expected = buf0.astype(np.float64) + refs[name]
-            assert rel_err(buf, expected) <= 1e-5, f"{backend} {layer} float32 {name}"
-        # reduced buffers: one rounding of the float32 sum
-        rw = gw0.astype(dtype)
-        got = bwd(d.dy, d.x, d.w, needs=("weight",), grad_weight=rw, backend=backend,
-                  **uc.case.kw)
-        assert got.weight is rw
-        expected = (gw0.astype(dtype).astype(np.float64) + refs["weight"])
-        row = dtypes.lookup(dtype)
-        assert rel_err(rw, expected) <= row.tol, f"{backend} {layer} {row.name} weight"
+    gw = rng.uniform(-1, 1, d.w.shape).astype(np.float32)
+    gb = rng.uniform(-1, 1, d.b.shape).astype(np.float32)
+    gw0, gb0 = gw.copy(), gb.copy()
+    got = bwd(d.dy, d.x, d.w, needs=("weight", "bias"), grad_weight=gw, grad_bias=gb,
+              backend=backend, **uc.case.kw)
+    assert got.weight is gw and got.bias is gb
+    for name, buf, buf0 in (("weight", gw, gw0), ("bias", gb, gb0)):
+        expected = buf0.astype(np.float64) + refs[name]
+        assert rel_err(buf, expected) <= 1e-5, f"{backend} {layer} float32 {name}"
+    # reduced buffers: one rounding of the float32 sum
+    rw = gw0.astype(dtype)
+    got = bwd(d.dy, d.x, d.w, needs=("weight",), grad_weight=rw, backend=backend,
+              **uc.case.kw)
+    assert got.weight is rw
+    expected = (gw0.astype(dtype).astype(np.float64) + refs["weight"])
+    row = dtypes.lookup(dtype)
+    assert rel_err(rw, expected) <= row.tol, f"{backend} {layer} {row.name} weight"
 
 
-@pytest.mark.parametrize("grads", ["storage", "master", "none"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grads", ["storage", "master", "mixed", "none"])
 @pytest.mark.parametrize("dtype", REDUCED, ids=REDUCED_IDS)
-def test_penalty_reduced(dtype, grads, rng):
-    n = 70001        # several chunks and a ragged tail
+def test_penalty_reduced(dtype, grads, backend, rng):
+    _takes(backend, dtype)
+    n = 70001 if backend not in SIMULATED else 3001     # several chunks and a ragged tail
     a = rng.standard_normal(n).astype(dtype)
     b = (a.astype(np.float32) + rng.standard_normal(n).astype(np.float32) * 0.1).astype(dtype)
     strength = 0.37
     d = a.astype(np.float64) - b.astype(np.float64)
     want = 0.5 * strength * np.sum(d * d)
-    gdt = {"storage": dtype, "master": np.float32, "none": None}[grads]
+    # (grad_a, grad_b) dtypes; "mixed": a float32 master gradient beside a 16-bit one
+    gdts = {"storage": (dtype, dtype), "master": (np.float32, np.float32),
+            "mixed": (dtype, np.float32), "none": None}[grads]
     row = dtypes.lookup(dtype)
-    for backend in _backends(dtype):
-        ga = gb = None
-        if gdt is not None:
-            ga0 = rng.standard_normal(n).astype(gdt)
-            gb0 = rng.standard_normal(n).astype(gdt)
-            ga, gb = ga0.copy(), gb0.copy()
-        p = sf.soft_sharing_penalty(a, b, strength, grad_a=ga, grad_b=gb, backend=backend)
-        assert abs(p - want) <= 1e-9 * want, f"{backend}: penalty {p} != {want}"
-        if gdt is None:
-            continue
+    ga = gb = None
+    if gdts is not None:
+        ga0 = rng.standard_normal(n).astype(gdts[0])
+        gb0 = rng.standard_normal(n).astype(gdts[1])
+        ga, gb = ga0.copy(), gb0.copy()
+    p = sf.soft_sharing_penalty(a, b, strength, grad_a=ga, grad_b=gb, backend=backend)
+    assert abs(p - want) <= 1e-9 * want, f"{backend}: penalty {p} != {want}"
+    if gdts is None:
+        return
+    for buf, buf0, sign, gdt in ((ga, ga0, 1, gdts[0]), (gb, gb0, -1, gdts[1])):
         tol = 1e-6 if gdt == np.float32 else row.tol
-        for buf, buf0, sign in ((ga, ga0, 1), (gb, gb0, -1)):
-            expected = buf0.astype(np.float64) + sign * strength * d
-            assert buf.dtype == gdt
-            assert rel_err(buf, expected) <= tol, f"{backend} {grads}"
+        expected = buf0.astype(np.float64) + sign * strength * d
+        assert buf.dtype == gdt
+        assert rel_err(buf, expected) <= tol, f"{backend} {grads}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layer", ["conv2d", *LAYER_NAMES])
-def test_reduced_non_contiguous_inputs(layer):
-    uc = UNTIED_BY_ID["pad1_3x3"]
+def test_reduced_non_contiguous_inputs(layer, backend):
+    _takes(backend, BF16)
+    uc = _case(backend, UNTIED_BY_ID["pad1_3x3"])
     d = _inputs(layer, uc, BF16, seed=5)
     f = getattr(sf, layer)
     x = np.asfortranarray(d.x)
     w = np.swapaxes(np.swapaxes(d.w, -1, -2).copy(), -1, -2)    # same values, strided
     assert not x.flags.c_contiguous and not w.flags.c_contiguous
-    for backend in _backends(BF16):
-        np.testing.assert_array_equal(f(x, w, d.b, backend=backend, **uc.case.kw),
-                                      f(d.x, d.w, d.b, backend=backend, **uc.case.kw))
+    np.testing.assert_array_equal(f(x, w, d.b, backend=backend, **uc.case.kw),
+                                  f(d.x, d.w, d.b, backend=backend, **uc.case.kw))
 
 
 # ------------------------------------------------------------- the conversions themselves

@@ -375,6 +375,21 @@ def test_autocast_keeps_reduced_precision(op, dtype):
     assert w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
 
 
+def test_autocast_rule_keeps_the_autocast_dtype_on_both_devices():
+    """The rule's dtype is the region's autocast dtype on the CPU and on CUDA alike (every
+    backend has 16-bit kernels); another autocast dtype (float64, say) computes in float32."""
+    from sharenet_fast.torch import _ops
+
+    for device in ("cpu", "cuda"):
+        before = torch.get_autocast_dtype(device)
+        try:
+            for dtype in (torch.bfloat16, torch.float16):
+                torch.set_autocast_dtype(device, dtype)
+                assert _ops._autocast_dtype(device) == dtype, device
+        finally:
+            torch.set_autocast_dtype(device, before)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("op", LAYERS)
 def test_reduced_precision_tensors(op, dtype):

@@ -4,8 +4,9 @@ launched with the host logic shared with the Numba CUDA backend (sharenet_fast/_
 Host functions follow the op table (optable.py; _gpu_host.layer_ops on this backend's DEV). They
 take CuPy arrays and return CuPy arrays (the API copies NumPy arrays in and out once per call
 through to_device / to_host; Numba device arrays are refused: KINDS); the kernels run on CuPy's
-current stream. Status: compiled by NVRTC (tests/test_cupy_backend.py) and run by a g++
-emulation (tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
+current stream. float32, float64, bfloat16 and float16 (CuPy's bfloat16 is ml_dtypes', as
+NumPy's). Status: compiled by NVRTC (tests/test_cupy_backend.py) and run by a g++ emulation
+(tests/test_cupy_emulated.py) without a GPU; not yet run on a GPU.
 """
 from .. import _gpu_host as host
 from .. import config, dtypes

@@ -14,11 +14,13 @@ except ImportError as exc:     # reported by the registry as this backend's reas
 
 from .. import _gpu_host, config, dtypes
 from ..optable import LAYERS
+from ._convert import held
 from .conv2d import DEV
 
 KINDS = ("numba", "cupy", "numpy")
-# float32 and float64 kernels only so far: a reduced-precision array is a TypeError (api.py)
-DTYPES = dtypes.FULL
+# bfloat16 / float16 storage accumulates in float32; Numba holds bfloat16 as its uint16 bits
+# (numba_cuda/_convert.py): to_device / to_host / copy_into move those bits
+DTYPES = dtypes.NAMES
 
 
 def unavailable():
@@ -37,15 +39,16 @@ def unavailable():
 
 
 def to_device(a):
-    return cuda.to_device(a)
+    return cuda.to_device(a.view(held(a.dtype)))
 
 
 def to_host(d):
-    return d.copy_to_host()
+    h = d.copy_to_host()
+    return h.view(dtypes.BFLOAT16) if h.dtype == held(dtypes.BFLOAT16) else h
 
 
 def copy_into(d, out):
-    d.copy_to_host(out)
+    d.copy_to_host(out.view(held(out.dtype)))
 
 
 conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad = \

@@ -16,21 +16,22 @@ from .. import config
 from .. import _gpu_host as host
 from .. import _gpu_kernels as decl
 from .._device import flat, kind  # noqa: F401 - flat: the 1-D views the kernels take
+from ._convert import held
 
 
-def numba_type(ty, dt):
-    """The Numba type of a declared argument type ("const T*", "i64", ...) for DType dt: a
-    pointer is a 1-D C-contiguous array."""
+def numba_type(ty, dt, out=None):
+    """The Numba type of a declared argument type ("const T*", "i64", ...) for DType dt and
+    result dtype `out`: a pointer is a 1-D C-contiguous array; bfloat16 is held as uint16."""
     from numba import from_dtype
 
     base, pointer, _ = decl.split(ty)
-    t = from_dtype(decl.element(base, dt))
+    t = from_dtype(held(decl.element(base, dt, out)))
     return t[::1] if pointer else t
 
 
-def signature(tag, dt):
+def signature(tag, dt, out=None):
     """The argument types of kernel `tag` as _gpu_host passes them (_gpu_kernels.pack)."""
-    return tuple(numba_type(ty, dt) for _, ty in decl.KERNELS[tag].args)
+    return tuple(numba_type(ty, dt, out) for _, ty in decl.KERNELS[tag].args)
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,11 +52,13 @@ def compile_ptx(dtype, cc=(9, 0)):
 
 
 def device_empty(like, shape, dtype):
+    """A new array of `shape` and `dtype` of like's kind: CuPy, or a Numba device array
+    (bfloat16 as its uint16 view: `held`)."""
     if kind(like) == "cupy":
         import cupy
 
         return cupy.empty(shape, dtype=dtype)
-    return cuda.device_array(shape, dtype=dtype)
+    return cuda.device_array(shape, dtype=held(dtype))
 
 
 def device_zeros(like, shape, dtype):
@@ -65,8 +68,10 @@ def device_zeros(like, shape, dtype):
         return cupy.zeros(shape, dtype=dtype)
     a = device_empty(like, shape, dtype)
     if a.size:
+        args = decl.pack("fill", decl.row(dtype), dict(a=flat(a), value=0, size=a.size))
+        # the value as the array holds it (a uint16 zero for bfloat16: the same bits)
         launch(fill_kernel(), *host.elementwise_grid(a.size), stream_for(like),
-               *decl.pack("fill", decl.row(dtype), dict(a=flat(a), value=0, size=a.size)))
+               args[0], a.dtype.type(0), args[2])
     return a
 
 
@@ -123,7 +128,7 @@ def _arg(a):
     default on importing a CUDA array interface (a host stall per argument per launch): our
     launches run on CuPy's current stream (stream_for), so they are ordered after its work."""
     if kind(a) == "cupy":
-        return cuda.as_cuda_array(a, sync=False)
+        return cuda.as_cuda_array(a.view(held(a.dtype)), sync=False)
     return a
 
 

@@ -32,8 +32,9 @@ from numba import cuda  # a module global: the simulator swaps it inside kernels
 from .. import _gpu_host as host
 from .. import config
 from .._device import kind
-from .._gpu_kernels import row
+from .._gpu_kernels import out_of, row
 from . import sharing
+from ._convert import converters, held
 from ._launch import device_empty, device_zeros, flat, launch, signature, stream_for
 
 TAGS = ("fwd", "wgrad", "dgrad", "wgrad_reduce", "bgrad")     # the kernels built here
@@ -55,12 +56,22 @@ def _device_helpers():
             cuda.jit(host.class_extent, device=True, inline=True))
 
 
+@cuda.jit(device=True, inline=True)
+def _atomic_add(out, o, v):
+    cuda.atomic.add(out, o, v)
+
+
+@cuda.jit(device=True, inline=True)
+def _no_atomic(out, o, v):
+    pass
+
+
 # --------------------------------------------------------------------------------- kernels
 @functools.lru_cache(maxsize=None)
-def kernels(dt, tiles, bias_threads):
-    """{tag: kernel} for one dtypes.DType row (storage and accumulation dtype), block tile
-    (BM, BN, BK, TM, TN) and bias-gradient block size (the size of its shared reduction
-    buffer)."""
+def kernels(dt, out, tiles, bias_threads):
+    """{tag: kernel} for one dtypes.DType row (storage and accumulation dtype), result dtype
+    `out` (O: the storage dtype, or for 16-bit storage float32), block tile (BM, BN, BK, TM,
+    TN) and bias-gradient block size (the size of its shared reduction buffer)."""
     from numba import from_dtype, int64
 
     BM, BN, BK, TM, TN = tiles
@@ -71,8 +82,13 @@ def kernels(dt, tiles, bias_threads):
     BM1 = BM + 1                       # padded A-tile row (a constant: shared array shapes are)
     LA = -(-BM * BK // NTH)            # A-tile elements each thread loads
     LB = -(-BK * BN // NTH)            # B-tile elements each thread loads
-    ft = from_dtype(dt.storage)        # what arrays and shared-memory tiles hold
+    ft = from_dtype(held(dt.storage))  # what arrays and shared-memory tiles hold
     at = from_dtype(dt.accum)          # what accumulators, fragments and partials hold
+    # T -> A where elements enter the arithmetic; results rounded to O once, where stored
+    widen, widen_out, narrow_out = converters(dt, out)
+    # atomics only into A-typed results (the host stages a 16-bit one through float32): the
+    # other build gets a no-op, so no 16-bit atomic is ever compiled
+    atomic_add = _atomic_add if np.dtype(out) == dt.accum else _no_atomic
     off4_d, extent_d = _device_helpers()
     # Thread (tm, tn) owns rows tm + i*MT and columns tn + j*NT: neighbouring threads read
     # neighbouring shared-memory words (no bank conflicts) and write neighbouring columns of
@@ -92,9 +108,9 @@ def kernels(dt, tiles, bias_threads):
         # B[:, cols], TM + TN shared loads per TM*TN FMAs
         for kk in range(BK):
             for i in range(TM):
-                a[i] = As[kk, tm + i * MT]
+                a[i] = widen(As[kk, tm + i * MT])
             for j in range(TN):
-                b[j] = Bs[kk, tn + j * NT]
+                b[j] = widen(Bs[kk, tn + j * NT])
             for i in range(TM):
                 for j in range(TN):
                     acc[i, j] += a[i] * b[j]
@@ -180,8 +196,8 @@ def kernels(dt, tiles, bias_threads):
                     if k < K:
                         v = acc[ii, j]
                         if has_bias:
-                            v += bias[wbase + k]
-                        y[off4_d(n, k, p, q, K, P, Q)] = v
+                            v += widen(bias[wbase + k])
+                        y[off4_d(n, k, p, q, K, P, Q)] = narrow_out(v)
 
     @cuda.jit(fastmath=False)
     def conv2d_wgrad_kernel(dy, x, out, ws, N, C, H, W, K, P, Q, R, S, TP, TQ, sh, sw, ph, pw,
@@ -268,9 +284,9 @@ def kernels(dt, tiles, bias_threads):
                     if red < CRS:
                         o = (bank + k) * CRS + red
                         if mode == 0:
-                            out[o] += acc[i, j]
+                            out[o] = narrow_out(widen_out(out[o]) + acc[i, j])
                         elif mode == 1:
-                            cuda.atomic.add(out, o, ft(acc[i, j]))
+                            atomic_add(out, o, acc[i, j])
                         else:
                             ws[int64(ch) * (int64(TP * TQ) * K * CRS) + o] = acc[i, j]
 
@@ -367,7 +383,7 @@ def kernels(dt, tiles, bias_threads):
                 for i in range(TM):
                     c = c0 + tm + i * MT
                     if c < C:
-                        dx[off4_d(n, c, h, ww, C, H, W)] = acc[i, j]
+                        dx[off4_d(n, c, h, ww, C, H, W)] = narrow_out(acc[i, j])
 
     @cuda.jit(fastmath=False)
     def conv2d_wgrad_reduce_kernel(ws, out, nchunks, size):
@@ -379,7 +395,7 @@ def kernels(dt, tiles, bias_threads):
             s = at(0)
             for ch in range(nchunks):
                 s += ws[int64(ch) * size + e]
-            out[e] += s
+            out[e] = narrow_out(widen_out(out[e]) + s)
 
     NB = bias_threads
 
@@ -400,7 +416,7 @@ def kernels(dt, tiles, bias_threads):
             n = col // (Pc * Qc)
             rem = col - n * (Pc * Qc)
             i = rem // Qc
-            s += dy[off4_d(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]
+            s += widen(dy[off4_d(n, k, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)])
         buf = cuda.shared.array(NB, at)
         buf[t] = s
         cuda.syncthreads()
@@ -411,36 +427,41 @@ def kernels(dt, tiles, bias_threads):
             cuda.syncthreads()
             half //= 2
         if t == 0:
-            out[int64(cls) * K + k] += buf[0]
+            o = int64(cls) * K + k
+            out[o] = narrow_out(widen_out(out[o]) + buf[0])
 
     return dict(fwd=conv2d_fwd_kernel, wgrad=conv2d_wgrad_kernel,
                 dgrad=conv2d_dgrad_kernel, wgrad_reduce=conv2d_wgrad_reduce_kernel,
                 bgrad=conv2d_bgrad_kernel)
 
 
-def signatures(dtype):
+def signatures(dtype, out=None):
     """{kernel tag: argument types} as _gpu_host passes them (from the declaration,
-    _gpu_kernels.KERNELS): what tests compile to PTX without a GPU (compile_ptx)."""
+    _gpu_kernels.KERNELS) for result dtype `out` (default: the storage dtype): what tests
+    compile to PTX without a GPU (compile_ptx)."""
     dt = row(dtype)
-    return {tag: signature(tag, dt) for tag in TAGS}
+    return {tag: signature(tag, dt, out) for tag in TAGS}
 
 
-def compile_ptx(dtype, cc=(9, 0)):
-    """{(kernel, tiles): PTX} for every kernel at every tile of the menu; needs NVVM, not a
-    GPU. The tile-independent kernels (wgrad_reduce, bgrad) are compiled once."""
+def compile_ptx(dtype, cc=(9, 0), out=None):
+    """{(kernel, tiles): PTX} for every kernel at every tile of the menu, result dtype `out`
+    (default: the storage dtype); needs NVVM, not a GPU. The tile-independent kernels
+    (wgrad_reduce, bgrad) are compiled once."""
     dt = row(dtype)
-    out = {}
+    out = dt.storage if out is None else np.dtype(out)
+    ptx = {}
     for tiles in config.CUDA_TILE_MENU:
-        ks = kernels(dt, tuple(tiles), config.CUDA_BIAS_THREADS)
-        for tag, sig in signatures(dt).items():
+        ks = kernels(dt, out, tuple(tiles), config.CUDA_BIAS_THREADS)
+        for tag, sig in signatures(dt, out).items():
             if tag in TILED or tiles == config.CUDA_TILE_MENU[0]:
-                out[tag, tuple(tiles)] = cuda.compile_ptx(ks[tag].py_func, sig, cc=cc)[0]
-    return out
+                ptx[tag, tuple(tiles)] = cuda.compile_ptx(ks[tag].py_func, sig, cc=cc)[0]
+    return ptx
 
 
 def _kernels_for(a, tiles=None):
     tiles = tuple(config.CUDA_TILE_MENU[0]) if tiles is None else tiles
-    return kernels(row(a.dtype), tiles, config.CUDA_BIAS_THREADS)
+    dt = row(a.dtype)
+    return kernels(dt, dt.storage, tiles, config.CUDA_BIAS_THREADS)
 
 
 class _NumbaDevice:
@@ -461,10 +482,12 @@ class _NumbaDevice:
 
     @staticmethod
     def launch(tag, dt, tiles, grid, threads, like, args, ksize=None):
+        out = out_of(tag, dt, args)
         if tag in TAGS:
-            ks = kernels(dt, tuple(tiles or config.CUDA_TILE_MENU[0]), config.CUDA_BIAS_THREADS)
+            ks = kernels(dt, out, tuple(tiles or config.CUDA_TILE_MENU[0]),
+                         config.CUDA_BIAS_THREADS)
         else:
-            ks = sharing.kernels(dt, config.CUDA_PENALTY_THREADS)
+            ks = sharing.kernels(dt, out, config.CUDA_PENALTY_THREADS)
         launch(ks[tag], grid, threads, stream_for(like), *args)
 
 

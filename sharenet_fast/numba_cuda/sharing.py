@@ -11,24 +11,28 @@ strength/2. No atomics anywhere: the penalty has the same bits on every run.
 """
 import functools
 
+import numpy as np
+
 from numba import cuda  # a module global: the simulator swaps it inside kernels
 
 from .. import config
 from .._gpu_kernels import row
+from ._convert import converters
 from ._launch import signature
 
 TAGS = ("penalty", "penalty_reduce")
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(dt, nt):
-    """{"penalty", "penalty_reduce"} for one dtypes.DType row and block size nt (a power of
-    two)."""
-    from numba import float64, from_dtype, int64
+def kernels(dt, out, nt):
+    """{"penalty", "penalty_reduce"} for one dtypes.DType row, gradient dtype `out` (O: the
+    storage dtype, or float32 master gradients of 16-bit storage) and block size nt (a power
+    of two)."""
+    from numba import float64, int64
 
     if nt & (nt - 1):
         raise ValueError(f"penalty block size must be a power of two, got {nt}")
-    at = from_dtype(dt.accum)
+    widen, widen_out, narrow_out = converters(dt, out)
 
     @cuda.jit(device=True, inline=True)
     def tree(buf, t):
@@ -47,12 +51,12 @@ def kernels(dt, nt):
         step = int64(cuda.gridDim.x) * nt
         s = float64(0)
         for i in range(int64(cuda.blockIdx.x) * nt + t, n, step):
-            d = at(a[i]) - at(b[i])
+            d = widen(a[i]) - widen(b[i])
             s += float64(d) * float64(d)
             if has_a:
-                grad_a[i] += strength * d
+                grad_a[i] = narrow_out(widen_out(grad_a[i]) + strength * d)
             if has_b:
-                grad_b[i] -= strength * d
+                grad_b[i] = narrow_out(widen_out(grad_b[i]) - strength * d)
         buf = cuda.shared.array(nt, float64)
         buf[t] = s
         tree(buf, t)
@@ -74,16 +78,18 @@ def kernels(dt, nt):
     return dict(penalty=soft_sharing_penalty_kernel, penalty_reduce=soft_sharing_reduce_kernel)
 
 
-def signatures(dtype):
+def signatures(dtype, out=None):
     """{kernel tag: argument types} as _gpu_host passes them (from the declaration,
     _gpu_kernels.KERNELS), for PTX compilation without a GPU."""
     dt = row(dtype)
-    return {tag: signature(tag, dt) for tag in TAGS}
+    return {tag: signature(tag, dt, out) for tag in TAGS}
 
 
-def compile_ptx(dtype, cc=(9, 0)):
-    """{kernel tag: PTX} of both kernels at the configured block size; needs NVVM, not a GPU."""
+def compile_ptx(dtype, cc=(9, 0), out=None):
+    """{kernel tag: PTX} of both kernels at the configured block size and gradient dtype
+    `out` (default: the storage dtype); needs NVVM, not a GPU."""
     dt = row(dtype)
-    ks = kernels(dt, config.CUDA_PENALTY_THREADS)
+    out = dt.storage if out is None else np.dtype(out)
+    ks = kernels(dt, out, config.CUDA_PENALTY_THREADS)
     return {tag: cuda.compile_ptx(ks[tag].py_func, sig, cc=cc)[0]
-            for tag, sig in signatures(dt).items()}
+            for tag, sig in signatures(dt, out).items()}

@@ -17,10 +17,9 @@ penalty:
 Every operator has a fake kernel (shapes only, for torch.compile and meta tensors); the forward
 operators and the penalty have autograd by `torch.library.register_autograd`, whose backward
 calls the backward operator with `needs` from `ctx.needs_input_grad` (so one fused pass computes
-exactly the gradients autograd wants), and autocast rules: under torch.autocast on the CPU the
-floating inputs are cast to the autocast dtype (bfloat16 or float16: the CPU kernels store it
-and sum in float32), so a model stays in reduced precision through our layers; on CUDA to
-float32 (the GPU kernels have no reduced-precision storage yet).
+exactly the gradients autograd wants), and autocast rules: under torch.autocast (CPU or CUDA)
+the floating inputs are cast to the autocast dtype (bfloat16 or float16: every backend's
+kernels store it and sum in float32), so a model stays in reduced precision through our layers.
 
 dtypes: float32, float64, bfloat16 and float16 tensors (DESIGN.md, Precision); bfloat16 crosses
 to NumPy as ml_dtypes.bfloat16 through its bits, with no copy.
@@ -67,18 +66,14 @@ def _same_device(**tensors):
         raise TypeError(f"tensors of one call must be on one device, not mixed: {listing}")
 
 
-def _check(autocast=False, **tensors):
+def _check(**tensors):
     """dtype and device of every given tensor, before anything is converted: a TypeError naming
     the argument (the NumPy API checks everything else, before any kernel runs). Returns the
-    device type ("cpu" or "cuda"). autocast: a reduced-precision float is let through where
-    torch.autocast is on for its device (the autocast rule casts it to float32 next)."""
+    device type ("cpu" or "cuda")."""
     given = {k: t for k, t in tensors.items() if t is not None}
     for name, t in given.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if (autocast and t.dtype in REDUCED and t.device.type == "cuda"
-                and torch.is_autocast_enabled("cuda")):
-            continue           # the autocast rule casts it to float32 next
         if t.dtype not in FLOATS:
             raise TypeError(f"{name} must be {_WORDS}, got {t.dtype}")
     _same_device(**given)
@@ -99,7 +94,7 @@ def _check_args(**tensors):
     tracing, where the fake kernels check what they can."""
     if torch.compiler.is_compiling():
         return
-    _check(autocast=True, **tensors)
+    _check(**tensors)
 
 
 def _array(t, writable=False):
@@ -134,11 +129,11 @@ _AUTOCAST_LIB = torch.library.Library(NS, "FRAGMENT")
 
 
 def _autocast_dtype(device_type):
-    """The dtype our operators compute in under torch.autocast: the autocast dtype on the CPU
-    (bfloat16 or float16: reduced storage, float32 sums), float32 on CUDA (no reduced GPU
-    kernels yet) or wherever the autocast dtype is another one."""
+    """The dtype our operators compute in under torch.autocast: the autocast dtype (bfloat16
+    or float16: reduced storage, float32 sums, on the CPU and GPU kernels alike), float32
+    wherever the autocast dtype is another one."""
     dtype = torch.get_autocast_dtype(device_type)
-    return dtype if device_type == "cpu" and dtype in REDUCED else torch.float32
+    return dtype if dtype in REDUCED else torch.float32
 
 
 def _register_autocast(opname):
