@@ -122,6 +122,43 @@ def test_soft_sharing_penalty_at_real_size(backend):
     assert float(again) == float(sf.soft_sharing_penalty(ad, bd, 0.25, backend=backend))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("layer", list(LAYER_FN))
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_reduced_storage_at_real_size(backend, layer, dtype):
+    """16-bit storage at alexnet_conv1's real size (batch 2), NumPy and CuPy arrays: every pass
+    within the dtype's bound of the float64 oracle on the rounded inputs, the float32 result
+    (out_dtype=) within float32's, the stored result that float32 result rounded once, and a
+    float32 master gradient added into in float32."""
+    from sharenet_fast import dtypes
+
+    dt = dtypes.DTYPES[dtype]
+    shape = SUITE["alexnet_conv1"].with_batch(2)
+    g, x, w, b, dy = (a if isinstance(a, sf.ConvGeometry) else a.astype(dt.storage)
+                      for a in _inputs(layer, shape, np.float32, seed=36))
+    kw = dict(stride=shape.stride, padding=shape.padding)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    fwd, bwd = getattr(sf, layer), getattr(sf, layer + "_backward")
+    want = (getattr(reference, layer)(*f64[:3], **kw),
+            *getattr(reference, layer + "_backward")(f64[3], *f64[:2], **kw))
+    got = (fwd(x, w, b, backend=backend, **kw), *bwd(dy, x, w, backend=backend, **kw))
+    wide = (fwd(x, w, b, backend=backend, out_dtype=np.float32, **kw),
+            *bwd(dy, x, w, backend=backend, out_dtype=np.float32, **kw))
+    for what, out, out32, ref in zip(("forward", "input", "weight", "bias"), got, wide, want):
+        assert out.dtype == dt.storage and out32.dtype == np.float32, what
+        assert dtypes.rel_err(out32, ref) <= dt.out_tol, f"{what} float32 result"
+        assert dtypes.rel_err(out, ref) <= dt.tol, what
+        np.testing.assert_array_equal(out.view(np.uint16), out32.astype(dt.storage).view(np.uint16),
+                                      err_msg=f"{what}: not the float32 result rounded once")
+    master = np.ones(w.shape, np.float32)
+    bwd(dy, x, w, needs=("weight",), grad_weight=master, backend=backend, **kw)
+    assert dtypes.rel_err(master - 1, want[2]) <= 1e-4, "float32 master gradient"
+    cupy = pytest.importorskip("cupy")
+    yd = fwd(*(cupy.asarray(a) for a in (x, w, b)), backend=backend, **kw)
+    assert isinstance(yd, cupy.ndarray) and yd.dtype == dt.storage
+    np.testing.assert_array_equal(yd.get().view(np.uint16), got[0].view(np.uint16))
+
+
 def test_accumulation_dtype_is_a_separate_field_on_the_gpu():
     """numba-cuda on the GPU: a float32-storage row accumulating in float64 (a DType row, no
     new code: what bfloat16 with float32 accumulation will be) sums 2**24 + 16 exactly in every
