@@ -65,6 +65,9 @@ def test_every_instance_compiles_for_compute_90(compiled):
             assert f"cvt.f32.{f}" in text, f"{name}: 16-bit loads not widened"
             if name.startswith("conv2d_fwd_kernel"):   # the weight stream: 16-byte vectors
                 assert re.search(r"ld\.global\.nc\.v4\.(?:u32|b32)", text), name
+        if t.get("T") in ("__nv_bfloat16", "__half") and name.startswith("soft_sharing_pen"):
+            # a pair of a and of b per 32-bit load
+            assert re.search(r"ld\.global\.nc\.(?:u32|b32)", text), name
             # the result rounded once, to nearest even, where it is stored
             assert (f"cvt.rn.{f}.f32" in text) == (t["O"] == t["T"]) or t["O"] == "float", name
         if name.startswith("soft_sharing"):      # deterministic: partials, never atomics

@@ -72,16 +72,12 @@ def converters(dt, out):
     dt, out = row(dt), np.dtype(out)
     at = from_dtype(dt.accum)
 
-    def cast_to(t):
-        @cuda.jit(device=True, inline=True)
-        def cast(v):
-            return t(v)
-        return cast
-
     def convert(d):
         if d == dtypes.BFLOAT16:
             return bf16_widen, bf16_narrow
-        return cast_to(at), cast_to(from_dtype(d))
+        # a cast is the Numba type itself: callable in a kernel and on the simulator, where
+        # a device function call costs several times more (a module swap per call)
+        return at, from_dtype(d)
 
     widen, _ = convert(dt.storage)
     widen_out, narrow_out = convert(out)

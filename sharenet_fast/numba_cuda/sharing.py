@@ -1,9 +1,11 @@
 """Numba CUDA kernels of the soft-sharing penalty (host side: _gpu_host.soft_sharing_penalty;
 the CUDA C twins: kernels/sharing.cu, the same names and declared arguments).
 
-soft_sharing_penalty_kernel: a fixed grid of blocks strides over the n elements (thread t of
-block k takes k*NT + t, then steps by the whole grid: consecutive threads read consecutive
-elements, so every load and the gradient read-modify-writes are coalesced); the difference and
+soft_sharing_penalty_kernel: a fixed grid of blocks strides over the n elements in groups of E
+consecutive ones (2 for 16-bit storage: the CUDA C twin loads a pair as one 32-bit word; 1
+otherwise): thread t of block k takes group k*NT + t, then steps by the whole grid, so
+consecutive threads read consecutive elements and every load and the gradient read-modify-
+writes are coalesced; the difference and
 the gradient step are computed in the accumulation dtype, each thread keeps its sum of squares
 in float64, the block folds them in a shared-memory tree (fixed order) into partials[k].
 soft_sharing_reduce_kernel: one block sums the partials in the same fixed order and scales by
@@ -33,6 +35,7 @@ def kernels(dt, out, nt):
     if nt & (nt - 1):
         raise ValueError(f"penalty block size must be a power of two, got {nt}")
     widen, widen_out, narrow_out = converters(dt, out)
+    E = 2 if dt.storage.itemsize == 2 else 1   # elements per thread per step (sharing.cu)
 
     @cuda.jit(device=True, inline=True)
     def tree(buf, t):
@@ -48,15 +51,18 @@ def kernels(dt, out, nt):
     @cuda.jit(fastmath=False)
     def soft_sharing_penalty_kernel(a, b, strength, grad_a, grad_b, has_a, has_b, n, partials):
         t = cuda.threadIdx.x
-        step = int64(cuda.gridDim.x) * nt
+        step = int64(cuda.gridDim.x) * nt * E
         s = float64(0)
-        for i in range(int64(cuda.blockIdx.x) * nt + t, n, step):
-            d = widen(a[i]) - widen(b[i])
-            s += float64(d) * float64(d)
-            if has_a:
-                grad_a[i] = narrow_out(widen_out(grad_a[i]) + strength * d)
-            if has_b:
-                grad_b[i] = narrow_out(widen_out(grad_b[i]) - strength * d)
+        for i0 in range((int64(cuda.blockIdx.x) * nt + t) * E, n, step):
+            for e in range(E):
+                i = i0 + e
+                if i < n:
+                    d = widen(a[i]) - widen(b[i])
+                    s += float64(d) * float64(d)
+                    if has_a:
+                        grad_a[i] = narrow_out(widen_out(grad_a[i]) + strength * d)
+                    if has_b:
+                        grad_b[i] = narrow_out(widen_out(grad_b[i]) - strength * d)
         buf = cuda.shared.array(nt, float64)
         buf[t] = s
         tree(buf, t)
