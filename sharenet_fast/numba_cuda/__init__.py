@@ -14,12 +14,11 @@ except ImportError as exc:     # reported by the registry as this backend's reas
 
 from .. import _gpu_host, config, dtypes
 from ..optable import LAYERS
-from ._convert import held
 from .conv2d import DEV
 
 KINDS = ("numba", "cupy", "numpy")
-# bfloat16 / float16 storage accumulates in float32; Numba holds bfloat16 as its uint16 bits
-# (numba_cuda/_convert.py): to_device / to_host / copy_into move those bits
+# bfloat16 / float16 storage accumulates in float32; device arrays keep the bfloat16 dtype and
+# the kernels see its uint16 bits (a view at each launch: _launch._held, numba_cuda/_convert.py)
 DTYPES = dtypes.NAMES
 
 
@@ -39,16 +38,15 @@ def unavailable():
 
 
 def to_device(a):
-    return cuda.to_device(a.view(held(a.dtype)))
+    return cuda.to_device(a)
 
 
 def to_host(d):
-    h = d.copy_to_host()
-    return h.view(dtypes.BFLOAT16) if h.dtype == held(dtypes.BFLOAT16) else h
+    return d.copy_to_host()
 
 
 def copy_into(d, out):
-    d.copy_to_host(out.view(held(out.dtype)))
+    d.copy_to_host(out)
 
 
 conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad = \

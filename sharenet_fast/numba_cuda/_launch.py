@@ -52,13 +52,13 @@ def compile_ptx(dtype, cc=(9, 0)):
 
 
 def device_empty(like, shape, dtype):
-    """A new array of `shape` and `dtype` of like's kind: CuPy, or a Numba device array
-    (bfloat16 as its uint16 view: `held`)."""
+    """A new array of `shape` and `dtype` of like's kind: CuPy, or a Numba device array (a
+    bfloat16 one too: launches view it as its uint16 bits, _held)."""
     if kind(like) == "cupy":
         import cupy
 
         return cupy.empty(shape, dtype=dtype)
-    return cuda.device_array(shape, dtype=held(dtype))
+    return cuda.device_array(shape, dtype=dtype)
 
 
 def device_zeros(like, shape, dtype):
@@ -71,7 +71,7 @@ def device_zeros(like, shape, dtype):
         args = decl.pack("fill", decl.row(dtype), dict(a=flat(a), value=0, size=a.size))
         # the value as the array holds it (a uint16 zero for bfloat16: the same bits)
         launch(fill_kernel(), *host.elementwise_grid(a.size), stream_for(like),
-               args[0], a.dtype.type(0), args[2])
+               args[0], np.zeros(1, held(a.dtype))[0], args[2])
     return a
 
 
@@ -123,12 +123,20 @@ def _fix_simulator_shared_arrays():
     _sim_patched.append(original)
 
 
+def _held(a):
+    """A bfloat16 array (a CuPy one, or a Numba device array made from a bfloat16 NumPy array)
+    as the uint16 bits the kernels hold; anything else as it is."""
+    dtype = getattr(a, "dtype", None)
+    return a.view(held(dtype)) if dtype is not None and held(dtype) != dtype else a
+
+
 def _arg(a):
     """CuPy arrays become Numba views without the stream synchronisation Numba would do by
     default on importing a CUDA array interface (a host stall per argument per launch): our
     launches run on CuPy's current stream (stream_for), so they are ordered after its work."""
+    a = _held(a)
     if kind(a) == "cupy":
-        return cuda.as_cuda_array(a.view(held(a.dtype)), sync=False)
+        return cuda.as_cuda_array(a, sync=False)
     return a
 
 
@@ -144,6 +152,6 @@ def launch(kernel, grid, threads, stream, *args):
         old = sys.getswitchinterval()
         sys.setswitchinterval(1e-5)
         try:
-            kernel[grid, threads, stream](*args)
+            kernel[grid, threads, stream](*(_held(a) for a in args))
         finally:
             sys.setswitchinterval(old)
