@@ -1,4 +1,4 @@
-"""Benchmarks for sharenet_fast (see DESIGN.md, "Benchmarks").
+"""Benchmarks for sharenet_fast (see docs/design.md, "Benchmarks").
 
     python -m bench [--quick|--full] [--gpu] [--isa native|avx2] [--shapes a,b]
                     [--layers conv2d,local2d] [--json PATH]

@@ -4,7 +4,7 @@ the installed peers (torch conv2d and unfold + einsum for conv2d, unfold + einsu
 others, tf-keras LocallyConnected2D and JAX conv_general_dilated_local for local2d); local2d's
 backward into a grad_weight= buffer; and local2d's soft-sharing penalty, ours vs PyTorch eager.
 
-    pytest bench --benchmark-enable                    # full DESIGN.md shapes, timed
+    pytest bench --benchmark-enable                    # full docs/design.md shapes, timed
     pytest bench --benchmark-enable --benchmark-group-by=group
     pytest bench                                       # smoke run (pyproject: --benchmark-disable)
 

@@ -5,7 +5,7 @@ Each launcher takes the inputs once and returns a zero-argument function, so the
 (bench/harness.py, behind both python -m bench and the pytest-benchmark suite) time exactly the
 op and nothing else.
 
-Peers (DESIGN.md, PEERS below): conv2d -> torch.nn.functional.conv2d (oneDNN on the CPU, cuDNN
+Peers (docs/design.md, PEERS below): conv2d -> torch.nn.functional.conv2d (oneDNN on the CPU, cuDNN
 on a GPU) and aten.convolution_backward; every layer kind -> PyTorch unfold + einsum (the
 standard way to write an untied layer in PyTorch; for conv2d, im2col + one matmul), its backward
 run by autograd on a graph built once outside the timing; local2d on the CPU -> tf-keras
@@ -474,11 +474,8 @@ def reference(shape, layer, x, weight, bias, grad_out):
             dyt, xt, wt, [shape.K], [shape.stride] * 2, [shape.padding] * 2, [1, 1], False,
             [0, 0], 1, [True, True, True])
         return tuple(t.numpy() for t in (y, dx, dw, db))
-    oracle = spec.oracle
-    return (oracle("forward")(x, weight, bias, **kw),
-            oracle("input")(grad_out, x.shape, weight, **kw),
-            oracle("weight")(grad_out, x, weight.shape, **kw),
-            oracle("bias")(grad_out, grid(layer, geometry(shape))))
+    return tuple(spec.reference(p, x, weight, bias, grad_out, **kw)
+                 for p in ("forward", "input", "weight", "bias"))
 
 
 # -------------------------------------------------------------------------- soft sharing

@@ -4,7 +4,7 @@
                                         most 32 x 32, CPU, float32 (~83 s on 2 cores cold, ~40 s
                                         with the kernels in Numba's cache: bench/precompile.py;
                                         --dtypes float32,bfloat16: ~115 s / ~70 s)
-    python -m bench --full              the DESIGN.md suite at its own batch, float32 and
+    python -m bench --full              the docs/design.md suite at its own batch, float32 and
                                         bfloat16, plus the local2d peak memory and the
                                         first-call-after-import cost
     python -m bench --gpu [--full]      the same on the GPU (batch 8, --full: batch 64) with every

@@ -1,6 +1,6 @@
 """The benchmark suite as data: name -> ConvShape, plus inputs and geometry for a shape.
 
-Shapes are float32 and come from DESIGN.md ("Benchmarks"):
+Shapes are float32 and come from docs/design.md ("Benchmarks"):
 
     alexnet_conv1  x 8x3x227x227,   96 filters 11x11, stride 4   (the cs231n seed example)
     deepface_l4    x 8x16x63x63,    16 filters 9x9               (a real locally-connected layer)

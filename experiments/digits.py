@@ -264,9 +264,12 @@ def markdown(result):
 
 
 def plot(result, path):
-    from bench import plots
+    import matplotlib
 
-    fig, ax = plots.pyplot().subplots(figsize=(6.5, 4))
+    matplotlib.use("Agg")                 # a PNG without a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, s in result["summary"].items():
         means = [s["accuracy"][str(k)]["mean"] * 100 for k in SHIFTS]
         lo = [m - s["accuracy"][str(k)]["min"] * 100 for m, k in zip(means, SHIFTS)]
@@ -279,7 +282,10 @@ def plot(result, path):
     ax.set_title("digits: first layer with and without parameter sharing", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return plots.save(fig, path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None):

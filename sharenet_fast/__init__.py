@@ -1,6 +1,6 @@
 """sharenet_fast: fast kernels for parameter sharing in convolutional layers.
 
-See DESIGN.md for the contract. Public API:
+See docs/design.md for the contract. Public API:
     conv2d, conv2d_backward                 shared weights: one bank (K, C, R, S)
     tiled_conv2d, tiled_conv2d_backward     a TP x TQ grid of banks (TP, TQ, K, C, R, S)
     local2d, local2d_backward               one bank per output position (P, Q, K, C, R, S)

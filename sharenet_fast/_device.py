@@ -22,15 +22,17 @@ def kind(a):
     return None
 
 
-def is_c_contiguous(a):
-    if kind(a) == "numba":
+def is_c_contiguous(a, k=None):
+    """Whether `a` (of kind `k`, read from `a` when not given) is C-contiguous."""
+    if (k or kind(a)) == "numba":
         return a.is_c_contiguous()
     return a.flags.c_contiguous
 
 
-def contiguous(a):
-    """`a` itself if C-contiguous, else a contiguous copy of the same kind."""
-    k = kind(a)
+def contiguous(a, k=None):
+    """`a` (of kind `k`, read from `a` when not given) itself if C-contiguous, else a
+    contiguous copy of the same kind."""
+    k = k or kind(a)
     if k == HOST:
         return np.ascontiguousarray(a)
     if k == "cupy":
@@ -41,23 +43,6 @@ def contiguous(a):
         raise ValueError(       # refuses them up front (api._array), this is a last guard
             f"a Numba device array must be C-contiguous, got strides {a.strides}")
     return a
-
-
-def pad_end(x, extra):
-    """NCHW x with extra = (rows, cols) zero rows/columns appended (padding="same" with an odd
-    total): a new array of x's kind. Numba device arrays go through the host (no device-side
-    pad exists for them)."""
-    widths = ((0, 0), (0, 0), (0, extra[0]), (0, extra[1]))
-    k = kind(x)
-    if k == "cupy":
-        import cupy
-
-        return cupy.pad(x, widths)
-    if k == "numba":
-        from numba import cuda
-
-        return cuda.to_device(np.pad(x.copy_to_host(), widths))
-    return np.pad(x, widths)
 
 
 def flat(a):
@@ -100,10 +85,3 @@ def zero_scalar(k):
 
         return cupy.zeros((), np.float64)
     return np.float64(0.0)
-
-
-def device_id(a):
-    k = kind(a)
-    if k == "cupy":
-        return a.device.id
-    return None

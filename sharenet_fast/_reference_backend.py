@@ -14,7 +14,9 @@ DTYPES = dtypes.NAMES
 
 
 def _kw(g):
-    return dict(stride=g.stride, padding=g.padding, dilation=g.dilation)
+    # "same" when the geometry has its odd extra end row/column: the oracle resolves it again
+    padding = "same" if g.extra != (0, 0) else g.padding
+    return dict(stride=g.stride, padding=padding, dilation=g.dilation)
 
 
 def _into(result, out, dtype):
@@ -27,19 +29,20 @@ def _into(result, out, dtype):
 def _layer(spec):
     """(forward, input_grad, weight_grad, bias_grad) of one layer on its oracle."""
     def forward(x, weight, bias, g, grid, out_dtype=None):
-        return _into(spec.oracle("forward")(x, weight, bias, **_kw(g)), None,
+        return _into(spec.reference("forward", x, weight, bias, **_kw(g)), None,
                      out_dtype or x.dtype)
 
     def input_grad(dy, weight, g, grid, out_dtype=None):
-        return _into(spec.oracle("input")(dy, g.x_shape, weight, **_kw(g)), None,
+        return _into(spec.reference("input", g.x_shape, weight, None, dy, **_kw(g)), None,
                      out_dtype or dy.dtype)
 
     def weight_grad(dy, x, g, grid, out=None, deterministic=False, out_dtype=None):
-        dw = spec.oracle("weight")(dy, x, spec.weight_shape(g, grid), **_kw(g))
+        dw = spec.reference("weight", x, spec.weight_shape(g, grid), None, dy, **_kw(g))
         return _into(dw, out, out_dtype or x.dtype)
 
     def bias_grad(dy, g, grid, out=None, out_dtype=None):
-        return _into(spec.oracle("bias")(dy, grid), out, out_dtype or dy.dtype)
+        db = spec.reference("bias", None, spec.weight_shape(g, grid), None, dy)
+        return _into(db, out, out_dtype or dy.dtype)
     return forward, input_grad, weight_grad, bias_grad
 
 

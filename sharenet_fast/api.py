@@ -1,18 +1,26 @@
 """Public API: validation and dispatch only, no arithmetic.
 
-Every check runs before any kernel: a bad call raises ValueError/TypeError naming the argument
-and the shapes involved, and never reaches a kernel.
+Each call is resolved once, before any kernel runs, into a `Call`: the backend, where the
+arrays live (their kind is read once per array), whether they travel to a GPU, the precision
+keyword, and for a layer its geometry and bank grid. A bad call raises ValueError/TypeError
+naming the argument and the shapes involved while the Call is made, so it never reaches a
+kernel. Backends get the geometry whole, padding="same"'s extra end row/column included: each
+pads where it has to anyway (the CPU kernels in the padded copy they build; the GPU kernels
+and the oracle read past the input's end as zeros), so the API never copies x for it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import _device, config, dtypes, optable, registry
-from .geometry import ConvGeometry
+from .geometry import ConvGeometry, ParamCount, pair
 
 NEEDS = optable.GRADIENTS
+_WORDS = {"numpy": "NumPy", "cupy": "CuPy", "numba": "Numba device"}
 
 
 class Grads(NamedTuple):
@@ -21,6 +29,7 @@ class Grads(NamedTuple):
     bias: object
 
 
+# ------------------------------------------------------------------------------ checks
 def _kind(name, a):
     """Where `a` lives ("numpy", "cupy", "numba"); TypeError for anything else, ValueError for
     a non-contiguous Numba device array (no device-side copy exists for it)."""
@@ -35,7 +44,8 @@ def _kind(name, a):
 
 
 def _array(name, a, ndim, dtype=None):
-    _kind(name, a)
+    """The kind of input array `a` after checking its dtype (x's, when given), ndim and size."""
+    k = _kind(name, a)
     if dtypes.lookup(a.dtype) is None:
         raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -44,23 +54,45 @@ def _array(name, a, ndim, dtype=None):
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
     if 0 in a.shape:
         raise ValueError(f"{name} must have no empty dimension, got shape {a.shape}")
-    return a
+    return k
 
 
-def _same_place(**arrays):
-    """The one kind ("numpy", "cupy", "numba") of all given arrays: mixing is a TypeError,
-    CuPy arrays on different devices a ValueError."""
-    given = {name: a for name, a in arrays.items() if a is not None}
-    kinds = {name: _device.kind(a) for name, a in given.items()}
+def _accepts(buf_dtype, dtype):
+    """A buffer added into for arrays of `dtype`: the same dtype, or float32 for reduced
+    storage (master weights)."""
+    row = dtypes.lookup(dtype)
+    return buf_dtype == dtype or (row.reduced and buf_dtype == row.accum)
+
+
+def _accumulator(name, buf, shape, dtype):
+    """The kind of a buffer added into in place, after checking dtype, shape and writability."""
+    k = _kind(name, buf)
+    if not _accepts(buf.dtype, dtype):
+        row = dtypes.lookup(dtype)
+        extra = f" (or {row.accum}: master weights)" if row.reduced else ""
+        raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes; "
+                        f"{name} must be {dtype}{extra}")
+    if buf.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
+    if k == "numpy" and not buf.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is accumulated into in place")
+    return k
+
+
+def _one_place(kinds, arrays):
+    """The one kind of a call's arrays ({name: kind}): mixing is a TypeError, CuPy arrays on
+    different devices a ValueError."""
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{name} is {k}" for name, k in kinds.items())
         raise TypeError(f"arrays of one call must all be NumPy or all on the GPU (CuPy or "
                         f"Numba device arrays), not mixed: {listing}")
-    devices = {name: _device.device_id(a) for name, a in given.items()}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{name} on device {d}" for name, d in devices.items())
-        raise ValueError(f"arrays of one call must be on one GPU: {listing}")
-    return next(iter(kinds.values()))
+    kind = next(iter(kinds.values()))
+    if kind == "cupy":
+        devices = {name: arrays[name].device.id for name in kinds}
+        if len(set(devices.values())) > 1:
+            listing = ", ".join(f"{name} on device {d}" for name, d in devices.items())
+            raise ValueError(f"arrays of one call must be on one GPU: {listing}")
+    return kind
 
 
 def _auto(kind, op):
@@ -77,63 +109,21 @@ def _auto(kind, op):
     return first     # registry.get reports why it is missing
 
 
-def _backend(name, kind="numpy", op="conv2d"):
+def _backend(name, kind, op):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     be = registry.get(_auto(kind, op) if name == "auto" else name)
     if kind not in be.KINDS:
-        words = {"numpy": "NumPy", "cupy": "CuPy", "numba": "Numba device"}
-        raise TypeError(f"backend {name!r} takes {' or '.join(words[k] for k in be.KINDS)} "
-                        f"arrays, got {words[kind]} arrays; use backend='auto' or another "
+        raise TypeError(f"backend {name!r} takes {' or '.join(_WORDS[k] for k in be.KINDS)} "
+                        f"arrays, got {_WORDS[kind]} arrays; use backend='auto' or another "
                         f"backend, or copy them")
     return be
 
 
-class _Moves:
-    """The arrays of one call on the backend's side: NumPy arrays given to a GPU backend go to
-    the device once per call (each input once, however many passes read it) and each result
-    comes back once; otherwise arrays pass through (made C-contiguous)."""
-
-    def __init__(self, be, kind):
-        self.be = be
-        self.copy = kind == "numpy" and be.KINDS[0] != "numpy"
-
-    def put(self, a):
-        if a is None:
-            return None
-        a = _device.contiguous(a)
-        return self.be.to_device(a) if self.copy else a
-
-    def get(self, d):
-        return self.be.to_host(d) if self.copy and d is not None else d
-
-    def into(self, buf, compute):
-        """compute(out), out being `buf` on the backend's side (added into) or None; the sum
-        lands in `buf`, which is returned (the fresh result when buf is None). Kernels add
-        only into C-contiguous buffers: any other layout gets the sum through a temporary, so
-        a strided view is still added into, never silently replaced."""
-        if buf is None:
-            return self.get(compute(None))
-        if not _device.is_c_contiguous(buf):
-            buf += self.get(compute(None))
-            return buf
-        work = self.put(buf)
-        compute(work)
-        return self.back(work, buf)
-
-    def back(self, work, buf):
-        """Write `work` (put(buf), accumulated into on the backend's side) back into `buf`."""
-        if self.copy and _device.is_c_contiguous(buf):
-            self.be.copy_into(work, buf)
-        elif work is not buf:        # a device copy of a strided buffer, or a host copy of it
-            buf[...] = self.get(work)
-        return buf
-
-
-def _precision(be, dtype, out_dtype):
-    """{"out_dtype": ...} for a backend call on storage `dtype` ({} for float32/float64, whose
-    results always have their own dtype); TypeError if the backend has no kernels for `dtype`
-    or out_dtype is not the storage or its accumulation dtype."""
+def _out_dtype(be, dtype, out_dtype):
+    """The out_dtype= a backend pass gets for storage `dtype` (None: the storage dtype; always
+    None for float32/float64); TypeError if the backend has no kernels for `dtype` or out_dtype
+    is not the storage or its accumulation dtype."""
     row = dtypes.lookup(dtype)
     if out_dtype is not None:
         try:
@@ -147,50 +137,102 @@ def _precision(be, dtype, out_dtype):
     if row.name not in be.DTYPES:
         raise TypeError(f"backend {registry.name_of(be)!r} has no {row.name} kernels (it takes "
                         f"{dtypes.words(be.DTYPES)}); use backend='cpu' or convert the arrays")
-    return {"out_dtype": out_dtype} if row.reduced else {}
+    return out_dtype
 
 
-def _geometry(x, bank, stride, padding, dilation):
-    """Geometry from x and one bank's (K, C, R, S); the channel counts must agree."""
+# -------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class Call:
+    """One API call, resolved: the backend, where its arrays live, whether they are copied to
+    a GPU (NumPy arrays given to a GPU backend: each array crosses once, each result comes back
+    once), the precision keyword, and for a layer its op-table entry, geometry and bank grid."""
+
+    be: object
+    kind: str
+    copy: bool
+    kw: dict                                   # {"out_dtype": ...} for reduced storage, else {}
+    spec: Optional[optable.Layer] = None
+    g: Optional[ConvGeometry] = None
+    grid: tuple = (1, 1)
+
+    @classmethod
+    def make(cls, backend, kind, op, dtype, out_dtype, **layer):
+        be = _backend(backend, kind, op)
+        out_dtype = _out_dtype(be, dtype, out_dtype)
+        kw = {"out_dtype": out_dtype} if dtypes.lookup(dtype).reduced else {}
+        return cls(be, kind, kind == "numpy" and be.KINDS[0] != "numpy", kw, **layer)
+
+    def put(self, a):
+        """`a` on the backend's side, C-contiguous (None passes)."""
+        if a is None:
+            return None
+        a = _device.contiguous(a, self.kind)
+        return self.be.to_device(a) if self.copy else a
+
+    def get(self, d):
+        """A backend result on the caller's side."""
+        return self.be.to_host(d) if self.copy and d is not None else d
+
+    def land(self, buf, out, result):
+        """The API's result for accumulator `buf` (None: the pass's fresh `result`), `out` =
+        put(buf) having been added into by the pass: written back where it is a copy (a device
+        copy, or a contiguous copy of a strided buffer), so `buf` holds the sum."""
+        if buf is None:
+            return self.get(result)
+        if out is not buf:
+            if self.copy and _device.is_c_contiguous(buf, self.kind):
+                self.be.copy_into(out, buf)
+            else:
+                buf[...] = self.get(out)
+        return buf
+
+    def pass_(self, name):
+        """The backend's host function for one pass of this layer (None: not exported)."""
+        return getattr(self.be, self.spec.export(name), None)
+
+
+def _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype, *, bias=None,
+                grad_out=None, accumulators=(), checks=None):
+    """The Call of one layer pass, every argument checked (in the order the errors read best:
+    arrays, geometry and grid, the other arrays, `checks`, accumulators, place, backend)."""
+    spec = optable.LAYERS[op]
+    kinds = {"x": _array("x", x, 4)}
+    kinds["weight"] = _array("weight", weight, spec.weight_ndim, x.dtype)
     N, C, H, W = x.shape
-    K, Cw, R, S = bank
+    K, Cw, R, S = weight.shape[-4:]
     if Cw != C:
         raise ValueError(f"channel mismatch: x has C={C} channels (shape {x.shape}) but weight "
-                         f"expects C={Cw} (bank (K, C, R, S) = {tuple(bank)})")
-    return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
-
-
-def _layer_geometry(spec, x, weight, stride, padding, dilation):
-    """The call's ConvGeometry and the weight's bank grid; ValueError if the grid does not fit."""
-    _array("x", x, 4)
-    _array("weight", weight, spec.weight_ndim, x.dtype)
-    g = _geometry(x, weight.shape[-4:], stride, padding, dilation)
+                         f"expects C={Cw} (bank (K, C, R, S) = {tuple(weight.shape[-4:])})")
+    g = ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
     grid = spec.grid(weight.shape)
     spec.check_grid(g, grid, weight.shape)
-    return g, grid
-
-
-def _kernel_input(x, g):
-    """x as the kernels see it: padded at the end by g.extra (padding="same", odd total)."""
-    return x if g.extra == (0, 0) else _device.pad_end(x, g.extra)
-
-
-def _forward(op, x, weight, bias, stride, padding, dilation, backend, out_dtype):
-    spec = optable.LAYERS[op]
-    g, grid = _layer_geometry(spec, x, weight, stride, padding, dilation)
+    arrays = {"x": x, "weight": weight}
     if bias is not None:
         b_shape = spec.bias_shape(g, grid)
-        _array("bias", bias, len(b_shape), x.dtype)
+        kinds["bias"], arrays["bias"] = _array("bias", bias, len(b_shape), x.dtype), bias
         if bias.shape != b_shape:
             raise ValueError(f"bias must have shape {spec.bias_words} = {b_shape}, "
                              f"got {bias.shape}")
-    kind = _same_place(x=x, weight=weight, bias=bias)
-    be = _backend(backend, kind, op)
-    kw = _precision(be, x.dtype, out_dtype)
-    io = _Moves(be, kind)
-    forward = getattr(be, spec.export("forward"))
-    return io.get(forward(io.put(_kernel_input(x, g)), io.put(weight), io.put(bias),
-                          g.padded_input(), grid, **kw))
+    if grad_out is not None:
+        kinds["grad_out"] = _array("grad_out", grad_out, 4, x.dtype)
+        arrays["grad_out"] = grad_out
+        if grad_out.shape != g.y_shape:
+            raise ValueError(f"grad_out must have the output shape (N, K, P, Q) = {g.y_shape} "
+                             f"for x {x.shape} and weight {weight.shape}, got {grad_out.shape}")
+    if checks is not None:
+        checks()
+    shapes = {"grad_weight": spec.weight_shape(g, grid), "grad_bias": spec.bias_shape(g, grid)}
+    for name, buf in accumulators:
+        if buf is not None:
+            kinds[name] = _accumulator(name, buf, shapes[name], x.dtype)
+            arrays[name] = buf
+    kind = _one_place(kinds, arrays)
+    return Call.make(backend, kind, op, x.dtype, out_dtype, spec=spec, g=g, grid=grid)
+
+
+def _forward(op, x, weight, bias, stride, padding, dilation, backend, out_dtype):
+    c = _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype, bias=bias)
+    return c.get(c.pass_("forward")(c.put(x), c.put(weight), c.put(bias), c.g, c.grid, **c.kw))
 
 
 def _needs(needs):
@@ -208,49 +250,36 @@ def _needs(needs):
 
 def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
               grad_weight, grad_bias, backend, out_dtype):
-    spec = optable.LAYERS[op]
-    g, grid = _layer_geometry(spec, x, weight, stride, padding, dilation)
-    _array("grad_out", grad_out, 4, x.dtype)
-    if grad_out.shape != g.y_shape:
-        raise ValueError(f"grad_out must have the output shape (N, K, P, Q) = {g.y_shape} for "
-                         f"x {x.shape} and weight {weight.shape}, got {grad_out.shape}")
-    needs = _needs(needs)
-    if not isinstance(deterministic, (bool, np.bool_)):
-        raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
-    _check_accumulator("grad_weight", grad_weight, spec.weight_shape(g, grid), x.dtype)
-    _check_accumulator("grad_bias", grad_bias, spec.bias_shape(g, grid), x.dtype)
-    kind = _same_place(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
-                       grad_bias=grad_bias)
-    be = _backend(backend, kind, op)
-    kw = _precision(be, x.dtype, out_dtype)
-    io = _Moves(be, kind)
-    kg, det = g.padded_input(), bool(deterministic)
-    passes = {p: getattr(be, spec.export(p), None) for p in optable.PASSES}
+    def checks():
+        nonlocal needs
+        needs = _needs(needs)
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
 
-    dy = io.put(grad_out)          # each array crosses to the device at most once
-    xd = io.put(_kernel_input(x, g)) if "weight" in needs else None
-    wd = io.put(weight) if "input" in needs else None
+    c = _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype,
+                    grad_out=grad_out, checks=checks,
+                    accumulators=(("grad_weight", grad_weight), ("grad_bias", grad_bias)))
+    g, grid, kw, det = c.g, c.grid, c.kw, bool(deterministic)
+    dy = c.put(grad_out)                  # each array crosses to a device at most once
+    xd = c.put(x) if "weight" in needs else None
+    wd = c.put(weight) if "input" in needs else None
     dx = dw = db = None
-    if passes["input_weight"] is not None and "input" in needs and "weight" in needs:
+    fused = c.pass_("input_weight")
+    if fused is not None and "input" in needs and "weight" in needs:
         # one pass computes both (a local layer then streams its weights once, not twice)
-        got = {}
-
-        def both(out):
-            got["dx"], dw_ = passes["input_weight"](dy, xd, wd, kg, grid, out=out,
-                                                    deterministic=det, **kw)
-            return dw_
-        dw = io.into(grad_weight, both)
-        dx = io.get(got["dx"])
+        out = c.put(grad_weight)
+        dx, dw = fused(dy, xd, wd, g, grid, out=out, deterministic=det, **kw)
+        dx, dw = c.get(dx), c.land(grad_weight, out, dw)
     else:
         if "input" in needs:
-            dx = io.get(passes["input"](dy, wd, kg, grid, **kw))
+            dx = c.get(c.pass_("input")(dy, wd, g, grid, **kw))
         if "weight" in needs:
-            dw = io.into(grad_weight, lambda out: passes["weight"](dy, xd, kg, grid, out=out,
-                                                                   deterministic=det, **kw))
+            out = c.put(grad_weight)
+            dw = c.land(grad_weight, out,
+                        c.pass_("weight")(dy, xd, g, grid, out=out, deterministic=det, **kw))
     if "bias" in needs:
-        db = io.into(grad_bias, lambda out: passes["bias"](dy, kg, grid, out=out, **kw))
-    if dx is not None and g.extra != (0, 0):
-        dx = _device.contiguous(dx[:, :, :g.H, :g.W])       # drop the rows padded for "same"
+        out = c.put(grad_bias)
+        db = c.land(grad_bias, out, c.pass_("bias")(dy, g, grid, out=out, **kw))
     return Grads(dx, dw, db)
 
 
@@ -327,28 +356,6 @@ tiled_conv2d_backward.__doc__ = ("Gradients of tiled_conv2d (weight (TP, TQ, K, 
                                  + _BACKWARD_DOC)
 
 
-def _accepts(buf_dtype, dtype):
-    """A buffer added into for arrays of `dtype`: the same dtype, or float32 for reduced
-    storage (master weights)."""
-    row = dtypes.lookup(dtype)
-    return buf_dtype == dtype or (row.reduced and buf_dtype == row.accum)
-
-
-def _check_accumulator(name, buf, shape, dtype):
-    if buf is None:
-        return
-    k = _kind(name, buf)
-    if not _accepts(buf.dtype, dtype):
-        extra = (f" (or {dtypes.lookup(dtype).accum}: master weights)"
-                 if dtypes.lookup(dtype).reduced else "")
-        raise TypeError(f"{name} has dtype {buf.dtype} but x has dtype {dtype}: mixed dtypes; "
-                        f"{name} must be {dtype}{extra}")
-    if buf.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {buf.shape}")
-    if k == "numpy" and not buf.flags.writeable:
-        raise ValueError(f"{name} is read-only; it is accumulated into in place")
-
-
 # -------------------------------------------------------------------------- soft sharing
 def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="auto"):
     """Soft parameter sharing: penalty = strength/2 * sum((a - b)**2), in one fused pass.
@@ -365,15 +372,10 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
     arrays, a 0-d CuPy array for CuPy arrays (no device-to-host synchronisation). It is summed
     in float64 in a fixed order on every backend: the same bits on every run.
     """
-    import numbers
-
-    for name, arr in (("a", a), ("b", b), ("grad_a", grad_a), ("grad_b", grad_b)):
-        if arr is not None:
-            _kind(name, arr)
-    kind = _same_place(a=a, b=b, grad_a=grad_a, grad_b=grad_b)
-    for name, arr in (("a", a), ("b", b), ("grad_a", grad_a), ("grad_b", grad_b)):
-        if arr is None:
-            continue
+    arrays = {"a": a, "b": b, **{name: arr for name, arr in (("grad_a", grad_a),
+                                                            ("grad_b", grad_b)) if arr is not None}}
+    kind = _one_place({name: _kind(name, arr) for name, arr in arrays.items()}, arrays)
+    for name, arr in arrays.items():
         if dtypes.lookup(arr.dtype) is None:
             raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {arr.dtype}")
         if arr.dtype != a.dtype and not (name.startswith("grad_")
@@ -387,41 +389,53 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
         raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
     if not np.isfinite(strength) or strength < 0:
         raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
-    grads = {"grad_a": grad_a, "grad_b": grad_b}
+    grads = {name: arr for name, arr in arrays.items() if name.startswith("grad_")}
     for name, g in grads.items():
-        if g is None:
-            continue
         if kind == "numpy" and not g.flags.writeable:
             raise ValueError(f"{name} is read-only: it is added into in place")
-        for other, x in (("a", a), ("b", b), *grads.items()):
-            if x is not None and other != name and _device.overlaps(g, x):
+        for other, x in arrays.items():
+            if other != name and _device.overlaps(g, x):
                 raise ValueError(f"{name} overlaps {other} in memory: {name} is written while "
                                  f"{other} is read or written")
-    be = _backend(backend, kind, optable.PENALTY)
-    _precision(be, a.dtype, None)
+    c = Call.make(backend, kind, optable.PENALTY, a.dtype, None)
     if a.size == 0:
         return _device.zero_scalar(kind)
-    io = _Moves(be, kind)
-    work = {k: io.put(g) for k, g in grads.items()}
-    result = be.soft_sharing_penalty(
-        _device.flat(io.put(a)), _device.flat(io.put(b)), float(strength),
-        **{k: None if w is None else _device.flat(w) for k, w in work.items()})
-    for k, g in grads.items():
-        if g is not None:
-            io.back(work[k], g)
-    return _device.scalar(io.get(result), kind)
+    outs = {name: c.put(g) for name, g in grads.items()}
+    result = c.be.soft_sharing_penalty(
+        _device.flat(c.put(a)), _device.flat(c.put(b)), float(strength),
+        **{name: _device.flat(out) for name, out in outs.items()})
+    for name, g in grads.items():
+        c.land(g, outs[name], None)
+    return _device.scalar(c.get(result), kind)
 
 
 def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,
                 tile=None, bias=True):
-    """ParamCount(neurons, weights_per_neuron, params, bytes) for shared, tiled or local
-    (or the layer's name: conv2d, tiled_conv2d, local2d)."""
-    from .geometry import param_count as _pc
-
-    if sharing in optable.LAYERS:
-        sharing = optable.LAYERS[sharing].sharing
-    return _pc(sharing, input_shape, filters, kernel, stride=stride, padding=padding,
-               dilation=dilation, tile=tile, bias=bias)
+    """ParamCount(neurons, weights_per_neuron, params, bytes) of one float32 layer: sharing is
+    "shared", "tiled" (tile=(TP, TQ) required) or "local", or the layer's name (conv2d,
+    tiled_conv2d, local2d). input_shape is (C, H, W) or (N, C, H, W) (N is ignored).
+    cs231n: param_count("shared", (3, 227, 227), 96, 11, stride=4)
+      -> ParamCount(neurons=290400, weights_per_neuron=363, params=34944, bytes=139776)
+    """
+    spec = optable.LAYERS.get(sharing) or optable.BY_SHARING.get(sharing)
+    if spec is None:
+        raise ValueError(f"sharing must be one of {tuple(optable.BY_SHARING)} (or "
+                         f"{tuple(optable.LAYERS)}), got {sharing!r}")
+    shape = tuple(input_shape)[-3:] if len(tuple(input_shape)) == 4 else tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
+    (C, H, W), K, (R, S) = (int(v) for v in shape), int(filters), pair(kernel, "kernel")
+    if min(C, H, W, K, R, S) < 1:
+        raise ValueError(f"input_shape, filters and kernel must be positive, got "
+                         f"input_shape={input_shape!r}, filters={filters!r}, kernel={kernel!r}")
+    g = ConvGeometry.make(1, C, H, W, K, R, S, stride, padding, dilation)
+    if spec.sharing == "tiled" and tile is None:
+        raise ValueError("tile=(TP, TQ) is required for sharing='tiled'")
+    grid = spec.bank_grid(g, pair(1 if tile is None else tile, "tile"))
+    if min(grid) < 1 or grid[0] > g.P or grid[1] > g.Q:
+        raise ValueError(f"tile {grid} must be in [1, (P, Q)] = [1, {(g.P, g.Q)}]")
+    params = spec.banks(grid) * K * (C * R * S + (1 if bias else 0))
+    return ParamCount(K * g.P * g.Q, C * R * S, params, params * 4)
 
 
 backends = registry.backends

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import api, optable, reference, registry
 from . import dtypes as dtypes_
-from .geometry import ConvGeometry, pair, param_count
+from .api import param_count
+from .geometry import ConvGeometry, pair
 
 LAYERS = tuple(optable.LAYERS)
 PASSES = ("forward", *optable.GRADIENTS)
@@ -131,11 +132,7 @@ def _calls(layer, x, w, b, dy, kw, backend):
 
 
 def _oracle(layer, x, w, b, dy, kw):
-    spec = optable.LAYERS[layer]
-    return {"forward": spec.oracle("forward")(x, w, b, **kw),
-            "input": spec.oracle("input")(dy, x.shape, w, **kw),
-            "weight": spec.oracle("weight")(dy, x, w.shape, **kw),
-            "bias": spec.oracle("bias")(dy, spec.grid(w.shape))}
+    return {p: optable.LAYERS[layer].reference(p, x, w, b, dy, **kw) for p in PASSES}
 
 
 def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):

@@ -1,6 +1,6 @@
 """The dtype table: per storage dtype, the dtype kernels accumulate in and the error bound.
 
-Storage and accumulation are separate fields (DESIGN.md, Precision) wherever kernels are chosen
+Storage and accumulation are separate fields (docs/design.md, Precision) wherever kernels are chosen
 and compiled: the CPU and GPU kernel caches are keyed on both, and the CUDA C instances are named
 from `ctype`. `tol` is the norm-relative error against the float64 oracle that every check uses
 (tests, `sharenet-fast verify`, the benchmark's output check).

@@ -1,4 +1,4 @@
-"""The op table: each layer kind declared once (DESIGN.md, "The op table").
+"""The op table: each layer kind declared once (docs/design.md, "The op table").
 
 A layer is a grid of filter banks (K, C, R, S) and sharing sets the grid's size: 1 x 1 (shared),
 TP x TQ (tiled), P x Q (locally connected). Everything that differs between the kinds is a field
@@ -119,13 +119,26 @@ class Layer:
         bias(dy, grid)."""
         return self._oracle(pass_)
 
+    def reference(self, pass_, x, weight, bias=None, grad_out=None, **kw):
+        """The float64 oracle of one pass with one signature for every pass: the layer's
+        arrays (what a pass does not read may be None; x of the input pass and weight of the
+        weight and bias passes may be given as their shapes) and stride/padding/dilation."""
+        f, shape = self._oracle(pass_), (lambda a: getattr(a, "shape", a))
+        if pass_ == "forward":
+            return f(x, weight, bias, **kw)
+        if pass_ == "input":
+            return f(grad_out, tuple(shape(x)), weight, **kw)
+        if pass_ == "weight":
+            return f(grad_out, x, tuple(shape(weight)), **kw)
+        return f(grad_out, self.grid(shape(weight)))
+
     def flops(self, g, pass_):
         """FLOPs of a pass (2 per multiply-add; padding taps counted, as every library does)."""
         return g.flops(pass_)
 
     def bytes(self, g, pass_, itemsize, grid):
         """Bytes a pass must move at least: each tensor it reads or writes, once."""
-        return g.min_bytes(pass_, itemsize, self.sharing, grid)
+        return g.min_bytes(pass_, itemsize, self.banks(grid))
 
 
 def _oracles(forward, input_, weight, bias):

@@ -27,7 +27,7 @@ UNAVAILABLE = [name for name, status in BACKEND_STATUS.items() if status != "ava
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["f32", "f64"]
 
-# Norm-relative error bound per dtype (DESIGN.md, Verification): the package's dtype table.
+# Norm-relative error bound per dtype (docs/design.md, Verification): the package's dtype table.
 tol = dtypes.tol
 
 
@@ -178,15 +178,7 @@ def layer_call(layer, pass_, backend, d, kw, **extra):
 
 def layer_reference(layer, pass_, d, kw):
     """float64 oracle for one pass of a layer (the op table's oracle functions)."""
-    spec = LAYERS[layer].spec
-    oracle = spec.oracle(pass_)
-    if pass_ == "forward":
-        return oracle(d.x, d.w, d.b, **kw)
-    if pass_ == "input":
-        return oracle(d.dy, d.x.shape, d.w, **kw)
-    if pass_ == "weight":
-        return oracle(d.dy, d.x, d.w.shape, **kw)
-    return oracle(d.dy, spec.grid(d.w.shape))
+    return LAYERS[layer].spec.reference(pass_, d.x, d.w, d.b, d.dy, **kw)
 
 
 class Op(NamedTuple):
@@ -250,9 +242,9 @@ UNTIED_BY_ID = {c.case.id: c for c in UNTIED_CASES}
 # the numba-cuda backend on the simulator (conftest.py); a GPU (-m gpu and the plain suite on a
 # GPU machine) runs them all. Every kernel path is still covered by the smaller cases.
 SIM_MAX_MACS = 20000
-# tables whose every call runs a pass twice or more (the 16-bit table: a float32 and a stored
-# result, per dtype) take a lower bound on the simulator
-SIM_MAX_MACS_BY_TEST = {"test_reduced_matches_oracle": 2000}
+# Tables whose every call runs a pass twice or more (the 16-bit table: a float32 and a stored
+# result, per dtype) take a lower bound on the simulator: their marker says so,
+# @pytest.mark.sim_kernel_table(max_macs=...).
 
 
 def case_macs(case):
@@ -270,7 +262,7 @@ def sim_signature(layer, pass_, case, tile, dtype):
     from sharenet_fast import _gpu_host as host
     from sharenet_fast import config
 
-    g = case.geometry.padded_input()
+    g = case.geometry
     TP, TQ = grid(layer, case, tile)
     strided = g.stride != (1, 1)
     ncol = host.class_columns(g.N, g.P, g.Q, TP, TQ)        # output classes, as the host cuts
@@ -288,76 +280,76 @@ def sim_signature(layer, pass_, case, tile, dtype):
             tuple(host.pick_tiles(rows, cols)))
 
 
-MAIN_TABLES = ("test_op_matches_reference", "test_layer_matches_reference",
-               "test_reduced_matches_oracle")
-# Tests of relations between layers (identities, accumulation, golden files) rather than of one
-# kernel path: on the simulator each runs its cheapest case and dtype for every other parameter
-# combination (the kernels' dtype and case coverage is the main tables' job).
-SIM_ONE_CASE = ("test_tiled_full_grid_is_local2d", "test_tiled_1x1_is_conv2d",
-                "test_local2d_with_equal_banks_is_conv2d", "test_adjoint_identity",
-                "test_accumulates_into_poisoned_buffers", "test_non_contiguous_inputs",
-                "test_backend_matches_untied_golden", "test_backend_matches_golden")
+# How a test is pruned on the simulator is its marker (pyproject.toml registers them; tests run
+# with --strict-markers), never its name:
+# - sim_kernel_table: a main registry table; runs the first case of each kernel signature.
+# - sim_one_case: a test of relations between layers (identities, accumulation, golden files)
+#   rather than of one kernel path; runs its cheapest case and dtype for every other parameter
+#   combination (the kernels' dtype and case coverage is the main tables' job).
+SIM_MARKS = ("sim_kernel_table", "sim_one_case")
 _CASE_KEYS = ("dtype", "case_id", "case", "uc", "path")
 
 
-def _sim_group(test_name, params):
-    """(group, cost) of a simulator test that only needs one representative per group, or
-    None: a main-table test's group is its kernel signature, a relation test's group is its
-    parameters without case and dtype; the cost is the case's multiply-adds."""
-    from sharenet_fast import config
-
-    if not config.CUDASIM or params.get("backend") != "numba-cuda":
-        return None
+def _case_of(params):
     case = params.get("case") or getattr(params.get("uc"), "case", None) or \
         params.get("case_id")
     if isinstance(case, str):
         case = SHAPES_BY_ID.get(case) or getattr(UNTIED_BY_ID.get(case), "case", None)
-    cost = case_macs(case) if isinstance(case, Case) else 0
-    if test_name in SIM_ONE_CASE:
-        rest = tuple(sorted((k, str(v)) for k, v in params.items() if k not in _CASE_KEYS))
-        return (test_name, rest), cost
-    if test_name not in MAIN_TABLES:
+    return case
+
+
+def _sim_group(test, mark, params):
+    """(group, cost) of a simulator test (function `test`, marker name `mark`) that only needs
+    one representative per group, or None: a kernel table's group is its kernel signature, a
+    relation test's group is its parameters without case and dtype; the cost is the case's
+    multiply-adds."""
+    from sharenet_fast import config
+
+    if mark is None or not config.CUDASIM or params.get("backend") != "numba-cuda":
         return None
+    case = _case_of(params)
+    cost = case_macs(case) if isinstance(case, Case) else 0
+    if mark == "sim_one_case":
+        rest = tuple(sorted((k, str(v)) for k, v in params.items() if k not in _CASE_KEYS))
+        return (test, rest), cost
     if "uc" in params:
         layer, pass_, tile = params["layer"], params["pass_"], params["uc"].tile
     else:
         layer, pass_, tile = "conv2d", params["op"], (1, 1)
-    return (test_name, sim_signature(layer, pass_, case, tile, params["dtype"])), cost
+    return (test, sim_signature(layer, pass_, case, tile, params["dtype"])), cost
 
 
 def sim_repeats(tests):
-    """{index: why it is skipped} for the (name, params) pairs that repeat a group's cheapest
-    representative on the simulator (every case runs on a GPU)."""
-    best = {}
-    for i, (name, params) in enumerate(tests):
-        got = _sim_group(name, params)
+    """{index: why it is skipped} for the (test, mark, params) triples that repeat a group's
+    cheapest representative on the simulator (every case runs on a GPU)."""
+    best, groups = {}, [_sim_group(*t) for t in tests]
+    for i, got in enumerate(groups):
         if got is not None and (got[0] not in best or got[1] < best[got[0]][1]):
             best[got[0]] = (i, got[1])
     keep = {i for i, _ in best.values()}
-    why = {True: "CUDA simulator: a cheaper case of this table runs the same kernel, tile, "
-                 "dtype and mode (every case runs on a GPU)",
-           False: "CUDA simulator: this relation is checked on its cheapest case and dtype "
-                  "(every case runs on a GPU)"}
-    return {i: why[name in MAIN_TABLES] for i, (name, params) in enumerate(tests)
-            if i not in keep and _sim_group(name, params) is not None}
+    why = {"sim_kernel_table": "CUDA simulator: a cheaper case of this table runs the same "
+                               "kernel, tile, dtype and mode (every case runs on a GPU)",
+           "sim_one_case": "CUDA simulator: this relation is checked on its cheapest case and "
+                           "dtype (every case runs on a GPU)"}
+    return {i: why[tests[i][1]] for i, got in enumerate(groups)
+            if got is not None and i not in keep}
 
 
-def sim_too_slow(params, test_name=None):
-    """Why a test (`test_name`) with these parametrize values is too slow for the simulator,
-    or None."""
+def sim_too_slow(params, max_macs=SIM_MAX_MACS):
+    """Why a test with these parametrize values is too slow for the simulator (cases above
+    `max_macs` multiply-adds), or None."""
     from sharenet_fast import config
 
     if not config.CUDASIM or params.get("backend") != "numba-cuda":
         return None
-    limit = SIM_MAX_MACS_BY_TEST.get(test_name, SIM_MAX_MACS)
     for value in params.values():
         if isinstance(value, UntiedCase):
             value = value.case
         if isinstance(value, str):
             value = SHAPES_BY_ID.get(value) or getattr(UNTIED_BY_ID.get(value), "case", None)
-        if isinstance(value, Case) and case_macs(value) > limit:
+        if isinstance(value, Case) and case_macs(value) > max_macs:
             return (f"CUDA simulator: {value.id} has {case_macs(value)} multiply-adds "
-                    f"(> {limit}); runs on a GPU")
+                    f"(> {max_macs}); runs on a GPU")
     return None
 
 
@@ -382,7 +374,6 @@ def make_layer_inputs(layer, uc, dtype, seed=0):
 
 # ------------------------------------------------------------------ fuzz subprocess (boundscheck)
 FUZZ_SCRIPT = os.path.join(TESTS_DIR, "_fuzz_boundscheck.py")
-FUZZ_TEST_NAME = "test_fuzz_under_boundscheck"
 FUZZ_TIMEOUT_S = 420  # generous: the machine may be shared; it takes about a minute alone
 
 

@@ -39,17 +39,20 @@ def pytest_collection_modifyitems(session, config, items):
     runnable = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        why = _support.sim_too_slow(params, getattr(item, "originalname", None))
+        table = item.get_closest_marker("sim_kernel_table")
+        limit = (table.kwargs.get("max_macs") if table else None) or _support.SIM_MAX_MACS
+        why = _support.sim_too_slow(params, limit)
         if why:
             item.add_marker(pytest.mark.skip(reason=why))
-        else:
-            runnable.append((item, (getattr(item, "originalname", None), params)))
+            continue
+        mark = next((m for m in _support.SIM_MARKS if item.get_closest_marker(m)), None)
+        runnable.append((item, (getattr(item, "originalname", item.name), mark, params)))
     repeats = _support.sim_repeats([test for _, test in runnable])
     for i, why in repeats.items():
         runnable[i][0].add_marker(pytest.mark.skip(reason=why))
     if config.option.collectonly or hasattr(config, "workerinput"):
         return
-    if any(getattr(item, "originalname", None) == _support.FUZZ_TEST_NAME for item in items):
+    if any(item.get_closest_marker("fuzz_subprocess") for item in items):
         config.stash[_FUZZ_KEY] = _support.FuzzRun()
 
 

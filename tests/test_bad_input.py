@@ -167,6 +167,14 @@ BAD = {
                              r"padding='same' needs stride 1"),
     "padding_list": (fwd(padding=[1, 2, 3]), TypeError, r"padding must be an int or a pair"),
     "dilation_bool": (fwd(dilation=True), TypeError, r"dilation must be an int or a pair"),
+    # integers past the kernels' index range: a ValueError naming them, not an overflow in a
+    # kernel call ("Int value is too large")
+    "stride_2_pow_70": (fwd(stride=2**70), ValueError, r"stride must be at most 2147483647"),
+    "stride_pair_huge": (bwd(stride=(1, 2**40)), ValueError, r"stride must be at most"),
+    "padding_huge": (fwd(padding=2**31), ValueError, r"padding must be at most"),
+    "padding_past_index_range": (fwd(padding=2**30), ValueError,
+                                 r"padding \(1073741824, 1073741824\) takes the padded input"),
+    "dilation_huge": (bwd(dilation=(2**64, 1)), ValueError, r"dilation must be at most"),
     "needs_bad_entry": (bwd(needs=("input", "weights")), ValueError, r"needs.*'weights'"),
     "needs_bad_string": (bwd(needs="grad"), ValueError, r"needs.*'grad'"),
     "needs_not_iterable": (bwd(needs=3), TypeError, r"needs"),

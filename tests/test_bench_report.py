@@ -387,6 +387,15 @@ def test_no_import_cycle_in_bench():
     assert cyclic == [], f"modules in an import cycle: {cyclic}"
 
 
+def test_experiments_do_not_import_bench():
+    """experiments/ are clients of the package, not of the benchmark's internals."""
+    graph = _bench_imports()
+    assert "experiments.digits" in graph
+    leaks = {m: sorted(d for d in deps if d.split(".")[0] == "bench")
+             for m, deps in graph.items() if m.startswith("experiments")}
+    assert all(not d for d in leaks.values()), leaks
+
+
 def test_precompile_fills_the_cache_in_workers(tmp_path, monkeypatch):
     """bench/precompile.py: the workers call our launchers for their (shape, layer) pairs with
     the cache on, so the kernels land in Numba's cache directory, and report failures."""

@@ -27,6 +27,7 @@ def test_registry_lists_available_backends():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("op", OP_NAMES)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_kernel_table
 def test_op_matches_reference(backend, op, dtype, case):
     d = make_inputs(case, dtype)
     originals = [a.copy() for a in d]
@@ -72,6 +73,7 @@ ACC_SHAPES = ["alexnet_s4_k11", "nonsquare_all", "K7_Q5_tails", "K1", "wgrad_chu
 @pytest.mark.parametrize("case_id", ACC_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_accumulates_into_poisoned_buffers(backend, dtype, case_id, rng):
     case = SHAPES_BY_ID[case_id]
     d = make_inputs(case, dtype)
@@ -224,6 +226,7 @@ def _non_contiguous(a, kind, rng):
 @pytest.mark.parametrize("case_id", ["alexnet_s4_k11", "nonsquare_all", "K7_Q5_tails"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_non_contiguous_inputs(backend, dtype, case_id, kind, rng):
     case = SHAPES_BY_ID[case_id]
     d = make_inputs(case, dtype, seed=3)

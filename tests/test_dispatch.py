@@ -1,4 +1,4 @@
-"""backend="auto": where each kind of array goes (DESIGN.md; the GPU choice is config.AUTO_GPU)."""
+"""backend="auto": where each kind of array goes (docs/design.md; the GPU choice is config.AUTO_GPU)."""
 import pytest
 
 from sharenet_fast import api, config, registry

@@ -7,10 +7,11 @@ compilation overlaps the rest of the run; this test waits for it and checks it e
 import numpy as np
 import pytest
 
-from _support import BACKENDS, FUZZ_TEST_NAME, FUZZ_TIMEOUT_S
+from _support import BACKENDS, FUZZ_TIMEOUT_S
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
+@pytest.mark.fuzz_subprocess
 def test_fuzz_under_boundscheck(fuzz_run):
     rc, output, seconds = fuzz_run.result()
     assert rc is not None, (f"fuzz subprocess overran {FUZZ_TIMEOUT_S} s and was killed; "
@@ -19,7 +20,6 @@ def test_fuzz_under_boundscheck(fuzz_run):
     assert "examples passed under NUMBA_BOUNDSCHECK=1" in output, output
 
 
-assert test_fuzz_under_boundscheck.__name__ == FUZZ_TEST_NAME  # conftest finds it by this name
 
 
 @pytest.mark.skipif("numba-cuda" not in BACKENDS, reason="numba-cuda backend not available")

@@ -44,6 +44,7 @@ def test_reference_oracle_matches_golden(path):
 @pytest.mark.parametrize("path", GOLDEN, ids=GOLDEN_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_backend_matches_golden(backend, dtype, path):
     g, kw = load(path)
     x, w, b, dy = (g[k].astype(dtype) for k in ("x", "weight", "bias", "grad_out"))
@@ -89,6 +90,7 @@ def test_reference_oracle_matches_untied_golden(path):
 @pytest.mark.parametrize("path", UNTIED, ids=UNTIED_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_backend_matches_untied_golden(backend, dtype, path):
     layer, g, kw = load_untied(path)
     _, _, fwd, bwd = UNTIED_FN[layer]

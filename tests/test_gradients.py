@@ -51,6 +51,7 @@ ADJOINT_CASES = ["alexnet_s4_k11", "nonsquare_all", "dilation2", "stride_gt_kern
 
 @pytest.mark.parametrize("case_id", ADJOINT_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_adjoint_identity(backend, case_id):
     """<conv2d(x, w), dy> == <x, input_grad(dy)> == <w, weight_grad(dy, x)> (float64)."""
     case = SHAPES_BY_ID[case_id]

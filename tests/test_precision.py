@@ -1,4 +1,4 @@
-"""Reduced-precision storage (DESIGN.md, Precision): bfloat16 and float16 arrays, float32
+"""Reduced-precision storage (docs/design.md, Precision): bfloat16 and float16 arrays, float32
 accumulation, on every backend that has the kernels (a backend's DTYPES), every layer, pass and
 case of the registry, against the float64 oracle run on the same (already rounded) inputs.
 
@@ -59,6 +59,7 @@ def _case(backend, uc):
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("layer,uc", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", REDUCED, ids=REDUCED_IDS)
+@pytest.mark.sim_kernel_table(max_macs=2000)
 def test_reduced_matches_oracle(dtype, layer, uc, pass_, backend):
     _takes(backend, dtype)
     d = _inputs(layer, uc, dtype)

@@ -20,6 +20,7 @@ from _support import (BACKENDS, DTYPE_IDS, DTYPES, LAYER_NAMES, LAYERS, PASSES, 
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("layer", LAYER_NAMES)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_kernel_table
 def test_layer_matches_reference(backend, layer, pass_, dtype, uc):
     d = make_layer_inputs(layer, uc, dtype)
     originals = [a.copy() for a in d]
@@ -54,6 +55,7 @@ def test_full_backward_and_no_bias(backend, layer):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layer", LAYER_NAMES)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_accumulates_into_poisoned_buffers(backend, layer, dtype, case_id, rng):
     uc = UNTIED_BY_ID[case_id]
     d = make_layer_inputs(layer, uc, dtype)
@@ -152,6 +154,7 @@ def _conv_and_banks(case_id, dtype, seed):
 @pytest.mark.parametrize("case_id", IDENTITY_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_tiled_1x1_is_conv2d(backend, dtype, case_id):
     case, d, g = _conv_and_banks(case_id, dtype, 31)
     kw = case.kw
@@ -168,6 +171,7 @@ def test_tiled_1x1_is_conv2d(backend, dtype, case_id):
 @pytest.mark.parametrize("case_id", IDENTITY_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_tiled_full_grid_is_local2d(backend, dtype, case_id, rng):
     case, d, g = _conv_and_banks(case_id, dtype, 32)
     kw = case.kw
@@ -185,6 +189,7 @@ def test_tiled_full_grid_is_local2d(backend, dtype, case_id, rng):
 @pytest.mark.parametrize("case_id", IDENTITY_CASES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_local2d_with_equal_banks_is_conv2d(backend, dtype, case_id):
     """Every bank = one filter: local2d is conv2d, and its weight gradient summed over the
     positions is conv2d's (sharing = adding the gradients of a depth slice)."""
@@ -280,6 +285,7 @@ def test_finite_differences_cpu(layer, uc):
                                      "stride_gt_kernel", "pad_gt_input", "batch13"])
 @pytest.mark.parametrize("layer", LAYER_NAMES)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
 def test_adjoint_identity(backend, layer, case_id):
     """<layer(x, w), dy> == <x, input_grad(dy)> == <w, weight_grad(dy, x)> (float64)."""
     uc = UNTIED_BY_ID[case_id]

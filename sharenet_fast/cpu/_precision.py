@@ -1,6 +1,6 @@
 """Reduced-precision storage (bfloat16, float16) on the CPU: conversions and the pass adapter.
 
-DESIGN.md, Precision: reduced storage accumulates in float32 and returns the storage dtype (or
+docs/design.md, Precision: reduced storage accumulates in float32 and returns the storage dtype (or
 float32 with out_dtype=np.float32); a float32 `out=` buffer for a reduced weight (master
 weights) is added into in float32. Kernels see reduced arrays as their 16-bit integer views
 (dtypes.py) and widen them in registers (_simd.widen / narrow).
@@ -94,24 +94,12 @@ def result_dtype(storage, out_dtype):
     return np.dtype(storage) if out_dtype is None else np.dtype(out_dtype)
 
 
-def _widened_call(fn, args, out, storage, out_dtype, kw):
-    """fn on float32 arrays `args`; its float32 result rounded to the result dtype, or added
-    into `out` (a float32 out by the kernel itself; a reduced one rounded once)."""
-    if out is not None and not reduced(out):
-        return fn(*args, out=out, **kw)
-    r = fn(*args, out=None, **kw)
-    if out is not None:
-        return add_into(out, r)
-    return narrowed(r, result_dtype(storage, out_dtype))
-
-
 def adapted(fn):
     """Host function `fn` (float32/float64 kernels) for every storage dtype: float32/float64
     calls go straight through; reduced ones through float32 copies of the arrays, with the
-    result rounded back (or kept float32: out_dtype=) and out= added into as described above."""
-    name = fn.__name__
-    grads = name.endswith(("_weight_grad", "_bias_grad"))
-    both = name.endswith("_input_weight_grad")
+    result rounded back (or kept float32: out_dtype=). An out= buffer is added into: a float32
+    one (master weights) by the kernel itself, a reduced one by one rounding of the sum."""
+    both = fn.__name__.endswith("_input_weight_grad")    # returns (dx, dw)
 
     @wraps(fn)
     def call(*args, out_dtype=None, **kw):
@@ -119,19 +107,16 @@ def adapted(fn):
         if not dtypes.lookup(storage).reduced:
             return fn(*args, **kw)
         wide = tuple(widened(a) if isinstance(a, np.ndarray) else a for a in args)
-        out = kw.pop("out", None)
         rdt = result_dtype(storage, out_dtype)
-        if both:
-            got = {}
-
-            def weight_part(*a, out=None, **k):
-                got["dx"], dw = fn(*a, out=out, **k)
-                return dw
-            dw = _widened_call(weight_part, wide, out, storage, out_dtype, kw)
-            return narrowed(got["dx"], rdt), dw
-        if grads:
-            return _widened_call(fn, wide, out, storage, out_dtype, kw)
-        return narrowed(fn(*wide, **kw), rdt)
+        if "out" not in kw:                                    # forward, input gradient
+            return narrowed(fn(*wide, **kw), rdt)
+        out = kw.pop("out")
+        direct = out if out is not None and not reduced(out) else None
+        r = fn(*wide, out=direct, **kw)
+        dx, r = r if both else (None, r)
+        if direct is None:
+            r = narrowed(r, rdt) if out is None else add_into(out, r)
+        return (narrowed(dx, rdt), r) if both else r
 
     # the op table's signature plus out_dtype=, as every pass of a backend with 16-bit storage
     sig = inspect.signature(fn)

@@ -29,28 +29,30 @@ from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
 
 
-def _padded(a, ph, pw, layout, name):
-    """Copy of NCHW `a` zero-padded by (ph, pw) on each side, in NCHW or NHWC layout.
+def _padded(a, pads, layout, name):
+    """Copy of NCHW `a` zero-padded by pads = ((top, bottom), (left, right)), in NCHW or NHWC
+    layout (ConvGeometry.pads(): padding="same"'s odd extra row/column goes at the end).
 
     Kernels read the padded copy and never test bounds. A negative amount crops instead
     (the input-gradient-as-convolution needs that when padding > dilation * (R - 1)).
     The copy is scratch `name` (call under _launch_lock).
     """
     N, C, H, W = a.shape
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    src = a[:, :, max(0, -ph):H - max(0, -ph), max(0, -pw):W - max(0, -pw)]
-    oh, ow = max(0, ph), max(0, pw)
+    (t, b), (l, r) = pads
+    Hp, Wp = H + t + b, W + l + r
+    src = a[:, :, max(0, -t):H - max(0, -b), max(0, -l):W - max(0, -r)]
+    t, b, l, r = max(0, t), max(0, b), max(0, l), max(0, r)
     if layout == "nhwc":
         out = scratch(name, (N, Hp, Wp, C), a.dtype)
         dst = out.transpose(0, 3, 1, 2)  # written through an NCHW view
     else:
         out = dst = scratch(name, (N, C, Hp, Wp), a.dtype)
     # zero only the border; the interior is overwritten
-    dst[:, :, :oh] = 0
-    dst[:, :, Hp - oh:] = 0
-    dst[:, :, :, :ow] = 0
-    dst[:, :, :, Wp - ow:] = 0
-    dst[:, :, oh:Hp - oh, ow:Wp - ow] = src
+    dst[:, :, :t] = 0
+    dst[:, :, Hp - b:] = 0
+    dst[:, :, :, :l] = 0
+    dst[:, :, :, Wp - r:] = 0
+    dst[:, :, t:Hp - b, l:Wp - r] = src
     return out
 
 
@@ -153,7 +155,7 @@ def _fwd_kernel(MR, NV):
 
 def conv2d(x, weight, bias, g, grid):
     y = np.empty(g.y_shape, dtype=x.dtype)
-    _forward(x, weight[None, None], None if bias is None else bias[None, None], g.padding,
+    _forward(x, weight[None, None], None if bias is None else bias[None, None], g.pads(),
              g.stride, g.dilation, y)
     return y
 
@@ -203,8 +205,9 @@ def _rows_form(TP, TQ, K, stride, itemsize):
     return (TP, TQ) == (1, 1) and stride[1] == 1 and -(-K // lanes(itemsize)) < CONV_NVMAX
 
 
-def _forward(x, banks, bias, padding, stride, dilation, y):
-    """y = tiled conv of x with banks (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None."""
+def _forward(x, banks, bias, pads, stride, dilation, y):
+    """y = tiled conv of x zero-padded by `pads` (_padded) with banks (TP, TQ, K, C, R, S),
+    bias (TP, TQ, K) or None."""
     TP, TQ, K, C, R, S = banks.shape
     T = R * S * C
     b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
@@ -213,13 +216,13 @@ def _forward(x, banks, bias, padding, stride, dilation, y):
         NV = max(1, min(CONV_ROWS_NVMAX, -(-Q // lanes(x.dtype.itemsize))))
         kernel = _fwd_rows_kernel(min(8, CONV_ROWS_ACC // NV), NV)
         with _launch_lock:
-            xp = _padded(x, *padding, "nchw", "fwd_x")
+            xp = _padded(x, pads, "nchw", "fwd_x")
             kernel(xp, np.ascontiguousarray(banks.reshape(K, C * R * S)), b, bias is not None,
                    y, R, S, stride[0], *dilation)
         return
     kernel = _fwd_kernel(*conv_tile(K, x.dtype.itemsize))
     with _launch_lock:
-        xh = _padded(x, *padding, "nhwc", "fwd_x")
+        xh = _padded(x, pads, "nhwc", "fwd_x")
         wt = scratch("fwd_w", (TP * TQ, T, K), x.dtype)
         wt.reshape(TP, TQ, R, S, C, K)[...] = banks.transpose(0, 1, 4, 5, 3, 2)
         kernel(xh, wt, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
@@ -399,7 +402,7 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     direct = (wgrad_direct_tile(g.K, g.S * g.C, x.dtype.itemsize)
               if (TP, TQ) == (1, 1) and g.dilation[1] == 1 else None)
     with _launch_lock:
-        xh = _padded(x, *g.padding, "nhwc", "wgrad_x")
+        xh = _padded(x, g.pads(), "nhwc", "wgrad_x")
         partial = scratch("wgrad_partial", (nparts, TP * TQ, g.K, g.R * g.S * g.C), x.dtype)
         if direct is not None:
             _wgrad_direct_kernel(*direct)(np.ascontiguousarray(dy), xh, partial, g.R, g.S,
@@ -527,7 +530,10 @@ def _input_grad(dy, banks, g):
                                                     rr[None, None, :, None],
                                                     ss[None, None, None, :]]
         flipped = np.ascontiguousarray(flipped.transpose(0, 1, 4, 5, 2, 3))
-        _forward(dy, flipped, None, (dh * (R - 1) - ph, dw * (S - 1) - pw), (1, 1),
+        # dy padded on each side by the kernel's extent less x's padding on that side
+        (th, bh), (tw, bw) = g.pads()
+        eh, ew = dh * (R - 1), dw * (S - 1)
+        _forward(dy, flipped, None, ((eh - th, eh - bh), (ew - tw, ew - bw)), (1, 1),
                  g.dilation, dx)
         return dx
     with _launch_lock:

@@ -197,20 +197,20 @@ def local2d(x, weight, bias, g, grid, out_dtype=None):
     with _launch_lock:
         # the input as the kernel multiplies it: bfloat16 bits for the dot product, else
         # widened to the accumulation dtype
-        xt = _transposed(x if dot else widened(x), g.padding, GB, "local_xt")
+        xt = _transposed(x if dot else widened(x), g.pads(), GB, "local_xt")
         kernel(dtypes.kernel_view(xt), dtypes.kernel_view(weight), b, bias is not None,
                dtypes.kernel_view(y), g.N, g.R, g.S, *g.stride, *g.dilation,
                min(g.P * g.Q, POSITION_BLOCKS))
     return y
 
 
-def _transposed(x, padding, GB, name):
-    """Zero-padded input as (NB, C, Hp, Wp, GB): blocks of GB images, images innermost, zero
-    columns past N; one block when GB covers the batch."""
+def _transposed(x, pads, GB, name):
+    """Input zero-padded by pads ((top, bottom), (left, right)) as (NB, C, Hp, Wp, GB): blocks
+    of GB images, images innermost, zero columns past N; one block when GB covers the batch."""
     N, C, H, W = x.shape
-    ph, pw = padding
+    (ph, bh), (pw, bw) = pads
     NB = -(-N // GB)
-    xt = scratch(name, (NB, C, H + 2 * ph, W + 2 * pw, GB), x.dtype)
+    xt = scratch(name, (NB, C, H + ph + bh, W + pw + bw, GB), x.dtype)
     # moved as bits (NumPy copies ml_dtypes' bfloat16 element by element through the dtype's
     # own functions: 2.5 ms at alexnet_conv1's input, more than the layer's arithmetic)
     bits = dtypes.kernel_view(xt)
@@ -334,7 +334,7 @@ def _tiles(g):
 def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
     """(dx or None, dw or None); dw added into `out` when given (any storage: a float32 out
     for reduced storage is a master-weight buffer)."""
-    ph, pw = g.padding
+    (ph, bh), (pw, bw) = g.pads()
     dt = dtypes.lookup(dy.dtype).accum
     accumulate = out is not None
     if want_dw and out is None:  # written whole: from the result pool (cpu/_workspace.py)
@@ -344,10 +344,10 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
     with _launch_lock:
         dyt = scratch("local_dy", (g.P, g.Q, g.N, g.K), dt)
         dyt[...] = widened(dy).transpose(2, 3, 0, 1)
-        xp = (_padded(widened(x), ph, pw, "nchw", "local_x") if want_dw
+        xp = (_padded(widened(x), g.pads(), "nchw", "local_x") if want_dw
               else np.zeros((1, 1, 1, 1), dt))
         if want_dx:
-            dxp = scratch("local_dx", (g.N, g.C, g.H + 2 * ph, g.W + 2 * pw), dt)
+            dxp = scratch("local_dx", (g.N, g.C, g.H + ph + bh, g.W + pw + bw), dt)
             dxp[...] = 0
         else:
             dxp = np.zeros((1, 1, 1, 1), dt)

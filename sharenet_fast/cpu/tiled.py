@@ -14,7 +14,7 @@ from .conv2d import _bias_grad, _forward, _input_grad, _weight_grad
 
 def tiled_conv2d(x, weight, bias, g, grid):
     y = np.empty(g.y_shape, dtype=x.dtype)
-    _forward(x, weight, bias, g.padding, g.stride, g.dilation, y)
+    _forward(x, weight, bias, g.pads(), g.stride, g.dilation, y)
     return y
 
 

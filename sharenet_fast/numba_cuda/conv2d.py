@@ -1,6 +1,6 @@
 """Numba CUDA kernels for every layer: one banked implicit GEMM per pass.
 
-The three layers differ only in the grid of filter banks (DESIGN.md), so every kernel here takes
+The three layers differ only in the grid of filter banks (docs/design.md), so every kernel here takes
 the tile (TP, TQ): output (p, q) uses bank (p % TP) * TQ + q % TQ. Shared conv is the 1 x 1 tile,
 local2d the P x Q one. A block always works inside one *tile class* (the positions sharing a
 bank), so within a block the weights are one plain matrix and the pass is a GEMM:
