@@ -480,3 +480,75 @@ def test_eager_shortcuts_and_the_operator_give_the_same_results():
         runs.append((y.detach(), wg.grad))
     assert torch.equal(runs[0][0], y0) and torch.equal(runs[1][0], y0)
     assert torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("value", [2**70, 2**31, (1, 2**70), (1, -2**70)],
+                         ids=["2**70", "2**31", "pair", "negative"])
+def test_integers_past_the_kernels_index_range_raise_a_value_error_naming_them(value):
+    """Past the kernels' 32-bit index range, every integer argument of the functional forms
+    and the modules is a ValueError naming it, on every route: not the RuntimeError of torch's
+    int64 schema (the operator route, here under autocast) nor an overflow in a kernel."""
+    x, w, b = SHAPES[0].tensors("conv2d", torch.float32)
+    for name in ("stride", "padding", "dilation"):
+        for route in ("impl", "function", "operator"):
+            wr = w.clone().requires_grad_(route == "function")
+            autocast = torch.autocast("cpu", enabled=route == "operator")
+            with autocast, pytest.raises(ValueError, match=name):
+                sft.conv2d(x, wr, b, **{name: value})
+    makers = {
+        "kernel_size": lambda v: sft.Conv2d(3, 4, v),
+        "stride": lambda v: sft.TiledConv2d(3, 4, 3, tiles=2, stride=v),
+        "padding": lambda v: sft.Conv2d(3, 4, 3, padding=v),
+        "dilation": lambda v: sft.LocallyConnected2d(3, 4, 3, input_size=8, dilation=v),
+        "tiles": lambda v: sft.TiledConv2d(3, 4, 3, tiles=v),
+        "input_size": lambda v: sft.LocallyConnected2d(3, 4, 3, input_size=v),
+        "input_length": lambda v: sft.LocallyConnected1d(3, 4, 3, input_length=v),
+        "in_channels": lambda v: sft.Conv2d(v, 4, 3),
+        "out_channels": lambda v: sft.LocallyConnected1d(3, v, 3, input_length=8),
+    }
+    one = value if isinstance(value, int) else value[1]       # the 1-D layer's and channels
+    for name, make in makers.items():
+        scalar = name in ("input_length", "in_channels", "out_channels")
+        with pytest.raises(ValueError, match=name):
+            make(one if scalar else value)
+    for name in ("kernel_size", "stride", "padding", "dilation"):
+        with pytest.raises(ValueError, match=name):
+            sft.LocallyConnected1d(3, 4, **{"kernel_size": 3, "input_length": 8, name: one})
+
+
+def test_geometry_is_validated_once_and_kept_for_the_backward(monkeypatch):
+    """A module validates stride/padding/dilation at construction and a functional form once a
+    call; neither validates them again in forward or backward (setup_context keeps them)."""
+    calls = []
+    real = sft._modules.pair
+    monkeypatch.setattr(sft._modules, "pair", lambda v, name: calls.append(name) or real(v, name))
+    m = sft.TiledConv2d(3, 4, 3, tiles=2, stride=2, padding=1)
+    assert sorted(calls) == ["dilation", "kernel_size", "padding", "stride", "tiles"]
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    for grad in (False, True):                       # the implementation, the Function
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            y = m(x)
+        if grad:
+            y.sum().backward()
+        assert calls == [] and (m.weight.grad is not None) == grad
+    calls.clear()
+    sft.tiled_conv2d(x, m.weight, m.bias, stride=2, padding=1).sum().backward()
+    assert sorted(calls) == ["dilation", "padding", "stride"]
+
+
+def test_locally_connected_1d_is_the_2d_layer_with_one_row():
+    m = sft.LocallyConnected1d(4, 6, 3, input_length=20, stride=2, bias=False)
+    assert isinstance(m, sft.LocallyConnected2d)
+    assert {k: v.shape for k, v in m.state_dict().items()} == {"weight": (9, 6, 4, 3)}
+    assert repr(m) == ("LocallyConnected1d(4, 6, kernel_size=3, stride=2, input_length=20, "
+                       "bias=False)")
+    m2 = sft.LocallyConnected2d(4, 6, (1, 3), input_size=(1, 20), stride=(1, 2), bias=False)
+    with torch.no_grad():
+        m2.weight.copy_(m.weight.view(1, 9, 6, 4, 1, 3))
+    x = torch.randn(2, 4, 20)
+    assert torch.equal(m(x), m2(x.unsqueeze(2)).squeeze(2))
+    with pytest.raises(TypeError, match="kernel_size must be an int"):
+        sft.LocallyConnected1d(4, 6, (1, 3), input_length=20)
+    with pytest.raises(ValueError, match=r"built for inputs \(N, 4, 20\)"):
+        m(torch.randn(2, 4, 21))

@@ -8,7 +8,7 @@
 
 Importing this module registers `torch.ops.sharenet_fast.*` (custom operators with fake kernels,
 autograd and autocast rules: torch.compile(fullgraph=True) traces through them). Importing
-`sharenet_fast` alone never imports torch. See DESIGN.md, "PyTorch".
+`sharenet_fast` alone never imports torch. See docs/design.md, "PyTorch".
 """
 try:
     import torch as _torch  # noqa: F401

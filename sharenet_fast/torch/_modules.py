@@ -13,8 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import optable
-from ..geometry import ConvGeometry, pair
+from ..geometry import INDEX_MAX, ConvGeometry, pair
 from . import _ops  # noqa: F401  (registers torch.ops.sharenet_fast.*)
 
 _ops_ns = torch.ops.sharenet_fast
@@ -22,7 +21,8 @@ _ops_ns = torch.ops.sharenet_fast
 
 def _conv_args(stride, padding, dilation):
     """(stride, padding, padding_word, dilation) as the operators take them; ValueError/
-    TypeError naming the argument for a bad value."""
+    TypeError naming the argument for a bad value (pair's range check included: torch's int64
+    schema would raise a RuntimeError on a too large int)."""
     st = list(pair(stride, "stride"))
     dl = list(pair(dilation, "dilation"))
     if isinstance(padding, str):
@@ -37,16 +37,8 @@ def _conv_args(stride, padding, dilation):
 
 
 def _apply(op, x, weight, bias, stride, padding, dilation, deterministic, backend):
-    st, pd, word, dl = _conv_args(stride, padding, dilation)
-    args = (x, weight, bias, st, pd, word, dl, bool(deterministic), backend)
-    how = _ops.direct(x, weight, bias)      # eager CPU calls skip the dispatcher
-    if how is None:                         # (the implementation checks its tensors itself)
-        _ops._check_args(x=x, weight=weight, bias=bias)
-    elif how == "impl":
-        return _ops.IMPLS[op](*args)
-    elif how == "function":
-        return _ops.EAGER[op].apply(*args)
-    return getattr(_ops_ns, op)(*args)
+    return _ops.KINDS[op](x, weight, bias, *_conv_args(stride, padding, dilation),
+                          bool(deterministic), backend)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, *, deterministic=False,
@@ -80,55 +72,59 @@ def soft_sharing_penalty(a, b, strength, *, backend="auto"):
 # ------------------------------------------------------------------------------- modules
 def _check_module(in_channels, out_channels, kernel_size):
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= INDEX_MAX:
+            raise ValueError(f"{name} must be a positive int below 2**31, got {v!r}")
     return pair(kernel_size, "kernel_size")
 
 
 class _Layer(nn.Module):
-    """What the three modules share: parameters shaped by the op table, initialisation,
-    forward through the layer's operator, repr."""
+    """What the modules share: parameters (the bank grid _grid() of banks (out, in, R, S)),
+    initialisation, forward through the layer's operator, repr."""
 
     op = None           # the op table's name
 
-    def __init__(self, in_channels, out_channels, kernel_size, grid, stride, padding, dilation,
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
                  bias, backend, deterministic, device, dtype):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _check_module(in_channels, out_channels, kernel_size)
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
-        self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
-        _conv_args(self.stride, self.padding, self.dilation)          # validates padding
+        # validated once: forward hands these to the operator as they are (a layer's geometry
+        # is fixed at construction: a local layer's weight shape depends on it)
+        self._geo = st, pd, word, dl = _conv_args(stride, padding, dilation)
+        self.stride, self.padding, self.dilation = tuple(st), word or tuple(pd), tuple(dl)
         self.backend, self.deterministic = backend, deterministic
-        spec = optable.LAYERS[self.op]
-        bank = (out_channels, in_channels) + self.kernel_size
-        lead = tuple(grid) if spec.banked else ()
+        self._fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         factory = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(lead + bank, **factory))
+        lead = self._grid()
+        self.weight = nn.Parameter(torch.empty(lead + (out_channels, in_channels)
+                                               + self.kernel_size, **factory))
         self.bias = (nn.Parameter(torch.empty(lead + (out_channels,), **factory)) if bias
                      else None)
         self.reset_parameters()
 
+    def _grid(self):
+        return ()
+
     def reset_parameters(self):
         """Uniform in +-1/sqrt(fan-in of one bank), weight and bias (torch.nn.Conv2d's)."""
-        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1 / math.sqrt(fan_in)
+        bound = 1 / math.sqrt(self._fan_in)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _apply(self.op, x, self.weight, self.bias, self.stride, self.padding,
-                      self.dilation, self.deterministic, self.backend)
+        return self._call(x, self.weight, self.bias)
+
+    def _call(self, x, weight, bias):
+        return _ops.KINDS[self.op](x, weight, bias, *self._geo, bool(self.deterministic),
+                                   self.backend)
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
-        if self.padding not in ((0, 0), "valid"):
-            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else \
-                f", padding={self.padding}"
-        if self.dilation != (1, 1):
+        if self.padding not in ((0, 0), 0, "valid"):
+            s += f", padding={self.padding!r}"
+        if self.dilation not in ((1, 1), 1):
             s += f", dilation={self.dilation}"
         s += self._extra()
         if self.bias is None:
@@ -173,8 +169,8 @@ class Conv2d(_Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  bias=True, *, backend="auto", deterministic=False, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, (1, 1), stride, padding,
-                         dilation, bias, backend, deterministic, device, dtype)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         bias, backend, deterministic, device, dtype)
 
 
 class TiledConv2d(_Layer):
@@ -186,8 +182,11 @@ class TiledConv2d(_Layer):
                  dilation=1, bias=True, *, backend="auto", deterministic=False, device=None,
                  dtype=None):
         self.tiles = pair(tiles, "tiles")
-        super().__init__(in_channels, out_channels, kernel_size, self.tiles, stride, padding,
-                         dilation, bias, backend, deterministic, device, dtype)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         bias, backend, deterministic, device, dtype)
+
+    def _grid(self):
+        return self.tiles
 
     def _extra(self):
         return f", tiles={self.tiles}"
@@ -211,12 +210,14 @@ class LocallyConnected2d(_Layer):
                  dilation=1, bias=True, *, backend="auto", deterministic=False, device=None,
                  dtype=None):
         self.input_size = pair(input_size, "input_size")
-        R, S = pair(kernel_size, "kernel_size")
-        g = ConvGeometry.make(1, in_channels, *self.input_size, out_channels, R, S, stride,
-                              padding, dilation)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         bias, backend, deterministic, device, dtype)
+
+    def _grid(self):
+        g = ConvGeometry.make(1, self.in_channels, *self.input_size, self.out_channels,
+                              *self.kernel_size, self.stride, self.padding, self.dilation)
         self.output_size = (g.P, g.Q)
-        super().__init__(in_channels, out_channels, kernel_size, self.output_size, stride,
-                         padding, dilation, bias, backend, deterministic, device, dtype)
+        return self.output_size
 
     def _extra(self):
         return f", input_size={self.input_size}"
@@ -237,63 +238,42 @@ class LocallyConnected2d(_Layer):
                    **kw)._untie_from(conv)
 
 
-class LocallyConnected1d(nn.Module):
-    """A 1-D locally connected layer (tf-keras's LocallyConnected1D) on the 2-D kernels with
-    H = 1: x (N, in_channels, input_length) -> (N, out_channels, L_out); weight (L_out, out,
-    in, kernel_size), bias (L_out, out), initialised as the 2-D layer's. The kernels
-    parallelise over positions, so a single row uses every core."""
+class LocallyConnected1d(LocallyConnected2d):
+    """A 1-D locally connected layer (tf-keras's LocallyConnected1D): the 2-D layer with H = 1
+    and kernel 1 x kernel_size, x (N, in_channels, input_length) -> (N, out_channels, L_out);
+    weight (L_out, out, in, kernel_size), bias (L_out, out): the 2-D parameters without their
+    unit axes. The kernels parallelise over positions, so a single row uses every core."""
 
     def __init__(self, in_channels, out_channels, kernel_size, input_length, stride=1,
                  padding=0, dilation=1, bias=True, *, backend="auto", deterministic=False,
                  device=None, dtype=None):
-        super().__init__()
         for name, v in (("kernel_size", kernel_size), ("input_length", input_length),
-                        ("stride", stride), ("dilation", dilation)):
+                        ("stride", stride), ("padding", padding), ("dilation", dilation)):
+            if name == "padding" and isinstance(v, str):
+                continue
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-        if not isinstance(padding, str) and (isinstance(padding, bool)
-                                             or not isinstance(padding, int)):
-            raise TypeError(f"padding must be an int, 'same' or 'valid', got {padding!r}")
-        _check_module(in_channels, out_channels, kernel_size)
-        self.in_channels, self.out_channels, self.kernel_size = (in_channels, out_channels,
-                                                                 kernel_size)
-        self.input_length, self.stride, self.padding, self.dilation = (input_length, stride,
-                                                                       padding, dilation)
-        self.backend, self.deterministic = backend, deterministic
-        # the 2-D layer this is: one row, kernel 1 x kernel_size
-        self._args2d = ((1, stride), padding if isinstance(padding, str) else (0, padding),
-                        (1, dilation))
-        _conv_args(*self._args2d)
-        g = ConvGeometry.make(1, in_channels, 1, input_length, out_channels, 1, kernel_size,
-                              *self._args2d)
-        self.output_length = g.Q
-        factory = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(g.Q, out_channels, in_channels, kernel_size,
-                                               **factory))
-        self.bias = nn.Parameter(torch.empty(g.Q, out_channels, **factory)) if bias else None
-        self.reset_parameters()
+                words = ", 'same' or 'valid'" if name == "padding" else ""
+                raise TypeError(f"{name} must be an int{words}, got {v!r}")
+            pair(v, name)
+        super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length),
+                         (1, stride), padding if isinstance(padding, str) else (0, padding),
+                         (1, dilation), bias, backend=backend, deterministic=deterministic,
+                         device=device, dtype=dtype)
+        self.kernel_size, self.input_length, self.output_length = (kernel_size, input_length,
+                                                                   self.output_size[1])
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.weight = nn.Parameter(self.weight.detach()[0, :, :, :, 0])
+        if bias:
+            self.bias = nn.Parameter(self.bias.detach()[0])
 
-    def reset_parameters(self):
-        bound = 1 / math.sqrt(self.in_channels * self.kernel_size)
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+    def _extra(self):
+        return f", input_length={self.input_length}"
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.input_length:
             raise ValueError(f"LocallyConnected1d was built for inputs (N, {self.in_channels}, "
                              f"{self.input_length}), got {tuple(x.shape)}")
         L, K, C, S = self.weight.shape
-        y = _apply("local2d", x.unsqueeze(2), self.weight.view(1, L, K, C, 1, S),
-                   None if self.bias is None else self.bias.view(1, L, K), *self._args2d,
-                   self.deterministic, self.backend)
+        y = self._call(x.unsqueeze(2), self.weight.view(1, L, K, C, 1, S),
+                       None if self.bias is None else self.bias.view(1, L, K))
         return y.squeeze(2)
-
-    def extra_repr(self):
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"input_length={self.input_length}, stride={self.stride}")
-        if self.padding not in (0, "valid"):
-            s += f", padding={self.padding!r}"
-        if self.dilation != 1:
-            s += f", dilation={self.dilation}"
-        return s + ("" if self.bias is not None else ", bias=False")

@@ -14,15 +14,17 @@ penalty:
     soft_sharing_penalty(a, b, strength, backend) -> 0-d tensor of a's dtype
     soft_sharing_penalty_backward(grad, a, b, strength, needs_a, needs_b, backend) -> (ga, gb)
 
-Every operator has a fake kernel (shapes only, for torch.compile and meta tensors); the forward
-operators and the penalty have autograd by `torch.library.register_autograd`, whose backward
-calls the backward operator with `needs` from `ctx.needs_input_grad` (so one fused pass computes
-exactly the gradients autograd wants), and autocast rules: under torch.autocast (CPU or CUDA)
-the floating inputs are cast to the autocast dtype (bfloat16 or float16: every backend's
-kernels store it and sum in float32), so a model stays in reduced precision through our layers.
+One `Layer` per kind holds the implementations, fake kernels (shapes only, for torch.compile and
+meta tensors), setup_context and gradient rule. Both routes are built from it: the operators
+(autograd by register_autograd: the rule calls the backward operator, with `needs` from
+`ctx.needs_input_grad`, so one fused pass computes exactly the gradients autograd wants) and, for
+eager CPU calls, an autograd.Function of the same implementations and rule (direct() says when).
+Autocast: under torch.autocast (CPU or CUDA) the floating inputs are cast to the autocast dtype
+(bfloat16 or float16: every backend's kernels store it and sum in float32), so a model stays in
+reduced precision through our layers.
 
-dtypes: float32, float64, bfloat16 and float16 tensors (DESIGN.md, Precision); bfloat16 crosses
-to NumPy as ml_dtypes.bfloat16 through its bits, with no copy.
+dtypes: float32, float64, bfloat16 and float16 tensors (docs/design.md, Precision); bfloat16
+crosses to NumPy as ml_dtypes.bfloat16 through its bits, with no copy.
 
 The kernels are the NumPy API's: CPU tensors are handed over as zero-copy NumPy views (a copy
 only where a tensor is not C-contiguous), results come back as tensors sharing the NumPy
@@ -50,11 +52,13 @@ _WORDS = "float32, float64, bfloat16 or float16"
 # the NumPy API's functions the operators call, looked up per call (tests spy on them here)
 _FUNCTIONS = {name: getattr(api, name) for name in optable.LAYERS}
 _BACKWARDS = {name: getattr(api, name + "_backward") for name in optable.LAYERS}
+_LIB = torch.library.Library(NS, "FRAGMENT")
 
 
 # ------------------------------------------------------------------------------ boundary
-def _padding(padding, word):
-    return word if word else tuple(padding)
+def _kw(stride, padding, word, dilation):
+    """The NumPy API's geometry keywords from an operator's arguments."""
+    return dict(stride=tuple(stride), padding=word or tuple(padding), dilation=tuple(dilation))
 
 
 def _same_device(**tensors):
@@ -68,16 +72,19 @@ def _same_device(**tensors):
 
 def _check(**tensors):
     """dtype and device of every given tensor, before anything is converted: a TypeError naming
-    the argument (the NumPy API checks everything else, before any kernel runs). Returns the
-    device type ("cpu" or "cuda")."""
-    given = {k: t for k, t in tensors.items() if t is not None}
-    for name, t in given.items():
+    the argument (the NumPy API checks everything else, before any kernel runs)."""
+    device = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in FLOATS:
             raise TypeError(f"{name} must be {_WORDS}, got {t.dtype}")
-    _same_device(**given)
-    device = next(iter(given.values())).device
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            _same_device(**tensors)
     if device.type == "cuda":
         avail = registry.backends()
         if not any(avail[b] == "available" for b in registry.GPU):
@@ -85,16 +92,14 @@ def _check(**tensors):
                             + "; ".join(f"{b}: {avail[b]}" for b in registry.GPU))
     elif device.type != "cpu":
         raise TypeError(f"tensors must be on the CPU or a CUDA device, got {device}")
-    return device.type
 
 
 def _check_args(**tensors):
     """The functional forms' check before the operator is called (where a meta tensor would
     send the call to a fake kernel): types, dtypes and one device. Not under torch.compile's
     tracing, where the fake kernels check what they can."""
-    if torch.compiler.is_compiling():
-        return
-    _check(**tensors)
+    if not torch.compiler.is_compiling():
+        _check(**tensors)
 
 
 def _array(t, writable=False):
@@ -103,7 +108,8 @@ def _array(t, writable=False):
     a strided buffer through a temporary)."""
     if t is None:
         return None
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if not writable and not t.is_contiguous():
         t = t.contiguous()
     if t.device.type == "cpu":
@@ -124,38 +130,6 @@ def _tensor(a, like):
     return torch.from_dlpack(a)
 
 
-# --------------------------------------------------------------------------------- autocast
-_AUTOCAST_LIB = torch.library.Library(NS, "FRAGMENT")
-
-
-def _autocast_dtype(device_type):
-    """The dtype our operators compute in under torch.autocast: the autocast dtype (bfloat16
-    or float16: reduced storage, float32 sums, on the CPU and GPU kernels alike), float32
-    wherever the autocast dtype is another one."""
-    dtype = torch.get_autocast_dtype(device_type)
-    return dtype if dtype in REDUCED else torch.float32
-
-
-def _register_autocast(opname):
-    """Autocast rules for operator `opname`, per device type: cast every floating tensor
-    argument to _autocast_dtype(device) and run the operator with autocast off for it (what
-    torch.library.register_autocast does, with the dtype read from the autocast region instead
-    of fixed at registration)."""
-    op = getattr(getattr(torch.ops, NS), opname).default
-    for device_type in ("cpu", "cuda"):
-        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-        keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
-
-        def kernel(_, *args, device_type=device_type, keyset=keyset):
-            dtype = _autocast_dtype(device_type)
-            cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
-                    and a.device.type == device_type else a for a in args]
-            with torch._C._ExcludeDispatchKeyGuard(keyset):
-                return op(*cast)
-
-        _AUTOCAST_LIB.impl(opname, kernel, key, with_keyset=True)
-
-
 def _strided_like(g, ref):
     """Gradient `g` (C-contiguous) with the strides of `ref`, the tensor it is the gradient of
     (a copy only where ref is not contiguous)."""
@@ -164,9 +138,9 @@ def _strided_like(g, ref):
     return torch.empty_like(ref).copy_(g)
 
 
-def _stream(device_type, ref):
+def _stream(ref):
     """CuPy launches on torch's current stream of ref's device; nothing to do on the CPU."""
-    if device_type != "cuda":
+    if ref.device.type != "cuda":
         return contextlib.nullcontext()
     import cupy
 
@@ -180,135 +154,163 @@ def _stream(device_type, ref):
 def _geometry(x, weight, stride, padding, word, dilation):
     N, C, H, W = x.shape
     K, _, R, S = weight.shape[-4:]
-    return ConvGeometry.make(N, C, H, W, K, R, S, tuple(stride), _padding(padding, word),
-                             tuple(dilation))
+    return ConvGeometry.make(N, C, H, W, K, R, S, **_kw(stride, padding, word, dilation))
+
+
+# --------------------------------------------------------------------------------- autocast
+def _autocast_dtype(device_type):
+    """The dtype our operators compute in under torch.autocast: the autocast dtype (bfloat16
+    or float16: reduced storage, float32 sums, on the CPU and GPU kernels alike), float32
+    wherever the autocast dtype is another one."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return dtype if dtype in REDUCED else torch.float32
+
+
+def _register_autocast(opname):
+    """Autocast rules for operator `opname` on the CPU and CUDA: cast every floating tensor
+    argument to _autocast_dtype(device), run the operator with autocast off. Not
+    torch.library.register_autocast, whose dtype is fixed at registration: ours is the
+    region's (bfloat16 or float16, on either device); public calls only."""
+    op = getattr(getattr(torch.ops, NS), opname).default
+    for device_type in ("cpu", "cuda"):
+        def kernel(*args, device_type=device_type):
+            dtype = _autocast_dtype(device_type)
+            cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
+                    and a.device.type == device_type else a for a in args]
+            torch.set_autocast_enabled(device_type, False)     # excludes the Autocast key
+            try:
+                return op(*cast)
+            finally:
+                torch.set_autocast_enabled(device_type, True)
+
+        _LIB.impl(opname, kernel, "Autocast" + device_type.upper())
 
 
 # ------------------------------------------------------------------------ layer operators
-def _define(name):
-    """The three operators of one layer kind, their fake kernels, autograd and autocast."""
+class Layer:
+    """One layer kind: its operators, implementations, fake kernels, setup_context and gradient
+    rule; `function`, the same forward and rule as a torch.autograd.Function (eager calls);
+    calling it runs the layer by the route direct() picks."""
 
-    def forward_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
-                     padding: list[int], padding_word: str, dilation: list[int],
-                     deterministic: bool, backend: str) -> Tensor:
-        dev = _check(x=x, weight=weight, bias=bias)
-        with _stream(dev, x):
-            y = _FUNCTIONS[name](_array(x), _array(weight), _array(bias),
-                                 stride=tuple(stride), padding=_padding(padding, padding_word),
-                                 dilation=tuple(dilation), backend=backend)
+    def __init__(self, name):
+        self.name, self.spec = name, optable.LAYERS[name]
+        self.op = torch.library.custom_op(f"{NS}::{name}", self.forward, mutates_args=())
+        self.op.register_fake(self.forward_fake)
+        self.op.register_autograd(self.gradient, setup_context=self.setup_context)
+        self.backward_op = torch.library.custom_op(f"{NS}::{name}_backward", self.backward,
+                                                   mutates_args=())
+        self.backward_op.register_fake(self.backward_fake)
+        self.into_op = torch.library.custom_op(f"{NS}::{name}_backward_into", self.backward_into,
+                                               mutates_args=("grad_weight", "grad_bias"))
+        self.into_op.register_fake(self.into_fake)
+        _register_autocast(name)
+        self.overload = getattr(torch.ops.sharenet_fast, name).default
+        # forward takes ctx itself: a separate setup_context costs a signature binding per call
+        self.function = type(name, (torch.autograd.Function,),
+                             dict(forward=staticmethod(self._eager_forward),
+                                  backward=staticmethod(self.gradient)))
+
+    def __call__(self, x, weight, bias, *args):
+        how = direct(x, weight, bias)
+        if how == "function":
+            return self.function.apply(x, weight, bias, *args)
+        if how == "impl":
+            return self.forward(x, weight, bias, *args)
+        _check_args(x=x, weight=weight, bias=bias)
+        return self.overload(x, weight, bias, *args)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                padding: list[int], padding_word: str, dilation: list[int],
+                deterministic: bool, backend: str) -> Tensor:
+        _check(x=x, weight=weight, bias=bias)
+        with _stream(x):
+            y = _FUNCTIONS[self.name](_array(x), _array(weight), _array(bias), backend=backend,
+                                      **_kw(stride, padding, padding_word, dilation))
         return _tensor(y, x)
 
-    forward = torch.library.custom_op(f"{NS}::{name}", forward_impl, mutates_args=())
-
-    @forward.register_fake
-    def _(x, weight, bias, stride, padding, padding_word, dilation, deterministic, backend):
+    def forward_fake(self, x, weight, bias, stride, padding, padding_word, dilation, *_):
         _same_device(x=x, weight=weight, bias=bias)
-        g = _geometry(x, weight, stride, padding, padding_word, dilation)
-        return x.new_empty(g.y_shape)
+        return x.new_empty(_geometry(x, weight, stride, padding, padding_word, dilation).y_shape)
 
-    def backward_impl(grad_out: Tensor, x: Tensor, weight: Tensor, stride: list[int],
-                      padding: list[int], padding_word: str, dilation: list[int],
-                      needs_input: bool, needs_weight: bool, needs_bias: bool,
-                      deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-        dev = _check(grad_out=grad_out, x=x, weight=weight)
-        needs = tuple(n for n, want in zip(optable.GRADIENTS,
-                                           (needs_input, needs_weight, needs_bias)) if want)
-        with _stream(dev, x):
-            g = _BACKWARDS[name](_array(grad_out), _array(x), _array(weight),
-                                 stride=tuple(stride), padding=_padding(padding, padding_word),
-                                 dilation=tuple(dilation), needs=needs,
-                                 deterministic=deterministic, backend=backend)
-        empty = x.new_empty(0)
-        return (_strided_like(_tensor(g.input, x), x) if needs_input else empty,
-                _strided_like(_tensor(g.weight, x), weight) if needs_weight else empty.clone(),
-                _tensor(g.bias, x) if needs_bias else empty.clone())
+    def backward(self, grad_out: Tensor, x: Tensor, weight: Tensor, stride: list[int],
+                 padding: list[int], padding_word: str, dilation: list[int], needs_input: bool,
+                 needs_weight: bool, needs_bias: bool, deterministic: bool,
+                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
+        _check(grad_out=grad_out, x=x, weight=weight)
+        grads = self._backward(grad_out, x, weight, stride, padding, padding_word, dilation,
+                               needs_input, needs_weight, needs_bias, deterministic, backend)
+        return tuple(x.new_empty(0) if g is None else g for g in grads)
 
-    backward = torch.library.custom_op(f"{NS}::{name}_backward", backward_impl, mutates_args=())
+    def _backward(self, grad_out, x, weight, stride, padding, word, dilation, *args):
+        """The gradients asked for (None for the others), tensors unchecked."""
+        *wants, deterministic, backend = args
+        with _stream(x):
+            g = _BACKWARDS[self.name](
+                _array(grad_out), _array(x), _array(weight), deterministic=deterministic,
+                needs=tuple(n for n, want in zip(optable.GRADIENTS, wants) if want),
+                backend=backend, **_kw(stride, padding, word, dilation))
+        return (_strided_like(_tensor(g.input, x), x) if wants[0] else None,
+                _strided_like(_tensor(g.weight, x), weight) if wants[1] else None,
+                _tensor(g.bias, x) if wants[2] else None)
 
-    @backward.register_fake
-    def _(grad_out, x, weight, stride, padding, padding_word, dilation, needs_input,
-          needs_weight, needs_bias, deterministic, backend):
-        spec = optable.LAYERS[name]
+    def backward_fake(self, grad_out, x, weight, stride, padding, padding_word, dilation,
+                      needs_input, needs_weight, needs_bias, *_):
         g = _geometry(x, weight, stride, padding, padding_word, dilation)
         return (torch.empty_like(x) if needs_input else x.new_empty(0),
                 torch.empty_like(weight) if needs_weight else x.new_empty(0),
-                x.new_empty(spec.bias_shape(g, spec.grid(weight.shape))) if needs_bias
-                else x.new_empty(0))
+                x.new_empty(self.spec.bias_shape(g, self.spec.grid(weight.shape)))
+                if needs_bias else x.new_empty(0))
 
-    @torch.library.custom_op(f"{NS}::{name}_backward_into",
-                             mutates_args=("grad_weight", "grad_bias"))
-    def backward_into(grad_out: Tensor, x: Tensor, weight: Tensor, grad_weight: Tensor,
+    def backward_into(self, grad_out: Tensor, x: Tensor, weight: Tensor, grad_weight: Tensor,
                       grad_bias: Optional[Tensor], stride: list[int], padding: list[int],
                       padding_word: str, dilation: list[int], needs_input: bool,
                       deterministic: bool, backend: str) -> Tensor:
-        dev = _check(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
-                     grad_bias=grad_bias)
-        needs = (("input",) if needs_input else ()) + ("weight",) + (
-            ("bias",) if grad_bias is not None else ())
-        with _stream(dev, x):
-            g = _BACKWARDS[name](_array(grad_out), _array(x), _array(weight),
-                                 stride=tuple(stride), padding=_padding(padding, padding_word),
-                                 dilation=tuple(dilation), needs=needs,
-                                 deterministic=deterministic,
-                                 grad_weight=_array(grad_weight, writable=True),
-                                 grad_bias=_array(grad_bias, writable=True), backend=backend)
+        _check(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
+               grad_bias=grad_bias)
+        needs = ("input",) * needs_input + ("weight",) + ("bias",) * (grad_bias is not None)
+        with _stream(x):
+            g = _BACKWARDS[self.name](
+                _array(grad_out), _array(x), _array(weight), needs=needs,
+                deterministic=deterministic, grad_weight=_array(grad_weight, writable=True),
+                grad_bias=_array(grad_bias, writable=True), backend=backend,
+                **_kw(stride, padding, padding_word, dilation))
         return _strided_like(_tensor(g.input, x), x) if needs_input else x.new_empty(0)
 
-    @backward_into.register_fake
-    def _(grad_out, x, weight, grad_weight, grad_bias, stride, padding, padding_word, dilation,
-          needs_input, deterministic, backend):
+    def into_fake(self, grad_out, x, weight, grad_weight, grad_bias, stride, padding,
+                  padding_word, dilation, needs_input, *_):
         return torch.empty_like(x) if needs_input else x.new_empty(0)
 
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, stride, padding, word, dilation, deterministic, backend = inputs
+    def setup_context(self, ctx, inputs, output):
+        """Saves x, weight and the geometry arguments as the forward that just ran validated
+        them: the backward passes them on, unchecked. `run`: the backward operator."""
+        x, weight, _, *ctx.geo, ctx.deterministic, ctx.backend = inputs
         ctx.save_for_backward(x, weight)
-        ctx.args = (stride, padding, word, dilation)
-        ctx.deterministic, ctx.backend = deterministic, backend
+        ctx.run = self.backward_op
 
-    def grad(ctx, grad_out, run=backward):
+    def gradient(self, ctx, grad_out):
         x, weight = ctx.saved_tensors
-        want_x, want_w, want_b = ctx.needs_input_grad[:3]
-        if not (want_x or want_w or want_b):
+        wants = ctx.needs_input_grad[:3]
+        if not any(wants):
             return (None,) * 9
-        dx, dw, db = run(grad_out.contiguous(), x, weight, *ctx.args, want_x, want_w, want_b,
-                         ctx.deterministic, ctx.backend)
-        return (dx if want_x else None, dw if want_w else None, db if want_b else None,
-                None, None, None, None, None, None)
+        grads = ctx.run(grad_out.contiguous(), x, weight, *ctx.geo, *wants, ctx.deterministic,
+                        ctx.backend)
+        return tuple(g if want else None for g, want in zip(grads, wants)) + (None,) * 6
 
-    class Eager(torch.autograd.Function):
-        """The operator's forward and backward without the dispatcher, for eager calls
-        (direct() says when): the same implementations, setup and gradient rule. forward
-        takes ctx itself: a separate setup_context costs a signature binding per call."""
-
-        @staticmethod
-        def forward(ctx, *inputs):
-            out = forward_impl(*inputs)
-            setup_context(ctx, inputs, out)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            return grad(ctx, grad_out, run=backward_impl)
-
-    IMPLS[name], EAGER[name] = forward_impl, Eager
-    forward.register_autograd(grad, setup_context=setup_context)
-    _register_autocast(name)
-    return forward, backward, backward_into
-
-
-IMPLS = {}          # layer -> the forward operator's implementation, a plain function
-EAGER = {}          # layer -> the same forward and backward as a torch.autograd.Function
-OPS = {name: _define(name) for name in optable.LAYERS}
+    def _eager_forward(self, ctx, *inputs):
+        out = self.forward(*inputs)
+        self.setup_context(ctx, inputs, out)
+        ctx.run = self._backward        # the implementation: no dispatcher, tensors checked
+        return out
 
 
 def direct(*tensors):
     """How an eager call may skip the dispatcher: None (it may not: torch.compile is tracing,
-    autocast or a dispatch mode is on, or a tensor is not a plain CPU tensor; those need the
-    operator itself), "impl" (no gradient to record: call the implementation), "function"
-    (EAGER's autograd.Function). The dispatcher and the operator's autograd wrapper cost
-    ~45 us a call and again for the backward operator, twice a tiny layer's kernels."""
+    autocast or a dispatch mode is on, or a tensor is not a plain CPU tensor or nn.Parameter;
+    those need the operator itself), "impl" (no gradient to record: call the implementation),
+    "function" (Layer.function). The dispatcher and the operator's autograd wrapper cost ~45 us a call
+    and again for the backward operator, twice a tiny layer's kernels."""
     given = [t for t in tensors if t is not None]
-    if not all(type(t) is Tensor and t.device.type == "cpu" for t in given):
+    if not all(type(t) in _PLAIN and t.device.type == "cpu" for t in given):
         return None
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or _dispatch_modes():
         return None
@@ -317,18 +319,25 @@ def direct(*tensors):
     return "impl"
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def _dispatch_modes():
     stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
     return stack() if stack is not None else 1
 
 
+KINDS = {name: Layer(name) for name in optable.LAYERS}
+OPS = {name: (k.op, k.backward_op, k.into_op) for name, k in KINDS.items()}
+
+
 # ----------------------------------------------------------------------------- the penalty
 @torch.library.custom_op(f"{NS}::soft_sharing_penalty", mutates_args=())
 def soft_sharing_penalty(a: Tensor, b: Tensor, strength: float, backend: str) -> Tensor:
-    dev = _check(a=a, b=b)
-    with _stream(dev, a):
+    _check(a=a, b=b)
+    with _stream(a):
         p = api.soft_sharing_penalty(_array(a), _array(b), strength, backend=backend)
-    if dev == "cpu":
+    if a.device.type == "cpu":
         return torch.tensor(float(p), dtype=a.dtype)
     return torch.from_dlpack(p).to(a.dtype)
 
@@ -344,10 +353,10 @@ def soft_sharing_penalty_backward(grad: Tensor, a: Tensor, b: Tensor, strength: 
                                   backend: str) -> tuple[Tensor, Tensor]:
     """(grad * strength * (a - b), -grad * strength * (a - b)); one not asked for is empty.
     The fused kernel adds into zeroed buffers, then the incoming gradient scales them."""
-    dev = _check(a=a, b=b)
+    _check(a=a, b=b)
     ga = torch.zeros_like(a, memory_format=torch.contiguous_format) if needs_a else None
     gb = torch.zeros_like(b, memory_format=torch.contiguous_format) if needs_b else None
-    with _stream(dev, a):
+    with _stream(a):
         api.soft_sharing_penalty(_array(a), _array(b), strength, grad_a=_array(ga, True),
                                  grad_b=_array(gb, True), backend=backend)
     scale = grad.to(a.dtype)
@@ -363,9 +372,8 @@ def _(grad, a, b, strength, needs_a, needs_b, backend):
 
 
 def _penalty_setup(ctx, inputs, output):
-    a, b, strength, backend = inputs
+    a, b, ctx.strength, ctx.backend = inputs
     ctx.save_for_backward(a, b)
-    ctx.strength, ctx.backend = strength, backend
 
 
 def _penalty_grad(ctx, grad):
