@@ -191,11 +191,9 @@ class Call:
         return getattr(self.be, self.spec.export(name), None)
 
 
-def _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype, *, bias=None,
-                grad_out=None, accumulators=(), checks=None):
-    """The Call of one layer pass, every argument checked (in the order the errors read best:
-    arrays, geometry and grid, the other arrays, `checks`, accumulators, place, backend)."""
-    spec = optable.LAYERS[op]
+def _layer_arrays(spec, x, weight, stride, padding, dilation, bias=None, grad_out=None):
+    """(g, grid, kinds, arrays) of one layer call, its arrays checked in the order the errors
+    read best: x, weight, the geometry and grid, bias, grad_out."""
     kinds = {"x": _array("x", x, 4)}
     kinds["weight"] = _array("weight", weight, spec.weight_ndim, x.dtype)
     N, C, H, W = x.shape
@@ -219,19 +217,24 @@ def _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype, *,
         if grad_out.shape != g.y_shape:
             raise ValueError(f"grad_out must have the output shape (N, K, P, Q) = {g.y_shape} "
                              f"for x {x.shape} and weight {weight.shape}, got {grad_out.shape}")
-    if checks is not None:
-        checks()
-    shapes = {"grad_weight": spec.weight_shape(g, grid), "grad_bias": spec.bias_shape(g, grid)}
-    for name, buf in accumulators:
+    return g, grid, kinds, arrays
+
+
+def _layer_call(spec, g, grid, kinds, arrays, backend, out_dtype, accumulators=()):
+    """The Call of one layer pass from _layer_arrays' checked arrays, after checking the
+    accumulators ((name, buffer or None, shape) triples), the arrays' place and the backend."""
+    dtype = arrays["x"].dtype
+    for name, buf, shape in accumulators:
         if buf is not None:
-            kinds[name] = _accumulator(name, buf, shapes[name], x.dtype)
-            arrays[name] = buf
-    kind = _one_place(kinds, arrays)
-    return Call.make(backend, kind, op, x.dtype, out_dtype, spec=spec, g=g, grid=grid)
+            kinds[name], arrays[name] = _accumulator(name, buf, shape, dtype), buf
+    return Call.make(backend, _one_place(kinds, arrays), spec.name, dtype, out_dtype,
+                     spec=spec, g=g, grid=grid)
 
 
 def _forward(op, x, weight, bias, stride, padding, dilation, backend, out_dtype):
-    c = _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype, bias=bias)
+    spec = optable.LAYERS[op]
+    c = _layer_call(spec, *_layer_arrays(spec, x, weight, stride, padding, dilation, bias=bias),
+                    backend, out_dtype)
     return c.get(c.pass_("forward")(c.put(x), c.put(weight), c.put(bias), c.g, c.grid, **c.kw))
 
 
@@ -250,15 +253,15 @@ def _needs(needs):
 
 def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
               grad_weight, grad_bias, backend, out_dtype):
-    def checks():
-        nonlocal needs
-        needs = _needs(needs)
-        if not isinstance(deterministic, (bool, np.bool_)):
-            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
-
-    c = _layer_call(op, x, weight, stride, padding, dilation, backend, out_dtype,
-                    grad_out=grad_out, checks=checks,
-                    accumulators=(("grad_weight", grad_weight), ("grad_bias", grad_bias)))
+    spec = optable.LAYERS[op]
+    g, grid, kinds, arrays = _layer_arrays(spec, x, weight, stride, padding, dilation,
+                                           grad_out=grad_out)
+    needs = _needs(needs)
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
+    c = _layer_call(spec, g, grid, kinds, arrays, backend, out_dtype,
+                    (("grad_weight", grad_weight, spec.weight_shape(g, grid)),
+                     ("grad_bias", grad_bias, spec.bias_shape(g, grid))))
     g, grid, kw, det = c.g, c.grid, c.kw, bool(deterministic)
     dy = c.put(grad_out)                  # each array crosses to a device at most once
     xd = c.put(x) if "weight" in needs else None
@@ -421,7 +424,8 @@ def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, d
     if spec is None:
         raise ValueError(f"sharing must be one of {tuple(optable.BY_SHARING)} (or "
                          f"{tuple(optable.LAYERS)}), got {sharing!r}")
-    shape = tuple(input_shape)[-3:] if len(tuple(input_shape)) == 4 else tuple(input_shape)
+    shape = tuple(input_shape)
+    shape = shape[1:] if len(shape) == 4 else shape
     if len(shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
     (C, H, W), K, (R, S) = (int(v) for v in shape), int(filters), pair(kernel, "kernel")

@@ -99,6 +99,7 @@ def adapted(fn):
     calls go straight through; reduced ones through float32 copies of the arrays, with the
     result rounded back (or kept float32: out_dtype=). An out= buffer is added into: a float32
     one (master weights) by the kernel itself, a reduced one by one rounding of the sum."""
+    grads = fn.__name__.endswith(("_weight_grad", "_bias_grad"))   # take out=, added into
     both = fn.__name__.endswith("_input_weight_grad")    # returns (dx, dw)
 
     @wraps(fn)
@@ -108,9 +109,9 @@ def adapted(fn):
             return fn(*args, **kw)
         wide = tuple(widened(a) if isinstance(a, np.ndarray) else a for a in args)
         rdt = result_dtype(storage, out_dtype)
-        if "out" not in kw:                                    # forward, input gradient
+        if not grads:                                          # forward, input gradient
             return narrowed(fn(*wide, **kw), rdt)
-        out = kw.pop("out")
+        out = kw.pop("out", None)
         direct = out if out is not None and not reduced(out) else None
         r = fn(*wide, out=direct, **kw)
         dx, r = r if both else (None, r)
