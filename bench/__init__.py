@@ -4,10 +4,10 @@
                     [--layers conv2d,local2d] [--json PATH]
     python -m bench.isa avx2 CMD...          # CMD in the AVX2-only environment (CI's 2nd step)
     pytest bench --benchmark-enable          # pytest-benchmark suite (bench_*.py)
-    python -m bench.compare OLD.json NEW.json | python -m bench.plots RUN.json
-    python -m bench.targets                  # the targets table
+    python -m bench.report.compare OLD.json NEW.json | python -m bench.report.plots RUN.json
+    python -m bench.report.targets                  # the targets table
 
 Data: the suite in bench/shapes.py, the layer kinds and passes in the op table (sf.layers()),
-the targets in bench/targets.py, the JSON format in bench/schema.py. bench/harness.py is the one
+the targets in bench/report/targets.py, the JSON format in bench/report/schema.py. bench/harness.py is the one
 harness (launch, check, time, record) behind python -m bench and the pytest-benchmark suite.
 """

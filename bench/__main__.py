@@ -1,4 +1,4 @@
-"""python -m bench: see bench/report.py."""
+"""python -m bench: see bench/report/__init__.py."""
 import sys
 
 from bench.report import main

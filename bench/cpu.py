@@ -1,8 +1,8 @@
 """The CPU half of `python -m bench`: perf_counter timing, the machine's limits, and the
 --full extras (local2d peak memory, first call after import), each in a fresh process.
 
-The suite and its checks are bench/harness.py's, the tables and JSON bench/report.py's, the
-targets bench/targets.py's; bench/gpu.py is the GPU twin of the CpuTarget below.
+The suite and its checks are bench/harness.py's, the tables and JSON bench/report/__init__.py's, the
+targets bench/report/targets.py's; bench/gpu.py is the GPU twin of the CpuTarget below.
 """
 from __future__ import annotations
 

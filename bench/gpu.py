@@ -2,8 +2,8 @@
 
     python -m bench --gpu [--full] [--backend numba-cuda,cupy] [--save]
 
-The suite and its checks are bench/harness.py's, the tables and JSON bench/report.py's, the
-targets bench/targets.py's; this module supplies the GpuTarget (it imports none of those):
+The suite and its checks are bench/harness.py's, the tables and JSON bench/report/__init__.py's, the
+targets bench/report/targets.py's; this module supplies the GpuTarget (it imports none of those):
 timings are CUDA events around each call on the legacy default stream (which CuPy, PyTorch and
 our launches use by default), median of the samples; the limits are a 1 GiB device-to-device
 copy (bytes read + written) and an 8192^3 SGEMM through CuPy; peers are PyTorch on CUDA tensors

@@ -13,7 +13,7 @@ runs the report) both go through here:
     figures(...), record(...)        FLOP and byte counts from the op table (spec.flops,
                                      spec.bytes), rates, the floor (floor_s: the least time
                                      those allow under the machine's read bandwidth and sgemm
-                                     rate) and the JSON record (bench/schema.py)
+                                     rate) and the JSON record (bench/report/schema.py)
     bench_shape(...)                 all of the above for one shape
 
 The pytest-benchmark suite hands the same launcher to pytest-benchmark's loop when it times
@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bench import ops, schema
+from bench import ops
+from bench.report import schema
 from bench.shapes import geometry, make_inputs
 from sharenet_fast import dtypes, optable, registry
 
@@ -308,7 +309,7 @@ def floor_s(flops, nbytes, limits):
 
 
 def record(case, name, step, samples, limits, err=None, err_against=None):
-    """The JSON record (bench/schema.py RESULT) of one timing."""
+    """The JSON record (bench/report/schema.py RESULT) of one timing."""
     median = float(np.median(samples))
     q1, q3 = (float(v) for v in np.percentile(samples, [25, 75]))
     weight = case.weight_of(step)
@@ -365,7 +366,7 @@ def _affordable(steps, shape, layer, progress):
 
 def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None,
                 full=True, dtypes=("float32", REDUCED)):
-    """Result records (bench/schema.py) for one shape: every layer x pass x impl of plan()."""
+    """Result records (bench/report/schema.py) for one shape: every layer x pass x impl of plan()."""
     progress = progress or Quiet()
     steps = plan(target, layers, backends, full=full, dtypes=dtypes)
     results = []

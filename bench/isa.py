@@ -1,19 +1,14 @@
-"""The instruction set the CPU code of a benchmark or test run is compiled for, as environment
-variables: the one place `python -m bench --isa`, the tests and CI take them from.
+"""The instruction set the CPU code of a benchmark run is compiled for, as environment variables.
 
-    python -m bench.isa avx2 CMD [ARG...]     run CMD with the AVX2 environment (.ci/run does)
+    python -m bench.isa avx2 CMD [ARG...]     run CMD with the AVX2 environment
     python -m bench.isa avx2                  print it, one NAME=VALUE a line
 
 native: everything compiles for the host (AVX-512 where it has it); an AVX2 setting inherited
 from the environment (a machine with OPENBLAS_CORETYPE=Haswell set for everyone held NumPy's
 sgemm, the FLOP roof, to half of a Zen 5 core's rate) is removed.
-avx2: our Numba kernels for Haswell, AVX2 + FMA only (NUMBA_CPU_NAME=haswell with an empty
-NUMBA_CPU_FEATURES, so the features are the name's own: with NUMBA_CPU_NAME alone Numba keeps
-the host's features, AVX-512 included, and a plain float32 loop then uses zmm registers), and
-the peers and limits held to AVX2 where their libraries allow: oneDNN (PyTorch's conv2d and
-TensorFlow's), MKL (PyTorch's matmuls), ATen's own vectorised kernels, OpenBLAS (NumPy's sgemm:
-the FLOP roof) and XLA (JAX). These must be set before the libraries load: a run for another
-ISA is a child process (bench/report.py).
+avx2: the variables of .ci/avx2.env, which CI owns (its AVX2 test step sources the file; what
+each variable holds back is said there). They must be set before the libraries load: a run for
+another ISA is a child process (bench/report/__init__.py).
 """
 from __future__ import annotations
 
@@ -21,18 +16,17 @@ import os
 import sys
 
 NATIVE, AVX2 = "native", "avx2"
-VARS = {
-    NATIVE: {},
-    AVX2: {
-        "NUMBA_CPU_NAME": "haswell",
-        "NUMBA_CPU_FEATURES": "",
-        "ONEDNN_MAX_CPU_ISA": "AVX2",
-        "OPENBLAS_CORETYPE": "Haswell",
-        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-        "ATEN_CPU_CAPABILITY": "avx2",
-        "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",
-    },
-}
+AVX2_ENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "avx2.env")
+
+
+def _read_env(path):
+    """NAME=VALUE lines of a shell environment file (comments and blank lines skipped)."""
+    with open(path) as f:
+        lines = [line.strip() for line in f]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+VARS = {NATIVE: {}, AVX2: _read_env(AVX2_ENV)}
 ISAS = tuple(VARS)
 _APPENDED = ("XLA_FLAGS",)          # a list of flags: ours goes after the caller's own
 

@@ -9,9 +9,10 @@ from typing import NamedTuple
 INDEX_MAX = 2**31 - 1
 
 
-def pair(value, name):
+def pair(value, name, low=None):
     """Normalise an int or a pair of ints to a tuple (a, b); TypeError on anything else,
-    ValueError naming `name` for a value past the kernels' index range (|v| > INDEX_MAX)."""
+    ValueError naming `name` for a value past the kernels' index range (|v| > INDEX_MAX) or,
+    given `low`, below it."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int) or (hasattr(value, "__index__") and not hasattr(value, "__len__")):
@@ -28,6 +29,9 @@ def pair(value, name):
     if max(abs(a), abs(b)) > INDEX_MAX:
         raise ValueError(f"{name} must be at most {INDEX_MAX} (the kernels' index range), "
                          f"got {value!r}")
+    if low is not None and min(a, b) < low:
+        raise ValueError(f"{name} must be {'positive' if low == 1 else 'non-negative'}, got "
+                         f"{(a, b)}")
     return (a, b)
 
 
@@ -78,14 +82,9 @@ class ConvGeometry:
     @classmethod
     def make(cls, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1):
         """Build and validate; raises ValueError naming the argument on a bad value."""
-        st, dl = pair(stride, "stride"), pair(dilation, "dilation")
-        if min(st) < 1:
-            raise ValueError(f"stride must be positive, got {st}")
-        if min(dl) < 1:
-            raise ValueError(f"dilation must be positive, got {dl}")
+        st, dl = pair(stride, "stride", low=1), pair(dilation, "dilation", low=1)
         pd, extra = resolve_padding(padding, (R, S), st, dl)
-        if min(pd) < 0:
-            raise ValueError(f"padding must be non-negative, got {pd}")
+        pair(pd, "padding", low=0)
         g = cls(N, C, H, W, K, R, S, st, pd, dl, extra)
         if max(H + 2 * pd[0], W + 2 * pd[1]) > INDEX_MAX:   # a dilated kernel past it: P < 1
             raise ValueError(f"padding {pd} takes the padded input ({H}, {W}) past the "

@@ -1,8 +1,8 @@
-"""Schema-valid benchmark documents (bench/schema.py) from a few timings, for the tests of
-bench/compare.py and bench/plots.py."""
+"""Schema-valid benchmark documents (bench/report/schema.py) from a few timings, for the tests of
+bench/report/compare.py and bench/report/plots.py."""
 import numpy as np
 
-from bench import schema
+from bench.report import schema
 
 DIMS = dict(N=2, C=3, H=9, W=9, K=4, R=3, S=3, stride=1, padding=0)
 

@@ -1,5 +1,5 @@
-"""`python -m bench` (bench/report.py): the report end to end on a small run, its JSON against
-bench/schema.py, the schema's checks, the progress bar, options and errors, target verdicts."""
+"""`python -m bench` (bench/report/__init__.py): the report end to end on a small run, its JSON against
+bench/report/schema.py, the schema's checks, the progress bar, options and errors, target verdicts."""
 import io
 import json
 import os
@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sharenet_fast as sf  # noqa: E402
-from bench import harness, isa, ops, precompile, report, schema, targets  # noqa: E402
+from bench import harness, isa, ops, precompile, report  # noqa: E402
+from bench.report import schema, targets  # noqa: E402
 from sharenet_fast import dtypes  # noqa: E402
 from _bench_docs import make_doc  # noqa: E402
 
@@ -284,7 +285,7 @@ def test_cpu_floor_and_peer_targets():
 
 
 def test_gpu_target_verdicts_from_the_table():
-    """The GPU rows of bench/targets.py: cuDNN speed, weight stream, deterministic cost, cupy
+    """The GPU rows of bench/report/targets.py: cuDNN speed, weight stream, deterministic cost, cupy
     against numba-cuda; verdicts at batch 64 only, except where the row says any batch."""
     s = "alexnet_conv1"
     times = {(s, "conv2d", "forward", "cupy"): [1.0e-3], (s, "conv2d", "forward", "numba-cuda"):
@@ -298,7 +299,7 @@ def test_gpu_target_verdicts_from_the_table():
     for r in doc["results"]:
         r["dims"]["N"], r["pct_copy_weights"] = 64, 80.0
     title, lines = targets.section(doc)
-    assert title.startswith("Targets (gpu, bench/targets.py: ")
+    assert title.startswith("Targets (gpu, bench/report/targets.py: ")
     text = "\n".join(lines)
     assert ("cupy: conv2d forward alexnet_conv1 (batch 64): 0.90x the speed of PyTorch "
             "conv2d (cuDNN) (target >= 0.8x: met)") in text

@@ -1,4 +1,4 @@
-"""bench/compare.py: regressions beyond the spread of the samples, CPU and GPU runs."""
+"""bench/report/compare.py: regressions beyond the spread of the samples, CPU and GPU runs."""
 import io
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import compare  # noqa: E402
+from bench.report import compare  # noqa: E402
 
 
 from _bench_docs import make_doc  # noqa: E402

@@ -1,4 +1,4 @@
-"""bench/plots.py: both PNGs from a CPU benchmark JSON (the committed results)."""
+"""bench/report/plots.py: both PNGs from a CPU benchmark JSON (the committed results)."""
 import os
 import sys
 
@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytest.importorskip("matplotlib")
-from bench import plots  # noqa: E402
+from bench.report import plots  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
                        "results", "cpu_amd_epyc_2core.json")

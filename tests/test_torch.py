@@ -521,7 +521,8 @@ def test_geometry_is_validated_once_and_kept_for_the_backward(monkeypatch):
     call; neither validates them again in forward or backward (setup_context keeps them)."""
     calls = []
     real = sft._modules.pair
-    monkeypatch.setattr(sft._modules, "pair", lambda v, name: calls.append(name) or real(v, name))
+    monkeypatch.setattr(sft._modules, "pair",
+                        lambda v, name, **kw: calls.append(name) or real(v, name, **kw))
     m = sft.TiledConv2d(3, 4, 3, tiles=2, stride=2, padding=1)
     assert sorted(calls) == ["dilation", "kernel_size", "padding", "stride", "tiles"]
     x = torch.randn(2, 3, 9, 9, requires_grad=True)
@@ -535,6 +536,37 @@ def test_geometry_is_validated_once_and_kept_for_the_backward(monkeypatch):
     calls.clear()
     sft.tiled_conv2d(x, m.weight, m.bias, stride=2, padding=1).sum().backward()
     assert sorted(calls) == ["dilation", "padding", "stride"]
+
+
+def test_geometry_set_after_construction_is_validated_and_used():
+    """stride/padding/dilation assigned on a built module (as on torch.nn.Conv2d) take effect in
+    the next forward; a bad value raises naming it and leaves the module as it was."""
+    x = torch.randn(2, 3, 9, 9)
+    m = sft.Conv2d(3, 4, 3, padding=1)
+    m.stride, m.dilation = 2, (1, 2)
+    assert (m.stride, m.dilation) == ((2, 2), (1, 2))
+    want = F.conv2d(x, m.weight, m.bias, stride=2, padding=1, dilation=(1, 2))
+    _close(m(x), want, torch.float32)
+    for word, value, error in (("stride", 0, "stride must be positive"),
+                               ("padding", -1, "padding must be non-negative"),
+                               ("dilation", 2**40, "dilation must be at most"),
+                               ("padding", "same", "needs stride 1")):
+        with pytest.raises(ValueError, match=error):
+            setattr(m, word, value)
+        _close(m(x), want, torch.float32)             # unchanged
+    m.stride = 1
+    m.padding = "same"
+    _close(m(x), F.conv2d(x, m.weight, m.bias, padding="same", dilation=(1, 2)), torch.float32)
+    assert "padding='same'" in repr(m)
+    lc = sft.LocallyConnected2d(3, 4, 3, input_size=(9, 9))
+    lc.stride = 2                                      # the banks no longer fit the output
+    with pytest.raises(ValueError, match=r"grid \(7, 7\) does not match the output size"):
+        lc(x)
+    m1 = sft.LocallyConnected1d(3, 4, 3, input_length=9)
+    with pytest.raises(TypeError, match="stride must be an int"):
+        m1.stride = (1, 2)
+    m1.padding = 1
+    assert m1.padding == 1 and m1._geo[1] == [0, 1] and "padding=1" in repr(m1)
 
 
 def test_locally_connected_1d_is_the_2d_layer_with_one_row():

@@ -23,8 +23,8 @@ def _conv_args(stride, padding, dilation):
     """(stride, padding, padding_word, dilation) as the operators take them; ValueError/
     TypeError naming the argument for a bad value (pair's range check included: torch's int64
     schema would raise a RuntimeError on a too large int)."""
-    st = list(pair(stride, "stride"))
-    dl = list(pair(dilation, "dilation"))
+    st = list(pair(stride, "stride", low=1))
+    dl = list(pair(dilation, "dilation", low=1))
     if isinstance(padding, str):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got "
@@ -33,7 +33,7 @@ def _conv_args(stride, padding, dilation):
             raise ValueError(f"padding='same' needs stride 1 (as torch.nn.Conv2d), got "
                              f"stride {tuple(st)}")
         return st, [0, 0], padding, dl
-    return st, list(pair(padding, "padding")), "", dl
+    return st, list(pair(padding, "padding", low=0)), "", dl
 
 
 def _apply(op, x, weight, bias, stride, padding, dilation, deterministic, backend):
@@ -70,11 +70,19 @@ def soft_sharing_penalty(a, b, strength, *, backend="auto"):
 
 
 # ------------------------------------------------------------------------------- modules
+def _check_int(name, v, words=""):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int{words}, got {v!r}")
+
+
 def _check_module(in_channels, out_channels, kernel_size):
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= INDEX_MAX:
             raise ValueError(f"{name} must be a positive int below 2**31, got {v!r}")
     return pair(kernel_size, "kernel_size")
+
+
+_GEOMETRY_WORDS = dict(stride=1, padding=0, dilation=1)
 
 
 class _Layer(nn.Module):
@@ -88,10 +96,7 @@ class _Layer(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _check_module(in_channels, out_channels, kernel_size)
-        # validated once: forward hands these to the operator as they are (a layer's geometry
-        # is fixed at construction: a local layer's weight shape depends on it)
-        self._geo = st, pd, word, dl = _conv_args(stride, padding, dilation)
-        self.stride, self.padding, self.dilation = tuple(st), word or tuple(pd), tuple(dl)
+        self._set_geometry(stride=stride, padding=padding, dilation=dilation)
         self.backend, self.deterministic = backend, deterministic
         self._fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         factory = dict(device=device, dtype=dtype)
@@ -101,6 +106,26 @@ class _Layer(nn.Module):
         self.bias = (nn.Parameter(torch.empty(lead + (out_channels,), **factory)) if bias
                      else None)
         self.reset_parameters()
+
+    def __setattr__(self, name, value):
+        # stride, padding, dilation may change after construction, as on torch.nn.Conv2d: they
+        # are validated when set and kept in the form the operator takes (_geo), so forward does
+        # no checking (a local layer's weight then no longer fits, and its forward says so)
+        if name in _GEOMETRY_WORDS:
+            words = {w: self.__dict__.get(w, default) for w, default in _GEOMETRY_WORDS.items()}
+            self._set_geometry(**{**words, name: value})
+        else:
+            super().__setattr__(name, value)
+
+    def _set_geometry(self, **words):
+        geo, shown = self._geometry(**words)      # raises, naming the word, before any change
+        self.__dict__.update(shown, _geo=geo)
+
+    @staticmethod
+    def _geometry(stride, padding, dilation):
+        """(the operator's geometry arguments, the words as the module shows them)."""
+        geo = st, pd, word, dl = _conv_args(stride, padding, dilation)
+        return geo, dict(stride=tuple(st), padding=word or tuple(pd), dilation=tuple(dl))
 
     def _grid(self):
         return ()
@@ -214,8 +239,9 @@ class LocallyConnected2d(_Layer):
                          bias, backend, deterministic, device, dtype)
 
     def _grid(self):
+        st, pd, word, dl = self._geo
         g = ConvGeometry.make(1, self.in_channels, *self.input_size, self.out_channels,
-                              *self.kernel_size, self.stride, self.padding, self.dilation)
+                              *self.kernel_size, st, word or pd, dl)
         self.output_size = (g.P, g.Q)
         return self.output_size
 
@@ -247,24 +273,27 @@ class LocallyConnected1d(LocallyConnected2d):
     def __init__(self, in_channels, out_channels, kernel_size, input_length, stride=1,
                  padding=0, dilation=1, bias=True, *, backend="auto", deterministic=False,
                  device=None, dtype=None):
-        for name, v in (("kernel_size", kernel_size), ("input_length", input_length),
-                        ("stride", stride), ("padding", padding), ("dilation", dilation)):
-            if name == "padding" and isinstance(v, str):
-                continue
-            if isinstance(v, bool) or not isinstance(v, int):
-                words = ", 'same' or 'valid'" if name == "padding" else ""
-                raise TypeError(f"{name} must be an int{words}, got {v!r}")
+        for name, v in (("kernel_size", kernel_size), ("input_length", input_length)):
+            _check_int(name, v)
             pair(v, name)
         super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length),
-                         (1, stride), padding if isinstance(padding, str) else (0, padding),
-                         (1, dilation), bias, backend=backend, deterministic=deterministic,
-                         device=device, dtype=dtype)
+                         stride, padding, dilation, bias, backend=backend,
+                         deterministic=deterministic, device=device, dtype=dtype)
         self.kernel_size, self.input_length, self.output_length = (kernel_size, input_length,
                                                                    self.output_size[1])
-        self.stride, self.padding, self.dilation = stride, padding, dilation
         self.weight = nn.Parameter(self.weight.detach()[0, :, :, :, 0])
         if bias:
             self.bias = nn.Parameter(self.bias.detach()[0])
+
+    @staticmethod
+    def _geometry(stride, padding, dilation):
+        """The 2-D layer's geometry of (1, stride), (0, padding), (1, dilation); shown as ints."""
+        for name, v in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+            if not (name == "padding" and isinstance(v, str)):
+                _check_int(name, v, ", 'same' or 'valid'" if name == "padding" else "")
+        geo, _ = _Layer._geometry((1, stride), padding if isinstance(padding, str)
+                                  else (0, padding), (1, dilation))
+        return geo, dict(stride=stride, padding=padding, dilation=dilation)
 
     def _extra(self):
         return f", input_length={self.input_length}"

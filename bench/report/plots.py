@@ -1,6 +1,6 @@
 """Plots of a benchmark run (the JSON of `python -m bench --json`, CPU or GPU), as PNG.
 
-    python -m bench.plots RESULTS.json [--out-dir DIR]     (or python -m bench --plot STEM)
+    python -m bench.report.plots RESULTS.json [--out-dir DIR]     (or python -m bench --plot STEM)
 
 Writes <stem>_times.png (median time per layer kind and pass, each of ours beside each PyTorch
 peer, one panel per suite shape) and <stem>_roofline.png (arithmetic intensity against achieved
@@ -16,7 +16,7 @@ import os
 import sys
 
 import sharenet_fast as sf
-from bench import schema
+from bench.report import schema
 
 LAYERS = tuple(sf.layers())                    # op names, the op table's order
 PASSES = ("forward", schema.BACKWARD)
@@ -132,14 +132,14 @@ def _title(doc, what):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.plots", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.report.plots", description=__doc__.split("\n")[0])
     p.add_argument("json")
     p.add_argument("--out-dir", help="where the PNGs go (default: beside the JSON)")
     args = p.parse_args(argv)
     try:
         doc = schema.load(args.json)
     except ValueError as exc:
-        print(f"python -m bench.plots: {exc}", file=sys.stderr)
+        print(f"python -m bench.report.plots: {exc}", file=sys.stderr)
         return 2
     stem = os.path.splitext(os.path.basename(args.json))[0]
     out = args.out_dir or os.path.dirname(os.path.abspath(args.json))

@@ -1,13 +1,13 @@
 """The performance targets, as data: one row per target. `python -m bench` prints, for each row
 that matches its run, the measured figure and, where the run has the target's shape and batch,
-met / NOT met. `python -m bench.targets` prints the table.
+met / NOT met. `python -m bench.report.targets` prints the table.
 
 Columns (ANY = "*": every value):
     name       what the row is called
     target     cpu or gpu: the run (python -m bench [--gpu]) that rates it
     impl       the backend of ours it rates, or ANY (every backend of the run)
     layer      op name (sf.layers()), or ANY
-    passes     comma-separated pass labels (bench/schema.py: forward, backward,
+    passes     comma-separated pass labels (bench/report/schema.py: forward, backward,
                backward (grad_weight=), weight, weight (deterministic), soft_sharing_penalty),
                or ANY
     metric     what is measured: a key of METRICS below
@@ -16,7 +16,7 @@ Columns (ANY = "*": every value):
     batch      the batch the target is stated at (another batch: figure only), or ANY, or
                SUITE ("suite"): the shape exactly as bench/shapes.py's suite has it (its own
                batch, outputs not cut: python -m bench --full)
-    against    the timing it is compared with: the one key field (bench/schema.py key) that
+    against    the timing it is compared with: the one key field (bench/report/schema.py key) that
                differs from the rated timing's, by its value: an impl (torch-unfold), a layer
                (conv2d) or a pass label (weight); or "-"
 """
@@ -26,7 +26,8 @@ import operator
 import sys
 from typing import NamedTuple
 
-from bench import ops, schema
+from bench import ops
+from bench.report import schema
 from bench.shapes import SUITE as SUITE_SHAPES
 from sharenet_fast import optable
 
@@ -287,7 +288,7 @@ def _check_table():
                            for p in row.passes.split(","))),
             ("batch", row.batch in (ANY, SUITE) or isinstance(row.batch, int))) if not ok]
         if problems:
-            raise ValueError(f"bench/targets.py row {row.name!r} ({row.target}, {row.impl}): "
+            raise ValueError(f"bench/report/targets.py row {row.name!r} ({row.target}, {row.impl}): "
                              f"bad {', '.join(problems)}")
 
 
@@ -296,7 +297,7 @@ _check_table()
 
 # ---------------------------------------------------------------------------------- report
 def evaluate(report):
-    """[Item] of a run (bench/schema.py document): every row of its target, in the order of
+    """[Item] of a run (bench/report/schema.py document): every row of its target, in the order of
     the run's shapes, then the table's."""
     by = {schema.key(r): r for r in report["results"]}
     items = []
@@ -312,7 +313,7 @@ def section(report):
     items = evaluate(report)
     rated = [it for it in items if it.rated]
     target = report["config"]["target"]
-    title = (f"Targets ({target}, bench/targets.py: {sum(it.met for it in rated)} of "
+    title = (f"Targets ({target}, bench/report/targets.py: {sum(it.met for it in rated)} of "
              f"{len(rated)} met; a verdict where the run has the target's shape and batch)")
     # two rows on one figure (thresholds at different shapes) print it once where neither rates
     return title, list(dict.fromkeys(it.line() for it in items))

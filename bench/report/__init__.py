@@ -30,11 +30,11 @@ and library autotuning are never timed), checks every output against a reference
 pass's bytes and FLOPs allow under the measured read bandwidth and sgemm rate) and the % of it
 reached, GFLOP/s and its % of the sgemm rate, the bytes the pass must move per second and its %
 of the copy bandwidth, the time ratio to ours, parameters and weight bytes. Then the targets of
-bench/targets.py with the measured figure and met / NOT met.
+bench/report/targets.py with the measured figure and met / NOT met.
 
 JSON (--json, --save): machine, versions, limits, config and every timing's raw samples; checked
-against bench/schema.py before it is written. `python -m bench.compare A.json B.json` diffs two
-runs; `python -m bench.plots A.json` (or --plot here) draws time-per-layer and roofline PNGs.
+against bench/report/schema.py before it is written. `python -m bench.report.compare A.json B.json` diffs two
+runs; `python -m bench.report.plots A.json` (or --plot here) draws time-per-layer and roofline PNGs.
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ import time
 import numpy as np
 
 import sharenet_fast as sf
-from bench import harness, isa, ops, precompile, schema, targets
+from bench import harness, isa, ops, precompile
+from bench.report import schema, targets
 from bench.cpu import REPO, CpuTarget, log, peak_memory, startup
 from bench.shapes import SUITE, geometry
 
@@ -360,7 +361,7 @@ def make_target(args):
 
 
 def run(args, progress_stream=None, shapes=None):
-    """The whole report as a dict (bench/schema.py). `shapes` ({name: ConvShape}) replaces the
+    """The whole report as a dict (bench/report/schema.py). `shapes` ({name: ConvShape}) replaces the
     suite (tests run tiny layers)."""
     target, backends = make_target(args)
     if target is None:
@@ -432,7 +433,7 @@ def run(args, progress_stream=None, shapes=None):
         results=results, startup=st, peak_memory=peak)
     problems = schema.validate(report)
     if problems:  # a bug in this file: say so rather than write a file compare.py can't read
-        raise RuntimeError("report does not match bench/schema.py: " + "; ".join(problems[:5]))
+        raise RuntimeError("report does not match bench/report/schema.py: " + "; ".join(problems[:5]))
     return report
 
 
@@ -475,7 +476,7 @@ def main(argv=None):
             json.dump(report, f, indent=1)
         outputs.append(args.json)
     if args.plot:
-        from bench import plots
+        from bench.report import plots
 
         try:
             outputs += plots.plot_all(report, args.plot)
