@@ -1,6 +1,6 @@
-"""python -m bench: see bench/report/__init__.py."""
+"""python -m bench: see bench/report/build.py."""
 import sys
 
-from bench.report import main
+from bench.report.build import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""Smoke test of `python -m bench --gpu` (bench/report/__init__.py, bench/harness.py with bench/gpu.py's
+"""Smoke test of `python -m bench --gpu` (bench/report/build.py, bench/harness.py with bench/gpu.py's
 GpuTarget): on a GPU or, without one, on the Numba CUDA simulator (conftest.py turns it on), one
 tiny layer of each kind through the whole report: timing loop, peers when PyTorch has CUDA, the
 tables, the GPU targets (bench/report/targets.py) and a JSON that matches bench/report/schema.py. The numbers
@@ -9,7 +9,7 @@ import json
 import pytest
 
 import sharenet_fast as sf
-from bench import report
+from bench.report import build as report
 from bench.report import schema
 from bench.shapes import ConvShape
 

@@ -1,7 +1,7 @@
 """The CPU half of `python -m bench`: perf_counter timing, the machine's limits, and the
 --full extras (local2d peak memory, first call after import), each in a fresh process.
 
-The suite and its checks are bench/harness.py's, the tables and JSON bench/report/__init__.py's, the
+The suite and its checks are bench/harness.py's, the tables and JSON bench/report/build.py's, the
 targets bench/report/targets.py's; bench/gpu.py is the GPU twin of the CpuTarget below.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m bench --gpu [--full] [--backend numba-cuda,cupy] [--save]
 
-The suite and its checks are bench/harness.py's, the tables and JSON bench/report/__init__.py's, the
+The suite and its checks are bench/harness.py's, the tables and JSON bench/report/build.py's, the
 targets bench/report/targets.py's; this module supplies the GpuTarget (it imports none of those):
 timings are CUDA events around each call on the legacy default stream (which CuPy, PyTorch and
 our launches use by default), median of the samples; the limits are a 1 GiB device-to-device

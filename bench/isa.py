@@ -8,7 +8,7 @@ from the environment (a machine with OPENBLAS_CORETYPE=Haswell set for everyone 
 sgemm, the FLOP roof, to half of a Zen 5 core's rate) is removed.
 avx2: the variables of .ci/avx2.env, which CI owns (its AVX2 test step sources the file; what
 each variable holds back is said there). They must be set before the libraries load: a run for
-another ISA is a child process (bench/report/__init__.py).
+another ISA is a child process (bench/report/build.py).
 """
 from __future__ import annotations
 

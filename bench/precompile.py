@@ -5,7 +5,7 @@ Numba compiles one function at a time in one process: a cold quick run spent abo
 97 s compiling (2-core Zen 5 VM), one core busy and the other idle. Split over one worker
 process per core, each calling our launchers once for its share of the (shape, layer) pairs
 with SHARENET_FAST_CACHE=1, the compile takes about half the wall time, and the run itself
-then loads each kernel from the cache (bench/report/__init__.py runs it with the cache on unless
+then loads each kernel from the cache (bench/report/build.py runs it with the cache on unless
 SHARENET_FAST_CACHE is set). Compilation is never inside a timing either way: every step is
 called once before it is timed.
 

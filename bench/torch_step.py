@@ -195,7 +195,7 @@ def main(argv=None):
     print(text)
     paths = [args.json] if args.json else []
     if args.save:
-        from bench.report import slug
+        from bench.report.build import slug
 
         stem = os.path.join(RESULTS, "torch_step_" + slug(f"{cpu_model()} {os.cpu_count()}core"))
         paths.append(stem + ".json")

@@ -53,7 +53,7 @@ def build(menu=config.CUDA_TILE_MENU_GPU, workdir=None, rows=None):
         with open(src, "w") as f:
             f.write(code)
         tmp = lib + f".{os.getpid()}.tmp"
-        proc = subprocess.run([CXX, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC",
+        proc = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC",
                                "-Wno-unknown-pragmas", f"-I{EMU_DIR}", f"-I{kdir}", src, "-o",
                                tmp], capture_output=True, text=True)
         if proc.returncode:

@@ -10,7 +10,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench import isa, report  # noqa: E402
+from bench import isa  # noqa: E402
+from bench.report import build as report  # noqa: E402
 
 ASM = r"""
 import re

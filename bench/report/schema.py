@@ -116,7 +116,7 @@ def validate(doc):
         return [f"document: expected an object, got {type(doc).__name__}"]
     if doc.get("schema") != VERSION:
         return [f"schema: {doc.get('schema')!r}, expected {VERSION!r} (a file from an older "
-                "bench/report/__init__.py? re-run python -m bench --json)"]
+                "bench/report/build.py? re-run python -m bench --json)"]
     _fields("document", doc, TOP, problems)
     if problems:
         return problems
