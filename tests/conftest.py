@@ -3,12 +3,14 @@
 - Works with the package pip-installed or straight from a checkout: the repository root is put on
   sys.path only if `import sharenet_fast` fails.
 - tests/ is put on sys.path so test modules can `import _support` under any import mode.
-- Without a GPU the Numba CUDA kernels run on Numba's simulator: the repository's root
+- Without a GPU the Numba CUDA kernels run on Numba's simulator (with _cudasim.py's block
+  scheduler, which waits where the simulator's own polls): the repository's root
   conftest.py sets NUMBA_ENABLE_CUDASIM=1 (for tests/ and bench/ alike).
 - The boundscheck fuzz test (test_fuzz.py) runs a subprocess that compiles every kernel again
-  with NUMBA_BOUNDSCHECK=1. Compilation is single-threaded, so when that test is selected the
-  subprocess is started right after collection and overlaps the rest of the run; the test then
-  waits for it. Whatever happens, the subprocess is stopped when the session ends.
+  with NUMBA_BOUNDSCHECK=1. Compilation is single-threaded, so in a run without workers (-n0)
+  that selects the test, the subprocess is started right after collection and overlaps the
+  rest of the run; under pytest-xdist (the default: -n auto) the worker that runs the test
+  starts it, the other workers go on. Whatever happens, it is stopped when the session ends.
 """
 import os
 import sys
@@ -28,6 +30,10 @@ if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
 import _support  # noqa: E402
+import _cudasim  # noqa: E402
+
+if sharenet_fast.config.CUDASIM:
+    _cudasim.install()          # the simulator's block scheduler without its busy poll
 
 collect_ignore = ["_fuzz_boundscheck.py", "_support.py", "data/make_golden.py"]
 
