@@ -19,12 +19,14 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not os.path.exists("/dev/nvidiac
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 # in the controlling process only (xdist workers inherit its environment), before any test
-# module imports sharenet_fast (config reads SHARENET_FAST_CACHE at import)
-if "PYTEST_XDIST_WORKER" not in os.environ and "SHARENET_FAST_CACHE" not in os.environ \
-        and "NUMBA_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="sharenet_fast_test_kernels_")
-    os.environ.update(SHARENET_FAST_CACHE="1", NUMBA_CACHE_DIR=_cache)
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# module imports sharenet_fast (config reads SHARENET_FAST_CACHE at import): a directory for this
+# run (tests/_support.once_per_run keeps its results there), the kernel cache in it
+if "PYTEST_XDIST_WORKER" not in os.environ and "SHARENET_FAST_TEST_RUN" not in os.environ:
+    _run = tempfile.mkdtemp(prefix="sharenet_fast_test_run_")
+    atexit.register(shutil.rmtree, _run, ignore_errors=True)
+    os.environ["SHARENET_FAST_TEST_RUN"] = _run
+    if "SHARENET_FAST_CACHE" not in os.environ and "NUMBA_CACHE_DIR" not in os.environ:
+        os.environ.update(SHARENET_FAST_CACHE="1", NUMBA_CACHE_DIR=os.path.join(_run, "kernels"))
 
 
 def pytest_xdist_auto_num_workers(config):

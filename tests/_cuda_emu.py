@@ -8,6 +8,7 @@ argument is handed over as its declared type (sharenet_fast/_gpu_kernels.KERNELS
 cuLaunchKernel would read it.
 """
 import ctypes
+import fcntl
 import hashlib
 import os
 import shutil
@@ -48,17 +49,19 @@ def build(menu=config.CUDA_TILE_MENU_GPU, workdir=None, rows=None):
     workdir = workdir or os.path.join(tempfile.gettempdir(), "sharenet_cuda_emu")
     os.makedirs(workdir, exist_ok=True)
     lib = os.path.join(workdir, f"emu_{digest.hexdigest()[:16]}.so")
-    if not os.path.exists(lib):
-        src = lib[:-3] + ".cpp"
-        with open(src, "w") as f:
-            f.write(code)
-        tmp = lib + f".{os.getpid()}.tmp"
-        proc = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC",
-                               "-Wno-unknown-pragmas", f"-I{EMU_DIR}", f"-I{kdir}", src, "-o",
-                               tmp], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"g++ failed:\n{proc.stderr[-5000:]}")
-        os.replace(tmp, lib)
+    with open(lib + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)       # one build per library, the other workers wait
+        if not os.path.exists(lib):
+            src = lib[:-3] + ".cpp"
+            with open(src, "w") as f:
+                f.write(code)
+            tmp = lib + f".{os.getpid()}.tmp"
+            proc = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC",
+                                   "-Wno-unknown-pragmas", f"-I{EMU_DIR}", f"-I{kdir}", src,
+                                   "-o", tmp], capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"g++ failed:\n{proc.stderr[-5000:]}")
+            os.replace(tmp, lib)
     return ctypes.CDLL(lib), {n: f"emu_{i}" for i, n in enumerate(names)}
 
 

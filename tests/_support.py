@@ -420,3 +420,26 @@ class FuzzRun:
         if not self.log.closed:
             self.log.close()
         self.workdir.cleanup()
+
+
+def once_per_run(name, compute):
+    """compute()'s result, computed once per test run by whichever process asks first (under
+    pytest-xdist the workers share the run directory the root conftest.py makes); the others
+    wait for it and load it. An exception (a skip included) is not kept: the next asker tries."""
+    run = os.environ.get("SHARENET_FAST_TEST_RUN")
+    if not run:
+        return compute()
+    import fcntl
+    import pickle
+
+    path = os.path.join(run, f"{name}.pickle")
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)         # released when the file closes
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        result = compute()
+        with open(path + ".tmp", "wb") as f:
+            pickle.dump(result, f)
+        os.replace(path + ".tmp", path)
+        return result

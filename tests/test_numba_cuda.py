@@ -24,6 +24,7 @@ from sharenet_fast import config, reference
 from _support import (BACKENDS, DTYPE_IDS, DTYPES, SHAPES_BY_ID, Case, assert_close,
                       make_inputs, random_array)
 import _cuda_emu  # the wide-accumulation row and probe (no compiler needed)
+import _support
 
 pytestmark = pytest.mark.skipif("numba-cuda" not in BACKENDS,
                                 reason=f"numba-cuda: {sf.backends()['numba-cuda']}")
@@ -75,15 +76,18 @@ json.dump(report, sys.stdout)
 @pytest.fixture(scope="module")
 def ptx_report():
     """Compile every kernel (both dtypes, production tiles) to PTX in a subprocess without the
-    simulator: this is the real type-checking and code generation path a GPU would run."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode and "NVVM" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip(f"NVVM not installed: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    simulator: this is the real type-checking and code generation path a GPU would run. Once
+    per run: pytest-xdist workers that run some of the tests below share the one report."""
+    def compile_all():
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0",
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True,
+                              text=True, timeout=600)
+        if proc.returncode and "NVVM" in proc.stderr and "not found" in proc.stderr.lower():
+            pytest.skip(f"NVVM not installed: {proc.stderr.strip().splitlines()[-1]}")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout)
+    return _support.once_per_run("numba_cuda_ptx_report", compile_all)
 
 
 KERNEL_NAMES = list(decl.KERNELS)      # every declared kernel has a Numba twin
