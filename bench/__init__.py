@@ -2,8 +2,8 @@
 
     python -m bench [--quick|--full] [--gpu] [--isa native|avx2] [--shapes a,b]
                     [--layers conv2d,local2d] [--json PATH]
-    python -m bench.isa avx2 CMD...          # CMD in the AVX2-only environment (CI's 2nd step)
-    pytest bench --benchmark-enable          # pytest-benchmark suite (bench_*.py)
+    python -m bench.isa avx2 CMD...          # CMD in the AVX2-only environment (.ci/avx2.env)
+    pytest bench -n0 --benchmark-enable      # pytest-benchmark suite (bench_*.py), one process
     python -m bench.report.compare OLD.json NEW.json | python -m bench.report.plots RUN.json
     python -m bench.report.targets                  # the targets table
 

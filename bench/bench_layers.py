@@ -4,8 +4,10 @@ the installed peers (torch conv2d and unfold + einsum for conv2d, unfold + einsu
 others, tf-keras LocallyConnected2D and JAX conv_general_dilated_local for local2d); local2d's
 backward into a grad_weight= buffer; and local2d's soft-sharing penalty, ours vs PyTorch eager.
 
-    pytest bench --benchmark-enable                    # full docs/design.md shapes, timed
-    pytest bench --benchmark-enable --benchmark-group-by=group
+    pytest bench -n0 --benchmark-enable                # full docs/design.md shapes, timed
+                                                       # (-n0: pytest-benchmark times nothing
+                                                       # under pyproject's xdist workers)
+    pytest bench -n0 --benchmark-enable --benchmark-group-by=group
     pytest bench                                       # smoke run (pyproject: --benchmark-disable)
 
 The same harness as `python -m bench`: the launchers, the inputs, the warm-up call (JIT
