@@ -21,7 +21,6 @@ pytestmark = pytest.mark.skipif(sf.backends()["numba-cuda"] != "available",
 TINY = ConvShape(1, 2, 3, 3, 4, 3, 3, stride=2, padding=1)
 
 
-@pytest.mark.slow
 def test_gpu_report_runs_end_to_end(tmp_path, capsys):
     args = report.parse_args(["--gpu", "--backend", "numba-cuda", "--repeat", "1",
                               "--min-time", "0"])

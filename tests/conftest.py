@@ -53,10 +53,6 @@ def pytest_collection_modifyitems(session, config, items):
             continue
         mark = next((m for m in _support.SIM_MARKS if item.get_closest_marker(m)), None)
         runnable.append((item, (getattr(item, "originalname", item.name), mark, params)))
-    # the long tests first (a stable sort: the same order in every xdist worker), so the run
-    # ends on short ones and pytest-xdist's workers finish together
-    items.sort(key=lambda item: not any(item.get_closest_marker(m)
-                                        for m in ("slow", "fuzz_subprocess")))
     repeats = _support.sim_repeats([test for _, test in runnable])
     for i, why in repeats.items():
         runnable[i][0].add_marker(pytest.mark.skip(reason=why))

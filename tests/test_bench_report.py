@@ -26,7 +26,6 @@ def _in_this_process(monkeypatch):
             monkeypatch.delenv(name)
 
 
-@pytest.mark.slow
 def test_cpu_report_end_to_end(tmp_path, capsys):
     path, stem = tmp_path / "run.json", tmp_path / "plots" / "run"
     plot = ["--plot", str(stem)] if _has_matplotlib() else []
@@ -332,7 +331,6 @@ def test_targets_table_rows_are_checked():
         targets.TABLE = old
 
 
-@pytest.mark.slow
 def test_full_mode_measures_peak_memory_and_first_call(tmp_path, capsys, monkeypatch):
     """--full adds the two subprocess measurements (local2d peak memory, first call after
     import with the kernel cache cold then warm) to the report and its JSON. (The slow peers,
@@ -403,7 +401,6 @@ def test_experiments_do_not_import_bench():
     assert all(not d for d in leaks.values()), leaks
 
 
-@pytest.mark.slow
 def test_precompile_fills_the_cache_in_workers(tmp_path, monkeypatch):
     """bench/precompile.py: the workers call our launchers for their (shape, layer) pairs with
     the cache on, so the kernels land in Numba's cache directory, and report failures."""

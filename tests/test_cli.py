@@ -59,7 +59,6 @@ def test_info_lists_versions_backends_and_threads():
     assert "CPU threads:" in text and "threading layer:" in text and "GPU:" in text
 
 
-@pytest.mark.slow
 def test_verify_passes_on_the_cpu():
     code, text = run("verify", "--backend", "cpu", "--dtype", "float64", "--seed", "5")
     assert code == 0, text
@@ -87,7 +86,6 @@ def test_verify_fails_when_a_backend_is_wrong(monkeypatch):
     assert "(!)" in fails[0]
 
 
-@pytest.mark.slow
 def test_verify_fails_when_the_penalty_is_wrong(monkeypatch):
     cpu = sf.registry.get("cpu")
     real = cpu.soft_sharing_penalty

@@ -43,7 +43,6 @@ def compiled():
         pytest.skip(f"NVRTC not loadable: {exc}")
 
 
-@pytest.mark.slow
 def test_every_instance_compiles_for_compute_90(compiled):
     lowered, ptx, log = compiled
     names = _loader.name_expressions(config.CUDA_TILE_MENU_GPU, 128,

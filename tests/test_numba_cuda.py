@@ -97,7 +97,6 @@ PRODUCTION_MENU = config.CUDA_TILE_MENU_GPU
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16",
                                    "bfloat16:float32", "float16:float32"])
 @pytest.mark.parametrize("name", KERNEL_NAMES)
-@pytest.mark.slow
 def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
     """Every kernel, at every production block tile (the subprocess runs without the simulator,
     so config holds the real menu), for every storage dtype and, for 16-bit storage, both

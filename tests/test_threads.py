@@ -161,7 +161,6 @@ sys.exit(1 if errors or any(th.is_alive() for th in threads) else 0)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
-@pytest.mark.slow
 def test_every_parallel_kernel_is_safe_under_the_workqueue_layer(tmp_path):
     import os
     import subprocess

@@ -39,7 +39,6 @@ def _run(world, out):
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
-@pytest.mark.slow
 def test_ddp_two_processes_equal_one_on_the_whole_batch(tmp_path):
     single, ddp = str(tmp_path / "single.pt"), str(tmp_path / "ddp.pt")
     _run(1, single)

@@ -8,7 +8,6 @@ pytest.importorskip("torch")
 from bench import torch_step  # noqa: E402
 
 
-@pytest.mark.slow
 def test_quick_run_reports_every_variant(tmp_path, capsys):
     path = tmp_path / "step.json"
     assert torch_step.main(["--quick", "--json", str(path)]) == 0
