@@ -88,3 +88,16 @@ def test_files_of_another_format_are_refused(tmp_path, capsys):
                             **{"pass": "forward"})]}          # a report from before schema 2
     code, _ = _run(old, _cpu_doc({("x", "conv2d", "forward", "cpu"): [1.0]}), tmp_path)
     assert code == 2 and "re-run python -m bench --json" in capsys.readouterr().err
+
+
+def test_moved_machine_limits_are_noted(tmp_path):
+    """A run on a slower moment of a shared VM (its sgemm measured at 0.4x) is said to be one."""
+    times = {("x", "conv2d", "forward", "cpu"): [1.0, 1.0, 1.0]}
+    old, new = _cpu_doc(times), _cpu_doc(times)
+    code, text = _run(old, new, tmp_path)
+    assert "limits moved" not in text and compare.drift(old, new) == []
+    new["limits"]["sgemm_gflops"] = 100.0
+    new["limits"]["read_gbps"] = 42.0                           # within 10%: not listed
+    code, text = _run(old, new, tmp_path)
+    assert compare.drift(old, new) == [("sgemm_gflops", 250.0, 100.0)]
+    assert "limits moved between the runs (sgemm_gflops 250 -> 100, 0.40x)" in text

@@ -57,6 +57,17 @@ def _machine(doc):
     return doc["machine"]["device"]
 
 
+def drift(old_doc, new_doc, tolerance=0.1):
+    """[(limit, old, new)] of the machine limits both runs measured (GFLOP/s, GB/s) that moved
+    by more than `tolerance`: a shared VM slower in one run moves every timing, ours and the
+    peers', by about as much, which the per-timing verdicts cannot tell from a regression."""
+    lo, ln = old_doc.get("limits") or {}, new_doc.get("limits") or {}
+    return [(k, lo[k], ln[k]) for k in sorted(set(lo) & set(ln))
+            if k.endswith(("gflops", "gbps")) and isinstance(lo[k], (int, float))
+            and isinstance(ln[k], (int, float)) and lo[k] > 0
+            and abs(ln[k] / lo[k] - 1) > tolerance]
+
+
 def main(argv=None, out=sys.stdout):
     p = argparse.ArgumentParser(prog="python -m bench.report.compare",
                                 description=__doc__.split("\n")[0])
@@ -76,6 +87,11 @@ def main(argv=None, out=sys.stdout):
     if mo != mn:
         print(f"note: the machines differ ({mo} vs {mn}): a change may be the machine's",
               file=out)
+    moved = drift(old_doc, new_doc)
+    if moved:
+        print("note: the machine's measured limits moved between the runs (" + ", ".join(
+            f"{k} {o:.0f} -> {n:.0f}, {n / o:.2f}x" for k, o, n in moved) + "): compare ours "
+            "against the peers of the same run, not milliseconds across runs", file=out)
     print("| shape | layer | pass | who | old ms | new ms | new/old | verdict |", file=out)
     print("|---|---|---|---|---|---|---|---|", file=out)
     regressions = 0
