@@ -8,6 +8,7 @@
     python -m bench.report.targets                  # the targets table
 
 Data: the suite in bench/shapes.py, the layer kinds and passes in the op table (sf.layers()),
-the targets in bench/report/targets.py, the JSON format in bench/report/schema.py. bench/harness.py is the one
-harness (launch, check, time, record) behind python -m bench and the pytest-benchmark suite.
+the targets in bench/report/targets.py, the JSON format in bench/report/schema.py.
+bench/harness.py is the one harness (launch, check, time, record) behind python -m bench and the
+pytest-benchmark suite.
 """

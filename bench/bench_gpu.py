@@ -1,9 +1,9 @@
-"""Smoke test of `python -m bench --gpu` (bench/report/build.py, bench/harness.py with bench/gpu.py's
-GpuTarget): on a GPU or, without one, on the Numba CUDA simulator (conftest.py turns it on), one
-tiny layer of each kind through the whole report: timing loop, peers when PyTorch has CUDA, the
-tables, the GPU targets (bench/report/targets.py) and a JSON that matches bench/report/schema.py. The numbers
-of a real run are `python -m bench --gpu --full --save` on a GPU; this only proves the path
-works end to end."""
+"""Smoke test of `python -m bench --gpu` (bench/report/build.py, bench/harness.py with
+bench/gpu.py's GpuTarget): on a GPU or, without one, on the Numba CUDA simulator (conftest.py
+turns it on), one tiny layer of each kind through the whole report: timing loop, peers when
+PyTorch has CUDA, the tables, the GPU targets (bench/report/targets.py) and a JSON that matches
+bench/report/schema.py. The numbers of a real run are `python -m bench --gpu --full --save` on a
+GPU; this only proves the path works end to end."""
 import json
 
 import pytest

@@ -366,7 +366,8 @@ def _affordable(steps, shape, layer, progress):
 
 def bench_shape(target, name, shape, layers, backends, repeat, min_time, limits, progress=None,
                 full=True, dtypes=("float32", REDUCED)):
-    """Result records (bench/report/schema.py) for one shape: every layer x pass x impl of plan()."""
+    """Result records (bench/report/schema.py) for one shape: every layer x pass x impl of
+    plan()."""
     progress = progress or Quiet()
     steps = plan(target, layers, backends, full=full, dtypes=dtypes)
     results = []

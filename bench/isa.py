@@ -16,7 +16,8 @@ import os
 import sys
 
 NATIVE, AVX2 = "native", "avx2"
-AVX2_ENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "avx2.env")
+AVX2_ENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci",
+                        "avx2.env")
 
 
 def _read_env(path):

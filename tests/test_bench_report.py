@@ -1,5 +1,6 @@
-"""`python -m bench` (bench/report/build.py): the report end to end on a small run, its JSON against
-bench/report/schema.py, the schema's checks, the progress bar, options and errors, target verdicts."""
+"""`python -m bench` (bench/report/build.py): the report end to end on a small run, its JSON
+against bench/report/schema.py, the schema's checks, the progress bar, options and errors, target
+verdicts."""
 import io
 import json
 import os

@@ -33,8 +33,9 @@ of the copy bandwidth, the time ratio to ours, parameters and weight bytes. Then
 bench/report/targets.py with the measured figure and met / NOT met.
 
 JSON (--json, --save): machine, versions, limits, config and every timing's raw samples; checked
-against bench/report/schema.py before it is written. `python -m bench.report.compare A.json B.json` diffs two
-runs; `python -m bench.report.plots A.json` (or --plot here) draws time-per-layer and roofline PNGs.
+against bench/report/schema.py before it is written. `python -m bench.report.compare A.json
+B.json` diffs two runs; `python -m bench.report.plots A.json` (or --plot here) draws
+time-per-layer and roofline PNGs.
 """
 from __future__ import annotations
 
@@ -361,7 +362,8 @@ def make_target(args):
 
 
 def run(args, progress_stream=None, shapes=None):
-    """The whole report as a dict (bench/report/schema.py). `shapes` ({name: ConvShape}) replaces the
+    """The whole report as a dict (bench/report/schema.py). `shapes` ({name: ConvShape}) replaces
+    the
     suite (tests run tiny layers)."""
     target, backends = make_target(args)
     if target is None:
@@ -433,7 +435,8 @@ def run(args, progress_stream=None, shapes=None):
         results=results, startup=st, peak_memory=peak)
     problems = schema.validate(report)
     if problems:  # a bug in this file: say so rather than write a file compare.py can't read
-        raise RuntimeError("report does not match bench/report/schema.py: " + "; ".join(problems[:5]))
+        raise RuntimeError("report does not match bench/report/schema.py: "
+                           + "; ".join(problems[:5]))
     return report
 
 

@@ -132,7 +132,8 @@ def _title(doc, what):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.report.plots", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.report.plots",
+                                description=__doc__.split("\n")[0])
     p.add_argument("json")
     p.add_argument("--out-dir", help="where the PNGs go (default: beside the JSON)")
     args = p.parse_args(argv)

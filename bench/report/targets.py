@@ -288,8 +288,8 @@ def _check_table():
                            for p in row.passes.split(","))),
             ("batch", row.batch in (ANY, SUITE) or isinstance(row.batch, int))) if not ok]
         if problems:
-            raise ValueError(f"bench/report/targets.py row {row.name!r} ({row.target}, {row.impl}): "
-                             f"bad {', '.join(problems)}")
+            raise ValueError(f"bench/report/targets.py row {row.name!r} ({row.target}, "
+                             f"{row.impl}): bad {', '.join(problems)}")
 
 
 _check_table()

@@ -92,8 +92,7 @@ inline unsigned long emu_progress = 0;   // barrier arrivals: a pass without any
 
 inline void emu_yield() {
     EmuFiber& f = emu_fibers[emu_current];
-    f.thread = threadIdx;
-    f.block = blockIdx;
+    f.block = blockIdx;                  // threadIdx is the fiber's own: never changed
     swapcontext(&f.ctx, &emu_scheduler);
 }
 
@@ -174,7 +173,8 @@ void emu_run(unsigned gx, unsigned gy, unsigned threads, F&& body) {
     EmuBarrier bar(threads);
     emu_barrier = &bar;
     emu_warp_barriers.clear();
-    for (unsigned w0 = 0; w0 < threads; w0 += 32) emu_warp_barriers.emplace_back(std::min(32u, threads - w0));
+    for (unsigned w0 = 0; w0 < threads; w0 += 32)
+        emu_warp_barriers.emplace_back(std::min(32u, threads - w0));
     EmuLaunch<std::remove_reference_t<F>> launch{&body, gx, gy};
     const auto self = reinterpret_cast<std::uintptr_t>(&launch);
     emu_fibers = std::vector<EmuFiber>(threads);
