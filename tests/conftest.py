@@ -4,7 +4,7 @@
   sys.path only if `import sharenet_fast` fails.
 - tests/ is put on sys.path so test modules can `import _support` under any import mode.
 - Without a GPU the Numba CUDA kernels run on Numba's simulator (with _cudasim.py's block
-  scheduler, which waits where the simulator's own polls): the repository's root
+  scheduler, which runs one thread of a block at a time): the repository's root
   conftest.py sets NUMBA_ENABLE_CUDASIM=1 (for tests/ and bench/ alike).
 - The boundscheck fuzz test (test_fuzz.py) runs a subprocess that compiles every kernel again
   with NUMBA_BOUNDSCHECK=1. Compilation is single-threaded, so in a run without workers (-n0)
@@ -33,7 +33,7 @@ import _support  # noqa: E402
 import _cudasim  # noqa: E402
 
 if sharenet_fast.config.CUDASIM:
-    _cudasim.install()          # the simulator's block scheduler without its busy poll
+    _cudasim.install()          # the simulator's blocks one thread at a time (no GIL fight)
 
 collect_ignore = ["_fuzz_boundscheck.py", "_support.py", "data/make_golden.py"]
 
