@@ -54,54 +54,58 @@ def facts(ptx, atomic):
             "bits": "mov.b32" in ptx}
 
 
-for label, (dtype, out) in LABELS.items():
-    for (name, tiles), ptx in k.compile_ptx(dtype, cc=(9, 0), out=out).items():
-        report[f"{label}/{name}/{tiles}"] = facts(
-            ptx, "atom.global.add" in ptx or "red.global.add" in ptx)
-    s = importlib.import_module("sharenet_fast.numba_cuda.sharing")   # the penalty kernels
-    for name, ptx in s.compile_ptx(dtype, cc=(9, 0), out=out).items():
+label = sys.argv[1]              # one label per process: the workers compile them side by side
+dtype, out = LABELS[label]
+for (name, tiles), ptx in k.compile_ptx(dtype, cc=(9, 0), out=out).items():
+    report[f"{label}/{name}/{tiles}"] = facts(
+        ptx, "atom.global.add" in ptx or "red.global.add" in ptx)
+s = importlib.import_module("sharenet_fast.numba_cuda.sharing")   # the penalty kernels
+for name, ptx in s.compile_ptx(dtype, cc=(9, 0), out=out).items():
+    report[f"{label}/{name}/-"] = facts(ptx, bool(re.search(r"\b(?:atom|red)\.", ptx)))
+if out is None:                      # fill (device_zeros): no result type
+    s = importlib.import_module("sharenet_fast.numba_cuda._launch")
+    for name, ptx in s.compile_ptx(dtype, cc=(9, 0)).items():
         report[f"{label}/{name}/-"] = facts(ptx, bool(re.search(r"\b(?:atom|red)\.", ptx)))
-    if out is None:                      # fill (device_zeros): no result type
-        s = importlib.import_module("sharenet_fast.numba_cuda._launch")
-        for name, ptx in s.compile_ptx(dtype, cc=(9, 0)).items():
-            report[f"{label}/{name}/-"] = facts(ptx, bool(re.search(r"\b(?:atom|red)\.", ptx)))
-# the offset helper with int32 indices and extents: every multiply must be 64-bit
-ptx, _ = cuda.compile_ptx(k.off4, (int32,) * 7, device=True, cc=(9, 0))
-muls = re.findall(r"\bmul\.(?:lo|wide)\.[su](?:32|64)\b|\bmad\.(?:lo|wide)\.[su](?:32|64)\b", ptx)
-report["off4_muls"] = sorted(set(muls))
+if label == "float32":
+    # the offset helper with int32 indices and extents: every multiply must be 64-bit
+    ptx, _ = cuda.compile_ptx(k.off4, (int32,) * 7, device=True, cc=(9, 0))
+    muls = re.findall(r"\bmul\.(?:lo|wide)\.[su](?:32|64)\b|\bmad\.(?:lo|wide)\.[su](?:32|64)\b",
+                      ptx)
+    report["off4_muls"] = sorted(set(muls))
 json.dump(report, sys.stdout)
 """
 
 
-@pytest.fixture(scope="module")
-def ptx_report():
-    """Compile every kernel (both dtypes, production tiles) to PTX in a subprocess without the
-    simulator: this is the real type-checking and code generation path a GPU would run. Once
-    per run: pytest-xdist workers that run some of the tests below share the one report."""
-    def compile_all():
+def ptx_report(label):
+    """Compile every kernel of one storage (and result) dtype label, at every production tile,
+    to PTX in a subprocess without the simulator: the real type-checking and code generation
+    path a GPU would run. Once per run and label: pytest-xdist workers compile different
+    labels side by side and share each report."""
+    def compile_label():
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0",
                    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, label], env=env,
+                              capture_output=True, text=True, timeout=600)
         if proc.returncode and "NVVM" in proc.stderr and "not found" in proc.stderr.lower():
             pytest.skip(f"NVVM not installed: {proc.stderr.strip().splitlines()[-1]}")
         assert proc.returncode == 0, proc.stderr[-4000:]
         return json.loads(proc.stdout)
-    return _support.once_per_run("numba_cuda_ptx_report", compile_all)
+    return _support.once_per_run(f"numba_cuda_ptx_{label.replace(':', '_')}", compile_label)
 
 
 KERNEL_NAMES = list(decl.KERNELS)      # every declared kernel has a Numba twin
 PRODUCTION_MENU = config.CUDA_TILE_MENU_GPU
 
 
+@pytest.mark.parametrize("name", KERNEL_NAMES)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16",
                                    "bfloat16:float32", "float16:float32"])
-@pytest.mark.parametrize("name", KERNEL_NAMES)
-def test_kernel_compiles_to_ptx_for_sm90(ptx_report, name, dtype):
+def test_kernel_compiles_to_ptx_for_sm90(dtype, name):
     """Every kernel, at every production block tile (the subprocess runs without the simulator,
     so config holds the real menu), for every storage dtype and, for 16-bit storage, both
     result dtypes ("bfloat16:float32": bfloat16 storage, float32 results)."""
-    found = {key: r for key, r in ptx_report.items() if key.startswith(f"{dtype}/{name}/")}
+    found = {key: r for key, r in ptx_report(dtype).items()
+             if key.startswith(f"{dtype}/{name}/")}
     if name == "fill" and ":" in dtype:
         assert not found                     # fill has no result type
         return
@@ -178,10 +182,10 @@ def test_accumulation_dtype_is_a_separate_field():
     assert got["forward"] == 2.0**24, got      # the probe does tell the two apart
 
 
-def test_offsets_are_64_bit_in_ptx(ptx_report):
+def test_offsets_are_64_bit_in_ptx():
     """off4 on int32 indices compiles to 64-bit (wide) multiplies only, so an offset past 2**31
     cannot wrap, whatever the integer types the indices arrive in."""
-    muls = ptx_report["off4_muls"]
+    muls = ptx_report("float32")["off4_muls"]
     assert muls, "no multiplies found: the probe did not compile as expected"
     assert all(m.endswith("64") or ".wide." in m for m in muls), muls
 
