@@ -58,3 +58,10 @@ def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
         if out is not None:
             _into(d, out, out.dtype)
     return penalty
+
+
+def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight=None):
+    penalty, d = ref.neighbour_penalty(weight, strength, metric, neighbourhood, wrap)
+    if grad_weight is not None:
+        _into(d, grad_weight, grad_weight.dtype)
+    return penalty

@@ -412,6 +412,65 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
     return _device.scalar(c.get(result), kind)
 
 
+def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=False,
+                      grad_weight=None, backend="auto"):
+    """Neighbour soft sharing for banked weights (a tiled or locally connected layer's
+    (TP, TQ, K, C, R, S)): each bank is pulled towards the banks next to it on the grid, one
+    step right and down (neighbourhood=4) and the two diagonals (8), each pair once; wrap=True
+    makes the grid a torus.
+
+    metric="l2":     strength/2 * sum over pairs of ||w[p, q] - w[p2, q2]||^2
+    metric="cosine": strength * mean over pairs and filters k of 1 - cos(w[p, q, k],
+                     w[p2, q2, k]), cos(a, b) = a.b / (max(|a|, 1e-8) max(|b|, 1e-8))
+                     (All-TNN's spatial loss: each unit's filter near its neighbours')
+
+    grad_weight, when given (weight's shape and dtype; float32 for bfloat16/float16 weights),
+    is ADDED INTO in place with the penalty's gradient, in one pass over the banks. Returns the
+    penalty as numpy.float64 (summed in a fixed order: the same bits on every run). The CPU
+    and reference backends have it (NumPy arrays); the GPU kernels are not written yet.
+    """
+    kind = _kind("weight", weight)
+    if dtypes.lookup(weight.dtype) is None:
+        raise TypeError(f"weight must be {dtypes.WORDS}, got dtype {weight.dtype}")
+    if weight.ndim != 6:
+        raise ValueError(f"weight must be banked, (TP, TQ, K, C, R, S) (a tiled or locally "
+                         f"connected layer's), got shape {weight.shape}")
+    if 0 in weight.shape:
+        raise ValueError(f"weight must have no empty dimension, got shape {weight.shape}")
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
+    if not np.isfinite(strength) or strength < 0:
+        raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
+    if metric not in ("l2", "cosine"):
+        raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
+    if isinstance(neighbourhood, bool) or neighbourhood not in (4, 8):
+        raise ValueError(f"neighbourhood must be 4 or 8, got {neighbourhood!r}")
+    if not isinstance(wrap, (bool, np.bool_)):
+        raise TypeError(f"wrap must be a bool, got {wrap!r}")
+    arrays, kinds = {"weight": weight}, {"weight": kind}
+    if grad_weight is not None:
+        kinds["grad_weight"] = _accumulator("grad_weight", grad_weight, weight.shape,
+                                            weight.dtype)
+        arrays["grad_weight"] = grad_weight
+        if _device.overlaps(grad_weight, weight):
+            raise ValueError("grad_weight overlaps weight in memory: it is written while "
+                             "weight is read")
+    c = Call.make(backend, _one_place(kinds, arrays), optable.NEIGHBOUR, weight.dtype, None)
+    run = getattr(c.be, optable.NEIGHBOUR, None)
+    if run is None:
+        have = [n for n, why in registry.backends().items()
+                if why == "available" and hasattr(registry.get(n), optable.NEIGHBOUR)]
+        raise TypeError(f"backend {registry.name_of(c.be)!r} has no neighbour_penalty kernels "
+                        f"yet (backends with them: {have}); pass NumPy arrays with "
+                        f"backend='cpu'")
+    out = c.put(grad_weight)
+    penalty = run(c.put(weight), float(strength), metric, int(neighbourhood), bool(wrap),
+                  grad_weight=out)
+    if grad_weight is not None:
+        c.land(grad_weight, out, None)
+    return np.float64(penalty)
+
+
 def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,
                 tile=None, bias=True):
     """ParamCount(neurons, weights_per_neuron, params, bytes) of one float32 layer: sharing is

@@ -168,6 +168,11 @@ BY_SHARING = MappingProxyType({spec.sharing: spec for spec in LAYERS.values()})
 # The other op every backend exports: soft_sharing_penalty(a, b, strength, grad_a=None,
 # grad_b=None) on flat C-contiguous arrays -> the float64 penalty (a 1-element array on a GPU).
 PENALTY = "soft_sharing_penalty"
+# Optional (a backend without it is refused by the API with a message saying which have it):
+# neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight=None) on a
+# C-contiguous banked weight (TP, TQ, K, C, R, S) -> the float64 penalty. The GPU kernels of
+# it have not been written yet: the CPU and reference backends export it.
+NEIGHBOUR = "neighbour_penalty"
 
 
 def layers():

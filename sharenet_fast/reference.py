@@ -199,3 +199,61 @@ def soft_sharing_penalty(a, b, strength):
     grad_a = strength * (a - b), grad_b = -grad_a."""
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     return 0.5 * float(strength) * float(np.sum(d * d)), strength * d, -strength * d
+
+
+# ------------------------------------------------------------------ neighbour soft sharing
+NEIGHBOURHOODS = {4: ((0, 1), (1, 0)), 8: ((0, 1), (1, 0), (1, 1), (1, -1))}
+COSINE_EPS = 1e-8
+
+
+def neighbour_pairs(grid, neighbourhood, wrap):
+    """[(p, q, p2, q2)]: each bank of a (TP, TQ) grid with its neighbours one step to the
+    right, below (and, for 8, down-right and down-left), each unordered pair once; wrap=True
+    makes the grid a torus (on a grid 1 or 2 wide a bank may meet itself or a neighbour
+    twice: every (position, direction) counts)."""
+    TP, TQ = grid
+    pairs = []
+    for p in range(TP):
+        for q in range(TQ):
+            for dp, dq in NEIGHBOURHOODS[neighbourhood]:
+                p2, q2 = p + dp, q + dq
+                if wrap:
+                    p2, q2 = p2 % TP, q2 % TQ
+                elif not (p2 < TP and 0 <= q2 < TQ):
+                    continue
+                pairs.append((p, q, p2, q2))
+    return pairs
+
+
+def neighbour_penalty(weight, strength, metric="l2", neighbourhood=4, wrap=False):
+    """(penalty, gradient) in float64 of the neighbour penalty of banked weights
+    (TP, TQ, K, C, R, S), over the pairs of neighbour_pairs():
+    l2:     strength/2 * sum over pairs of ||w[p, q] - w[p2, q2]||^2
+    cosine: strength * mean over pairs and filters k of (1 - cos(w[p, q, k], w[p2, q2, k])),
+            cos(a, b) = a.b / (max(|a|, eps) max(|b|, eps)), eps = COSINE_EPS."""
+    w = np.asarray(weight, np.float64)
+    TP, TQ, K = w.shape[:3]
+    v = w.reshape(TP, TQ, K, -1)
+    grad = np.zeros_like(v)
+    pairs = neighbour_pairs((TP, TQ), neighbourhood, wrap)
+    total = 0.0
+    if metric == "l2":
+        for p, q, p2, q2 in pairs:
+            d = v[p, q] - v[p2, q2]
+            total += 0.5 * strength * float(np.sum(d * d))
+            grad[p, q] += strength * d
+            grad[p2, q2] -= strength * d
+    else:
+        scale = strength / (len(pairs) * K) if pairs else 0.0
+        for p, q, p2, q2 in pairs:
+            a, b = v[p, q], v[p2, q2]                          # (K, C*R*S)
+            la, lb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+            na, nb = np.maximum(la, COSINE_EPS), np.maximum(lb, COSINE_EPS)
+            cos = np.sum(a * b, axis=1) / (na * nb)
+            total += scale * float(np.sum(1.0 - cos))
+            # d cos / da = b / (na nb) - cos a / |a|^2 (the second term 0 where |a| <= eps)
+            ca = np.where(la > COSINE_EPS, cos / na**2, 0.0)
+            cb = np.where(lb > COSINE_EPS, cos / nb**2, 0.0)
+            grad[p, q] -= scale * (b / (na * nb)[:, None] - ca[:, None] * a)
+            grad[p2, q2] -= scale * (a / (na * nb)[:, None] - cb[:, None] * b)
+    return total, grad.reshape(w.shape)

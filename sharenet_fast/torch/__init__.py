@@ -17,8 +17,9 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
                       "(torch==2.13.0 on the CPU build machines)") from exc
 
 from ._modules import (Conv2d, LocallyConnected1d, LocallyConnected2d, TiledConv2d, conv2d,
-                       local2d, soft_sharing_penalty, tiled_conv2d)
+                       local2d, neighbour_penalty, soft_sharing_penalty, tiled_conv2d)
 from ._ops import OPS, NS
 
-__all__ = ["conv2d", "tiled_conv2d", "local2d", "soft_sharing_penalty", "Conv2d", "TiledConv2d",
+__all__ = ["conv2d", "tiled_conv2d", "local2d", "soft_sharing_penalty", "neighbour_penalty",
+           "Conv2d", "TiledConv2d",
            "LocallyConnected2d", "LocallyConnected1d", "OPS", "NS"]

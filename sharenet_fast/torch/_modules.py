@@ -69,6 +69,16 @@ def soft_sharing_penalty(a, b, strength, *, backend="auto"):
     return _ops_ns.soft_sharing_penalty(a, b, float(strength), backend)
 
 
+def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=False,
+                      backend="auto"):
+    """sharenet_fast.neighbour_penalty (each bank of a (TP, TQ, K, C, R, S) weight near its
+    grid neighbours; l2 or cosine) as a 0-d tensor of weight's dtype, differentiable in
+    weight. CPU tensors (the GPU kernels are not written yet)."""
+    _ops._check_args(weight=weight)
+    return _ops_ns.neighbour_penalty(weight, float(strength), metric, int(neighbourhood),
+                                     bool(wrap), backend)
+
+
 # ------------------------------------------------------------------------------- modules
 def _check_int(name, v, words=""):
     if isinstance(v, bool) or not isinstance(v, int):

@@ -388,3 +388,51 @@ def _penalty_grad(ctx, grad):
 
 soft_sharing_penalty.register_autograd(_penalty_grad, setup_context=_penalty_setup)
 _register_autocast("soft_sharing_penalty")
+
+
+# ------------------------------------------------------------------ the neighbour penalty
+@torch.library.custom_op(f"{NS}::neighbour_penalty", mutates_args=())
+def neighbour_penalty(weight: Tensor, strength: float, metric: str, neighbourhood: int,
+                      wrap: bool, backend: str) -> Tensor:
+    _check(weight=weight)
+    p = api.neighbour_penalty(_array(weight), strength, metric=metric,
+                              neighbourhood=neighbourhood, wrap=wrap, backend=backend)
+    return torch.tensor(float(p), dtype=weight.dtype)
+
+
+@neighbour_penalty.register_fake
+def _(weight, strength, metric, neighbourhood, wrap, backend):
+    return weight.new_empty(())
+
+
+@torch.library.custom_op(f"{NS}::neighbour_penalty_backward", mutates_args=())
+def neighbour_penalty_backward(grad: Tensor, weight: Tensor, strength: float, metric: str,
+                               neighbourhood: int, wrap: bool, backend: str) -> Tensor:
+    """grad * d(penalty)/d(weight): the kernel adds into a zeroed buffer, then the incoming
+    gradient scales it."""
+    _check(weight=weight)
+    gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    api.neighbour_penalty(_array(weight), strength, metric=metric, neighbourhood=neighbourhood,
+                          wrap=wrap, grad_weight=_array(gw, True), backend=backend)
+    return _strided_like(gw.mul_(grad.to(weight.dtype)), weight)
+
+
+@neighbour_penalty_backward.register_fake
+def _(grad, weight, strength, metric, neighbourhood, wrap, backend):
+    return torch.empty_like(weight)
+
+
+def _neighbour_setup(ctx, inputs, output):
+    weight, *ctx.args = inputs
+    ctx.save_for_backward(weight)
+
+
+def _neighbour_grad(ctx, grad):
+    if not ctx.needs_input_grad[0]:
+        return (None,) * 6
+    (weight,) = ctx.saved_tensors
+    return (neighbour_penalty_backward(grad, weight, *ctx.args),) + (None,) * 5
+
+
+neighbour_penalty.register_autograd(_neighbour_grad, setup_context=_neighbour_setup)
+_register_autocast("neighbour_penalty")

@@ -1,0 +1,147 @@
+"""neighbour_penalty: the float64 oracle against finite differences, the CPU and reference
+backends against the oracle in every storage dtype (gradients added into random buffers),
+fixed bits, bad input, and the differentiable torch function."""
+import numpy as np
+import pytest
+
+import sharenet_fast as sf
+from sharenet_fast import dtypes, reference as ref
+from _support import random_array, rel_err
+
+GRIDS = [(3, 4), (1, 1), (2, 1), (1, 3), (2, 2), (5, 3)]
+CASES = [(m, n, w) for m in ("l2", "cosine") for n in (4, 8) for w in (False, True)]
+IDS = [f"{m}-n{n}-{'wrap' if w else 'edge'}" for m, n, w in CASES]
+
+
+@pytest.mark.parametrize("metric,neighbourhood,wrap", CASES, ids=IDS)
+def test_oracle_gradient_is_the_finite_difference(metric, neighbourhood, wrap):
+    rng = np.random.default_rng(1)
+    for grid in GRIDS:
+        w = random_array(rng, grid + (3, 2, 2, 3))
+        _, g = ref.neighbour_penalty(w, 0.7, metric, neighbourhood, wrap)
+        for _ in range(6):
+            i = tuple(int(rng.integers(0, s)) for s in w.shape)
+            wp, wm = w.copy(), w.copy()
+            wp[i] += 1e-6
+            wm[i] -= 1e-6
+            fd = (ref.neighbour_penalty(wp, 0.7, metric, neighbourhood, wrap)[0]
+                  - ref.neighbour_penalty(wm, 0.7, metric, neighbourhood, wrap)[0]) / 2e-6
+            assert abs(fd - g[i]) <= 1e-6 * max(1.0, abs(fd)), (grid, i, fd, g[i])
+
+
+def test_oracle_counts_pairs_as_documented():
+    """A 2 x 3 grid: 4-neighbourhood 3 + 4 = 7 pairs; 8 adds 2 + 2 diagonals; wrap: every
+    (position, direction), 12 and 24; l2 of banks equal but one is that bank's distance to
+    its neighbours only."""
+    assert len(ref.neighbour_pairs((2, 3), 4, False)) == 7
+    assert len(ref.neighbour_pairs((2, 3), 8, False)) == 11
+    assert len(ref.neighbour_pairs((2, 3), 4, True)) == 12
+    assert len(ref.neighbour_pairs((2, 3), 8, True)) == 24
+    w = np.ones((2, 3, 1, 1, 1, 2))
+    w[0, 0] += 1.0                                   # differs by (1, 1) from the rest
+    penalty, _ = ref.neighbour_penalty(w, 2.0, "l2", 4, False)
+    assert penalty == pytest.approx(2.0 / 2 * 2 * 2.0)     # 2 neighbours, |d|^2 = 2 each
+    cos, _ = ref.neighbour_penalty(w, 1.0, "cosine", 8, False)
+    assert cos == pytest.approx(0.0, abs=1e-12)            # parallel filters: cos = 1
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", dtypes.NAMES)
+@pytest.mark.parametrize("metric,neighbourhood,wrap", CASES, ids=IDS)
+def test_backend_matches_oracle(backend, dtype, metric, neighbourhood, wrap):
+    row = dtypes.lookup(dtype)
+    rng = np.random.default_rng(2)
+    for grid in ((3, 4), (1, 2), (4, 1)):
+        w = random_array(rng, grid + (3, 2, 3, 5)).astype(row.storage)
+        want, dw = ref.neighbour_penalty(w, 0.3, metric, neighbourhood, wrap)
+        # gradients added into random buffers: float32 master gradients and storage-dtype ones
+        for gdtype in {row.accum, row.storage}:
+            start = random_array(rng, w.shape).astype(gdtype)
+            buf = start.copy()
+            got = sf.neighbour_penalty(w, 0.3, metric=metric, neighbourhood=neighbourhood,
+                                       wrap=wrap, grad_weight=buf, backend=backend)
+            assert isinstance(got, np.float64)
+            assert abs(got - want) <= row.tol * max(1.0, abs(want)), (grid, got, want)
+            expect = start.astype(np.float64) + dw
+            assert rel_err(buf.astype(np.float64), expect) <= dtypes.tol(gdtype), grid
+        alone = sf.neighbour_penalty(w, 0.3, metric=metric, neighbourhood=neighbourhood,
+                                     wrap=wrap, backend=backend)
+        assert alone == got
+
+
+def test_same_bits_every_run_and_strided_buffer():
+    rng = np.random.default_rng(3)
+    w = random_array(rng, (6, 5, 4, 3, 3, 3), np.float32)
+    runs = [sf.neighbour_penalty(w, 0.1, metric="cosine", neighbourhood=8) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    big = random_array(rng, (6, 5, 8, 3, 3, 3), np.float32)
+    view, start = big[:, :, ::2], big[:, :, ::2].copy()      # a strided grad_weight
+    sf.neighbour_penalty(w, 0.1, grad_weight=view)
+    _, dw = ref.neighbour_penalty(w, 0.1)
+    assert rel_err(view.astype(np.float64), start + dw) <= dtypes.tol(np.float32)
+    assert np.array_equal(big[:, :, 1::2], big[:, :, 1::2])
+
+
+def test_penalty_grows_as_neighbours_differ():
+    rng = np.random.default_rng(4)
+    base = random_array(rng, (1, 1, 2, 2, 3, 3))
+    smooth = np.broadcast_to(base, (4, 4) + base.shape[2:]).copy()
+    rough = smooth + 0.5 * random_array(rng, smooth.shape)
+    for metric in ("l2", "cosine"):
+        assert sf.neighbour_penalty(smooth, 1.0, metric=metric) == pytest.approx(0.0, abs=1e-9)
+        assert sf.neighbour_penalty(rough, 1.0, metric=metric) > 1e-3
+
+
+def test_bad_input_names_the_argument():
+    w = np.ones((2, 2, 1, 1, 2, 2), np.float32)
+    cases = [
+        (dict(weight=np.ones((2, 2, 2, 2), np.float32)), ValueError, "banked"),
+        (dict(strength=-1.0), ValueError, "strength"),
+        (dict(strength=float("nan")), ValueError, "strength"),
+        (dict(strength="1"), TypeError, "strength"),
+        (dict(metric="l1"), ValueError, "metric"),
+        (dict(neighbourhood=6), ValueError, "neighbourhood"),
+        (dict(neighbourhood=True), ValueError, "neighbourhood"),
+        (dict(wrap=1), TypeError, "wrap"),
+        (dict(grad_weight=np.zeros((2, 2, 1, 1, 2, 3), np.float32)), ValueError, "grad_weight"),
+        (dict(grad_weight=np.zeros(w.shape, np.float64)), TypeError, "grad_weight"),
+        (dict(grad_weight=w), ValueError, "overlaps"),
+        (dict(weight=w.astype(np.int32)), TypeError, "weight"),
+        (dict(weight=[[1.0]]), TypeError, "weight"),
+        (dict(backend="nope"), ValueError, "backend"),
+    ]
+    for change, exc, word in cases:
+        kw = dict(weight=w, strength=1.0) | change
+        weight, strength = kw.pop("weight"), kw.pop("strength")
+        with pytest.raises(exc, match=word):
+            sf.neighbour_penalty(weight, strength, **kw)
+    ro = np.zeros(w.shape, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        sf.neighbour_penalty(w, 1.0, grad_weight=ro)
+
+
+def test_gpu_backend_is_refused_with_the_backends_that_have_it():
+    have = [n for n, why in sf.backends().items() if why == "available" and n in ("numba-cuda",
+                                                                                 "cupy")]
+    if not have:
+        pytest.skip("no GPU backend importable here")
+    w = np.ones((2, 2, 1, 1, 2, 2), np.float32)
+    with pytest.raises(TypeError, match="no neighbour_penalty kernels yet.*'cpu'"):
+        sf.neighbour_penalty(w, 1.0, backend=have[0])
+
+
+def test_torch_function_is_differentiable():
+    torch = pytest.importorskip("torch")
+    sft = pytest.importorskip("sharenet_fast.torch")
+    rng = np.random.default_rng(5)
+    w = torch.tensor(random_array(rng, (3, 2, 2, 2, 2, 2)), requires_grad=True)
+    for metric in ("l2", "cosine"):
+        assert torch.autograd.gradcheck(
+            lambda t: sft.neighbour_penalty(t, 0.4, metric=metric, neighbourhood=8, wrap=True),
+            (w,))
+        p = sft.neighbour_penalty(w, 0.4, metric=metric)
+        (g,) = torch.autograd.grad(3.0 * p, w)
+        want, dw = ref.neighbour_penalty(w.detach().numpy(), 0.4, metric)
+        assert float(p.detach()) == pytest.approx(want, rel=1e-12)
+        assert np.allclose(g.numpy(), 3.0 * dw, rtol=1e-12, atol=1e-14)
