@@ -126,10 +126,6 @@ WGRAD_MAX_PARTIALS = 64
 # threads. 64 Ki elements (256 KB of float32 per array) keeps a chunk's four streams in L2.
 PENALTY_CHUNK = 1 << 16
 
-# neighbour_penalty (l2) on the CPU: a bank's elements in chunks of this many, the gradient's
-# running sum over the neighbours (float32: 4 KB) kept in L1 while each neighbour streams by.
-NEIGHBOUR_CHUNK = 1024
-
 NJIT_OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, nogil=True)
 
 

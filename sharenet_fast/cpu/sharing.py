@@ -10,6 +10,8 @@ bfloat16/float16 banks (their 16-bit views, dtypes.py) are widened in registers 
 difference taken in float32; gradients in the storage dtype are rounded once per element,
 float32 ones (master weights) are added into as they are. Half the bytes of float32 a and b.
 """
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -74,6 +76,14 @@ def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
 
 
 # ------------------------------------------------------------------ neighbour soft sharing
+# Gather form: each bank's gradient is summed from the bank and its (up to 8) neighbours by the
+# thread that owns the bank's grid row (prange over TP), so no two threads write one element
+# and each gradient element is stored once; the penalty counts a pair at its first bank only
+# (the forward directions). A bank's neighbours sit in 8 slots, forward directions in 0-3 and
+# backward ones in 4-7; a slot without a neighbour (the grid's edge, the 4-neighbourhood's
+# diagonals) points at the bank itself with weight 0. One loop over a bank then reads it and
+# its neighbours once each and keeps the sums in registers (a loop per neighbour adding into a
+# running sum in memory was 2x slower at alexnet_conv1).
 def _add_into(g, i, v):
     """g[i] += v for a float64 v: in float64 into a float64 array, else in float32 and rounded
     once into the array's dtype (float32, bfloat16, float16)."""
@@ -90,131 +100,170 @@ def _add_into_impl(g, i, v):
     return impl
 
 
-# Gather form: each bank's gradient is computed by the thread that owns it, from the bank and
-# its (up to 8) neighbours, so no two threads write one element and the gradient is stored
-# once; the penalty counts each pair at its first bank only (the forward directions). Threads
-# own rows of the grid (prange over TP).
 @njit(**config.njit_options(), inline="always")
-def _neighbours(p, q, TP, TQ, dirs, wrap, nbp, nbq, fwd):
-    """How many neighbours bank (p, q) has; their rows, columns and whether the pair is
-    counted here (a forward direction) in nbp, nbq, fwd."""
-    nd = dirs.shape[0]
-    nn = 0
-    for j in range(2 * nd):
-        sign = 1 if j < nd else -1
-        p2 = p + sign * dirs[j % nd, 0]
-        q2 = q + sign * dirs[j % nd, 1]
-        if wrap:
-            p2 %= TP
-            q2 %= TQ
-        elif p2 < 0 or p2 >= TP or q2 < 0 or q2 >= TQ:
-            continue
-        nbp[nn], nbq[nn], fwd[nn] = p2, q2, j < nd
-        nn += 1
-    return nn
+def _slots(p, q, TP, TQ, dirs, wrap, nbp, nbq, on):
+    """Fill the 8 neighbour slots of bank (p, q): row, column, and 1.0 where a neighbour is."""
+    for j in range(8):
+        nbp[j], nbq[j], on[j] = p, q, 0.0
+    for d in range(dirs.shape[0]):
+        for back in range(2):
+            sign = -1 if back else 1
+            p2 = p + sign * dirs[d, 0]
+            q2 = q + sign * dirs[d, 1]
+            if wrap:
+                p2 %= TP
+                q2 %= TQ
+            elif p2 < 0 or p2 >= TP or q2 < 0 or q2 >= TQ:
+                continue
+            j = d + 4 * back
+            nbp[j], nbq[j], on[j] = p2, q2, 1.0
 
 
-@njit(**config.njit_options(parallel=True))
-def neighbour_l2_kernel(w, grad, has_grad, strength, dirs, wrap, chunk):
-    """w, grad: (TP, TQ, L) banks. grad[p, q] += strength * sum over neighbours of (w[p, q] -
-    w[neighbour]); returns the sum of squared differences over the forward pairs. The penalty
-    is elementwise, so a bank is one run of L = K*C*R*S elements, cut into chunks that keep
-    the gradient's running sum in L1 (runs of one filter, 363 elements at alexnet_conv1, would
-    leave a scalar tail per filter)."""
-    TP, TQ, L = w.shape
-    nd = dirs.shape[0]
-    partial = np.zeros(TP, np.float64)
-    zero = strength - strength                  # 0 in the accumulation dtype
-    for p in prange(TP):
-        acc = np.empty(chunk, type(strength))
-        nbp = np.empty(2 * nd, np.int64)
-        nbq = np.empty(2 * nd, np.int64)
-        fwd = np.empty(2 * nd, np.bool_)
-        s = 0.0
-        for q in range(TQ):
-            nn = _neighbours(p, q, TP, TQ, dirs, wrap, nbp, nbq, fwd)
-            for lo in range(0, L, chunk):
-                m = min(chunk, L - lo)
-                a = w[p, q, lo:lo + m]          # views indexed from 0: vectorised loops
-                for i in range(m):
-                    acc[i] = zero
-                for j in range(nn):
-                    b = w[nbp[j], nbq[j], lo:lo + m]
-                    if fwd[j]:
-                        ss = zero
-                        for i in range(m):
-                            d = widen(a[i]) - widen(b[i])
-                            ss += d * d
-                            acc[i] += d
-                        s += np.float64(ss)
-                    else:
-                        for i in range(m):
-                            acc[i] += widen(a[i]) - widen(b[i])
-                if has_grad:
-                    g = grad[p, q, lo:lo + m]
-                    for i in range(m):
-                        g[i] = narrow(widen(g[i]) + strength * acc[i], g)
-        partial[p] = s
-    total = 0.0
-    for p in range(TP):                 # row order: the same bits on any thread count
-        total += partial[p]
-    return total
+@lru_cache(maxsize=None)
+def neighbour_kernels(eight):
+    """(l2 kernel, cosine kernel) for the 8-neighbourhood (eight=True: slots 0-7) or the
+    4-neighbourhood (slots 0, 1, 4, 5; the `if EIGHT` code is compiled away)."""
+    EIGHT = eight
 
+    @njit(**config.njit_options(parallel=True))
+    def neighbour_l2_kernel(w, grad, has_grad, strength, dirs, wrap):
+        """w, grad: (TP, TQ, L) banks (the penalty is elementwise: a bank is one run of
+        L = K*C*R*S elements). grad[p, q] += strength * sum over neighbours of (w[p, q] -
+        w[neighbour]); returns the sum of squared differences over the forward pairs (a slot
+        pointing at the bank itself adds 0 to both)."""
+        TP, TQ, L = w.shape
+        partial = np.zeros(TP, np.float64)
+        zero = strength - strength                  # 0 in the accumulation dtype
+        for p in prange(TP):
+            nbp = np.empty(8, np.int64)
+            nbq = np.empty(8, np.int64)
+            on = np.empty(8, np.float64)
+            s = 0.0
+            for q in range(TQ):
+                _slots(p, q, TP, TQ, dirs, wrap, nbp, nbq, on)
+                a = w[p, q]
+                f0, f1, b0, b1 = w[nbp[0], nbq[0]], w[nbp[1], nbq[1]], w[nbp[4], nbq[4]], \
+                    w[nbp[5], nbq[5]]
+                f2, f3, b2, b3 = w[nbp[2], nbq[2]], w[nbp[3], nbq[3]], w[nbp[6], nbq[6]], \
+                    w[nbp[7], nbq[7]]
+                ss = zero
+                if has_grad:            # two loops: a store under a branch is not vectorised
+                    g = grad[p, q]
+                    for i in range(L):
+                        x = widen(a[i])
+                        d0 = x - widen(f0[i])
+                        d1 = x - widen(f1[i])
+                        ss += d0 * d0 + d1 * d1
+                        d = d0 + d1 + (x - widen(b0[i])) + (x - widen(b1[i]))
+                        if EIGHT:
+                            d2 = x - widen(f2[i])
+                            d3 = x - widen(f3[i])
+                            ss += d2 * d2 + d3 * d3
+                            d += d2 + d3 + (x - widen(b2[i])) + (x - widen(b3[i]))
+                        g[i] = narrow(widen(g[i]) + strength * d, g)
+                else:
+                    for i in range(L):
+                        x = widen(a[i])
+                        d0 = x - widen(f0[i])
+                        d1 = x - widen(f1[i])
+                        ss += d0 * d0 + d1 * d1
+                        if EIGHT:
+                            d2 = x - widen(f2[i])
+                            d3 = x - widen(f3[i])
+                            ss += d2 * d2 + d3 * d3
+                s += np.float64(ss)
+            partial[p] = s
+        total = 0.0
+        for p in range(TP):                 # row order: the same bits on any thread count
+            total += partial[p]
+        return total
 
-@njit(**config.njit_options(parallel=True))
-def neighbour_cosine_kernel(w, grad, has_grad, scale, dirs, wrap, eps):
-    """w, grad: (TP, TQ, K, M) banks. For each filter k of each pair, 1 - cos(a, b) with
-    cos = a.b / (max(|a|, eps) max(|b|, eps)); grad[p, q, k] -= scale * sum over neighbours
-    of (b / (na nb) - cos a / |a|^2). Returns the sum of 1 - cos over the forward pairs. Dots
-    and norms in float64."""
-    TP, TQ, K, M = w.shape
-    nd = dirs.shape[0]
-    partial = np.zeros(TP, np.float64)
-    for p in prange(TP):
-        acc = np.empty(M, np.float64)
-        nbp = np.empty(2 * nd, np.int64)
-        nbq = np.empty(2 * nd, np.int64)
-        fwd = np.empty(2 * nd, np.bool_)
-        s = 0.0
-        for q in range(TQ):
-            nn = _neighbours(p, q, TP, TQ, dirs, wrap, nbp, nbq, fwd)
-            for k in range(K):
-                a = w[p, q, k]
-                la = 0.0
-                for i in range(M):
-                    x = np.float64(widen(a[i]))
-                    la += x * x
-                    acc[i] = 0.0
-                la = np.sqrt(la)
-                na = max(la, eps)
-                self_coef = 0.0
-                for j in range(nn):
-                    b = w[nbp[j], nbq[j], k]
-                    dot = 0.0
-                    lb = 0.0
+    @njit(**config.njit_options(parallel=True))
+    def neighbour_cosine_kernel(w, grad, has_grad, scale, dirs, wrap, eps):
+        """w, grad: (TP, TQ, K, M) banks. For each filter k of each pair, 1 - cos(a, b) with
+        cos = a.b / (max(|a|, eps) max(|b|, eps)); grad[p, q, k] -= scale * sum over
+        neighbours of (b / (na nb) - cos a / |a|^2). Returns the sum of 1 - cos over the
+        forward pairs. Per filter one pass for the norms and the dots (float64), one for the
+        gradient."""
+        TP, TQ, K, M = w.shape
+        partial = np.zeros(TP, np.float64)
+        for p in prange(TP):
+            nbp = np.empty(8, np.int64)
+            nbq = np.empty(8, np.int64)
+            on = np.empty(8, np.float64)
+            dot = np.zeros(8, np.float64)
+            nb2 = np.zeros(8, np.float64)
+            c = np.zeros(8, np.float64)
+            s = 0.0
+            for q in range(TQ):
+                _slots(p, q, TP, TQ, dirs, wrap, nbp, nbq, on)
+                for k in range(K):
+                    a = w[p, q, k]
+                    b0, b1, b4, b5 = w[nbp[0], nbq[0], k], w[nbp[1], nbq[1], k], \
+                        w[nbp[4], nbq[4], k], w[nbp[5], nbq[5], k]
+                    b2, b3, b6, b7 = w[nbp[2], nbq[2], k], w[nbp[3], nbq[3], k], \
+                        w[nbp[6], nbq[6], k], w[nbp[7], nbq[7], k]
+                    la = 0.0
+                    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0     # a . b_j
+                    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = 0.0     # |b_j|^2
                     for i in range(M):
-                        y = np.float64(widen(b[i]))
-                        dot += np.float64(widen(a[i])) * y
-                        lb += y * y
-                    nb = max(np.sqrt(lb), eps)
-                    cos = dot / (na * nb)
-                    if fwd[j]:
-                        s += 1.0 - cos
-                    if has_grad:
-                        c = 1.0 / (na * nb)
-                        for i in range(M):
-                            acc[i] += c * widen(b[i])
+                        x = np.float64(widen(a[i]))
+                        y0, y1 = np.float64(widen(b0[i])), np.float64(widen(b1[i]))
+                        y4, y5 = np.float64(widen(b4[i])), np.float64(widen(b5[i]))
+                        la += x * x
+                        t0 += x * y0
+                        t1 += x * y1
+                        t4 += x * y4
+                        t5 += x * y5
+                        n0 += y0 * y0
+                        n1 += y1 * y1
+                        n4 += y4 * y4
+                        n5 += y5 * y5
+                        if EIGHT:
+                            y2, y3 = np.float64(widen(b2[i])), np.float64(widen(b3[i]))
+                            y6, y7 = np.float64(widen(b6[i])), np.float64(widen(b7[i]))
+                            t2 += x * y2
+                            t3 += x * y3
+                            t6 += x * y6
+                            t7 += x * y7
+                            n2 += y2 * y2
+                            n3 += y3 * y3
+                            n6 += y6 * y6
+                            n7 += y7 * y7
+                    dot[0], dot[1], dot[2], dot[3] = t0, t1, t2, t3
+                    dot[4], dot[5], dot[6], dot[7] = t4, t5, t6, t7
+                    nb2[0], nb2[1], nb2[2], nb2[3] = n0, n1, n2, n3
+                    nb2[4], nb2[5], nb2[6], nb2[7] = n4, n5, n6, n7
+                    la = np.sqrt(la)
+                    na = max(la, eps)
+                    self_coef = 0.0
+                    for j in range(8):
+                        nb = max(np.sqrt(nb2[j]), eps)
+                        cos = dot[j] / (na * nb)
+                        if j < 4:
+                            s += on[j] * (1.0 - cos)
+                        # d(1 - cos)/da = -(b / (na nb) - cos a / |a|^2)
+                        c[j] = on[j] / (na * nb)
                         if la > eps:
-                            self_coef += cos / (na * na)
-                if has_grad:
-                    g = grad[p, q, k]
-                    for i in range(M):
-                        _add_into(g, i, -scale * (acc[i] - self_coef * widen(a[i])))
-        partial[p] = s
-    total = 0.0
-    for p in range(TP):                 # row order: the same bits on any thread count
-        total += partial[p]
-    return total
+                            self_coef += on[j] * cos / (na * na)
+                    if has_grad:
+                        g = grad[p, q, k]
+                        c0, c1, c2, c3 = c[0], c[1], c[2], c[3]
+                        c4, c5, c6, c7 = c[4], c[5], c[6], c[7]
+                        for i in range(M):
+                            v = (c0 * widen(b0[i]) + c1 * widen(b1[i]) + c4 * widen(b4[i])
+                                 + c5 * widen(b5[i]) - self_coef * widen(a[i]))
+                            if EIGHT:
+                                v += (c2 * widen(b2[i]) + c3 * widen(b3[i]) + c6 * widen(b6[i])
+                                      + c7 * widen(b7[i]))
+                            _add_into(g, i, -scale * v)
+            partial[p] = s
+        total = 0.0
+        for p in range(TP):                 # row order: the same bits on any thread count
+            total += partial[p]
+        return total
+
+    return neighbour_l2_kernel, neighbour_cosine_kernel
 
 
 def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight=None):
@@ -230,12 +279,13 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
     g = (np.empty((0,) * len(w.shape), w.dtype) if grad_weight is None
          else dtypes.kernel_view(grad_weight).reshape(shape))
     has = grad_weight is not None
+    l2, cosine = neighbour_kernels(neighbourhood == 8)
     with launch_lock:
         if metric == "l2":
             s = dtypes.lookup(weight.dtype).accum.type(strength)
-            total = neighbour_l2_kernel(w, g, has, s, dirs, bool(wrap), config.NEIGHBOUR_CHUNK)
+            total = l2(w, g, has, s, dirs, bool(wrap))
             return 0.5 * float(strength) * total
         # cosine: the mean over pairs and filters
         npairs = len(neighbour_pairs((TP, TQ), neighbourhood, wrap))
         scale = float(strength) / (npairs * K) if npairs else 0.0
-        return scale * neighbour_cosine_kernel(w, g, has, scale, dirs, bool(wrap), COSINE_EPS)
+        return scale * cosine(w, g, has, scale, dirs, bool(wrap), COSINE_EPS)
