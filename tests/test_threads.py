@@ -111,6 +111,7 @@ import sys, threading
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import sharenet_fast as sf
+import sharenet_fast.reference
 from _support import LAYERS, SHAPES_BY_ID, assert_close, make_inputs, random_array
 
 case = SHAPES_BY_ID["pad1_3x3"]
@@ -132,6 +133,11 @@ def jobs():
             (lambda L=L, w=w: L.ref_weight(dy, x, w.shape, **case.kw))
     yield "penalty", (lambda: sf.soft_sharing_penalty(a, b, 0.5, backend="cpu")), \
         (lambda: 0.25 * np.sum((a.astype(np.float64) - b) ** 2))
+    nw = weights["local2d"]
+    for metric in ("l2", "cosine"):
+        yield "neighbour " + metric, (lambda m=metric: sf.neighbour_penalty(
+            nw, 0.5, metric=m, neighbourhood=8, backend="cpu")), \
+            (lambda m=metric: sf.reference.neighbour_penalty(nw, 0.5, m, 8, False)[0])
 
 todo = list(jobs())
 for _, run, _ in todo:                     # compile first: the threads then meet in kernels
