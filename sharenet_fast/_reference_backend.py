@@ -65,3 +65,8 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
     if grad_weight is not None:
         _into(d, grad_weight, grad_weight.dtype)
     return penalty
+
+
+def average_banks(weight, groups_of, out):
+    out[...] = ref.average_banks(weight, groups_of).astype(out.dtype)
+    return out

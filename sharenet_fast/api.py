@@ -412,6 +412,79 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
     return _device.scalar(c.get(result), kind)
 
 
+def _optional(c, op):
+    """A Call's backend function for an op not every backend has; TypeError naming those that
+    do where this one does not."""
+    run = getattr(c.be, op, None)
+    if run is None:
+        have = [n for n, why in registry.backends().items()
+                if why == "available" and hasattr(registry.get(n), op)]
+        raise TypeError(f"backend {registry.name_of(c.be)!r} has no {op} kernels yet (backends "
+                        f"with them: {have}); pass NumPy arrays with backend='cpu'")
+    return run
+
+
+def _banked(name, weight):
+    """The kind of a banked weight (TP, TQ, K, C, R, S), checked."""
+    kind = _kind(name, weight)
+    if dtypes.lookup(weight.dtype) is None:
+        raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {weight.dtype}")
+    if weight.ndim != 6:
+        raise ValueError(f"{name} must be banked, (TP, TQ, K, C, R, S) (a tiled or locally "
+                         f"connected layer's), got shape {weight.shape}")
+    if 0 in weight.shape:
+        raise ValueError(f"{name} must have no empty dimension, got shape {weight.shape}")
+    return kind
+
+
+def average_banks(weight, *, groups_of="all", out=None, backend="auto"):
+    """Hard sharing by averaging: each block of positions of a banked weight (TP, TQ, K, C, R,
+    S) gets the mean of its banks. groups_of="all": one block (every bank becomes the mean: a
+    shared conv's filters, repeated); (gp, gq): blocks of gp x gq neighbouring positions from
+    (0, 0), the last ones clipped at the grid's edge (a size past the grid means the whole
+    axis). Pogodin et al.'s dynamic weight sharing calls this every k steps
+    (sharenet_fast.torch.BankAverager).
+
+    In place (out=None: weight is overwritten and returned) or into `out` (weight's shape and
+    dtype, not overlapping it). Summed in float64, each element read and written once; 16-bit
+    banks rounded once. The CPU and reference backends have it (NumPy arrays).
+    """
+    kind = _banked("weight", weight)
+    if isinstance(groups_of, str):
+        if groups_of != "all":
+            raise ValueError(f"groups_of must be 'all' or a pair of positive ints, got "
+                             f"{groups_of!r}")
+        groups = tuple(weight.shape[:2])
+    else:
+        groups = pair(groups_of, "groups_of", low=1)
+    arrays, kinds = {"weight": weight}, {"weight": kind}
+    if out is None:
+        if kind == "numpy" and not weight.flags.writeable:
+            raise ValueError("weight is read-only; average_banks writes it in place (or pass "
+                             "out=)")
+    else:
+        kinds["out"] = _kind("out", out)
+        if out.dtype != weight.dtype:
+            raise TypeError(f"out has dtype {out.dtype} but weight has dtype {weight.dtype}")
+        if tuple(out.shape) != tuple(weight.shape):
+            raise ValueError(f"out must have weight's shape {tuple(weight.shape)}, got "
+                             f"{tuple(out.shape)}")
+        if kind == "numpy" and not out.flags.writeable:
+            raise ValueError("out is read-only")
+        if out is not weight and _device.overlaps(out, weight):
+            raise ValueError("out overlaps weight in memory (pass out=None to average in place)")
+        arrays["out"] = out
+    c = Call.make(backend, _one_place(kinds, arrays), optable.AVERAGE, weight.dtype, None)
+    run = _optional(c, optable.AVERAGE)
+    target = weight if out is None else out
+    w = c.put(weight)                             # a contiguous copy of a strided weight
+    o = w if target is weight else c.put(out)     # in place: into w, written back below
+    run(w, groups, o)
+    if o is not target:
+        target[...] = c.get(o)
+    return target
+
+
 def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=False,
                       grad_weight=None, backend="auto"):
     """Neighbour soft sharing for banked weights (a tiled or locally connected layer's
@@ -429,14 +502,7 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
     penalty as numpy.float64 (summed in a fixed order: the same bits on every run). The CPU
     and reference backends have it (NumPy arrays); the GPU kernels are not written yet.
     """
-    kind = _kind("weight", weight)
-    if dtypes.lookup(weight.dtype) is None:
-        raise TypeError(f"weight must be {dtypes.WORDS}, got dtype {weight.dtype}")
-    if weight.ndim != 6:
-        raise ValueError(f"weight must be banked, (TP, TQ, K, C, R, S) (a tiled or locally "
-                         f"connected layer's), got shape {weight.shape}")
-    if 0 in weight.shape:
-        raise ValueError(f"weight must have no empty dimension, got shape {weight.shape}")
+    kind = _banked("weight", weight)
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
         raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
     if not np.isfinite(strength) or strength < 0:
@@ -456,13 +522,7 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
             raise ValueError("grad_weight overlaps weight in memory: it is written while "
                              "weight is read")
     c = Call.make(backend, _one_place(kinds, arrays), optable.NEIGHBOUR, weight.dtype, None)
-    run = getattr(c.be, optable.NEIGHBOUR, None)
-    if run is None:
-        have = [n for n, why in registry.backends().items()
-                if why == "available" and hasattr(registry.get(n), optable.NEIGHBOUR)]
-        raise TypeError(f"backend {registry.name_of(c.be)!r} has no neighbour_penalty kernels "
-                        f"yet (backends with them: {have}); pass NumPy arrays with "
-                        f"backend='cpu'")
+    run = _optional(c, optable.NEIGHBOUR)
     out = c.put(grad_weight)
     penalty = run(c.put(weight), float(strength), metric, int(neighbourhood), bool(wrap),
                   grad_weight=out)

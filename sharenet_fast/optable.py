@@ -173,6 +173,9 @@ PENALTY = "soft_sharing_penalty"
 # C-contiguous banked weight (TP, TQ, K, C, R, S) -> the float64 penalty. The GPU kernels of
 # it have not been written yet: the CPU and reference backends export it.
 NEIGHBOUR = "neighbour_penalty"
+# Optional too: average_banks(weight, groups_of, out) -> out (may be weight) on C-contiguous
+# banked arrays, each block of groups_of = (gp, gq) positions set to its mean.
+AVERAGE = "average_banks"
 
 
 def layers():

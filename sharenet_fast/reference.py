@@ -257,3 +257,16 @@ def neighbour_penalty(weight, strength, metric="l2", neighbourhood=4, wrap=False
             grad[p, q] -= scale * (b / (na * nb)[:, None] - ca[:, None] * a)
             grad[p2, q2] -= scale * (a / (na * nb)[:, None] - cb[:, None] * b)
     return total, grad.reshape(w.shape)
+
+
+# ------------------------------------------------------------------------- bank averaging
+def average_banks(weight, groups_of):
+    """float64 banks (TP, TQ, ...) with each block of groups_of = (gp, gq) positions replaced by
+    its mean (blocks from (0, 0); the last ones clipped at the grid's edge)."""
+    w = np.array(weight, np.float64)
+    gp, gq = groups_of
+    for p0 in range(0, w.shape[0], gp):
+        for q0 in range(0, w.shape[1], gq):
+            block = w[p0:p0 + gp, q0:q0 + gq]
+            block[...] = block.mean(axis=(0, 1), keepdims=True)
+    return w

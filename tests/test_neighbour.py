@@ -157,3 +157,72 @@ def test_benchmark_runs_and_checks(capsys):
             or line.startswith("| cosine")]
     assert len(rows) == 8
     assert all(float(r.split("|")[-2]) < 1e-5 for r in rows)
+
+
+# ------------------------------------------------------------------------- average_banks
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", dtypes.NAMES)
+@pytest.mark.parametrize("groups_of", ["all", (2, 3), (1, 1), (3, 1), (10, 10)],
+                         ids=["all", "2x3", "1x1", "3x1", "past-grid"])
+def test_average_banks_matches_oracle(backend, dtype, groups_of):
+    row = dtypes.lookup(dtype)
+    rng = np.random.default_rng(6)
+    w = random_array(rng, (5, 7, 3, 2, 3, 3)).astype(row.storage)
+    want = ref.average_banks(w, (5, 7) if groups_of == "all" else groups_of)
+    out = np.full_like(w, np.nan)                                  # poisoned
+    assert sf.average_banks(w, groups_of=groups_of, out=out, backend=backend) is out
+    assert rel_err(out.astype(np.float64), want) <= row.tol
+    inplace = w.copy()
+    assert sf.average_banks(inplace, groups_of=groups_of, backend=backend) is inplace
+    assert np.array_equal(inplace, out, equal_nan=True)
+
+
+def test_average_banks_in_place_on_a_strided_weight_and_the_layer_becomes_a_conv():
+    rng = np.random.default_rng(7)
+    big = random_array(rng, (4, 4, 4, 2, 3, 3), np.float32)
+    w = big[:, :, ::2]                                   # a strided view, averaged in place
+    untouched = big[:, :, 1::2].copy()
+    sf.average_banks(w)
+    assert np.array_equal(big[:, :, 1::2], untouched)
+    x = random_array(rng, (2, 2, 6, 6), np.float32)      # 6x6 input, 3x3 kernel: P = Q = 4
+    y_local = sf.local2d(x, np.ascontiguousarray(w))
+    y_conv = sf.conv2d(x, np.ascontiguousarray(w[0, 0]))
+    assert rel_err(y_local, y_conv) <= dtypes.tol(np.float32)
+
+
+def test_average_banks_bad_input():
+    w = np.ones((2, 2, 1, 1, 2, 2), np.float32)
+    for kw, exc, word in [(dict(groups_of="some"), ValueError, "groups_of"),
+                          (dict(groups_of=(0, 1)), ValueError, "groups_of"),
+                          (dict(groups_of=1.5), TypeError, "groups_of"),
+                          (dict(out=np.zeros((2, 2, 1, 1, 2, 3), np.float32)), ValueError,
+                           "out"),
+                          (dict(out=np.zeros(w.shape, np.float64)), TypeError, "out"),
+                          (dict(out=w.reshape(-1)[::-1].reshape(w.shape)), ValueError,
+                           "overlaps")]:
+        with pytest.raises(exc, match=word):
+            sf.average_banks(w, **kw)
+    with pytest.raises(ValueError, match="banked"):
+        sf.average_banks(np.ones((2, 2, 2, 2), np.float32))
+    ro = w.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        sf.average_banks(ro)
+
+
+def test_torch_bank_averager_every_k_steps():
+    torch = pytest.importorskip("torch")
+    sft = pytest.importorskip("sharenet_fast.torch")
+    torch.manual_seed(0)
+    lc = sft.LocallyConnected2d(2, 3, 3, input_size=(6, 6))
+    tiled = sft.TiledConv2d(2, 3, 3, tiles=(2, 2))
+    averager = sft.BankAverager([lc, tiled.weight], every=3, groups_of=(2, 2))
+    before = lc.weight.detach().clone()
+    assert [averager.step() for _ in range(3)] == [False, False, True]
+    want = ref.average_banks(before.numpy(), (2, 2))
+    assert np.allclose(lc.weight.detach().numpy(), want, rtol=1e-6, atol=1e-7)
+    assert lc.weight.requires_grad and lc.weight.grad is None
+    with pytest.raises(ValueError, match="every"):
+        sft.BankAverager([lc], every=0)
+    with pytest.raises(ValueError, match="banked"):
+        sft.BankAverager([torch.nn.Conv2d(2, 3, 3)], every=1)

@@ -11,7 +11,7 @@ from . import tiled as _tiled
 from ._precision import adapted
 from .local2d import (local2d, local2d_bias_grad, local2d_input_grad, local2d_input_weight_grad,
                       local2d_weight_grad)
-from .sharing import neighbour_penalty, soft_sharing_penalty
+from .sharing import average_banks, neighbour_penalty, soft_sharing_penalty
 
 conv2d = adapted(_conv2d.conv2d)
 conv2d_input_grad = adapted(_conv2d.conv2d_input_grad)
@@ -29,4 +29,4 @@ __all__ = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_gra
            "local2d", "local2d_input_grad", "local2d_weight_grad", "local2d_bias_grad",
            "local2d_input_weight_grad",
            "tiled_conv2d", "tiled_conv2d_input_grad", "tiled_conv2d_weight_grad",
-           "tiled_conv2d_bias_grad", "soft_sharing_penalty", "neighbour_penalty"]
+           "tiled_conv2d_bias_grad", "soft_sharing_penalty", "neighbour_penalty", "average_banks"]

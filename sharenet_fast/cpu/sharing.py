@@ -281,3 +281,65 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
         npairs = len(neighbour_pairs((TP, TQ), neighbourhood, wrap))
         scale = float(strength) / (npairs * K) if npairs else 0.0
         return scale * cosine(w, g, scale, dirs, bool(wrap), COSINE_EPS)
+
+
+# ------------------------------------------------------------------------- bank averaging
+def _store(o, i, v):
+    """o[i] = v for a float64 v: as it is into float64, else rounded once into o's dtype."""
+
+
+@overload(_store, inline="always")
+def _store_impl(o, i, v):
+    if o.dtype == types.float64:
+        def impl(o, i, v):
+            o[i] = v
+    else:
+        def impl(o, i, v):
+            o[i] = narrow(np.float32(v), o)
+    return impl
+
+
+@njit(**config.njit_options(parallel=True))
+def average_banks_kernel(w, out, gp, gq, chunk):
+    """w, out: (TP, TQ, L) banks (out may be w: in place). Each block of gp x gq positions
+    (the last ones clipped at the grid's edge) gets the mean of its banks, summed in float64.
+    A task takes one chunk of a bank's elements over one row of blocks: it reads the block's
+    chunks, then writes them, so in place is safe and each element is read and written once
+    (the block's chunks, gp*gq*chunk elements, stay in cache between the two)."""
+    TP, TQ, L = w.shape
+    nbp, nbq = (TP + gp - 1) // gp, (TQ + gq - 1) // gq
+    nchunks = (L + chunk - 1) // chunk
+    for t in prange(nchunks * nbp):
+        lo = (t // nbp) * chunk
+        m = min(chunk, L - lo)
+        p0 = (t % nbp) * gp
+        p1 = min(TP, p0 + gp)
+        acc = np.empty(m, np.float64)
+        for bq in range(nbq):
+            q0 = bq * gq
+            q1 = min(TQ, q0 + gq)
+            for i in range(m):
+                acc[i] = 0.0
+            for p in range(p0, p1):
+                for q in range(q0, q1):
+                    a = w[p, q, lo:lo + m]
+                    for i in range(m):
+                        acc[i] += widen(a[i])
+            inv = 1.0 / ((p1 - p0) * (q1 - q0))
+            for p in range(p0, p1):
+                for q in range(q0, q1):
+                    o = out[p, q, lo:lo + m]
+                    for i in range(m):
+                        _store(o, i, acc[i] * inv)
+
+
+def average_banks(weight, groups_of, out):
+    """out (may be weight) = weight's banks averaged over blocks of groups_of = (gp, gq)
+    positions; C-contiguous banked arrays of one dtype."""
+    TP, TQ = weight.shape[:2]
+    w = dtypes.kernel_view(weight).reshape(TP, TQ, -1)
+    o = dtypes.kernel_view(out).reshape(TP, TQ, -1)
+    gp, gq = min(groups_of[0], TP), min(groups_of[1], TQ)
+    with launch_lock:
+        average_banks_kernel(w, o, gp, gq, config.AVERAGE_CHUNK)
+    return out

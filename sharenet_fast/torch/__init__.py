@@ -16,10 +16,11 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
     raise ImportError("sharenet_fast.torch needs PyTorch: pip install 'sharenet_fast[torch]' "
                       "(torch==2.13.0 on the CPU build machines)") from exc
 
-from ._modules import (Conv2d, LocallyConnected1d, LocallyConnected2d, TiledConv2d, conv2d,
-                       local2d, neighbour_penalty, soft_sharing_penalty, tiled_conv2d)
+from ._modules import (BankAverager, Conv2d, LocallyConnected1d, LocallyConnected2d, TiledConv2d,
+                       average_banks_, conv2d, local2d, neighbour_penalty, soft_sharing_penalty,
+                       tiled_conv2d)
 from ._ops import OPS, NS
 
 __all__ = ["conv2d", "tiled_conv2d", "local2d", "soft_sharing_penalty", "neighbour_penalty",
-           "Conv2d", "TiledConv2d",
+           "average_banks_", "BankAverager", "Conv2d", "TiledConv2d",
            "LocallyConnected2d", "LocallyConnected1d", "OPS", "NS"]

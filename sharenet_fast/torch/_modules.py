@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .. import api
 from ..geometry import INDEX_MAX, ConvGeometry, pair
 from . import _ops  # noqa: F401  (registers torch.ops.sharenet_fast.*)
 
@@ -316,3 +317,49 @@ class LocallyConnected1d(LocallyConnected2d):
         y = self._call(x.unsqueeze(2), self.weight.view(1, L, K, C, 1, S),
                        None if self.bias is None else self.bias.view(1, L, K))
         return y.squeeze(2)
+
+
+# ------------------------------------------------------------------------- bank averaging
+def average_banks_(weight, groups_of="all"):
+    """In place, outside autograd: each block of positions of a banked weight tensor (a
+    TiledConv2d's or LocallyConnected2d's .weight, (TP, TQ, K, C, R, S)) set to the mean of its
+    banks (sharenet_fast.average_banks). CPU tensors. Returns weight."""
+    _ops._check_args(weight=weight)
+    with torch.no_grad():
+        w = weight.detach()
+        if w.is_contiguous():
+            api.average_banks(_ops._array(w, True), groups_of=groups_of)
+        else:
+            c = w.contiguous()
+            average_banks_(c, groups_of)
+            w.copy_(c)
+    return weight
+
+
+class BankAverager:
+    """Dynamic weight sharing (Pogodin et al., NeurIPS 2021): call step() after each optimizer
+    step; every `every`-th call averages the banks of each given layer or weight over blocks of
+    `groups_of` positions ("all": the layer is a shared conv at that moment).
+
+        averager = sft.BankAverager([model.lc1, model.lc2], every=10)
+        ...; optimizer.step(); averager.step()
+    """
+
+    def __init__(self, layers, every, groups_of="all"):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.weights = [getattr(m, "weight", m) for m in layers]
+        for w in self.weights:
+            if not isinstance(w, torch.Tensor) or w.dim() != 6:
+                raise ValueError("layers must be banked layers (TiledConv2d, "
+                                 "LocallyConnected2d) or their (TP, TQ, K, C, R, S) weights")
+        self.every, self.groups_of, self.calls = every, groups_of, 0
+
+    def step(self):
+        """Count a step; average on every `every`-th. Returns whether it averaged."""
+        self.calls += 1
+        if self.calls % self.every:
+            return False
+        for w in self.weights:
+            average_banks_(w, self.groups_of)
+        return True
