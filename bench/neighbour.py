@@ -9,6 +9,7 @@ compile is never timed), and the floor, the bytes that must move over the read b
 measured in the same run (bench.cpu.read_gbps): the banks read once (the penalty alone), plus
 the gradient read and written once (with grad_weight). Each row is checked against the float64
 oracle first (reference.neighbour_penalty; a grid of at most 8x8 of the same banks).
+Then average_banks into a separate out= (floor: the banks read once and written once).
 """
 import argparse
 import sys
@@ -71,6 +72,24 @@ def main(argv=None):
                       f"{min(samples) * 1e3:.1f}-{max(samples) * 1e3:.1f} | {floor * 1e3:.1f} | "
                       f"{100 * floor / med:.0f}% | {err:.1e} |")
                 sys.stdout.flush()
+    print()
+    print("| average_banks groups_of | median ms | range ms | floor ms | % of floor | rel err |")
+    print("|---|---|---|---|---|---|")
+    for groups_of in ("all", (2, 2)):
+        small = np.ascontiguousarray(weight[:8, :8])
+        want = reference.average_banks(small, (8, 8) if groups_of == "all" else groups_of)
+        err = dtypes.rel_err(sf.average_banks(small.copy(), groups_of=groups_of), want)
+        out = np.empty_like(weight)
+        sf.average_banks(weight, groups_of=groups_of, out=out)        # compile, touch out
+        samples = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            sf.average_banks(weight, groups_of=groups_of, out=out)
+            samples.append(time.perf_counter() - t0)
+        floor, med = 2 * weight.nbytes / gbps / 1e9, float(np.median(samples))   # read + write
+        print(f"| {groups_of} | {med * 1e3:.1f} | {min(samples) * 1e3:.1f}-"
+              f"{max(samples) * 1e3:.1f} | {floor * 1e3:.1f} | {100 * floor / med:.0f}% | "
+              f"{err:.1e} |")
     return 0
 
 

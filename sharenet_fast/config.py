@@ -126,9 +126,10 @@ WGRAD_MAX_PARTIALS = 64
 # threads. 64 Ki elements (256 KB of float32 per array) keeps a chunk's four streams in L2.
 PENALTY_CHUNK = 1 << 16
 
-# average_banks on the CPU: a task averages chunks of this many elements of each bank of a
-# block; with every position one block (alexnet_conv1, 3025 banks) a chunk's 3025 pieces
-# (3 MB of float32) are read, then written, from L3.
+# average_banks on the CPU: a task averages chunks of at least this many elements of each bank
+# of a block (more for small blocks: cpu/sharing.py); with every position one block
+# (alexnet_conv1, 3025 banks) a chunk's 3025 pieces (3 MB of float32) are read, then written,
+# from L3.
 AVERAGE_CHUNK = 256
 
 NJIT_OPTIONS = dict(fastmath=set(FASTMATH), cache=CACHE, nogil=True)

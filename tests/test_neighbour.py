@@ -153,8 +153,10 @@ def test_benchmark_runs_and_checks(capsys):
 
     assert neighbour.main(["--grid", "3", "4", "--bank", "2", "2", "3", "3", "--repeat", "1",
                            "--read-mb", "8"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| l2")
-            or line.startswith("| cosine")]
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith("| l2") or line.startswith("| cosine")]
+    averages = [line for line in out if line.startswith("| all") or line.startswith("| (2, 2)")]
+    assert len(averages) == 2 and all(float(r.split("|")[-2]) < 1e-6 for r in averages)
     assert len(rows) == 8
     assert all(float(r.split("|")[-2]) < 1e-5 for r in rows)
 

@@ -340,6 +340,9 @@ def average_banks(weight, groups_of, out):
     w = dtypes.kernel_view(weight).reshape(TP, TQ, -1)
     o = dtypes.kernel_view(out).reshape(TP, TQ, -1)
     gp, gq = min(groups_of[0], TP), min(groups_of[1], TQ)
+    # a block's chunks in about 256 KB (L2) between the read and the write, at least
+    # AVERAGE_CHUNK elements a run (the summation order does not depend on the chunk)
+    chunk = max(config.AVERAGE_CHUNK, (1 << 16) // (gp * gq))
     with launch_lock:
-        average_banks_kernel(w, o, gp, gq, config.AVERAGE_CHUNK)
+        average_banks_kernel(w, o, gp, gq, chunk)
     return out
