@@ -1,5 +1,6 @@
 """The examples run, and learn: examples/digits_torch.py trains on scikit-learn's digits with
-sharenet_fast.torch's LocallyConnected2d and TiledConv2d, torch.compile off and on."""
+sharenet_fast.torch's LocallyConnected2d and TiledConv2d, torch.compile off and on;
+examples/topographic_torch.py's neighbour penalty aligns neighbouring banks."""
 import os
 import sys
 
@@ -10,6 +11,7 @@ pytest.importorskip("sklearn")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
 import digits_torch  # noqa: E402
+import topographic_torch  # noqa: E402
 
 
 @pytest.mark.parametrize("first,compile", [("local", False), ("tiled", False),
@@ -17,3 +19,12 @@ import digits_torch  # noqa: E402
 def test_digits_example_learns(first, compile):
     acc = digits_torch.train(first, epochs=6, compile=compile, log=None)
     assert acc > 0.85, f"{first} (compile={compile}): test accuracy {acc:.3f}"
+
+
+def test_topographic_example_learns_and_its_neighbours_align_with_the_penalty():
+    free_acc, _, free = topographic_torch.train(0.0, epochs=4, log=None)
+    acc, per_step, tied = topographic_torch.train(1.0, epochs=4, log=None)
+    assert free_acc > 0.85 and acc > 0.85, (free_acc, acc)
+    assert per_step > 0
+    # each layer's neighbouring filters: nearly unrelated when free, aligned under the penalty
+    assert all(t > f + 0.3 for f, t in zip(free, tied)), (free, tied)
