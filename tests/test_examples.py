@@ -1,6 +1,7 @@
 """The examples run, and learn: examples/digits_torch.py trains on scikit-learn's digits with
 sharenet_fast.torch's LocallyConnected2d and TiledConv2d, torch.compile off and on;
-examples/topographic_torch.py's neighbour penalty aligns neighbouring banks."""
+examples/topographic_torch.py's neighbour penalty aligns neighbouring banks;
+examples/lc_resnet_torch.py learns with its banks averaged every k steps."""
 import os
 import sys
 
@@ -28,3 +29,14 @@ def test_topographic_example_learns_and_its_neighbours_align_with_the_penalty():
     assert per_step > 0
     # each layer's neighbouring filters: nearly unrelated when free, aligned under the penalty
     assert all(t > f + 0.3 for f, t in zip(free, tied)), (free, tied)
+
+
+def test_lc_resnet_example_learns_with_dynamic_weight_sharing():
+    import lc_resnet_torch
+
+    acc, per_step, averager = lc_resnet_torch.train(1, "all", epochs=3, log=None)
+    assert acc > 0.8 and per_step > 0, acc
+    for w in averager.weights:            # averaged after the last step: every bank the same
+        assert (w - w[:1, :1]).abs().max().item() == 0.0
+    acc, _, averager = lc_resnet_torch.train(10, (2, 2), epochs=4, log=None)
+    assert acc > 0.85 and averager.calls > 10, acc
