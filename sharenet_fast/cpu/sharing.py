@@ -85,8 +85,8 @@ def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
 # its neighbours once each and keeps the sums in registers (a loop per neighbour adding into a
 # running sum in memory was 2x slower at alexnet_conv1).
 def _add_into(g, i, v):
-    """g[i] += v for a float64 v: in float64 into a float64 array, else in float32 and rounded
-    once into the array's dtype (float32, bfloat16, float16)."""
+    """g[i] += v: as it is into a float64 array, else in float32 and rounded once into the
+    array's dtype (float32, bfloat16, float16)."""
 
 
 @overload(_add_into, inline="always")
@@ -172,7 +172,7 @@ def neighbour_kernels(eight, grad):
         return total
 
     @njit(**config.njit_options(parallel=True))
-    def neighbour_cosine_kernel(w, grad, scale, dirs, wrap, eps):
+    def neighbour_cosine_kernel(w, grad, scale, zero, dirs, wrap, eps):
         """w, grad: (TP, TQ, K, M) banks. For each filter k of each pair, 1 - cos(a, b) with
         cos = a.b / (max(|a|, eps) max(|b|, eps)); grad[p, q, k] -= scale * sum over
         neighbours of (b / (na nb) - cos a / |a|^2). Returns the sum of 1 - cos over the
@@ -187,6 +187,7 @@ def neighbour_kernels(eight, grad):
             dot = np.zeros(8, np.float64)
             nb2 = np.zeros(8, np.float64)
             c = np.zeros(8, np.float64)
+            ct = np.zeros(9, type(zero))
             s = 0.0
             for q in range(TQ):
                 _slots(p, q, TP, TQ, dirs, wrap, nbp, nbq, on)
@@ -240,16 +241,21 @@ def neighbour_kernels(eight, grad):
                         if la > eps:
                             self_coef += on[j] * cos / (na * na)
                     if GRAD:
+                        # the gradient's arithmetic in the accumulation dtype (`zero`'s: float32
+                        # but for float64 weights), its coefficients scaled once
                         g = grad[p, q, k]
-                        c0, c1, c2, c3 = c[0], c[1], c[2], c[3]
-                        c4, c5, c6, c7 = c[4], c[5], c[6], c[7]
+                        for j in range(8):
+                            ct[j] = -scale * c[j]
+                        ct[8] = scale * self_coef
+                        c0, c1, c2, c3, c4, c5, c6, c7, ca = ct[0], ct[1], ct[2], ct[3], \
+                            ct[4], ct[5], ct[6], ct[7], ct[8]
                         for i in range(M):
                             v = (c0 * widen(b0[i]) + c1 * widen(b1[i]) + c4 * widen(b4[i])
-                                 + c5 * widen(b5[i]) - self_coef * widen(a[i]))
+                                 + c5 * widen(b5[i]) + ca * widen(a[i]))
                             if EIGHT:
                                 v += (c2 * widen(b2[i]) + c3 * widen(b3[i]) + c6 * widen(b6[i])
                                       + c7 * widen(b7[i]))
-                            _add_into(g, i, -scale * v)
+                            _add_into(g, i, v)
             partial[p] = s
         total = 0.0
         for p in range(TP):                 # row order: the same bits on any thread count
@@ -280,7 +286,8 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
         # cosine: the mean over pairs and filters
         npairs = len(neighbour_pairs((TP, TQ), neighbourhood, wrap))
         scale = float(strength) / (npairs * K) if npairs else 0.0
-        return scale * cosine(w, g, scale, dirs, bool(wrap), COSINE_EPS)
+        zero = dtypes.lookup(weight.dtype).accum.type(0)
+        return scale * cosine(w, g, scale, zero, dirs, bool(wrap), COSINE_EPS)
 
 
 # ------------------------------------------------------------------------- bank averaging
