@@ -13,7 +13,6 @@ Then average_banks into a separate out= (floor: the banks read once and written 
 """
 import argparse
 import sys
-import time
 
 import numpy as np
 
@@ -60,12 +59,9 @@ def main(argv=None):
             for with_grad in (False, True):
                 kw = dict(metric=metric, neighbourhood=n, wrap=args.wrap,
                           grad_weight=grad if with_grad else None)
-                sf.neighbour_penalty(weight, 0.5, **kw)            # compile, warm the pages
-                samples = []
-                for _ in range(max(1, args.repeat)):
-                    t0 = time.perf_counter()
-                    sf.neighbour_penalty(weight, 0.5, **kw)
-                    samples.append(time.perf_counter() - t0)
+                call = (lambda kw=kw: sf.neighbour_penalty(weight, 0.5, **kw))
+                call()                                         # compile, warm the pages
+                samples = cpu.measure(call, max(1, args.repeat), 0.0)
                 nbytes = weight.nbytes * (3 if with_grad else 1)
                 floor, med = nbytes / gbps / 1e9, float(np.median(samples))
                 print(f"| {metric} | {n} | {'yes' if with_grad else 'no'} | {med * 1e3:.1f} | "
@@ -80,12 +76,9 @@ def main(argv=None):
         want = reference.average_banks(small, (8, 8) if groups_of == "all" else groups_of)
         err = dtypes.rel_err(sf.average_banks(small.copy(), groups_of=groups_of), want)
         out = np.empty_like(weight)
-        sf.average_banks(weight, groups_of=groups_of, out=out)        # compile, touch out
-        samples = []
-        for _ in range(max(1, args.repeat)):
-            t0 = time.perf_counter()
-            sf.average_banks(weight, groups_of=groups_of, out=out)
-            samples.append(time.perf_counter() - t0)
+        call = (lambda g=groups_of: sf.average_banks(weight, groups_of=g, out=out))
+        call()                                                          # compile, touch out
+        samples = cpu.measure(call, max(1, args.repeat), 0.0)
         floor, med = 2 * weight.nbytes / gbps / 1e9, float(np.median(samples))   # read + write
         print(f"| {groups_of} | {med * 1e3:.1f} | {min(samples) * 1e3:.1f}-"
               f"{max(samples) * 1e3:.1f} | {floor * 1e3:.1f} | {100 * floor / med:.0f}% | "

@@ -388,10 +388,7 @@ def soft_sharing_penalty(a, b, strength, *, grad_a=None, grad_b=None, backend="a
         if tuple(arr.shape) != tuple(a.shape):
             raise ValueError(f"{name} must have a's shape {tuple(a.shape)}, got "
                              f"{tuple(arr.shape)}")
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
-        raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
-    if not np.isfinite(strength) or strength < 0:
-        raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
+    _strength(strength)
     grads = {name: arr for name, arr in arrays.items() if name.startswith("grad_")}
     for name, g in grads.items():
         if kind == "numpy" and not g.flags.writeable:
@@ -425,16 +422,20 @@ def _optional(c, op):
 
 
 def _banked(name, weight):
-    """The kind of a banked weight (TP, TQ, K, C, R, S), checked."""
-    kind = _kind(name, weight)
-    if dtypes.lookup(weight.dtype) is None:
-        raise TypeError(f"{name} must be {dtypes.WORDS}, got dtype {weight.dtype}")
-    if weight.ndim != 6:
+    """The kind of a banked weight (TP, TQ, K, C, R, S), checked (_array, with the ndim error
+    saying what a banked weight is)."""
+    if _device.kind(weight) is not None and weight.ndim != 6:
         raise ValueError(f"{name} must be banked, (TP, TQ, K, C, R, S) (a tiled or locally "
                          f"connected layer's), got shape {weight.shape}")
-    if 0 in weight.shape:
-        raise ValueError(f"{name} must have no empty dimension, got shape {weight.shape}")
-    return kind
+    return _array(name, weight, 6)
+
+
+def _strength(strength):
+    """A penalty's strength: a finite real >= 0."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
+    if not np.isfinite(strength) or strength < 0:
+        raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
 
 
 def average_banks(weight, *, groups_of="all", out=None, backend="auto"):
@@ -503,10 +504,7 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
     and reference backends have it (NumPy arrays); the GPU kernels are not written yet.
     """
     kind = _banked("weight", weight)
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
-        raise TypeError(f"strength must be a real number, got {type(strength).__name__}")
-    if not np.isfinite(strength) or strength < 0:
-        raise ValueError(f"strength must be finite and >= 0, got {strength!r}")
+    _strength(strength)
     if metric not in ("l2", "cosine"):
         raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
     if isinstance(neighbourhood, bool) or neighbourhood not in (4, 8):

@@ -225,6 +225,14 @@ def neighbour_pairs(grid, neighbourhood, wrap):
     return pairs
 
 
+def neighbour_count(grid, neighbourhood, wrap):
+    """len(neighbour_pairs(grid, neighbourhood, wrap)), without listing them: per direction
+    (dp, dq), every position on a torus, else the (TP - dp) x (TQ - |dq|) that have one."""
+    TP, TQ = grid
+    return sum(TP * TQ if wrap else max(0, TP - dp) * max(0, TQ - abs(dq))
+               for dp, dq in NEIGHBOURHOODS[neighbourhood])
+
+
 def neighbour_penalty(weight, strength, metric="l2", neighbourhood=4, wrap=False):
     """(penalty, gradient) in float64 of the neighbour penalty of banked weights
     (TP, TQ, K, C, R, S), over the pairs of neighbour_pairs():

@@ -37,6 +37,9 @@ def test_oracle_counts_pairs_as_documented():
     assert len(ref.neighbour_pairs((2, 3), 8, False)) == 11
     assert len(ref.neighbour_pairs((2, 3), 4, True)) == 12
     assert len(ref.neighbour_pairs((2, 3), 8, True)) == 24
+    for grid in GRIDS + [(1, 5), (4, 2)]:
+        for n, wrap in ((4, False), (4, True), (8, False), (8, True)):
+            assert ref.neighbour_count(grid, n, wrap) == len(ref.neighbour_pairs(grid, n, wrap))
     w = np.ones((2, 3, 1, 1, 1, 2))
     w[0, 0] += 1.0                                   # differs by (1, 1) from the rest
     penalty, _ = ref.neighbour_penalty(w, 2.0, "l2", 4, False)

@@ -17,6 +17,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config, dtypes
+from ..reference import COSINE_EPS, NEIGHBOURHOODS, neighbour_count
 from ._simd import narrow, widen
 from ._workspace import launch_lock
 
@@ -84,19 +85,20 @@ def soft_sharing_penalty(a, b, strength, grad_a=None, grad_b=None):
 # diagonals) points at the bank itself with weight 0. One loop over a bank then reads it and
 # its neighbours once each and keeps the sums in registers (a loop per neighbour adding into a
 # running sum in memory was 2x slower at alexnet_conv1).
-def _add_into(g, i, v):
-    """g[i] += v: as it is into a float64 array, else in float32 and rounded once into the
-    array's dtype (float32, bfloat16, float16)."""
 
 
-@overload(_add_into, inline="always")
-def _add_into_impl(g, i, v):
-    if g.dtype == types.float64:
-        def impl(g, i, v):
-            g[i] += v
+def _store(o, i, v):
+    """o[i] = v: as it is into float64, else rounded once (from float32) into o's dtype."""
+
+
+@overload(_store, inline="always")
+def _store_impl(o, i, v):
+    if o.dtype == types.float64:
+        def impl(o, i, v):
+            o[i] = v
     else:
-        def impl(g, i, v):
-            g[i] = narrow(widen(g[i]) + np.float32(v), g)
+        def impl(o, i, v):
+            o[i] = narrow(np.float32(v), o)
     return impl
 
 
@@ -255,7 +257,7 @@ def neighbour_kernels(eight, grad):
                             if EIGHT:
                                 v += (c2 * widen(b2[i]) + c3 * widen(b3[i]) + c6 * widen(b6[i])
                                       + c7 * widen(b7[i]))
-                            _add_into(g, i, v)
+                            _store(g, i, widen(g[i]) + v)
             partial[p] = s
         total = 0.0
         for p in range(TP):                 # row order: the same bits on any thread count
@@ -269,9 +271,8 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
     """The penalty (a float) of C-contiguous banked `weight` (TP, TQ, K, C, R, S);
     grad_weight (its shape; its dtype or float32 for reduced weights) is added into. Formula:
     reference.neighbour_penalty."""
-    from ..reference import COSINE_EPS, NEIGHBOURHOODS, neighbour_pairs
-
     TP, TQ, K = weight.shape[:3]
+    accum = dtypes.lookup(weight.dtype).accum.type
     dirs = np.array(NEIGHBOURHOODS[neighbourhood], np.int64)
     shape = (TP, TQ, -1) if metric == "l2" else (TP, TQ, K, -1)
     w = dtypes.kernel_view(weight).reshape(shape)
@@ -280,32 +281,15 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
     l2, cosine = neighbour_kernels(neighbourhood == 8, grad_weight is not None)
     with launch_lock:
         if metric == "l2":
-            s = dtypes.lookup(weight.dtype).accum.type(strength)
-            total = l2(w, g, s, dirs, bool(wrap))
+            total = l2(w, g, accum(strength), dirs, bool(wrap))
             return 0.5 * float(strength) * total
         # cosine: the mean over pairs and filters
-        npairs = len(neighbour_pairs((TP, TQ), neighbourhood, wrap))
+        npairs = neighbour_count((TP, TQ), neighbourhood, wrap)
         scale = float(strength) / (npairs * K) if npairs else 0.0
-        zero = dtypes.lookup(weight.dtype).accum.type(0)
-        return scale * cosine(w, g, scale, zero, dirs, bool(wrap), COSINE_EPS)
+        return scale * cosine(w, g, scale, accum(0), dirs, bool(wrap), COSINE_EPS)
 
 
 # ------------------------------------------------------------------------- bank averaging
-def _store(o, i, v):
-    """o[i] = v for a float64 v: as it is into float64, else rounded once into o's dtype."""
-
-
-@overload(_store, inline="always")
-def _store_impl(o, i, v):
-    if o.dtype == types.float64:
-        def impl(o, i, v):
-            o[i] = v
-    else:
-        def impl(o, i, v):
-            o[i] = narrow(np.float32(v), o)
-    return impl
-
-
 @njit(**config.njit_options(parallel=True))
 def average_banks_kernel(w, out, gp, gq, chunk):
     """w, out: (TP, TQ, L) banks (out may be w: in place). Each block of gp x gq positions

@@ -325,14 +325,8 @@ def average_banks_(weight, groups_of="all"):
     TiledConv2d's or LocallyConnected2d's .weight, (TP, TQ, K, C, R, S)) set to the mean of its
     banks (sharenet_fast.average_banks). CPU tensors. Returns weight."""
     _ops._check_args(weight=weight)
-    with torch.no_grad():
-        w = weight.detach()
-        if w.is_contiguous():
-            api.average_banks(_ops._array(w, True), groups_of=groups_of)
-        else:
-            c = w.contiguous()
-            average_banks_(c, groups_of)
-            w.copy_(c)
+    # a strided tensor's NumPy view is averaged through the API's contiguous copy
+    api.average_banks(_ops._array(weight, True), groups_of=groups_of)
     return weight
 
 
