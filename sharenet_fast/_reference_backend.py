@@ -10,13 +10,14 @@ from . import reference as ref
 from .optable import LAYERS
 
 KINDS = ("numpy",)
+GROUPS = True          # every layer takes ConvGeometry.groups (docs/design.md)
 DTYPES = dtypes.NAMES
 
 
 def _kw(g):
     # "same" when the geometry has its odd extra end row/column: the oracle resolves it again
     padding = "same" if g.extra != (0, 0) else g.padding
-    return dict(stride=g.stride, padding=padding, dilation=g.dilation)
+    return dict(stride=g.stride, padding=padding, dilation=g.dilation, groups=g.groups)
 
 
 def _into(result, out, dtype):

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _device, config, dtypes, optable, registry
-from .geometry import ConvGeometry, ParamCount, pair
+from .geometry import ConvGeometry, ParamCount, check_groups, pair
 
 NEEDS = optable.GRADIENTS
 _WORDS = {"numpy": "NumPy", "cupy": "CuPy", "numba": "Numba device"}
@@ -158,6 +158,12 @@ class Call:
     @classmethod
     def make(cls, backend, kind, op, dtype, out_dtype, **layer):
         be = _backend(backend, kind, op)
+        g = layer.get("g")
+        if g is not None and g.groups > 1 and not getattr(be, "GROUPS", False):
+            have = [n for n, why in registry.backends().items()
+                    if why == "available" and getattr(registry.get(n), "GROUPS", False)]
+            raise TypeError(f"backend {registry.name_of(be)!r} has no grouped kernels yet "
+                            f"(groups={g.groups}); backends with them: {have}")
         out_dtype = _out_dtype(be, dtype, out_dtype)
         kw = {"out_dtype": out_dtype} if dtypes.lookup(dtype).reduced else {}
         return cls(be, kind, kind == "numpy" and be.KINDS[0] != "numpy", kw, **layer)
@@ -191,17 +197,21 @@ class Call:
         return getattr(self.be, self.spec.export(name), None)
 
 
-def _layer_arrays(spec, x, weight, stride, padding, dilation, bias=None, grad_out=None):
+def _layer_arrays(spec, x, weight, stride, padding, dilation, groups, bias=None,
+                  grad_out=None):
     """(g, grid, kinds, arrays) of one layer call, its arrays checked in the order the errors
-    read best: x, weight, the geometry and grid, bias, grad_out."""
+    read best: x, weight, groups, the geometry and grid, bias, grad_out."""
     kinds = {"x": _array("x", x, 4)}
     kinds["weight"] = _array("weight", weight, spec.weight_ndim, x.dtype)
     N, C, H, W = x.shape
     K, Cw, R, S = weight.shape[-4:]
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x has C={C} channels (shape {x.shape}) but weight "
-                         f"expects C={Cw} (bank (K, C, R, S) = {tuple(weight.shape[-4:])})")
-    g = ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
+    G = check_groups(groups, C, K)
+    if Cw * G != C:
+        per = f"C // groups = {C // G}" if G > 1 else f"C={C}"
+        raise ValueError(f"channel mismatch: x has C={C} channels (shape {x.shape}) so weight "
+                         f"must have {per} on its channel axis, but it has {Cw} (bank "
+                         f"(K, C // groups, R, S) = {tuple(weight.shape[-4:])}, groups={G})")
+    g = ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation, G)
     grid = spec.grid(weight.shape)
     spec.check_grid(g, grid, weight.shape)
     arrays = {"x": x, "weight": weight}
@@ -231,10 +241,10 @@ def _layer_call(spec, g, grid, kinds, arrays, backend, out_dtype, accumulators=(
                      spec=spec, g=g, grid=grid)
 
 
-def _forward(op, x, weight, bias, stride, padding, dilation, backend, out_dtype):
+def _forward(op, x, weight, bias, stride, padding, dilation, groups, backend, out_dtype):
     spec = optable.LAYERS[op]
-    c = _layer_call(spec, *_layer_arrays(spec, x, weight, stride, padding, dilation, bias=bias),
-                    backend, out_dtype)
+    c = _layer_call(spec, *_layer_arrays(spec, x, weight, stride, padding, dilation, groups,
+                                         bias=bias), backend, out_dtype)
     return c.get(c.pass_("forward")(c.put(x), c.put(weight), c.put(bias), c.g, c.grid, **c.kw))
 
 
@@ -251,10 +261,10 @@ def _needs(needs):
     return needs
 
 
-def _backward(op, grad_out, x, weight, stride, padding, dilation, needs, deterministic,
-              grad_weight, grad_bias, backend, out_dtype):
+def _backward(op, grad_out, x, weight, stride, padding, dilation, groups, needs,
+              deterministic, grad_weight, grad_bias, backend, out_dtype):
     spec = optable.LAYERS[op]
-    g, grid, kinds, arrays = _layer_arrays(spec, x, weight, stride, padding, dilation,
+    g, grid, kinds, arrays = _layer_arrays(spec, x, weight, stride, padding, dilation, groups,
                                            grad_out=grad_out)
     needs = _needs(needs)
     if not isinstance(deterministic, (bool, np.bool_)):
@@ -300,57 +310,64 @@ _BACKWARD_DOC = """
     """
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto",
-           out_dtype=None):
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           backend="auto", out_dtype=None):
     """Shared-weight 2D convolution (cross-correlation, zero padding), NCHW.
 
-    x (N, C, H, W), weight (K, C, R, S), bias (K,) or None -> y (N, K, P, Q), dtype of x.
+    x (N, C, H, W), weight (K, C // groups, R, S), bias (K,) or None -> y (N, K, P, Q), dtype
+    of x. groups (dividing C and K) as in torch.nn.Conv2d: filter k sees only the C // groups
+    input channels of its group k // (K // groups); groups == C is a depthwise conv.
     """
-    return _forward("conv2d", x, weight, bias, stride, padding, dilation, backend, out_dtype)
+    return _forward("conv2d", x, weight, bias, stride, padding, dilation, groups, backend,
+                    out_dtype)
 
 
-def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
+def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
                     needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
                     backend="auto", out_dtype=None):
-    return _backward("conv2d", grad_out, x, weight, stride, padding, dilation, needs,
-                     deterministic, grad_weight, grad_bias, backend, out_dtype)
+    return _backward("conv2d", grad_out, x, weight, stride, padding, dilation, groups,
+                     needs, deterministic, grad_weight, grad_bias, backend, out_dtype)
 
 
-def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto",
-            out_dtype=None):
+def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+            backend="auto", out_dtype=None):
     """Locally-connected 2D layer (no weight sharing): one filter bank per output position.
 
     x (N, C, H, W), weight (P, Q, K, C, R, S), bias (P, Q, K) or None -> y (N, K, P, Q);
     y[n, k, p, q] = sum_{c, r, s} weight[p, q, k, c, r, s] * x_padded[n, c, p*sh + r*dh,
     q*sw + s*dw] + bias[p, q, k]. (P, Q) must be the output size for the given geometry.
+    With groups, weight is (P, Q, K, C // groups, R, S) and c runs over filter k's group's
+    channels only (as in conv2d).
     """
-    return _forward("local2d", x, weight, bias, stride, padding, dilation, backend, out_dtype)
-
-
-def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
-                     needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
-                     backend="auto", out_dtype=None):
-    return _backward("local2d", grad_out, x, weight, stride, padding, dilation, needs,
-                     deterministic, grad_weight, grad_bias, backend, out_dtype)
-
-
-def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, backend="auto",
-                 out_dtype=None):
-    """Tiled 2D convolution: a TP x TQ grid of filter banks, output (p, q) uses bank
-    [p % TP, q % TQ].
-
-    x (N, C, H, W), weight (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None -> y (N, K, P, Q).
-    TP = TQ = 1 is conv2d; TP = P, TQ = Q is local2d. The tile may not exceed the output.
-    """
-    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, backend,
+    return _forward("local2d", x, weight, bias, stride, padding, dilation, groups, backend,
                     out_dtype)
 
 
-def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1,
+def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
+                     needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
+                     backend="auto", out_dtype=None):
+    return _backward("local2d", grad_out, x, weight, stride, padding, dilation, groups,
+                     needs, deterministic, grad_weight, grad_bias, backend, out_dtype)
+
+
+def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                 backend="auto", out_dtype=None):
+    """Tiled 2D convolution: a TP x TQ grid of filter banks, output (p, q) uses bank
+    [p % TP, q % TQ].
+
+    x (N, C, H, W), weight (TP, TQ, K, C // groups, R, S), bias (TP, TQ, K) or None -> y (N, K,
+    P, Q). TP = TQ = 1 is conv2d; TP = P, TQ = Q is local2d. The tile may not exceed the
+    output. groups as in conv2d.
+    """
+    return _forward("tiled_conv2d", x, weight, bias, stride, padding, dilation, groups,
+                    backend, out_dtype)
+
+
+def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1, groups=1,
                           needs=NEEDS, deterministic=False, grad_weight=None, grad_bias=None,
                           backend="auto", out_dtype=None):
-    return _backward("tiled_conv2d", grad_out, x, weight, stride, padding, dilation, needs,
-                     deterministic, grad_weight, grad_bias, backend, out_dtype)
+    return _backward("tiled_conv2d", grad_out, x, weight, stride, padding, dilation, groups,
+                     needs, deterministic, grad_weight, grad_bias, backend, out_dtype)
 
 
 conv2d_backward.__doc__ = "Gradients of conv2d." + _BACKWARD_DOC

@@ -61,9 +61,24 @@ def resolve_padding(padding, kernel, stride, dilation):
     return tuple(t // 2 for t in total), tuple(t % 2 for t in total)
 
 
+def check_groups(groups, C, K):
+    """groups as an int >= 1 dividing both C and K; TypeError / ValueError naming it."""
+    if isinstance(groups, bool) or not hasattr(groups, "__index__"):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    G = int(groups)
+    if G < 1:
+        raise ValueError(f"groups must be >= 1, got {G}")
+    if C % G or K % G:
+        raise ValueError(f"groups={G} must divide both the input channels C={C} and the "
+                         f"filters K={K}")
+    return G
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Shapes of one 2D convolution in NCHW: x (N,C,H,W), weight bank (K,C,R,S), y (N,K,P,Q)."""
+    """Shapes of one 2D convolution in NCHW: x (N,C,H,W), weight bank (K,C/groups,R,S),
+    y (N,K,P,Q). With groups G, filters k of group k // (K/G) see input channels
+    [(k // (K/G)) * C/G, ... + C/G) only (torch.nn.Conv2d's rule; depthwise: G == C)."""
 
     N: int
     C: int
@@ -78,14 +93,16 @@ class ConvGeometry:
     # zero rows/columns padded at the end beyond `padding` (padding="same" with an odd total);
     # every backend takes it as it is (see pads()).
     extra: tuple = (0, 0)
+    groups: int = 1
 
     @classmethod
-    def make(cls, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1):
+    def make(cls, N, C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1):
         """Build and validate; raises ValueError naming the argument on a bad value."""
         st, dl = pair(stride, "stride", low=1), pair(dilation, "dilation", low=1)
         pd, extra = resolve_padding(padding, (R, S), st, dl)
         pair(pd, "padding", low=0)
-        g = cls(N, C, H, W, K, R, S, st, pd, dl, extra)
+        G = check_groups(groups, C, K)
+        g = cls(N, C, H, W, K, R, S, st, pd, dl, extra, G)
         if max(H + 2 * pd[0], W + 2 * pd[1]) > INDEX_MAX:   # a dilated kernel past it: P < 1
             raise ValueError(f"padding {pd} takes the padded input ({H}, {W}) past the "
                              f"kernels' index range ({INDEX_MAX})")
@@ -112,6 +129,21 @@ class ConvGeometry:
         return (ph, ph + eh), (pw, pw + ew)
 
     @property
+    def Cg(self):
+        """Input channels per group: the weight's channel axis."""
+        return self.C // self.groups
+
+    @property
+    def Kg(self):
+        """Filters per group."""
+        return self.K // self.groups
+
+    @property
+    def depthwise(self):
+        """One input channel per group (groups == C): no reduction over channels."""
+        return self.Cg == 1 and self.groups > 1
+
+    @property
     def x_shape(self):
         return (self.N, self.C, self.H, self.W)
 
@@ -121,12 +153,12 @@ class ConvGeometry:
 
     @property
     def w_shape(self):
-        return (self.K, self.C, self.R, self.S)
+        return (self.K, self.Cg, self.R, self.S)
 
     @property
     def macs(self):
         """Multiply-adds of the forward pass (padding taps counted, as every library does)."""
-        return self.N * self.K * self.P * self.Q * self.C * self.R * self.S
+        return self.N * self.K * self.P * self.Q * self.Cg * self.R * self.S
 
     def flops(self, pass_="forward"):
         """FLOPs: 2 per MAC per pass. 'backward' = input + weight gradient (bias is negligible)."""
@@ -143,7 +175,7 @@ class ConvGeometry:
         (dy, x, w read; dx, dw written)."""
         x = self.N * self.C * self.H * self.W
         y = self.N * self.K * self.P * self.Q
-        w = self.K * self.C * self.R * self.S * banks
+        w = self.K * self.Cg * self.R * self.S * banks
         counts = {"forward": x + w + y, "input": y + w + x, "weight": y + x + w,
                   "bias": y + self.K * banks, "backward": y + 2 * x + 2 * w,
                   "input_weight": y + 2 * x + 2 * w}

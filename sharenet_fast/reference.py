@@ -9,10 +9,47 @@ import numpy as np
 from .geometry import ConvGeometry
 
 
-def _geometry(x_shape, w_shape, stride, padding, dilation):
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups=1):
     N, C, H, W = x_shape
-    K, _, R, S = w_shape
-    return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
+    K, _, R, S = w_shape[-4:]
+    return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation, groups)
+
+
+# Groups: a grouped layer is the ungrouped layer whose banks are block-diagonal in (K, C):
+# filter k of group k // (K/G) has zeros on every input channel outside its group's C/G. The
+# oracle builds that weight and runs the one tap loop; the weight gradient is the full one's
+# diagonal blocks.
+def ungroup(weight, groups):
+    """(..., K, C/G, R, S) -> (..., K, C, R, S), float64, block-diagonal over the G groups."""
+    w = np.asarray(weight, dtype=np.float64)
+    if groups == 1:
+        return w
+    K, Cg = w.shape[-4:-2]
+    Kg = K // groups
+    full = np.zeros(w.shape[:-3] + (Cg * groups,) + w.shape[-2:])
+    for grp in range(groups):
+        full[..., grp * Kg:(grp + 1) * Kg, grp * Cg:(grp + 1) * Cg, :, :] = \
+            w[..., grp * Kg:(grp + 1) * Kg, :, :, :]
+    return full
+
+
+def regroup(full, groups):
+    """The diagonal blocks of a (..., K, C, R, S) array: (..., K, C/G, R, S) (adjoint of
+    ungroup)."""
+    if groups == 1:
+        return full
+    K, C = full.shape[-4:-2]
+    Kg, Cg = K // groups, C // groups
+    out = np.empty(full.shape[:-3] + (Cg,) + full.shape[-2:])
+    for grp in range(groups):
+        out[..., grp * Kg:(grp + 1) * Kg, :, :, :] = \
+            full[..., grp * Kg:(grp + 1) * Kg, grp * Cg:(grp + 1) * Cg, :, :]
+    return out
+
+
+def _full_shape(w_shape, C):
+    """The ungrouped weight shape of a grouped one, for input channels C."""
+    return tuple(w_shape[:-3]) + (C,) + tuple(w_shape[-2:])
 
 
 def _tap(g, r, s):
@@ -69,31 +106,33 @@ def _correlate_weight_grad(dy, x, g, bank, w_shape):
     return dw
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    g = _geometry(x.shape, weight.shape, stride, padding, dilation)
-    y = _correlate(x, weight, g, "kc")
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+    g = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    y = _correlate(x, ungroup(weight, groups), g, "kc")
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
     return y
 
 
-def conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
-    g = _geometry(x_shape, weight.shape, stride, padding, dilation)
-    return _correlate_input_grad(grad_out, weight, g, "kc")
+def conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1,
+                      groups=1):
+    g = _geometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    return _correlate_input_grad(grad_out, ungroup(weight, groups), g, "kc")
 
 
-def conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
-    g = _geometry(x.shape, w_shape, stride, padding, dilation)
-    return _correlate_weight_grad(grad_out, x, g, "kc", g.w_shape)
+def conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    g = _geometry(x.shape, w_shape, stride, padding, dilation, groups)
+    full = _correlate_weight_grad(grad_out, x, g, "kc", _full_shape(g.w_shape, g.C))
+    return regroup(full, groups)
 
 
 def conv2d_bias_grad(grad_out):
     return np.asarray(grad_out, dtype=np.float64).sum(axis=(0, 2, 3))
 
 
-def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
+def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1, groups=1):
     """(input, weight, bias) gradients, float64."""
-    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return (conv2d_input_grad(grad_out, x.shape, weight, **kw),
             conv2d_weight_grad(grad_out, x, weight.shape, **kw),
             conv2d_bias_grad(grad_out))
@@ -105,11 +144,9 @@ def conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
 # treats tiled as locally connected with each bank repeated over its tile class, so there is one
 # loop to trust: for tap (r, s), y[n, k, p, q] += sum_c x_tap[n, c, p, q] * w[p, q, k, c, r, s].
 
-def _local_geometry(x_shape, w_shape, stride, padding, dilation):
-    """Geometry from a 6-D banked weight (grid, grid, K, C, R, S): local2d or tiled_conv2d."""
-    N, C, H, W = x_shape
-    _, _, K, _, R, S = w_shape
-    return ConvGeometry.make(N, C, H, W, K, R, S, stride, padding, dilation)
+def _local_geometry(x_shape, w_shape, stride, padding, dilation, groups=1):
+    """Geometry from a 6-D banked weight (grid, grid, K, C/G, R, S): local2d or tiled_conv2d."""
+    return _geometry(x_shape, w_shape, stride, padding, dilation, groups)
 
 
 def expand_tiles(weight, out_hw):
@@ -130,54 +167,60 @@ def fold_tiles(per_position, tile):
     return out
 
 
-def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    g = _local_geometry(x.shape, weight.shape, stride, padding, dilation)
-    y = _correlate(x, weight, g, "pqkc")
+def local2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+    g = _local_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    y = _correlate(x, ungroup(weight, groups), g, "pqkc")
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64).transpose(2, 0, 1)[None]
     return y
 
 
-def local2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
-    g = _local_geometry(x_shape, weight.shape, stride, padding, dilation)
-    return _correlate_input_grad(grad_out, weight, g, "pqkc")
+def local2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1,
+                       groups=1):
+    g = _local_geometry(x_shape, weight.shape, stride, padding, dilation, groups)
+    return _correlate_input_grad(grad_out, ungroup(weight, groups), g, "pqkc")
 
 
-def local2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
-    g = _local_geometry(x.shape, w_shape, stride, padding, dilation)
-    return _correlate_weight_grad(grad_out, x, g, "pqkc", (g.P, g.Q) + g.w_shape)
+def local2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1, groups=1):
+    g = _local_geometry(x.shape, w_shape, stride, padding, dilation, groups)
+    full = _correlate_weight_grad(grad_out, x, g, "pqkc",
+                                  (g.P, g.Q) + _full_shape(g.w_shape, g.C))
+    return regroup(full, groups)
 
 
 def local2d_bias_grad(grad_out):
     return np.asarray(grad_out, dtype=np.float64).sum(axis=0).transpose(1, 2, 0)
 
 
-def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
+def local2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1, groups=1):
     """(input, weight, bias) gradients of local2d, float64."""
-    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return (local2d_input_grad(grad_out, x.shape, weight, **kw),
             local2d_weight_grad(grad_out, x, weight.shape, **kw),
             local2d_bias_grad(grad_out))
 
 
-def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
-    g = _local_geometry(x.shape, weight.shape, stride, padding, dilation)
+def tiled_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+    g = _local_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     wl = expand_tiles(weight, (g.P, g.Q))
     bl = None if bias is None else expand_tiles(bias, (g.P, g.Q))
-    return local2d(x, wl, bl, stride=stride, padding=padding, dilation=dilation)
+    return local2d(x, wl, bl, stride=stride, padding=padding, dilation=dilation,
+                   groups=groups)
 
 
-def tiled_conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1):
-    g = _local_geometry(x_shape, weight.shape, stride, padding, dilation)
+def tiled_conv2d_input_grad(grad_out, x_shape, weight, *, stride=1, padding=0, dilation=1,
+                            groups=1):
+    g = _local_geometry(x_shape, weight.shape, stride, padding, dilation, groups)
     return local2d_input_grad(grad_out, x_shape, expand_tiles(weight, (g.P, g.Q)),
-                              stride=stride, padding=padding, dilation=dilation)
+                              stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-def tiled_conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1):
-    g = _local_geometry(x.shape, w_shape, stride, padding, dilation)
+def tiled_conv2d_weight_grad(grad_out, x, w_shape, *, stride=1, padding=0, dilation=1,
+                             groups=1):
+    g = _local_geometry(x.shape, w_shape, stride, padding, dilation, groups)
     local_shape = (g.P, g.Q) + tuple(w_shape[2:])
     per_position = local2d_weight_grad(grad_out, x, local_shape, stride=stride,
-                                       padding=padding, dilation=dilation)
+                                       padding=padding, dilation=dilation, groups=groups)
     return fold_tiles(per_position, w_shape[:2])
 
 
@@ -185,9 +228,9 @@ def tiled_conv2d_bias_grad(grad_out, tile):
     return fold_tiles(local2d_bias_grad(grad_out), tile)
 
 
-def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1):
+def tiled_conv2d_backward(grad_out, x, weight, *, stride=1, padding=0, dilation=1, groups=1):
     """(input, weight, bias) gradients of tiled_conv2d, float64."""
-    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return (tiled_conv2d_input_grad(grad_out, x.shape, weight, **kw),
             tiled_conv2d_weight_grad(grad_out, x, weight.shape, **kw),
             tiled_conv2d_bias_grad(grad_out, weight.shape[:2]))

@@ -23,6 +23,7 @@ tiled_conv2d_weight_grad = adapted(_tiled.tiled_conv2d_weight_grad)
 tiled_conv2d_bias_grad = adapted(_tiled.tiled_conv2d_bias_grad)
 
 KINDS = ("numpy",)
+GROUPS = True          # every layer takes ConvGeometry.groups (docs/design.md)
 DTYPES = dtypes.NAMES
 
 __all__ = ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",

@@ -16,6 +16,7 @@ Public host launchers (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bia
 table's signatures, optable.py) take validated arrays, a ConvGeometry and the bank grid (1 x 1
 here); kernels are named <layer>_<kernel tag>_kernel.
 """
+import dataclasses
 from functools import lru_cache
 
 import numpy as np
@@ -27,6 +28,7 @@ from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX, WGRA
 from ._simd import lanes, lanes_of, outer_product, outer_product_nested, typed_zero
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
+from . import depthwise
 
 
 def _padded(a, pads, layout, name):
@@ -154,9 +156,36 @@ def _fwd_kernel(MR, NV):
 
 
 def conv2d(x, weight, bias, g, grid):
+    return _layer_forward(x, weight[None, None], None if bias is None else bias[None, None], g)
+
+
+# ------------------------------------------------------------------------------------ groups
+# A grouped conv (1 < groups < C) is `groups` ungrouped convs over channel slices: each kernel
+# builds its padded copy of its slice of x anyway (so slicing costs nothing there), and each
+# group's result lands in its slice of y / dx / dw. Depthwise (groups == C: one channel per
+# filter, no reduction over channels) has kernels of its own (depthwise.py).
+def _groups(g):
+    """[(input channel slice, filter slice)] of g's groups, and the geometry of one group."""
+    one = dataclasses.replace(g, C=g.Cg, K=g.Kg, groups=1)
+    return [(slice(i * g.Cg, (i + 1) * g.Cg), slice(i * g.Kg, (i + 1) * g.Kg))
+            for i in range(g.groups)], one
+
+
+def _layer_forward(x, banks, bias, g):
+    """y of the tiled conv at g (shared: 1 x 1 banks (1, 1, K, C/G, R, S)), any groups."""
     y = np.empty(g.y_shape, dtype=x.dtype)
-    _forward(x, weight[None, None], None if bias is None else bias[None, None], g.pads(),
-             g.stride, g.dilation, y)
+    if g.depthwise:
+        with _launch_lock:
+            depthwise.forward(_padded(x, g.pads(), "nchw", "fwd_x"), banks, bias, g, y)
+    elif g.groups == 1:
+        _forward(x, banks, bias, g.pads(), g.stride, g.dilation, y)
+    else:
+        slices, one = _groups(g)
+        yg = np.empty(one.y_shape, dtype=x.dtype)
+        for cs, ks in slices:
+            _forward(x[:, cs], banks[:, :, ks], None if bias is None else bias[:, :, ks],
+                     g.pads(), g.stride, g.dilation, yg)
+            y[:, ks] = yg
     return y
 
 
@@ -385,7 +414,7 @@ def _wgrad_split(g, banks=1, itemsize=4):
 
 
 def conv2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
-    """Weight gradient (K, C, R, S). With `out`, the gradient is added into it.
+    """Weight gradient (K, C/G, R, S). With `out`, the gradient is added into it.
 
     The reduction order depends only on the shapes, never on the thread schedule, so the CPU
     result is bitwise reproducible whether or not `deterministic` is asked for.
@@ -394,9 +423,37 @@ def conv2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
 
 
 def _weight_grad(dy, x, g, tile, w_shape, out):
-    TP, TQ = tile
-    rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
+    """Weight gradient of the tiled conv at g (shared: tile 1 x 1), any groups; `out` (a
+    C-contiguous w_shape array) added into when given."""
     accumulate = out is not None
+    if out is None:
+        out = np.empty(w_shape, dtype=x.dtype)
+    if g.depthwise:
+        with _launch_lock:
+            depthwise.weight_grad(dy, _padded(x, g.pads(), "nchw", "wgrad_x"), g, tile, out,
+                                  accumulate)
+        return out
+    if g.groups == 1:
+        return _ungrouped_weight_grad(dy, x, g, tile, out, accumulate)
+    slices, one = _groups(g)
+    view = out.reshape(tile[0] * tile[1], g.K, g.Cg, g.R, g.S)
+    for cs, ks in slices:
+        # the group's filters: a contiguous block of each bank, added in place below
+        part = _ungrouped_weight_grad(np.ascontiguousarray(dy[:, ks]), x[:, cs], one, tile,
+                                      None, False)
+        part = part.reshape(tile[0] * tile[1], g.Kg, g.Cg, g.R, g.S)
+        if accumulate:
+            view[:, ks] += part
+        else:
+            view[:, ks] = part
+    return out
+
+
+def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate):
+    """The tiled conv's weight gradient at ungrouped g into `out` (None: a fresh array)."""
+    TP, TQ = tile
+    w_shape = tuple(tile) + g.w_shape if tuple(tile) != (1, 1) else g.w_shape
+    rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
     if out is None:
         out = np.empty(w_shape, dtype=x.dtype)
     direct = (wgrad_direct_tile(g.K, g.S * g.C, x.dtype.itemsize)
@@ -505,11 +562,27 @@ def _dgrad_kernel(MR, NV):
 
 
 def conv2d_input_grad(dy, weight, g, grid):
-    return _input_grad(dy, weight[None, None], g)
+    return _layer_input_grad(dy, weight[None, None], g)
+
+
+def _layer_input_grad(dy, banks, g):
+    """Input gradient of the tiled conv at g with banks (TP, TQ, K, C/G, R, S), any groups."""
+    if g.depthwise:
+        dx = np.empty(g.x_shape, dtype=dy.dtype)
+        depthwise.input_grad(dy, banks, g, dx)
+        return dx
+    if g.groups == 1:
+        return _input_grad(dy, banks, g)
+    slices, one = _groups(g)
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    for cs, ks in slices:
+        dx[:, cs] = _input_grad(dy[:, ks], banks[:, :, ks], one)
+    return dx
 
 
 def _input_grad(dy, banks, g):
-    """Input gradient of the tiled conv with banks (TP, TQ, K, C, R, S) (shared: 1 x 1)."""
+    """Input gradient of the tiled conv with banks (TP, TQ, K, C, R, S) (shared: 1 x 1) at
+    ungrouped g."""
     TP, TQ, K, C, R, S = banks.shape
     dx = np.empty(g.x_shape, dtype=dy.dtype)
     if g.stride == (1, 1):

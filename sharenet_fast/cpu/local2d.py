@@ -87,7 +87,7 @@ def _fwd_kernel(MR, NV, U, WB, DOT):
     PF = max(1, MR * U * WB // 64)
 
     @njit(**njit_options(parallel=True))
-    def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
+    def local2d_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks, NG):
         """xt: padded input as (NB, C, Hp, Wp, GB): NB blocks of GB images, images innermost
         and zero past N, in the accumulation dtype (DOT: bfloat16 bits, as w; blocks of 8
         images; otherwise one block); w: (P, Q, K, C, R, S) (or its 16-bit view); bias:
@@ -100,15 +100,23 @@ def _fwd_kernel(MR, NV, U, WB, DOT):
         y_pq (K x N) = W_pq (K x T) . patch, MR filters at a time; each weight is read from
         memory once and used by all N images from registers (a second block of images reads
         the MR filters' tile again, from L1).
+
+        NG groups: w is (P, Q, K, C/NG, R, S); filters of group grp multiply the patch rows of
+        its channels, which the gather puts in a segment of their own (T + U rows, the last U
+        zero: a split reduction's last partial step reads zeros, never the next group's
+        inputs). NG = 1 is the ungrouped layout.
         """
         NB, C, Hp, Wp, GB = xt.shape
         G = NB * GB                            # images, padded: obuf's columns
         P, Q, K = w.shape[0], w.shape[1], w.shape[2]
-        T = C * R * S
+        Cg = C // NG
+        Kg = K // NG
+        T = Cg * R * S                         # one filter's reduction
         W = NV * lanes_of(bias)                # tile columns (U > 1: U steps of GB images)
         ldb = U * GB if U > 1 else GB
         step = GB if U > 1 else W              # images per column tile (within one block)
-        TB = (T + U) * GB                      # one block's patch
+        TG = T + U                             # rows of one group's patch segment
+        TB = NG * TG * GB                      # one block's patch
         XB = C * Hp * Wp * GB                  # one block's input
         T0 = (T // U) * U                      # split steps; the T % U rest in scalar code
         PQ = P * Q
@@ -135,34 +143,39 @@ def _fwd_kernel(MR, NV, U, WB, DOT):
                     q = q0 + qi
                     for nb in range(NB):
                         for c in range(C):
+                            grp = c // Cg
                             for r in range(R):
                                 src = nb * XB + ((c * Hp + p * sh + r * dh) * Wp + q * sw) * GB
-                                dst = nb * TB + (c * R + r) * S * GB
+                                dst = nb * TB + (grp * TG + ((c - grp * Cg) * R + r) * S) * GB
                                 if dw == 1:
                                     _copy(patch[dst:dst + S * GB], xf[src:src + S * GB])
                                 else:
                                     for s in range(S):
                                         _copy(patch[dst + s * GB:dst + (s + 1) * GB],
                                               xf[src + s * dw * GB:src + s * dw * GB + GB])
-                    for k0 in range(0, K, MR):
+                    k0 = 0
+                    while k0 < K:                # MR filters, never across a group's end
+                        grp = k0 // Kg
+                        kn = min(MR, (grp + 1) * Kg - k0)
                         wrow = ((pos + qi) * K + k0) * T
                         for n0 in range(0, N, step):
                             nb = n0 // GB              # B: this block's patch, from column n0
-                            b0 = nb * TB + n0 - nb * GB
+                            b0 = nb * TB + grp * TG * GB + n0 - nb * GB
                             if DOT:
                                 outer_product_dot(MR, PF, wf, wrow, T, U,
                                                   patch, b0, ldb, T // U, T - T0,
                                                   obuf, (qi * K + k0) * G + n0, G, 1,
-                                                  min(MR, K - k0), min(step, N - n0), False,
+                                                  kn, min(step, N - n0), False,
                                                   bf, (pos + qi) * K + k0, has_bias,
                                                   wrow + FWD_PREFETCH * MR * T)
                             else:
                                 outer_product(MR, NV, U, PF, 0, wf, wrow, T, U,
                                               patch, b0, ldb, T // U, T - T0,
                                               obuf, (qi * K + k0) * G + n0, G, 1,
-                                              min(MR, K - k0), min(step, N - n0), False,
+                                              kn, min(step, N - n0), False,
                                               bf, (pos + qi) * K + k0, has_bias,
                                               wrow + FWD_PREFETCH * MR * T)
+                        k0 += kn
                 for n in range(N):
                     for k in range(K):
                         base = (n * K + k) * PQ + pos
@@ -200,7 +213,7 @@ def local2d(x, weight, bias, g, grid, out_dtype=None):
         xt = _transposed(x if dot else widened(x), g.pads(), GB, "local_xt")
         kernel(dtypes.kernel_view(xt), dtypes.kernel_view(weight), b, bias is not None,
                dtypes.kernel_view(y), g.N, g.R, g.S, *g.stride, *g.dilation,
-               min(g.P * g.Q, POSITION_BLOCKS))
+               min(g.P * g.Q, POSITION_BLOCKS), g.groups)
     return y
 
 
@@ -233,7 +246,7 @@ def _iwgrad_kernel(WB):
 
     @njit(**njit_options(parallel=True))
     def local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
-                              want_dw, accumulate):
+                              want_dw, accumulate, NG):
         """Input and/or weight gradient in one pass over the positions.
 
         dyt: dy as (P, Q, N, K); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed
@@ -250,10 +263,15 @@ def _iwgrad_kernel(WB):
           input gradient   dpatch (N x T) = dy_pq (N x K) . W_pq (K x T), added into the input
                            rows under (p, q).
         Both together share the patch gather and read W / write dW in one pass.
+        NG groups: W_pq is (K, C/NG * R * S); group grp's filters meet the patch columns of
+        its channels only (a contiguous segment of each patch row): one GEMM per group.
         """
         P, Q, N, K = dyt.shape
         _, C, Hp, Wp = xp.shape if want_dw else dxp.shape  # the other one is a placeholder
-        T = C * R * S
+        TF = C * R * S                # a patch row: every channel
+        Kg = K // NG
+        T = TF // NG                  # one filter's reduction: its group's channels
+        nTD = -(-T // (ND * lanes_of(dyt)))
         xf = xp.ravel()
         wf = w.ravel()
         dyf = dyt.ravel()
@@ -271,9 +289,9 @@ def _iwgrad_kernel(WB):
             for task in prange(ntp * ntq):
                 tp = fp + 2 * (task // ntq)
                 tq = fq + 2 * (task % ntq)
-                patch = np.empty(N * T if want_dw else 1, dtype=dyt.dtype)
+                patch = np.empty(N * TF if want_dw else 1, dtype=dyt.dtype)
                 bank = np.empty(K * T if want_dw else 1, dtype=dyt.dtype)
-                dpatch = np.empty(N * T if want_dx else 1, dtype=dyt.dtype)
+                dpatch = np.empty(N * TF if want_dx else 1, dtype=dyt.dtype)
                 for p in range(tp * BP, min(P, tp * BP + BP)):
                     for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
                         pos = p * Q + q
@@ -281,31 +299,36 @@ def _iwgrad_kernel(WB):
                         if want_dw:
                             _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw,
                                             dh, dw)
-                            # A[k, n] = dyt[p, q, n, k]: row stride 1, step stride K
-                            for k0 in range(0, K, MW):
-                                for t0 in range(0, T, VW):
-                                    outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0, 1, K,
-                                                  patch, t0, T, N, 0,
-                                                  bank, k0 * T + t0, T, 1,
-                                                  min(MW, K - k0), min(VW, T - t0),
-                                                  False, bank, 0, False, 0)
+                            # A[k, n] = dyt[p, q, n, k]: row stride 1, step stride K;
+                            # B: the patch columns of filter k's group
+                            for grp in range(NG):
+                                for k0 in range(grp * Kg, (grp + 1) * Kg, MW):
+                                    for t0 in range(0, T, VW):
+                                        outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0, 1, K,
+                                                      patch, grp * T + t0, TF, N, 0,
+                                                      bank, k0 * T + t0, T, 1,
+                                                      min(MW, (grp + 1) * Kg - k0),
+                                                      min(VW, T - t0), False, bank, 0, False, 0)
                             # the bank, contiguous, from L2 to memory in one sequential run
                             if accumulate:
                                 _accumulate(of[pos * K * T:(pos + 1) * K * T], bank)
                             else:
                                 stream_copy(of, pos * K * T, bank, 0, K * T)
                         if want_dx:
-                            # dpatch[n, t] = sum_k dyt[p, q, n, k] * w[p, q, k, t]
+                            # dpatch[n, grp's t] = sum over grp's k of dyt[p, q, n, k] *
+                            # w[p, q, k, t]
                             nxt = (pos + 1) * K * T
-                            for t0 in range(0, T, VD):
-                                for n0 in range(0, N, MD):
-                                    outer_product(MD, ND, 1, DGRAD_PREFETCH, 1,
-                                                  dyf, dyo + n0 * K, K, 1,
-                                                  wf, pos * K * T + t0, T, K, 0,
-                                                  dpatch, n0 * T + t0, T, 1, min(MD, N - n0),
-                                                  min(VD, T - t0), False, dpatch, 0, False,
-                                                  nxt + (t0 // VD) * K * DGRAD_PREFETCH
-                                                  * line_of(wf))
+                            for grp in range(NG):
+                                for t0 in range(0, T, VD):
+                                    for n0 in range(0, N, MD):
+                                        outer_product(MD, ND, 1, DGRAD_PREFETCH, 1,
+                                                      dyf, dyo + n0 * K + grp * Kg, K, 1,
+                                                      wf, (pos * K + grp * Kg) * T + t0, T, Kg,
+                                                      0, dpatch, n0 * TF + grp * T + t0, TF, 1,
+                                                      min(MD, N - n0), min(VD, T - t0), False,
+                                                      dpatch, 0, False,
+                                                      nxt + (grp * nTD + t0 // VD) * Kg
+                                                      * DGRAD_PREFETCH * line_of(wf))
                             for n in range(N):
                                 for c in range(C):
                                     for r in range(R):
@@ -353,7 +376,7 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
             dxp = np.zeros((1, 1, 1, 1), dt)
         kernel = _iwgrad_kernel(weight.dtype.itemsize if want_dx else 4)
         kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
-                         want_dx, want_dw, accumulate)
+                         want_dx, want_dw, accumulate, g.groups)
         # a fresh array (the scratch is reused by the next call), in the result dtype
         dx = None
         if want_dx:

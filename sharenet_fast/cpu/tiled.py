@@ -7,19 +7,15 @@ class by its bank; the weight gradient adds each class into its own bank of the 
 partials; the input gradient is, with stride 1, a tiled convolution itself (by input class, see
 conv2d._input_grad) and otherwise the gather-form kernel with one bank per class of q.
 """
-import numpy as np
-
-from .conv2d import _bias_grad, _forward, _input_grad, _weight_grad
+from .conv2d import _bias_grad, _layer_forward, _layer_input_grad, _weight_grad
 
 
 def tiled_conv2d(x, weight, bias, g, grid):
-    y = np.empty(g.y_shape, dtype=x.dtype)
-    _forward(x, weight, bias, g.pads(), g.stride, g.dilation, y)
-    return y
+    return _layer_forward(x, weight, bias, g)
 
 
 def tiled_conv2d_input_grad(dy, weight, g, grid):
-    return _input_grad(dy, weight, g)
+    return _layer_input_grad(dy, weight, g)
 
 
 def tiled_conv2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
