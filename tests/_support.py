@@ -59,15 +59,18 @@ class Case(NamedTuple):
     stride: object = 1
     padding: object = 0
     dilation: object = 1
+    groups: int = 1
 
     @property
     def kw(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        # groups only where it is not 1: ungrouped cases also feed calls that predate it
+        kw = dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+        return kw if self.groups == 1 else dict(kw, groups=self.groups)
 
     @property
     def geometry(self):
         return sf.ConvGeometry.make(self.N, self.C, self.H, self.W, self.K, self.R, self.S,
-                                    self.stride, self.padding, self.dilation)
+                                    self.stride, self.padding, self.dilation, self.groups)
 
     @property
     def x_shape(self):
@@ -248,8 +251,7 @@ SIM_MAX_MACS = 20000
 
 
 def case_macs(case):
-    g = case.geometry
-    return g.N * g.K * g.P * g.Q * g.C * g.R * g.S
+    return case.geometry.macs
 
 
 def sim_signature(layer, pass_, case, tile, dtype):

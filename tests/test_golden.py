@@ -101,3 +101,55 @@ def test_backend_matches_untied_golden(backend, dtype, path):
     for name, out in zip(("dx", "dw", "db"), bwd(dy, x, w, backend=backend, **kw)):
         assert out.dtype == np.dtype(dtype)
         assert_close(out, g[name], dtype, name)
+
+
+# ---------------------------------------------------------------------------------- grouped
+# PyTorch float64: conv2d(groups=), grouped unfold + einsum, masked grouped convs (make_golden.py)
+GROUPED = sorted(glob.glob(os.path.join(TESTS_DIR, "data", "grouped_*.npz")))
+GROUPED_IDS = [os.path.basename(p)[len("grouped_"):-len(".npz")] for p in GROUPED]
+GROUPED_FN = dict(UNTIED_FN, conv=(reference.conv2d, reference.conv2d_backward, sf.conv2d,
+                                   sf.conv2d_backward))
+
+
+def load_grouped(path):
+    """(layer, arrays, kw with groups) of a grouped golden file."""
+    with np.load(path) as f:
+        g = {k: f[k] for k in f.files}
+    kw = {k: tuple(int(v) for v in g.pop(k)) for k in ("stride", "padding", "dilation")}
+    kw["groups"] = int(g.pop("groups"))
+    return str(g.pop("layer")), g, kw
+
+
+def test_grouped_golden_files_cover_every_layer_and_depthwise():
+    found = {(load_grouped(p)[0], "depthwise" in p) for p in GROUPED}
+    assert found == {(layer, dw) for layer in ("conv", "local", "tiled") for dw in (0, 1)}
+    assert sum(os.path.getsize(p) for p in GROUPED) < 400_000
+
+
+@pytest.mark.parametrize("path", GROUPED, ids=GROUPED_IDS)
+def test_reference_oracle_matches_grouped_golden(path):
+    layer, g, kw = load_grouped(path)
+    fwd, bwd, _, _ = GROUPED_FN[layer]
+    assert_close(fwd(g["x"], g["weight"], g["bias"], **kw), g["y"], np.float64, "y")
+    for name, out in zip(("dx", "dw", "db"), bwd(g["grad_out"], g["x"], g["weight"], **kw)):
+        assert_close(out, g[name], np.float64, name)
+
+
+@pytest.mark.parametrize("path", GROUPED, ids=GROUPED_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.sim_one_case
+def test_backend_matches_grouped_golden(backend, dtype, path):
+    layer, g, kw = load_grouped(path)
+    _, _, fwd, bwd = GROUPED_FN[layer]
+    x, w, b, dy = (g[k].astype(dtype) for k in ("x", "weight", "bias", "grad_out"))
+    if not getattr(sf.registry.get(backend), "GROUPS", False):
+        with pytest.raises(TypeError, match="no grouped kernels"):
+            fwd(x, w, b, backend=backend, **kw)
+        return
+    y = fwd(x, w, b, backend=backend, **kw)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, g["y"], dtype, "y")
+    for name, out in zip(("dx", "dw", "db"), bwd(dy, x, w, backend=backend, **kw)):
+        assert out.dtype == np.dtype(dtype)
+        assert_close(out, g[name], dtype, name)
