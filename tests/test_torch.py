@@ -144,8 +144,7 @@ def test_penalty_value_and_gradcheck():
 def _op_samples(op, dtype=torch.float32):
     shape = SHAPES[1]
     x, w, b = (t.to(dtype) for t in shape.tensors(op, torch.float32))
-    st, pd, word, dl = sft._modules._conv_args(shape.stride, shape.padding, shape.dilation)
-    geo = (st, pd, word, dl)
+    geo = sft._modules._conv_args(shape.stride, shape.padding, shape.dilation)   # groups 1
     y = FUNCS[op](x, w, b, **shape.kw)
     dy = torch.randn_like(y)
     fwd, bwd, into = sft.OPS[op]
@@ -181,12 +180,12 @@ def test_backward_into_adds_like_grad_weight(op):
     """The mutating operator adds into its buffers (hard sharing), as the NumPy API does."""
     shape = SHAPES[0]
     x, w, b = shape.tensors(op, torch.float64)
-    st, pd, word, dl = sft._modules._conv_args(shape.stride, shape.padding, shape.dilation)
+    geo = sft._modules._conv_args(shape.stride, shape.padding, shape.dilation)
     y = FUNCS[op](x, w, b, **shape.kw)
     dy = torch.randn_like(y)
     gw0, gb0 = torch.randn_like(w), torch.randn_like(b)
     gw, gb = gw0.clone(), gb0.clone()
-    dx = sft.OPS[op][2](dy, x, w, gw, gb, st, pd, word, dl, True, False, "cpu")
+    dx = sft.OPS[op][2](dy, x, w, gw, gb, *geo, True, False, "cpu")
     want = getattr(sf, op + "_backward")(dy.numpy(), x.numpy(), w.numpy(), **shape.kw)
     _close(dx, torch.from_numpy(want.input), torch.float64)
     _close(gw - gw0, torch.from_numpy(want.weight), torch.float64)
@@ -233,8 +232,14 @@ def test_from_conv2d_keeps_the_output(cls):
     layer = (sft.LocallyConnected2d.from_conv2d(conv, (9, 8)) if cls == "LocallyConnected2d"
              else sft.TiledConv2d.from_conv2d(conv, (2, 2)))
     _close(layer(x), conv(x), torch.float32)
-    with pytest.raises(ValueError, match="groups"):
-        sft.LocallyConnected2d.from_conv2d(torch.nn.Conv2d(4, 4, 3, groups=2), (9, 9))
+    # grouped and depthwise convs untie too: the layer takes their groups
+    for groups, out in ((2, 6), (4, 8)):
+        conv = torch.nn.Conv2d(4, out, 3, padding=1, groups=groups)
+        x = torch.randn(2, 4, 9, 9)
+        layer = (sft.LocallyConnected2d.from_conv2d(conv, (9, 9)) if cls == "LocallyConnected2d"
+                 else sft.TiledConv2d.from_conv2d(conv, (2, 2)))
+        assert layer.groups == groups and layer.weight.shape[-3] == 4 // groups
+        _close(layer(x), conv(x), torch.float32)
     with pytest.raises(TypeError, match="torch.nn.Conv2d"):
         sft.TiledConv2d.from_conv2d(torch.nn.Linear(3, 3), (2, 2))
 
@@ -584,3 +589,46 @@ def test_locally_connected_1d_is_the_2d_layer_with_one_row():
         sft.LocallyConnected1d(4, 6, (1, 3), input_length=20)
     with pytest.raises(ValueError, match=r"built for inputs \(N, 4, 20\)"):
         m(torch.randn(2, 4, 21))
+
+
+# ---------------------------------------------------------------------------------- groups
+@pytest.mark.parametrize("op", LAYERS)
+@pytest.mark.parametrize("groups, K", [(2, 4), (4, 4)])
+def test_grouped_functional_matches_torch_and_gradchecks(op, groups, K):
+    """groups= through the operators: equal to torch's grouped conv (masked per bank for the
+    tiled layer, a conv per position for the local one: every bank set to one filter) and
+    gradcheck in float64 on banks that differ."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    w = torch.randn(K, 4 // groups, 3, 2, dtype=torch.float64)
+    b = torch.randn(K, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x, w, b, padding=1, groups=groups)
+    P, Q = want.shape[2:]
+    lead = {"conv2d": (), "tiled_conv2d": (2, 3), "local2d": (P, Q)}[op]
+    wb, bb = w.expand(lead + w.shape).contiguous(), b.expand(lead + b.shape).contiguous()
+    _close(FUNCS[op](x, wb, bb, padding=1, groups=groups), want, torch.float64)
+    wr = (wb + 0.1 * torch.randn_like(wb)).requires_grad_()
+    args = (x.clone().requires_grad_(), wr, bb.clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda *a: FUNCS[op](*a, padding=1, groups=groups), args)
+
+
+def test_grouped_modules_train_compile_and_reject_bad_groups():
+    torch.manual_seed(4)
+    m = torch.nn.Sequential(sft.Conv2d(4, 8, 3, padding=1, groups=4), torch.nn.ReLU(),
+                            sft.LocallyConnected2d(8, 8, 3, (6, 6), groups=2),
+                            sft.TiledConv2d(8, 4, 1, (2, 2), groups=4))
+    assert m[0].weight.shape == (8, 1, 3, 3) and m[2].weight.shape == (4, 4, 8, 4, 3, 3)
+    assert "groups=4" in repr(m[0]) and "groups=2" in repr(m[2])
+    x = torch.randn(3, 4, 6, 6)
+    eager = m(x)
+    eager.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    _close(torch.compile(m, fullgraph=True)(x), eager, torch.float32)
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        sft.Conv2d(4, 6, 3, groups=3)
+    with pytest.raises(TypeError, match="groups must be an int"):
+        sft.LocallyConnected2d(4, 4, 3, (6, 6), groups=2.0)
+    with pytest.raises(AttributeError, match="groups is fixed"):
+        m[0].groups = 2
+    with pytest.raises(ValueError, match="groups"):
+        sft.conv2d(x, torch.randn(8, 1, 3, 3), groups=3)

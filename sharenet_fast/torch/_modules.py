@@ -20,12 +20,22 @@ from . import _ops  # noqa: F401  (registers torch.ops.sharenet_fast.*)
 _ops_ns = torch.ops.sharenet_fast
 
 
-def _conv_args(stride, padding, dilation):
-    """(stride, padding, padding_word, dilation) as the operators take them; ValueError/
-    TypeError naming the argument for a bad value (pair's range check included: torch's int64
-    schema would raise a RuntimeError on a too large int)."""
+def _groups(groups):
+    """groups as an int >= 1 (whether it divides the channels is the layer's check)."""
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if not 1 <= groups <= INDEX_MAX:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    return groups
+
+
+def _conv_args(stride, padding, dilation, groups=1):
+    """(stride, padding, padding_word, dilation, groups) as the operators take them;
+    ValueError/TypeError naming the argument for a bad value (pair's range check included:
+    torch's int64 schema would raise a RuntimeError on a too large int)."""
     st = list(pair(stride, "stride", low=1))
     dl = list(pair(dilation, "dilation", low=1))
+    groups = _groups(groups)
     if isinstance(padding, str):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got "
@@ -33,35 +43,37 @@ def _conv_args(stride, padding, dilation):
         if padding == "same" and st != [1, 1]:
             raise ValueError(f"padding='same' needs stride 1 (as torch.nn.Conv2d), got "
                              f"stride {tuple(st)}")
-        return st, [0, 0], padding, dl
-    return st, list(pair(padding, "padding", low=0)), "", dl
+        return st, [0, 0], padding, dl, groups
+    return st, list(pair(padding, "padding", low=0)), "", dl, groups
 
 
-def _apply(op, x, weight, bias, stride, padding, dilation, deterministic, backend):
-    return _ops.KINDS[op](x, weight, bias, *_conv_args(stride, padding, dilation),
+def _apply(op, x, weight, bias, stride, padding, dilation, groups, deterministic, backend):
+    return _ops.KINDS[op](x, weight, bias, *_conv_args(stride, padding, dilation, groups),
                           bool(deterministic), backend)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, *, deterministic=False,
-           backend="auto"):
-    """Shared-weight convolution, differentiable: x (N, C, H, W), weight (K, C, R, S), bias
-    (K,) or None -> (N, K, P, Q); torch.nn.functional.conv2d's arithmetic (groups = 1)."""
-    return _apply("conv2d", x, weight, bias, stride, padding, dilation, deterministic, backend)
-
-
-def tiled_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, *, deterministic=False,
-                 backend="auto"):
-    """Tiled convolution, differentiable: weight (TP, TQ, K, C, R, S); output (p, q) uses bank
-    [p % TP, q % TQ]; bias (TP, TQ, K) or None."""
-    return _apply("tiled_conv2d", x, weight, bias, stride, padding, dilation, deterministic,
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           deterministic=False, backend="auto"):
+    """Shared-weight convolution, differentiable: x (N, C, H, W), weight (K, C // groups, R, S),
+    bias (K,) or None -> (N, K, P, Q); torch.nn.functional.conv2d's arithmetic, groups too."""
+    return _apply("conv2d", x, weight, bias, stride, padding, dilation, groups, deterministic,
                   backend)
 
 
-def local2d(x, weight, bias=None, stride=1, padding=0, dilation=1, *, deterministic=False,
-            backend="auto"):
-    """Locally connected layer, differentiable: weight (P, Q, K, C, R, S), one bank per output
-    position; bias (P, Q, K) or None."""
-    return _apply("local2d", x, weight, bias, stride, padding, dilation, deterministic, backend)
+def tiled_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 deterministic=False, backend="auto"):
+    """Tiled convolution, differentiable: weight (TP, TQ, K, C // groups, R, S); output (p, q)
+    uses bank [p % TP, q % TQ]; bias (TP, TQ, K) or None."""
+    return _apply("tiled_conv2d", x, weight, bias, stride, padding, dilation, groups,
+                  deterministic, backend)
+
+
+def local2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+            deterministic=False, backend="auto"):
+    """Locally connected layer, differentiable: weight (P, Q, K, C // groups, R, S), one bank
+    per output position; bias (P, Q, K) or None."""
+    return _apply("local2d", x, weight, bias, stride, padding, dilation, groups, deterministic,
+                  backend)
 
 
 def soft_sharing_penalty(a, b, strength, *, backend="auto"):
@@ -103,16 +115,21 @@ class _Layer(nn.Module):
     op = None           # the op table's name
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
-                 bias, backend, deterministic, device, dtype):
+                 groups, bias, backend, deterministic, device, dtype):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = _check_module(in_channels, out_channels, kernel_size)
+        _groups(groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide both in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        self.__dict__["groups"] = groups
         self._set_geometry(stride=stride, padding=padding, dilation=dilation)
         self.backend, self.deterministic = backend, deterministic
-        self._fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
         factory = dict(device=device, dtype=dtype)
         lead = self._grid()
-        self.weight = nn.Parameter(torch.empty(lead + (out_channels, in_channels)
+        self.weight = nn.Parameter(torch.empty(lead + (out_channels, in_channels // groups)
                                                + self.kernel_size, **factory))
         self.bias = (nn.Parameter(torch.empty(lead + (out_channels,), **factory)) if bias
                      else None)
@@ -121,7 +138,10 @@ class _Layer(nn.Module):
     def __setattr__(self, name, value):
         # stride, padding, dilation may change after construction, as on torch.nn.Conv2d: they
         # are validated when set and kept in the form the operator takes (_geo), so forward does
-        # no checking (a local layer's weight then no longer fits, and its forward says so)
+        # no checking (a local layer's weight then no longer fits, and its forward says so).
+        # groups fixes the weight's shape: it is set once, by the constructor.
+        if name == "groups":
+            raise AttributeError("groups is fixed at construction (it sets the weight's shape)")
         if name in _GEOMETRY_WORDS:
             words = {w: self.__dict__.get(w, default) for w, default in _GEOMETRY_WORDS.items()}
             self._set_geometry(**{**words, name: value})
@@ -130,12 +150,12 @@ class _Layer(nn.Module):
 
     def _set_geometry(self, **words):
         geo, shown = self._geometry(**words)      # raises, naming the word, before any change
-        self.__dict__.update(shown, _geo=geo)
+        self.__dict__.update(shown, _geo=geo[:4] + (self.groups,))
 
     @staticmethod
     def _geometry(stride, padding, dilation):
         """(the operator's geometry arguments, the words as the module shows them)."""
-        geo = st, pd, word, dl = _conv_args(stride, padding, dilation)
+        geo = st, pd, word, dl, _ = _conv_args(stride, padding, dilation)
         return geo, dict(stride=tuple(st), padding=word or tuple(pd), dilation=tuple(dl))
 
     def _grid(self):
@@ -162,6 +182,8 @@ class _Layer(nn.Module):
             s += f", padding={self.padding!r}"
         if self.dilation not in ((1, 1), 1):
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         s += self._extra()
         if self.bias is None:
             s += ", bias=False"
@@ -176,17 +198,14 @@ class _Layer(nn.Module):
 
     @staticmethod
     def _conv_words(conv):
-        """stride, padding, dilation, bias of a torch.nn.Conv2d we can take over."""
+        """stride, padding, dilation, groups, bias of a torch.nn.Conv2d we can take over."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-        if conv.groups != 1:
-            raise ValueError(f"conv has groups={conv.groups}; only groups=1 layers can be "
-                             "untied")
         if conv.padding_mode != "zeros":
             raise ValueError(f"conv has padding_mode={conv.padding_mode!r}; only 'zeros' "
                              "matches these layers")
         return dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                    bias=conv.bias is not None, device=conv.weight.device,
+                    groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
                     dtype=conv.weight.dtype)
 
     def _untie_from(self, conv):
@@ -199,14 +218,15 @@ class _Layer(nn.Module):
 
 
 class Conv2d(_Layer):
-    """A shared-weight convolution on sharenet_fast's kernels, like torch.nn.Conv2d (groups=1,
-    zero padding): weight (out_channels, in_channels, R, S), bias (out_channels,)."""
+    """A shared-weight convolution on sharenet_fast's kernels, like torch.nn.Conv2d (zero
+    padding): weight (out_channels, in_channels // groups, R, S), bias (out_channels,)."""
     op = "conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, *, backend="auto", deterministic=False, device=None, dtype=None):
+                 groups=1, bias=True, *, backend="auto", deterministic=False, device=None,
+                 dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         bias, backend, deterministic, device, dtype)
+                         groups, bias, backend, deterministic, device, dtype)
 
 
 class TiledConv2d(_Layer):
@@ -215,11 +235,11 @@ class TiledConv2d(_Layer):
     op = "tiled_conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, tiles, stride=1, padding=0,
-                 dilation=1, bias=True, *, backend="auto", deterministic=False, device=None,
-                 dtype=None):
+                 dilation=1, groups=1, bias=True, *, backend="auto", deterministic=False,
+                 device=None, dtype=None):
         self.tiles = pair(tiles, "tiles")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         bias, backend, deterministic, device, dtype)
+                         groups, bias, backend, deterministic, device, dtype)
 
     def _grid(self):
         return self.tiles
@@ -243,16 +263,16 @@ class LocallyConnected2d(_Layer):
     op = "local2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, input_size, stride=1, padding=0,
-                 dilation=1, bias=True, *, backend="auto", deterministic=False, device=None,
-                 dtype=None):
+                 dilation=1, groups=1, bias=True, *, backend="auto", deterministic=False,
+                 device=None, dtype=None):
         self.input_size = pair(input_size, "input_size")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         bias, backend, deterministic, device, dtype)
+                         groups, bias, backend, deterministic, device, dtype)
 
     def _grid(self):
-        st, pd, word, dl = self._geo
+        st, pd, word, dl, groups = self._geo
         g = ConvGeometry.make(1, self.in_channels, *self.input_size, self.out_channels,
-                              *self.kernel_size, st, word or pd, dl)
+                              *self.kernel_size, st, word or pd, dl, groups)
         self.output_size = (g.P, g.Q)
         return self.output_size
 
@@ -282,13 +302,13 @@ class LocallyConnected1d(LocallyConnected2d):
     unit axes. The kernels parallelise over positions, so a single row uses every core."""
 
     def __init__(self, in_channels, out_channels, kernel_size, input_length, stride=1,
-                 padding=0, dilation=1, bias=True, *, backend="auto", deterministic=False,
-                 device=None, dtype=None):
+                 padding=0, dilation=1, groups=1, bias=True, *, backend="auto",
+                 deterministic=False, device=None, dtype=None):
         for name, v in (("kernel_size", kernel_size), ("input_length", input_length)):
             _check_int(name, v)
             pair(v, name)
         super().__init__(in_channels, out_channels, (1, kernel_size), (1, input_length),
-                         stride, padding, dilation, bias, backend=backend,
+                         stride, padding, dilation, groups, bias, backend=backend,
                          deterministic=deterministic, device=device, dtype=dtype)
         self.kernel_size, self.input_length, self.output_length = (kernel_size, input_length,
                                                                    self.output_size[1])

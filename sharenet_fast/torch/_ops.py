@@ -3,9 +3,9 @@
 Per layer kind (optable.LAYERS: conv2d, tiled_conv2d, local2d) three operators, and two for the
 penalty:
 
-    <layer>(x, weight, bias?, stride, padding, padding_word, dilation, deterministic, backend)
-        -> y
-    <layer>_backward(grad_out, x, weight, stride, padding, padding_word, dilation,
+    <layer>(x, weight, bias?, stride, padding, padding_word, dilation, groups, deterministic,
+            backend) -> y
+    <layer>_backward(grad_out, x, weight, stride, padding, padding_word, dilation, groups,
                      needs_input, needs_weight, needs_bias, deterministic, backend)
         -> (dx, dw, db): a gradient not asked for is an empty tensor (custom ops return no None)
     <layer>_backward_into(grad_out, x, weight, grad_weight, grad_bias?, ..., needs_input, ...)
@@ -56,9 +56,10 @@ _LIB = torch.library.Library(NS, "FRAGMENT")
 
 
 # ------------------------------------------------------------------------------ boundary
-def _kw(stride, padding, word, dilation):
+def _kw(stride, padding, word, dilation, groups):
     """The NumPy API's geometry keywords from an operator's arguments."""
-    return dict(stride=tuple(stride), padding=word or tuple(padding), dilation=tuple(dilation))
+    return dict(stride=tuple(stride), padding=word or tuple(padding), dilation=tuple(dilation),
+                groups=groups)
 
 
 def _same_device(**tensors):
@@ -151,10 +152,10 @@ def _stream(ref):
     return stack
 
 
-def _geometry(x, weight, stride, padding, word, dilation):
+def _geometry(x, weight, stride, padding, word, dilation, groups):
     N, C, H, W = x.shape
     K, _, R, S = weight.shape[-4:]
-    return ConvGeometry.make(N, C, H, W, K, R, S, **_kw(stride, padding, word, dilation))
+    return ConvGeometry.make(N, C, H, W, K, R, S, **_kw(stride, padding, word, dilation, groups))
 
 
 # --------------------------------------------------------------------------------- autocast
@@ -220,42 +221,45 @@ class Layer:
         return self.overload(x, weight, bias, *args)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
-                padding: list[int], padding_word: str, dilation: list[int],
+                padding: list[int], padding_word: str, dilation: list[int], groups: int,
                 deterministic: bool, backend: str) -> Tensor:
         _check(x=x, weight=weight, bias=bias)
         with _stream(x):
             y = _FUNCTIONS[self.name](_array(x), _array(weight), _array(bias), backend=backend,
-                                      **_kw(stride, padding, padding_word, dilation))
+                                      **_kw(stride, padding, padding_word, dilation, groups))
         return _tensor(y, x)
 
-    def forward_fake(self, x, weight, bias, stride, padding, padding_word, dilation, *_):
+    def forward_fake(self, x, weight, bias, stride, padding, padding_word, dilation, groups,
+                     *_):
         _same_device(x=x, weight=weight, bias=bias)
-        return x.new_empty(_geometry(x, weight, stride, padding, padding_word, dilation).y_shape)
+        return x.new_empty(_geometry(x, weight, stride, padding, padding_word, dilation,
+                                     groups).y_shape)
 
     def backward(self, grad_out: Tensor, x: Tensor, weight: Tensor, stride: list[int],
-                 padding: list[int], padding_word: str, dilation: list[int], needs_input: bool,
-                 needs_weight: bool, needs_bias: bool, deterministic: bool,
+                 padding: list[int], padding_word: str, dilation: list[int], groups: int,
+                 needs_input: bool, needs_weight: bool, needs_bias: bool, deterministic: bool,
                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
         _check(grad_out=grad_out, x=x, weight=weight)
         grads = self._backward(grad_out, x, weight, stride, padding, padding_word, dilation,
-                               needs_input, needs_weight, needs_bias, deterministic, backend)
+                               groups, needs_input, needs_weight, needs_bias, deterministic,
+                               backend)
         return tuple(x.new_empty(0) if g is None else g for g in grads)
 
-    def _backward(self, grad_out, x, weight, stride, padding, word, dilation, *args):
+    def _backward(self, grad_out, x, weight, stride, padding, word, dilation, groups, *args):
         """The gradients asked for (None for the others), tensors unchecked."""
         *wants, deterministic, backend = args
         with _stream(x):
             g = _BACKWARDS[self.name](
                 _array(grad_out), _array(x), _array(weight), deterministic=deterministic,
                 needs=tuple(n for n, want in zip(optable.GRADIENTS, wants) if want),
-                backend=backend, **_kw(stride, padding, word, dilation))
+                backend=backend, **_kw(stride, padding, word, dilation, groups))
         return (_strided_like(_tensor(g.input, x), x) if wants[0] else None,
                 _strided_like(_tensor(g.weight, x), weight) if wants[1] else None,
                 _tensor(g.bias, x) if wants[2] else None)
 
     def backward_fake(self, grad_out, x, weight, stride, padding, padding_word, dilation,
-                      needs_input, needs_weight, needs_bias, *_):
-        g = _geometry(x, weight, stride, padding, padding_word, dilation)
+                      groups, needs_input, needs_weight, needs_bias, *_):
+        g = _geometry(x, weight, stride, padding, padding_word, dilation, groups)
         return (torch.empty_like(x) if needs_input else x.new_empty(0),
                 torch.empty_like(weight) if needs_weight else x.new_empty(0),
                 x.new_empty(self.spec.bias_shape(g, self.spec.grid(weight.shape)))
@@ -263,7 +267,7 @@ class Layer:
 
     def backward_into(self, grad_out: Tensor, x: Tensor, weight: Tensor, grad_weight: Tensor,
                       grad_bias: Optional[Tensor], stride: list[int], padding: list[int],
-                      padding_word: str, dilation: list[int], needs_input: bool,
+                      padding_word: str, dilation: list[int], groups: int, needs_input: bool,
                       deterministic: bool, backend: str) -> Tensor:
         _check(grad_out=grad_out, x=x, weight=weight, grad_weight=grad_weight,
                grad_bias=grad_bias)
@@ -273,11 +277,11 @@ class Layer:
                 _array(grad_out), _array(x), _array(weight), needs=needs,
                 deterministic=deterministic, grad_weight=_array(grad_weight, writable=True),
                 grad_bias=_array(grad_bias, writable=True), backend=backend,
-                **_kw(stride, padding, padding_word, dilation))
+                **_kw(stride, padding, padding_word, dilation, groups))
         return _strided_like(_tensor(g.input, x), x) if needs_input else x.new_empty(0)
 
     def into_fake(self, grad_out, x, weight, grad_weight, grad_bias, stride, padding,
-                  padding_word, dilation, needs_input, *_):
+                  padding_word, dilation, groups, needs_input, *_):
         return torch.empty_like(x) if needs_input else x.new_empty(0)
 
     def setup_context(self, ctx, inputs, output):
@@ -291,10 +295,10 @@ class Layer:
         x, weight = ctx.saved_tensors
         wants = ctx.needs_input_grad[:3]
         if not any(wants):
-            return (None,) * 9
+            return (None,) * 10
         grads = ctx.run(grad_out.contiguous(), x, weight, *ctx.geo, *wants, ctx.deterministic,
                         ctx.backend)
-        return tuple(g if want else None for g, want in zip(grads, wants)) + (None,) * 6
+        return tuple(g if want else None for g, want in zip(grads, wants)) + (None,) * 7
 
     def _eager_forward(self, ctx, *inputs):
         out = self.forward(*inputs)
