@@ -547,12 +547,13 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
 
 
 def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,
-                tile=None, bias=True):
+                tile=None, bias=True, groups=1):
     """ParamCount(neurons, weights_per_neuron, params, bytes) of one float32 layer: sharing is
     "shared", "tiled" (tile=(TP, TQ) required) or "local", or the layer's name (conv2d,
     tiled_conv2d, local2d). input_shape is (C, H, W) or (N, C, H, W) (N is ignored).
     cs231n: param_count("shared", (3, 227, 227), 96, 11, stride=4)
       -> ParamCount(neurons=290400, weights_per_neuron=363, params=34944, bytes=139776)
+    groups: each neuron sees C // groups channels (weights_per_neuron = C // groups * R * S).
     """
     spec = optable.LAYERS.get(sharing) or optable.BY_SHARING.get(sharing)
     if spec is None:
@@ -566,14 +567,15 @@ def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, d
     if min(C, H, W, K, R, S) < 1:
         raise ValueError(f"input_shape, filters and kernel must be positive, got "
                          f"input_shape={input_shape!r}, filters={filters!r}, kernel={kernel!r}")
-    g = ConvGeometry.make(1, C, H, W, K, R, S, stride, padding, dilation)
+    g = ConvGeometry.make(1, C, H, W, K, R, S, stride, padding, dilation, groups)
     if spec.sharing == "tiled" and tile is None:
         raise ValueError("tile=(TP, TQ) is required for sharing='tiled'")
     grid = spec.bank_grid(g, pair(1 if tile is None else tile, "tile"))
     if min(grid) < 1 or grid[0] > g.P or grid[1] > g.Q:
         raise ValueError(f"tile {grid} must be in [1, (P, Q)] = [1, {(g.P, g.Q)}]")
-    params = spec.banks(grid) * K * (C * R * S + (1 if bias else 0))
-    return ParamCount(K * g.P * g.Q, C * R * S, params, params * 4)
+    fan_in = g.Cg * R * S
+    params = spec.banks(grid) * K * (fan_in + (1 if bias else 0))
+    return ParamCount(K * g.P * g.Q, fan_in, params, params * 4)
 
 
 backends = registry.backends

@@ -48,6 +48,14 @@ def test_params_options_and_bad_input():
     with pytest.raises(SystemExit) as exc:
         run("params", "3x227", "--filters", "96", "--kernel", "11")
     assert exc.value.code == 2
+    # groups: each neuron sees C / groups channels; depthwise 3 x 3 is 9 weights a neuron
+    code, text = run("params", "32x56x56", "--filters", "64", "--kernel", "3", "--padding", "1",
+                     "--groups", "32")
+    assert code == 0 and "groups 32" in text
+    assert f"| conv2d | shared 1x1 | 1 | {64 * 56 * 56:,} | 9 | {64 * 10:,} |" in text
+    assert f"| local 56x56 | 3,136 | {64 * 56 * 56:,} | 9 | {3136 * 64 * 10:,} |" in text
+    code, text = run("params", "32x56x56", "--filters", "32", "--kernel", "3", "--groups", "3")
+    assert code == 2 and "groups=3 must divide" in text
 
 
 def test_info_lists_versions_backends_and_threads():
