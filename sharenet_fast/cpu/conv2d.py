@@ -175,8 +175,7 @@ def _layer_forward(x, banks, bias, g):
     """y of the tiled conv at g (shared: 1 x 1 banks (1, 1, K, C/G, R, S)), any groups."""
     y = np.empty(g.y_shape, dtype=x.dtype)
     if g.depthwise:
-        with _launch_lock:
-            depthwise.forward(_padded(x, g.pads(), "nchw", "fwd_x"), banks, bias, g, y)
+        depthwise.forward(x, banks, bias, g, y)
     elif g.groups == 1:
         _forward(x, banks, bias, g.pads(), g.stride, g.dilation, y)
     else:
@@ -429,9 +428,7 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     if out is None:
         out = np.empty(w_shape, dtype=x.dtype)
     if g.depthwise:
-        with _launch_lock:
-            depthwise.weight_grad(dy, _padded(x, g.pads(), "nchw", "wgrad_x"), g, tile, out,
-                                  accumulate)
+        depthwise.weight_grad(dy, x, g, tile, out, accumulate)
         return out
     if g.groups == 1:
         return _ungrouped_weight_grad(dy, x, g, tile, out, accumulate)

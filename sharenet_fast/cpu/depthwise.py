@@ -14,8 +14,9 @@ is 1), each input row read from L1 by the R*S taps that use it:
   dgrad    dxp[n, c, p*sh + r*dh, s*dw + :*sw] += w[bank, k, r, s] * dy[n, k, p, :] over the
            M filters of c: one task per input plane (n, c), scattered into its own padded plane
 
-Banks: (TP*TQ, K, R*S); output (p, q) uses bank (p % TP) * TQ + q % TQ (shared: 1 x 1). xp is
-the zero-padded NCHW input (conv2d._padded), so no kernel tests bounds.
+Banks: (TP*TQ, K, R*S); output (p, q) uses bank (p % TP) * TQ + q % TQ (shared: 1 x 1). The
+kernels read x unpadded: a tap skips rows outside x and runs over the columns inside it only
+(_span), so no padded copy is made (it cost more than the 3 x 3 forward itself).
 """
 import numpy as np
 from numba import njit, prange
@@ -25,80 +26,112 @@ from ._simd import typed_zero
 from ._workspace import launch_lock as _launch_lock
 
 
+@njit(**njit_options(), inline="always")
+def _span(Q, W, pw, sw, off):
+    """[q0, q1): the output columns q whose input column q*sw + off - pw lies in [0, W)."""
+    lo = pw - off
+    q0 = max(0, -(-lo // sw)) if lo > 0 else 0
+    hi = W - 1 + pw - off                      # q*sw <= hi
+    q1 = min(Q, hi // sw + 1) if hi >= 0 else 0
+    return q0, max(q0, q1)
+
+
+# The inner loops below index slices by their loop counter only: Numba then drops its
+# negative-index wraparound test and LLVM vectorises them (indexing the flat arrays with
+# `base + q` kept them scalar: 5 ms instead of 0.4 at mobilenet_dw).
+@njit(**njit_options(), inline="always")
+def _axpy(dst, src, a):
+    for i in range(dst.shape[0]):
+        dst[i] += a * src[i]
+
+
+@njit(**njit_options(), inline="always")
+def _dot(a, b, zero):
+    t = zero
+    for i in range(a.shape[0]):
+        t += a[i] * b[i]
+    return t
+
+
 @njit(**njit_options(parallel=True))
-def conv2d_dw_fwd_kernel(xp, w, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
-    N, C, Hp, Wp = xp.shape
+def conv2d_dw_fwd_kernel(x, w, bias, has_bias, y, R, S, sh, sw, dh, dw, ph, pw, TP, TQ):
+    """x: (N, C, H, W) unpadded (the zero padding is the taps' row test and column span);
+    w: (TP*TQ, K, R*S); y: (N, K, P, Q). One task per output plane (n, k); each output row is
+    accumulated in place in y, bias first, then tap by tap over its valid columns."""
+    N, C, H, W = x.shape
     _, K, P, Q = y.shape
     M = K // C
     RS = R * S
-    xf = xp.ravel()
+    xf = x.ravel()
     wf = w.ravel()
+    yf = y.ravel()
     for task in prange(N * K):
         n = task // K
         k = task - n * K
-        plane = (n * C + k // M) * Hp * Wp
-        acc = np.empty(Q, dtype=y.dtype)
+        plane = (n * C + k // M) * H * W
         for p in range(P):
             tp = p % TP
-            if TQ == 1:
-                b = bias[tp * K + k] if has_bias else typed_zero(y)
-                for q in range(Q):
-                    acc[q] = b
-            else:
-                for q in range(Q):
-                    acc[q] = bias[(tp * TQ + q % TQ) * K + k] if has_bias else typed_zero(y)
-            for r in range(R):
-                row = plane + (p * sh + r * dh) * Wp
-                for s in range(S):
-                    x0 = row + s * dw
-                    if TQ == 1:
-                        wv = wf[(tp * K + k) * RS + r * S + s]
-                        if sw == 1:          # both runs contiguous: a vector loop
-                            for q in range(Q):
-                                acc[q] += wv * xf[x0 + q]
-                        else:
-                            for q in range(Q):
-                                acc[q] += wv * xf[x0 + q * sw]
-                    else:
-                        for tq in range(TQ):
-                            wv = wf[((tp * TQ + tq) * K + k) * RS + r * S + s]
-                            for q in range(tq, Q, TQ):
-                                acc[q] += wv * xf[x0 + q * sw]
+            yrow = yf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
             for q in range(Q):
-                y[n, k, p, q] = acc[q]
+                yrow[q] = bias[(tp * TQ + q % TQ) * K + k] if has_bias else typed_zero(y)
+            for r in range(R):
+                h = p * sh + r * dh - ph
+                if h < 0 or h >= H:
+                    continue
+                row = plane + h * W
+                for s in range(S):
+                    q0, q1 = _span(Q, W, pw, sw, s * dw)
+                    x0 = row + q0 * sw + s * dw - pw
+                    for tq in range(TQ):
+                        wv = wf[((tp * TQ + tq) * K + k) * RS + r * S + s]
+                        if TQ == 1 and sw == 1:      # both runs contiguous: a vector loop
+                            _axpy(yrow[q0:q1], xf[x0:x0 + q1 - q0], wv)
+                        else:
+                            a = q0 + (tq - q0) % TQ  # the first column of class tq
+                            if a < q1:
+                                _axpy(yrow[a:q1:TQ],
+                                      xf[x0 + (a - q0) * sw:x0 + (q1 - q0 - 1) * sw + 1:sw * TQ],
+                                      wv)
 
 
 @njit(**njit_options(parallel=True))
-def conv2d_dw_wgrad_kernel(dy, xp, out, R, S, sh, sw, dh, dw, TP, TQ, accumulate):
+def conv2d_dw_wgrad_kernel(dy, x, out, R, S, sh, sw, dh, dw, ph, pw, TP, TQ, accumulate):
     """out (TP*TQ, K, R*S) (+)= the weight gradient; one task per filter k, its sums over
     (n, p, q) in that order (so bitwise the same for any thread count)."""
     N, K, P, Q = dy.shape
-    _, C, Hp, Wp = xp.shape
+    _, C, H, W = x.shape
     M = K // C
     RS = R * S
-    xf = xp.ravel()
+    xf = x.ravel()
     dyf = dy.ravel()
     of = out.ravel()
     for k in prange(K):
         acc = np.zeros(TP * TQ * RS, dtype=dy.dtype)
         for n in range(N):
-            plane = (n * C + k // M) * Hp * Wp
+            plane = (n * C + k // M) * H * W
             for p in range(P):
                 tp = p % TP
                 d0 = ((n * K + k) * P + p) * Q
                 for r in range(R):
-                    row = plane + (p * sh + r * dh) * Wp
+                    h = p * sh + r * dh - ph
+                    if h < 0 or h >= H:
+                        continue
+                    row = plane + h * W
                     for s in range(S):
-                        x0 = row + s * dw
+                        q0, q1 = _span(Q, W, pw, sw, s * dw)
+                        x0 = row + q0 * sw + s * dw - pw
                         for tq in range(TQ):
-                            t = typed_zero(dy)
+                            i = (tp * TQ + tq) * RS + r * S + s
                             if TQ == 1 and sw == 1:
-                                for q in range(Q):
-                                    t += dyf[d0 + q] * xf[x0 + q]
+                                acc[i] += _dot(dyf[d0 + q0:d0 + q1], xf[x0:x0 + q1 - q0],
+                                               typed_zero(dy))
                             else:
-                                for q in range(tq, Q, TQ):
-                                    t += dyf[d0 + q] * xf[x0 + q * sw]
-                            acc[(tp * TQ + tq) * RS + r * S + s] += t
+                                a = q0 + (tq - q0) % TQ
+                                if a < q1:
+                                    acc[i] += _dot(dyf[d0 + a:d0 + q1:TQ],
+                                                   xf[x0 + (a - q0) * sw:
+                                                      x0 + (q1 - q0 - 1) * sw + 1:sw * TQ],
+                                                   typed_zero(dy))
         for b in range(TP * TQ):
             for i in range(RS):
                 o = (b * K + k) * RS + i
@@ -110,47 +143,177 @@ def conv2d_dw_wgrad_kernel(dy, xp, out, R, S, sh, sw, dh, dw, TP, TQ, accumulate
 
 @njit(**njit_options(parallel=True))
 def conv2d_dw_dgrad_kernel(dy, w, dx, R, S, sh, sw, dh, dw, ph, pw, TP, TQ):
-    """dx (N, C, H, W) = the input gradient; one task per input plane (n, c), which gathers the
-    M filters of c into a private zero-padded plane and crops it into dx."""
+    """dx (N, C, H, W) = the input gradient; one task per input plane (n, c): zeroed, then the
+    M filters of c scattered into it tap by tap over each tap's valid columns (the task owns
+    the plane: no two tasks write one element)."""
     N, K, P, Q = dy.shape
     _, C, H, W = dx.shape
     M = K // C
     RS = R * S
-    Hp = (P - 1) * sh + (R - 1) * dh + 1
-    Wp = (Q - 1) * sw + (S - 1) * dw + 1
     wf = w.ravel()
     dyf = dy.ravel()
+    dxf = dx.ravel()
     for task in prange(N * C):
         n = task // C
         c = task - n * C
-        buf = np.zeros(Hp * Wp, dtype=dx.dtype)
+        plane = (n * C + c) * H * W
+        dplane = dxf[plane:plane + H * W]
+        for i in range(H * W):
+            dplane[i] = typed_zero(dx)
         for k in range(c * M, c * M + M):
             for p in range(P):
                 tp = p % TP
                 d0 = ((n * K + k) * P + p) * Q
                 for r in range(R):
-                    row = (p * sh + r * dh) * Wp
+                    h = p * sh + r * dh - ph
+                    if h < 0 or h >= H:
+                        continue
                     for s in range(S):
-                        x0 = row + s * dw
-                        if TQ == 1:
-                            wv = wf[(tp * K + k) * RS + r * S + s]
-                            if sw == 1:
-                                for q in range(Q):
-                                    buf[x0 + q] += wv * dyf[d0 + q]
+                        q0, q1 = _span(Q, W, pw, sw, s * dw)
+                        x0 = plane + h * W + q0 * sw + s * dw - pw
+                        for tq in range(TQ):
+                            wv = wf[((tp * TQ + tq) * K + k) * RS + r * S + s]
+                            if TQ == 1 and sw == 1:
+                                _axpy(dxf[x0:x0 + q1 - q0], dyf[d0 + q0:d0 + q1], wv)
                             else:
-                                for q in range(Q):
-                                    buf[x0 + q * sw] += wv * dyf[d0 + q]
-                        else:
-                            for tq in range(TQ):
-                                wv = wf[((tp * TQ + tq) * K + k) * RS + r * S + s]
-                                for q in range(tq, Q, TQ):
-                                    buf[x0 + q * sw] += wv * dyf[d0 + q]
-        # padded row h + ph of the buffer is input row h (rows past Hp: no output reads them)
+                                a = q0 + (tq - q0) % TQ
+                                if a < q1:
+                                    _axpy(dxf[x0 + (a - q0) * sw:
+                                              x0 + (q1 - q0 - 1) * sw + 1:sw * TQ],
+                                          dyf[d0 + a:d0 + q1:TQ], wv)
+
+
+# ------------------------------------------------------------------ stride 1, shared: planes
+# A row of 56 floats is shorter than LLVM's vector loop (16 lanes x 4 interleaved), so the row
+# kernels above run mostly in its scalar remainder. With stride 1 and one bank, each tap is
+# instead ONE long loop over a whole plane: x is padded into a private plane of row stride Wp
+# (in L1/L2; no padded copy of x in memory), the output accumulated with the same row stride,
+# so tap (r, s) is acc[i] += w * xpad[i + r*dh*Wp + s*dw] for every i < P*Wp (the columns
+# q >= Q are scratch and dropped). The input gradient is the same walk scattered, from dy
+# copied at row stride Wp with zero columns past Q; the weight gradient its dot products.
+@njit(**njit_options(), inline="always")
+def _pad_plane(buf, src, H, W, Wp, ph, pw):
+    """buf[(h + ph) * Wp + w + pw] = src[h * W + w]; zero elsewhere."""
+    for i in range(buf.shape[0]):
+        buf[i] = 0
+    for h in range(H):
+        d = buf[(h + ph) * Wp + pw:(h + ph) * Wp + pw + W]
+        s = src[h * W:(h + 1) * W]
+        for j in range(W):
+            d[j] = s[j]
+
+
+@njit(**njit_options(parallel=True))
+def conv2d_dw_fwd_plane_kernel(x, w, bias, has_bias, y, R, S, dh, dw, ph, pw, Hp, Wp):
+    """Stride 1, one bank: one task per input plane (n, c), padded once into a private plane
+    and used by its M filters; y (N, K, P, Q)."""
+    N, C, H, W = x.shape
+    _, K, P, Q = y.shape
+    M = K // C
+    RS = R * S
+    L = P * Wp
+    xf = x.ravel()
+    yf = y.ravel()
+    wf = w.ravel()
+    for task in prange(N * C):
+        n = task // C
+        c = task - n * C
+        buf = np.empty(Hp * Wp + Wp, dtype=x.dtype)
+        acc = np.empty(L, dtype=y.dtype)
+        _pad_plane(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, Wp, ph, pw)
+        for k in range(c * M, c * M + M):
+            b = bias[k] if has_bias else typed_zero(y)
+            for i in range(L):
+                acc[i] = b
+            for r in range(R):
+                for s in range(S):
+                    o = r * dh * Wp + s * dw
+                    _axpy(acc, buf[o:o + L], wf[k * RS + r * S + s])
+            for p in range(P):
+                d = yf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
+                a = acc[p * Wp:p * Wp + Q]
+                for q in range(Q):
+                    d[q] = a[q]
+
+
+@njit(**njit_options(parallel=True))
+def conv2d_dw_dgrad_plane_kernel(dy, w, dx, R, S, dh, dw, ph, pw, Hp, Wp):
+    """Stride 1, one bank: one task per input plane (n, c): its M filters' dy planes copied at
+    row stride Wp (zero past Q) and scattered tap by tap into a private padded plane, whose
+    interior is dx[n, c]."""
+    N, K, P, Q = dy.shape
+    _, C, H, W = dx.shape
+    M = K // C
+    RS = R * S
+    L = P * Wp
+    dyf = dy.ravel()
+    dxf = dx.ravel()
+    wf = w.ravel()
+    for task in prange(N * C):
+        n = task // C
+        c = task - n * C
+        acc = np.zeros(Hp * Wp + Wp, dtype=dx.dtype)
+        dyb = np.zeros(L, dtype=dx.dtype)
+        for k in range(c * M, c * M + M):
+            for p in range(P):
+                d = dyb[p * Wp:p * Wp + Q]
+                src = dyf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
+                for q in range(Q):
+                    d[q] = src[q]
+            for r in range(R):
+                for s in range(S):
+                    o = r * dh * Wp + s * dw
+                    _axpy(acc[o:o + L], dyb, wf[k * RS + r * S + s])
         for h in range(H):
-            hb = h + ph
-            for x_ in range(W):
-                wb = x_ + pw
-                dx[n, c, h, x_] = buf[hb * Wp + wb] if hb < Hp and wb < Wp else typed_zero(dx)
+            d = dxf[((n * C + c) * H + h) * W:((n * C + c) * H + h + 1) * W]
+            a = acc[(h + ph) * Wp + pw:(h + ph) * Wp + pw + W]
+            for j in range(W):
+                d[j] = a[j]
+
+
+@njit(**njit_options(parallel=True))
+def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, dh, dw, ph, pw, Hp, Wp, accumulate):
+    """Stride 1, one bank: one task per filter k; per image, its input plane padded and its dy
+    plane copied at row stride Wp (zero past Q), then each tap one long dot product; images
+    summed in order (bitwise the same for any thread count)."""
+    N, K, P, Q = dy.shape
+    _, C, H, W = x.shape
+    M = K // C
+    RS = R * S
+    L = P * Wp
+    dyf = dy.ravel()
+    xf = x.ravel()
+    of = out.ravel()
+    for k in prange(K):
+        c = k // M
+        buf = np.empty(Hp * Wp + Wp, dtype=x.dtype)
+        dyb = np.zeros(L, dtype=dy.dtype)
+        acc = np.zeros(RS, dtype=dy.dtype)
+        for n in range(N):
+            _pad_plane(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, Wp, ph, pw)
+            for p in range(P):
+                d = dyb[p * Wp:p * Wp + Q]
+                src = dyf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
+                for q in range(Q):
+                    d[q] = src[q]
+            for r in range(R):
+                for s in range(S):
+                    o = r * dh * Wp + s * dw
+                    acc[r * S + s] += _dot(dyb, buf[o:o + L], typed_zero(dy))
+        for i in range(RS):
+            if accumulate:
+                of[k * RS + i] += acc[i]
+            else:
+                of[k * RS + i] = acc[i]
+
+
+def _plane(g, tile):
+    """(Hp, Wp) of the plane kernels' padded planes, or None where the row kernels run
+    (a stride or a tiled grid)."""
+    if g.stride != (1, 1) or tuple(tile) != (1, 1):
+        return None
+    (t, b), (l, r) = g.pads()
+    return g.H + t + b, g.W + l + r
 
 
 def _banks(banks):
@@ -159,24 +322,44 @@ def _banks(banks):
     return np.ascontiguousarray(banks.reshape(TP * TQ, K, R * S))
 
 
-def forward(xp, banks, bias, g, y):
-    """y = the depthwise tiled conv of padded NCHW xp (conv2d._padded) with banks
-    (TP, TQ, K, 1, R, S), bias (TP, TQ, K) or None."""
+def forward(x, banks, bias, g, y):
+    """y = the depthwise tiled conv of x (N, C, H, W) with banks (TP, TQ, K, 1, R, S), bias
+    (TP, TQ, K) or None, zero padding g.padding (and g.extra: no tap reads past x's end)."""
     TP, TQ = banks.shape[:2]
     b = (np.ascontiguousarray(bias).reshape(-1) if bias is not None
          else np.zeros(1, dtype=y.dtype))
-    conv2d_dw_fwd_kernel(xp, _banks(banks), b, bias is not None, y, g.R, g.S, *g.stride,
-                         *g.dilation, TP, TQ)
+    plane = _plane(g, (TP, TQ))
+    with _launch_lock:
+        if plane is not None:
+            conv2d_dw_fwd_plane_kernel(np.ascontiguousarray(x), _banks(banks), b,
+                                       bias is not None, y, g.R, g.S, *g.dilation, *g.padding,
+                                       *plane)
+            return
+        conv2d_dw_fwd_kernel(np.ascontiguousarray(x), _banks(banks), b, bias is not None, y,
+                             g.R, g.S, *g.stride, *g.dilation, *g.padding, TP, TQ)
 
 
-def weight_grad(dy, xp, g, tile, out, accumulate):
+def weight_grad(dy, x, g, tile, out, accumulate):
     """out (TP, TQ, K, 1, R, S) or (K, 1, R, S), C-contiguous: (+)= the weight gradient."""
-    conv2d_dw_wgrad_kernel(np.ascontiguousarray(dy), xp, out.reshape(-1, g.K, g.R * g.S),
-                           g.R, g.S, *g.stride, *g.dilation, *tile, accumulate)
+    plane = _plane(g, tile)
+    with _launch_lock:
+        if plane is not None:
+            conv2d_dw_wgrad_plane_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(x),
+                                         out.reshape(-1, g.K, g.R * g.S), g.R, g.S,
+                                         *g.dilation, *g.padding, *plane, accumulate)
+            return
+        conv2d_dw_wgrad_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(x),
+                               out.reshape(-1, g.K, g.R * g.S), g.R, g.S, *g.stride,
+                               *g.dilation, *g.padding, *tile, accumulate)
 
 
 def input_grad(dy, banks, g, dx):
     TP, TQ = banks.shape[:2]
+    plane = _plane(g, (TP, TQ))
     with _launch_lock:
+        if plane is not None:
+            conv2d_dw_dgrad_plane_kernel(np.ascontiguousarray(dy), _banks(banks), dx, g.R, g.S,
+                                         *g.dilation, *g.padding, *plane)
+            return
         conv2d_dw_dgrad_kernel(np.ascontiguousarray(dy), _banks(banks), dx, g.R, g.S,
                                *g.stride, *g.dilation, *g.padding, TP, TQ)
