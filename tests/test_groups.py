@@ -29,6 +29,12 @@ GROUPED_CASES = [
                     dilation=(2, 1), groups=2), (3, 2)),
     UntiedCase(Case("depthwise_s1x2_b9", 9, 5, 8, 9, 5, 3, 3, stride=(1, 2), padding=(0, 1),
                     groups=5), (1, 2)),
+    # stride 2 with an even width: the phase split's pairwise de-interleave, both parities of
+    # the column padding
+    UntiedCase(Case("depthwise_s2_even_w", 2, 4, 10, 12, 4, 3, 3, stride=2, padding=(1, 0),
+                    groups=4), (2, 2)),
+    UntiedCase(Case("depthwise_s2_even_w_pad1", 1, 2, 9, 8, 4, 3, 2, stride=2, padding=1,
+                    dilation=(1, 3), groups=2), (1, 1)),
 ]
 GROUPED_IDS = [uc.case.id for uc in GROUPED_CASES]
 LAYERS = ["conv2d", "tiled_conv2d", "local2d"]

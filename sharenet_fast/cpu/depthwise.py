@@ -183,122 +183,189 @@ def conv2d_dw_dgrad_kernel(dy, w, dx, R, S, sh, sw, dh, dw, ph, pw, TP, TQ):
                                           dyf[d0 + a:d0 + q1:TQ], wv)
 
 
-# ------------------------------------------------------------------ stride 1, shared: planes
+# --------------------------------------------------------------- one bank: phase planes
 # A row of 56 floats is shorter than LLVM's vector loop (16 lanes x 4 interleaved), so the row
-# kernels above run mostly in its scalar remainder. With stride 1 and one bank, each tap is
-# instead ONE long loop over a whole plane: x is padded into a private plane of row stride Wp
-# (in L1/L2; no padded copy of x in memory), the output accumulated with the same row stride,
-# so tap (r, s) is acc[i] += w * xpad[i + r*dh*Wp + s*dw] for every i < P*Wp (the columns
-# q >= Q are scratch and dropped). The input gradient is the same walk scattered, from dy
-# copied at row stride Wp with zero columns past Q; the weight gradient its dot products.
+# kernels above run mostly in its scalar remainder. With one bank, each tap is instead ONE long
+# loop over a whole plane. x is padded into private planes, one per stride phase (a, b):
+# phase[a, b][i, j] = xpad[i*sh + a, j*sw + b], row stride Wph (in L1/L2; no padded copy of x
+# in memory). Output (p, q) of tap (r, s) reads phase (r*dh % sh, s*dw % sw) at (p + r*dh // sh,
+# q + s*dw // sw): with the output accumulated at row stride Wph too, the tap is
+# acc[i] += w * phase[o + i] for every i < P*Wph, o = (r*dh // sh)*Wph + s*dw // sw (columns
+# q >= Q are scratch and dropped). Stride 1 is the one-phase case. The input gradient is the
+# same walk scattered (dy copied at row stride Wph, zero past Q), the weight gradient its dot
+# products.
 @njit(**njit_options(), inline="always")
-def _pad_plane(buf, src, H, W, Wp, ph, pw):
-    """buf[(h + ph) * Wp + w + pw] = src[h * W + w]; zero elsewhere."""
+def _to_phases(buf, src, H, W, ph, pw, sh, sw, Hph, Wph):
+    """buf (sh*sw planes of Hph*Wph + Wph) = the phases of src (H x W) zero-padded by ph, pw
+    (zero past it)."""
     for i in range(buf.shape[0]):
         buf[i] = 0
+    PL = Hph * Wph + Wph
     for h in range(H):
-        d = buf[(h + ph) * Wp + pw:(h + ph) * Wp + pw + W]
-        s = src[h * W:(h + 1) * W]
-        for j in range(W):
-            d[j] = s[j]
+        a = (h + ph) % sh
+        i = (h + ph) // sh
+        if sw == 1:                            # unit-stride slices: a vector copy
+            o1 = a * PL + i * Wph + pw
+            d1 = buf[o1:o1 + W]
+            x1 = src[h * W:(h + 1) * W]
+            for j in range(W):
+                d1[j] = x1[j]
+            continue
+        if sw == 2 and W % 2 == 0:             # de-interleave pairs: a vector shuffle
+            # even column 2j -> phase pw % 2 at j + pw // 2; odd 2j + 1 -> the other phase at
+            # j + pw // 2 + pw % 2
+            e = buf[(a * 2 + pw % 2) * PL + i * Wph + pw // 2:][:W // 2]
+            f = buf[(a * 2 + (pw + 1) % 2) * PL + i * Wph + pw // 2 + (pw % 2):][:W // 2]
+            x2 = src[h * W:(h + 1) * W]
+            for j in range(W // 2):
+                e[j] = x2[2 * j]
+                f[j] = x2[2 * j + 1]
+            continue
+        for b in range(sw):
+            w0 = (b - pw) % sw                 # the first column of phase b
+            if w0 >= W:
+                continue
+            n = (W - 1 - w0) // sw + 1
+            o = (a * sw + b) * PL + i * Wph + (w0 + pw) // sw
+            d = buf[o:o + n]
+            x = src[h * W + w0:h * W + w0 + (n - 1) * sw + 1:sw]
+            for j in range(n):
+                d[j] = x[j]
+
+
+@njit(**njit_options(), inline="always")
+def _from_phases(dst, buf, H, W, ph, pw, sh, sw, Hph, Wph):
+    """dst (H x W) = the interior of the padded plane held as phases in buf (_to_phases)."""
+    PL = Hph * Wph + Wph
+    for h in range(H):
+        a = (h + ph) % sh
+        i = (h + ph) // sh
+        if sw == 1:
+            o1 = a * PL + i * Wph + pw
+            s1 = buf[o1:o1 + W]
+            d1 = dst[h * W:(h + 1) * W]
+            for j in range(W):
+                d1[j] = s1[j]
+            continue
+        for b in range(sw):
+            w0 = (b - pw) % sw
+            if w0 >= W:
+                continue
+            n = (W - 1 - w0) // sw + 1
+            o = (a * sw + b) * PL + i * Wph + (w0 + pw) // sw
+            s = buf[o:o + n]
+            d = dst[h * W + w0:h * W + w0 + (n - 1) * sw + 1:sw]
+            for j in range(n):
+                d[j] = s[j]
+
+
+@njit(**njit_options(), inline="always")
+def _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph):
+    """Where tap (r, s) reads in the phase planes: plane offset + (row, column) shift."""
+    rr = r * dh
+    ss = s * dw
+    return ((rr % sh) * sw + ss % sw) * (Hph * Wph + Wph) + (rr // sh) * Wph + ss // sw
+
+
+@njit(**njit_options(), inline="always")
+def _rows_at(dst, src, P, Q, Wph):
+    """dst's rows p (row stride Wph, first Q columns) = src's rows (row stride Q)."""
+    for p in range(P):
+        d = dst[p * Wph:p * Wph + Q]
+        s = src[p * Q:(p + 1) * Q]
+        for q in range(Q):
+            d[q] = s[q]
 
 
 @njit(**njit_options(parallel=True))
-def conv2d_dw_fwd_plane_kernel(x, w, bias, has_bias, y, R, S, dh, dw, ph, pw, Hp, Wp):
-    """Stride 1, one bank: one task per input plane (n, c), padded once into a private plane
-    and used by its M filters; y (N, K, P, Q)."""
+def conv2d_dw_fwd_plane_kernel(x, w, bias, has_bias, y, R, S, sh, sw, dh, dw, ph, pw, Hph,
+                               Wph):
+    """One bank: one task per input plane (n, c), split into phase planes once and used by its
+    M filters; y (N, K, P, Q)."""
     N, C, H, W = x.shape
     _, K, P, Q = y.shape
     M = K // C
     RS = R * S
-    L = P * Wp
+    L = P * Wph
     xf = x.ravel()
     yf = y.ravel()
     wf = w.ravel()
     for task in prange(N * C):
         n = task // C
         c = task - n * C
-        buf = np.empty(Hp * Wp + Wp, dtype=x.dtype)
+        buf = np.empty(sh * sw * (Hph * Wph + Wph), dtype=x.dtype)
         acc = np.empty(L, dtype=y.dtype)
-        _pad_plane(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, Wp, ph, pw)
+        _to_phases(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, ph, pw, sh, sw,
+                   Hph, Wph)
         for k in range(c * M, c * M + M):
             b = bias[k] if has_bias else typed_zero(y)
             for i in range(L):
                 acc[i] = b
             for r in range(R):
                 for s in range(S):
-                    o = r * dh * Wp + s * dw
+                    o = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
                     _axpy(acc, buf[o:o + L], wf[k * RS + r * S + s])
             for p in range(P):
                 d = yf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
-                a = acc[p * Wp:p * Wp + Q]
+                a = acc[p * Wph:p * Wph + Q]
                 for q in range(Q):
                     d[q] = a[q]
 
 
 @njit(**njit_options(parallel=True))
-def conv2d_dw_dgrad_plane_kernel(dy, w, dx, R, S, dh, dw, ph, pw, Hp, Wp):
-    """Stride 1, one bank: one task per input plane (n, c): its M filters' dy planes copied at
-    row stride Wp (zero past Q) and scattered tap by tap into a private padded plane, whose
-    interior is dx[n, c]."""
+def conv2d_dw_dgrad_plane_kernel(dy, w, dx, R, S, sh, sw, dh, dw, ph, pw, Hph, Wph):
+    """One bank: one task per input plane (n, c): its M filters' dy planes copied at row
+    stride Wph (zero past Q) and scattered tap by tap into private phase planes of the padded
+    input gradient, whose interior is dx[n, c]."""
     N, K, P, Q = dy.shape
     _, C, H, W = dx.shape
     M = K // C
     RS = R * S
-    L = P * Wp
+    L = P * Wph
     dyf = dy.ravel()
     dxf = dx.ravel()
     wf = w.ravel()
     for task in prange(N * C):
         n = task // C
         c = task - n * C
-        acc = np.zeros(Hp * Wp + Wp, dtype=dx.dtype)
+        acc = np.zeros(sh * sw * (Hph * Wph + Wph), dtype=dx.dtype)
         dyb = np.zeros(L, dtype=dx.dtype)
         for k in range(c * M, c * M + M):
-            for p in range(P):
-                d = dyb[p * Wp:p * Wp + Q]
-                src = dyf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
-                for q in range(Q):
-                    d[q] = src[q]
+            _rows_at(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph)
             for r in range(R):
                 for s in range(S):
-                    o = r * dh * Wp + s * dw
+                    o = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
                     _axpy(acc[o:o + L], dyb, wf[k * RS + r * S + s])
-        for h in range(H):
-            d = dxf[((n * C + c) * H + h) * W:((n * C + c) * H + h + 1) * W]
-            a = acc[(h + ph) * Wp + pw:(h + ph) * Wp + pw + W]
-            for j in range(W):
-                d[j] = a[j]
+        _from_phases(dxf[(n * C + c) * H * W:(n * C + c + 1) * H * W], acc, H, W, ph, pw, sh,
+                     sw, Hph, Wph)
 
 
 @njit(**njit_options(parallel=True))
-def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, dh, dw, ph, pw, Hp, Wp, accumulate):
-    """Stride 1, one bank: one task per filter k; per image, its input plane padded and its dy
-    plane copied at row stride Wp (zero past Q), then each tap one long dot product; images
+def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, sh, sw, dh, dw, ph, pw, Hph, Wph,
+                                 accumulate):
+    """One bank: one task per filter k; per image, its input plane split into phases and its
+    dy plane copied at row stride Wph (zero past Q), then each tap one long dot product; images
     summed in order (bitwise the same for any thread count)."""
     N, K, P, Q = dy.shape
     _, C, H, W = x.shape
     M = K // C
     RS = R * S
-    L = P * Wp
+    L = P * Wph
     dyf = dy.ravel()
     xf = x.ravel()
     of = out.ravel()
     for k in prange(K):
         c = k // M
-        buf = np.empty(Hp * Wp + Wp, dtype=x.dtype)
+        buf = np.empty(sh * sw * (Hph * Wph + Wph), dtype=x.dtype)
         dyb = np.zeros(L, dtype=dy.dtype)
         acc = np.zeros(RS, dtype=dy.dtype)
         for n in range(N):
-            _pad_plane(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, Wp, ph, pw)
-            for p in range(P):
-                d = dyb[p * Wp:p * Wp + Q]
-                src = dyf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
-                for q in range(Q):
-                    d[q] = src[q]
+            _to_phases(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, ph, pw, sh,
+                       sw, Hph, Wph)
+            _rows_at(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph)
             for r in range(R):
                 for s in range(S):
-                    o = r * dh * Wp + s * dw
+                    o = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
                     acc[r * S + s] += _dot(dyb, buf[o:o + L], typed_zero(dy))
         for i in range(RS):
             if accumulate:
@@ -308,12 +375,13 @@ def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, dh, dw, ph, pw, Hp, Wp, accum
 
 
 def _plane(g, tile):
-    """(Hp, Wp) of the plane kernels' padded planes, or None where the row kernels run
-    (a stride or a tiled grid)."""
-    if g.stride != (1, 1) or tuple(tile) != (1, 1):
+    """(stride, Hph, Wph) of the phase-plane kernels (phase planes of the padded input, each
+    Hph x Wph), or None where the row kernels run (a tiled grid)."""
+    if tuple(tile) != (1, 1):
         return None
     (t, b), (l, r) = g.pads()
-    return g.H + t + b, g.W + l + r
+    (sh, sw) = g.stride
+    return sh, sw, -(-(g.H + t + b) // sh), -(-(g.W + l + r) // sw)
 
 
 def _banks(banks):
@@ -332,8 +400,8 @@ def forward(x, banks, bias, g, y):
     with _launch_lock:
         if plane is not None:
             conv2d_dw_fwd_plane_kernel(np.ascontiguousarray(x), _banks(banks), b,
-                                       bias is not None, y, g.R, g.S, *g.dilation, *g.padding,
-                                       *plane)
+                                       bias is not None, y, g.R, g.S, *plane[:2],
+                                       *g.dilation, *g.padding, *plane[2:])
             return
         conv2d_dw_fwd_kernel(np.ascontiguousarray(x), _banks(banks), b, bias is not None, y,
                              g.R, g.S, *g.stride, *g.dilation, *g.padding, TP, TQ)
@@ -346,7 +414,8 @@ def weight_grad(dy, x, g, tile, out, accumulate):
         if plane is not None:
             conv2d_dw_wgrad_plane_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(x),
                                          out.reshape(-1, g.K, g.R * g.S), g.R, g.S,
-                                         *g.dilation, *g.padding, *plane, accumulate)
+                                         *plane[:2], *g.dilation, *g.padding, *plane[2:],
+                                         accumulate)
             return
         conv2d_dw_wgrad_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(x),
                                out.reshape(-1, g.K, g.R * g.S), g.R, g.S, *g.stride,
@@ -359,7 +428,7 @@ def input_grad(dy, banks, g, dx):
     with _launch_lock:
         if plane is not None:
             conv2d_dw_dgrad_plane_kernel(np.ascontiguousarray(dy), _banks(banks), dx, g.R, g.S,
-                                         *g.dilation, *g.padding, *plane)
+                                         *plane[:2], *g.dilation, *g.padding, *plane[2:])
             return
         conv2d_dw_dgrad_kernel(np.ascontiguousarray(dy), _banks(banks), dx, g.R, g.S,
                                *g.stride, *g.dilation, *g.padding, TP, TQ)
