@@ -28,9 +28,10 @@ template <typename T, typename A, typename O, int BM, int BN, int BK, int TM, in
 __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                   O* __restrict__ y, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
-                  i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                  i64 S, i64 G, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                   i64 colblocks, i64 has_bias) {
-    // grid: x = tile class * column block, y = block of BM filters k
+    // grid: x = tile class * column block, y = group * block of BM of its filters k (a block
+    // never spans two groups: its filters share one slice of C / G input channels)
     constexpr int NT = BN / TN, MT = BM / TM, NTH = THREADS;
     constexpr int LA = (BM * BK + NTH - 1) / NTH, LB = (BK * BN + NTH - 1) / NTH;
     const i64 Rk = KR ? KR : R, Sk = KS ? KS : S;   // compile-time when specialised
@@ -39,12 +40,14 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;
     const i64 cls = blockIdx.x / colblocks;
     const i64 j0 = (blockIdx.x % colblocks) * (i64)BN;
-    const i64 k0 = (i64)blockIdx.y * BM;
+    const i64 Kg = K / G, kbg = (Kg + BM - 1) / BM, grp = (i64)blockIdx.y / kbg;
+    const i64 k0 = grp * Kg + ((i64)blockIdx.y - grp * kbg) * BM, kend = (grp + 1) * Kg;
+    const i64 cb = grp * (C / G);           // the group's first input channel
     const i64 tp = cls / TQ, tq = cls % TQ;
     const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
     const i64 ncol = N * Pc * Qc;           // columns of this class: (n, i, j), p = tp + i*TP
     if (j0 >= ncol) return;                 // a narrower class: the whole block has no work
-    const i64 RS = Rk * Sk, CRS = C * RS;
+    const i64 RS = Rk * Sk, CRS = (C / G) * RS;
     A acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -79,7 +82,7 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 if (e < NV) {
                     const int m = e / (BK / V), kk = (e % (BK / V)) * V;
                     Lanes16<T> l;
-                    if (k0 + m < K && red0 + kk < CRS)   // then all V lanes are < CRS
+                    if (k0 + m < kend && red0 + kk < CRS)   // then all V lanes are < CRS
                         l.v = __ldg(reinterpret_cast<const typename Vec16<T>::type*>(
                             &w[(wbase + k0 + m) * CRS + red0 + kk]));
                     else
@@ -96,7 +99,8 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 if (e < BM * BK) {
                     const int m = e / BK, kk = e % BK;   // reduction fastest: coalesced W rows
                     T v = zero<T>();
-                    if (k0 + m < K && red0 + kk < CRS) v = __ldg(&w[(wbase + k0 + m) * CRS + red0 + kk]);
+                    if (k0 + m < kend && red0 + kk < CRS)
+                        v = __ldg(&w[(wbase + k0 + m) * CRS + red0 + kk]);
                     As[kk][m] = v;
                 }
             }
@@ -111,7 +115,8 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
                 if (red < CRS && bn[u] >= 0) {
                     const i64 c = red / RS, rs = red - c * RS, r = rs / Sk;
                     const i64 h = bh[u] + r * dh, ww = bw[u] + (rs - r * Sk) * dw;
-                    if (h >= 0 && h < H && ww >= 0 && ww < W) v = __ldg(&x[off4(bn[u], c, h, ww, C, H, W)]);
+                    if (h >= 0 && h < H && ww >= 0 && ww < W)
+                        v = __ldg(&x[off4(bn[u], cb + c, h, ww, C, H, W)]);
                 }
                 Bs[kk][e % BN] = v;
             }
@@ -129,7 +134,7 @@ conv2d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __r
 #pragma unroll
         for (int ii = 0; ii < TM; ++ii) {
             const i64 k = k0 + tm + ii * MT;
-            if (k < K)
+            if (k < kend)
                 y[off4(n, k, p, q, K, P, Q)] =
                     cvt<O>(acc[ii][j] + (has_bias ? cvt<A>(__ldg(&bias[wbase + k])) : A(0)));
         }
@@ -141,7 +146,7 @@ template <typename T, typename A, typename O, int BM, int BN, int BK, int TM, in
 __global__ void __launch_bounds__(THREADS)
 conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, O* __restrict__ out,
                     A* __restrict__ ws, i64 N, i64 C, i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R,
-                    i64 S, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                    i64 S, i64 G, i64 TP, i64 TQ, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                     i64 nchunks, i64 chunk, i64 redblocks, i64 mode) {
     // grid: x = tile class * chunk of its positions, y = filter block * (c, r, s) block. The
     // block reduces its chunk in registers, then mode 0: adds into out (one chunk per class:
@@ -155,13 +160,17 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, O* __rest
     __shared__ T Bs[BK][BN];
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;
     const i64 cls = blockIdx.x / nchunks, ch = blockIdx.x % nchunks;
-    const i64 k0 = (blockIdx.y / redblocks) * (i64)BM;
+    // y's filter blocks run group by group (grp, then BM of its K / G filters), as forward's
+    const i64 Kg = K / G, kbg = (Kg + BM - 1) / BM;
+    const i64 kb = blockIdx.y / redblocks, grp = kb / kbg;
+    const i64 k0 = grp * Kg + (kb - grp * kbg) * (i64)BM, kend = (grp + 1) * Kg;
+    const i64 cb = grp * (C / G);
     const i64 c0 = (blockIdx.y % redblocks) * (i64)BN;
     const i64 tp = cls / TQ, tq = cls % TQ;
     const i64 Pc = class_extent(P, tp, TP), Qc = class_extent(Q, tq, TQ);
     const i64 ncol = N * Pc * Qc;
     const i64 start = ch * chunk, stop = min(start + chunk, ncol);
-    const i64 RS = Rk * Sk, CRS = C * RS;
+    const i64 RS = Rk * Sk, CRS = (C / G) * RS;
     A acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -188,7 +197,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, O* __rest
                 const int m = e / BK, kk = e % BK;   // position fastest: neighbouring q of dy
                 const i64 pos = pos0 + kk;
                 T v = zero<T>();
-                if (k0 + m < K && pos < stop) {
+                if (k0 + m < kend && pos < stop) {
                     const i64 n = pos / (Pc * Qc), rem = pos - n * (Pc * Qc), i = rem / Qc;
                     v = __ldg(&dy[off4(n, k0 + m, tp + i * TP, tq + (rem - i * Qc) * TQ, K, P, Q)]);
                 }
@@ -206,7 +215,8 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, O* __rest
                     const i64 n = pos / (Pc * Qc), rem = pos - n * (Pc * Qc), i = rem / Qc;
                     const i64 h = (tp + i * TP) * sh + br[u];
                     const i64 ww = (tq + (rem - i * Qc) * TQ) * sw + bs[u];
-                    if (h >= 0 && h < H && ww >= 0 && ww < W) v = __ldg(&x[off4(n, bc[u], h, ww, C, H, W)]);
+                    if (h >= 0 && h < H && ww >= 0 && ww < W)
+                        v = __ldg(&x[off4(n, cb + bc[u], h, ww, C, H, W)]);
                 }
                 Bs[kk][e % BN] = v;
             }
@@ -219,7 +229,7 @@ conv2d_wgrad_kernel(const T* __restrict__ dy, const T* __restrict__ x, O* __rest
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const i64 k = k0 + tm + i * MT;
-        if (k >= K) continue;
+        if (k >= kend) continue;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             const i64 red = c0 + tn + j * NT;
@@ -241,8 +251,8 @@ __global__ void __launch_bounds__(THREADS)
 conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, O* __restrict__ dx,
                     const i64* __restrict__ rtab, const i64* __restrict__ stab,
                     const i64* __restrict__ rcnt, const i64* __restrict__ scnt, i64 N, i64 C,
-                    i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R, i64 S, i64 TP, i64 TQ, i64 LH,
-                    i64 LW, i64 ncw, i64 colblocks) {
+                    i64 H, i64 W, i64 K, i64 P, i64 Q, i64 R, i64 S, i64 G, i64 TP, i64 TQ,
+                    i64 LH, i64 LW, i64 ncw, i64 colblocks) {
     // Input classes h % LH, w % LW (LH = sh*TP): inside one, every pixel sees the same valid
     // taps through the same bank row, so the pass is a GEMM over those taps only (a gather:
     // each dx element written once). rtab[alpha][i] = (r, p at class row 0, that p % TP),
@@ -255,13 +265,16 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, O* __rest
     const int t = threadIdx.x, tm = t / NT, tn = t % NT;
     const i64 cls = blockIdx.x / colblocks;
     const i64 j0 = (blockIdx.x % colblocks) * (i64)BN;
-    const i64 c0 = (i64)blockIdx.y * BM;
+    // y: group * block of BM of its C / G channels; the reduction runs over the group's filters
+    const i64 Cg = C / G, Kg = K / G, cbg = (Cg + BM - 1) / BM, grp = (i64)blockIdx.y / cbg;
+    const i64 c0 = grp * Cg + ((i64)blockIdx.y - grp * cbg) * BM, cend = (grp + 1) * Cg;
+    const i64 kb = grp * Kg;
     const i64 alpha = cls / ncw, beta = cls % ncw;
     const i64 Hc = class_extent(H, alpha, LH), Wc = class_extent(W, beta, LW);
     const i64 ncol = N * Hc * Wc;           // columns: (n, hi, wi), h = alpha + hi*LH
     if (j0 >= ncol) return;
     const i64 nr = rcnt[alpha], ns = scnt[beta];
-    const i64 nred = K * nr * ns;            // reduction: (k, valid r, valid s)
+    const i64 nred = Kg * nr * ns;           // reduction: (the group's k, valid r, valid s)
     const i64* rt = rtab + alpha * R * 3;
     const i64* st = stab + beta * S * 3;
     A acc[TM][TN];
@@ -290,11 +303,12 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, O* __rest
                 const int m = e / BK, kk = e % BK;
                 const i64 red = red0 + kk;
                 T v = zero<T>();
-                if (c0 + m < C && red < nred) {
+                if (c0 + m < cend && red < nred) {
                     const i64 k = red / (nr * ns), rem = red - k * (nr * ns);
                     const i64 ri = rem / ns, si = rem - ri * ns;
                     const i64 bank = rt[ri * 3 + 2] * TQ + st[si * 3 + 2];
-                    v = __ldg(&w[off4(bank * K + k, c0 + m, rt[ri * 3], st[si * 3], C, R, S)]);
+                    v = __ldg(&w[off4(bank * K + kb + k, c0 + m - grp * Cg, rt[ri * 3], st[si * 3],
+                                      Cg, R, S)]);
                 }
                 As[kk][m] = v;
             }
@@ -310,7 +324,8 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, O* __rest
                     const i64 k = red / (nr * ns), rem = red - k * (nr * ns);
                     const i64 ri = rem / ns, si = rem - ri * ns;
                     const i64 p = rt[ri * 3 + 1] + bhi[u] * TP, q = st[si * 3 + 1] + bwi[u] * TQ;
-                    if (p >= 0 && p < P && q >= 0 && q < Q) v = __ldg(&dy[off4(bn[u], k, p, q, K, P, Q)]);
+                    if (p >= 0 && p < P && q >= 0 && q < Q)
+                        v = __ldg(&dy[off4(bn[u], kb + k, p, q, K, P, Q)]);
                 }
                 Bs[kk][e % BN] = v;
             }
@@ -328,7 +343,7 @@ conv2d_dgrad_kernel(const T* __restrict__ dy, const T* __restrict__ w, O* __rest
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const i64 c = c0 + tm + i * MT;
-            if (c < C) dx[off4(n, c, h, ww, C, H, W)] = cvt<O>(acc[i][j]);
+            if (c < cend) dx[off4(n, c, h, ww, C, H, W)] = cvt<O>(acc[i][j]);
         }
     }
 }

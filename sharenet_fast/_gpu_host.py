@@ -64,7 +64,7 @@ def threads(tiles):
 
 def _dims(g):
     """The kernels' geometry arguments (_gpu_kernels.DIMS), by name."""
-    return dict(N=g.N, C=g.C, H=g.H, W=g.W, K=g.K, P=g.P, Q=g.Q, R=g.R, S=g.S)
+    return dict(N=g.N, C=g.C, H=g.H, W=g.W, K=g.K, P=g.P, Q=g.Q, R=g.R, S=g.S, G=g.groups)
 
 
 def _conv(g):
@@ -108,11 +108,12 @@ def forward(dev, x, w, bias, g, tile, out_dtype=None):
     TP, TQ = tile
     dt = row(x.dtype)
     ncol = class_columns(g.N, g.P, g.Q, TP, TQ)
-    tiles = pick_tiles(g.K, ncol)
+    tiles = pick_tiles(g.Kg, ncol)
     y = dev.empty(x, g.y_shape, out_dtype or x.dtype)
     BM, BN = tiles[:2]
     colblocks = -(-ncol // BN)
-    grid = check_grid(TP * TQ * colblocks, -(-g.K // BM))
+    # blocks of filters group by group: none spans two groups (groups = 1: ceil(K / BM))
+    grid = check_grid(TP * TQ * colblocks, g.groups * -(-g.Kg // BM))
     has_bias = bias is not None
     _launch(dev, "fwd", dt, tiles, grid, threads(tiles), x, (g.R, g.S),
             x=dev.flat(x), w=dev.flat(w), bias=dev.flat(bias) if has_bias else dev.flat(w)[:1],
@@ -128,7 +129,7 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False, out_d
     into it, atomics go to a float32 sum that is then added in (wgrad_reduce, one chunk)."""
     TP, TQ = tile
     dt = row(x.dtype)
-    tiles = pick_tiles(g.K, g.C * g.R * g.S)
+    tiles = pick_tiles(g.Kg, g.Cg * g.R * g.S)
     w_shape = tuple(tile) + g.w_shape
     if out is None:
         out = dev.zeros(x, shape, out_dtype or x.dtype)
@@ -157,8 +158,8 @@ def weight_grad(dev, dy, x, g, tile, shape, out=None, deterministic=False, out_d
         ws = target[:1]                          # a placeholder, never touched
     else:
         ws = dev.empty(x, (1,), dt.accum)
-    redblocks = -(-g.C * g.R * g.S // BN)
-    grid = check_grid(TP * TQ * nchunks, -(-g.K // BM) * redblocks)
+    redblocks = -(-g.Cg * g.R * g.S // BN)
+    grid = check_grid(TP * TQ * nchunks, g.groups * -(-g.Kg // BM) * redblocks)
     _launch(dev, "wgrad", dt, tiles, grid, threads(tiles), x, (g.R, g.S),
             dy=dev.flat(dy), x=dev.flat(x), out=target, ws=ws, **_dims(g), TP=TP, TQ=TQ,
             **_conv(g), nchunks=nchunks, chunk=chunk, redblocks=redblocks, mode=mode)
@@ -203,10 +204,10 @@ def input_grad(dev, dy, w, g, tile, out_dtype=None):
     dx = dev.empty(dy, g.x_shape, out_dtype or dy.dtype)
     nch, ncw = len(rcnt), len(scnt)
     ncol = class_columns(g.N, g.H, g.W, LH, LW)                # widest input class
-    tiles = pick_tiles(g.C, ncol)
+    tiles = pick_tiles(g.Cg, ncol)
     BM, BN = tiles[:2]
     colblocks = -(-ncol // BN)
-    grid = check_grid(nch * ncw * colblocks, -(-g.C // BM))
+    grid = check_grid(nch * ncw * colblocks, g.groups * -(-g.Cg // BM))
     _launch(dev, "dgrad", row(dy.dtype), tiles, grid, threads(tiles), dy, None,
             dy=dev.flat(dy), w=dev.flat(w), dx=dev.flat(dx), rtab=rtab, stab=stab, rcnt=rcnt,
             scnt=scnt, **_dims(g), TP=TP, TQ=TQ, LH=LH, LW=LW, ncw=ncw, colblocks=colblocks)

@@ -147,7 +147,7 @@ def _i64(*names):
     return tuple((n, "i64") for n in names)
 
 
-DIMS = ("N", "C", "H", "W", "K", "P", "Q", "R", "S")       # the layer's geometry
+DIMS = ("N", "C", "H", "W", "K", "P", "Q", "R", "S", "G")  # the layer's geometry, G groups
 CONV = ("sh", "sw", "ph", "pw", "dh", "dw")                # stride, padding, dilation
 
 KERNELS = MappingProxyType({k.tag: k for k in (

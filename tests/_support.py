@@ -269,17 +269,17 @@ def sim_signature(layer, pass_, case, tile, dtype):
     strided = g.stride != (1, 1)
     ncol = host.class_columns(g.N, g.P, g.Q, TP, TQ)        # output classes, as the host cuts
     if pass_ == "forward":
-        rows, cols, mode = g.K, ncol, None
+        rows, cols, mode = g.Kg, ncol, None
     elif pass_ == "input":
         LH, LW = g.stride[0] * TP, g.stride[1] * TQ
-        rows, cols, mode = g.C, host.class_columns(g.N, g.H, g.W, LH, LW), None
+        rows, cols, mode = g.Cg, host.class_columns(g.N, g.H, g.W, LH, LW), None
     elif pass_ == "weight":
-        rows, cols, mode = g.K, g.C * g.R * g.S, ncol > config.CUDA_WGRAD_CHUNK
+        rows, cols, mode = g.Kg, g.Cg * g.R * g.S, ncol > config.CUDA_WGRAD_CHUNK
     else:
         return (pass_, LAYERS[layer].spec.sharing, np.dtype(dtype).name,
                 min(config.CUDA_BIAS_THREADS, 1 << max(0, (ncol - 1).bit_length())))
     return (pass_, LAYERS[layer].spec.sharing, np.dtype(dtype).name, strided, mode,
-            tuple(host.pick_tiles(rows, cols)))
+            tuple(host.pick_tiles(rows, cols)), g.groups > 1, g.Kg < g.K and g.Cg == 1)
 
 
 # How a test is pruned on the simulator is its marker (pyproject.toml registers them; tests run

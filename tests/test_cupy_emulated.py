@@ -79,6 +79,24 @@ def test_untied_emulated(dev, uc, layer, dtype):
     _check_layer(dev, layer, uc.case, tile, dtype, seed=42)
 
 
+# groups: filter and channel blocks run group by group (a block never spans two groups), the
+# reduction over one group's channels (or, in the input gradient, its filters)
+GROUPED = [
+    (Case("g2_pad1", 2, 4, 9, 8, 6, 3, 3, padding=1, groups=2), (2, 2)),
+    (Case("depthwise_m2_s2", 2, 3, 11, 11, 6, 3, 3, stride=2, padding=1, groups=3), (2, 3)),
+    (Case("g4_Kg1_dil", 3, 8, 9, 9, 4, 3, 2, padding=2, dilation=2, groups=4), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layer", ["conv2d", "tiled_conv2d", "local2d"])
+@pytest.mark.parametrize("case, tile", GROUPED, ids=[c.id for c, _ in GROUPED])
+def test_grouped_emulated(dev, case, tile, layer, dtype):
+    g = case.geometry
+    tile = {"conv2d": (1, 1), "tiled_conv2d": tile, "local2d": (g.P, g.Q)}[layer]
+    _check_layer(dev, layer, case, tile, dtype, seed=43)
+
+
 # (layer, shape) pairs that make pick_tiles choose every tile of the production menu
 TILE_CASES = [
     ("conv2d", Case("k96_wide", 2, 3, 39, 39, 96, 11, 11, stride=4)),   # K = 96, C = 3

@@ -16,6 +16,7 @@ from ..optable import LAYERS
 from . import _loader
 
 KINDS = ("cupy", "numpy")
+GROUPS = True          # groups: every kernel's filter/channel blocks run group by group
 DTYPES = dtypes.NAMES       # bfloat16 / float16 storage accumulates in float32 (kernels/*.cu)
 
 

@@ -17,6 +17,7 @@ from ..optable import LAYERS
 from .conv2d import DEV
 
 KINDS = ("numba", "cupy", "numpy")
+GROUPS = True          # groups: every kernel's filter/channel blocks run group by group
 # bfloat16 / float16 storage accumulates in float32; device arrays keep the bfloat16 dtype and
 # the kernels see its uint16 bits (a view at each launch: _launch._held, numba_cuda/_convert.py)
 DTYPES = dtypes.NAMES

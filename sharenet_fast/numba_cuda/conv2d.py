@@ -116,15 +116,21 @@ def kernels(dt, out, tiles, bias_threads):
                     acc[i, j] += a[i] * b[j]
 
     @cuda.jit(fastmath=False)
-    def conv2d_fwd_kernel(x, w, bias, y, N, C, H, W, K, P, Q, R, S, TP, TQ, sh, sw, ph, pw,
+    def conv2d_fwd_kernel(x, w, bias, y, N, C, H, W, K, P, Q, R, S, G, TP, TQ, sh, sw, ph, pw,
                           dh, dw, colblocks, has_bias):
-        # grid: x = tile class * column block, y = block of BM filters k
+        # grid: x = tile class * column block, y = group * block of BM of its filters k (a
+        # block never spans two groups: its filters share one slice of C / G input channels)
         t = cuda.threadIdx.x
         tm = t // NT
         tn = t % NT
         cls = cuda.blockIdx.x // colblocks
         j0 = (cuda.blockIdx.x % colblocks) * BN
-        k0 = cuda.blockIdx.y * BM
+        Kg = K // G
+        kbg = (Kg + BM - 1) // BM
+        grp = cuda.blockIdx.y // kbg
+        k0 = grp * Kg + (cuda.blockIdx.y - grp * kbg) * BM
+        kend = (grp + 1) * Kg
+        cb = grp * (C // G)                # the group's first input channel
         tp = cls // TQ
         tq = cls % TQ
         Pc = extent_d(P, tp, TP)
@@ -133,7 +139,7 @@ def kernels(dt, out, tiles, bias_threads):
         if j0 >= ncol:                     # a narrower class: the whole block has no work
             return
         RS = R * S
-        CRS = C * RS
+        CRS = (C // G) * RS
         As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
         acc = cuda.local.array((TM, TN), at)
@@ -162,7 +168,7 @@ def kernels(dt, out, tiles, bias_threads):
                     m = e // BK                 # reduction index fastest: coalesced rows of W
                     kk = e - m * BK
                     v = ft(0)
-                    if k0 + m < K and red0 + kk < CRS:
+                    if k0 + m < kend and red0 + kk < CRS:
                         v = w[(wbase + k0 + m) * CRS + red0 + kk]
                     As[kk, m] = v
             for u in range(LB):
@@ -178,7 +184,7 @@ def kernels(dt, out, tiles, bias_threads):
                         h = bh[u] + r * dh
                         ww = bw[u] + (rs - r * S) * dw
                         if h >= 0 and h < H and ww >= 0 and ww < W:
-                            v = x[off4_d(bn[u], c, h, ww, C, H, W)]
+                            v = x[off4_d(bn[u], cb + c, h, ww, C, H, W)]
                     Bs[kk, e - kk * BN] = v
             cuda.syncthreads()
             tile_fma(As, Bs, acc, a, b, tm, tn)
@@ -193,15 +199,15 @@ def kernels(dt, out, tiles, bias_threads):
                 q = tq + (rem - i * Qc) * TQ
                 for ii in range(TM):
                     k = k0 + tm + ii * MT
-                    if k < K:
+                    if k < kend:
                         v = acc[ii, j]
                         if has_bias:
                             v += widen(bias[wbase + k])
                         y[off4_d(n, k, p, q, K, P, Q)] = narrow_out(v)
 
     @cuda.jit(fastmath=False)
-    def conv2d_wgrad_kernel(dy, x, out, ws, N, C, H, W, K, P, Q, R, S, TP, TQ, sh, sw, ph, pw,
-                            dh, dw, nchunks, chunk, redblocks, mode):
+    def conv2d_wgrad_kernel(dy, x, out, ws, N, C, H, W, K, P, Q, R, S, G, TP, TQ, sh, sw, ph,
+                            pw, dh, dw, nchunks, chunk, redblocks, mode):
         # grid: x = tile class * chunk of its positions, y = (block of BM filters k) *
         # (block of BN reduction columns c*R*S + r*S + s). The block reduces its chunk in
         # registers, then mode 0: adds into out (one chunk per class: it owns those weights),
@@ -211,7 +217,14 @@ def kernels(dt, out, tiles, bias_threads):
         tn = t % NT
         cls = cuda.blockIdx.x // nchunks
         ch = cuda.blockIdx.x % nchunks
-        k0 = (cuda.blockIdx.y // redblocks) * BM
+        # y's filter blocks run group by group (grp, then BM of its K / G filters)
+        Kg = K // G
+        kbg = (Kg + BM - 1) // BM
+        kb = cuda.blockIdx.y // redblocks
+        grp = kb // kbg
+        k0 = grp * Kg + (kb - grp * kbg) * BM
+        kend = (grp + 1) * Kg
+        cb = grp * (C // G)
         c0 = (cuda.blockIdx.y % redblocks) * BN
         tp = cls // TQ
         tq = cls % TQ
@@ -221,7 +234,7 @@ def kernels(dt, out, tiles, bias_threads):
         start = int64(ch) * chunk
         stop = min(start + chunk, ncol)
         RS = R * S
-        CRS = C * RS
+        CRS = (C // G) * RS
         As = cuda.shared.array((BK, BM1), ft)
         Bs = cuda.shared.array((BK, BN), ft)
         acc = cuda.local.array((TM, TN), at)
@@ -250,7 +263,7 @@ def kernels(dt, out, tiles, bias_threads):
                     kk = e - m * BK
                     pos = pos0 + kk
                     v = ft(0)
-                    if k0 + m < K and pos < stop:
+                    if k0 + m < kend and pos < stop:
                         n = pos // (Pc * Qc)
                         rem = pos - n * (Pc * Qc)
                         i = rem // Qc
@@ -270,7 +283,7 @@ def kernels(dt, out, tiles, bias_threads):
                         h = (tp + i * TP) * sh + br[u]
                         ww = (tq + (rem - i * Qc) * TQ) * sw + bs[u]
                         if h >= 0 and h < H and ww >= 0 and ww < W:
-                            v = x[off4_d(n, bc[u], h, ww, C, H, W)]
+                            v = x[off4_d(n, cb + bc[u], h, ww, C, H, W)]
                     Bs[kk, e - kk * BN] = v
             cuda.syncthreads()
             tile_fma(As, Bs, acc, a, b, tm, tn)
@@ -278,7 +291,7 @@ def kernels(dt, out, tiles, bias_threads):
         bank = int64(cls) * K
         for i in range(TM):
             k = k0 + tm + i * MT
-            if k < K:
+            if k < kend:
                 for j in range(TN):
                     red = c0 + tn + j * NT
                     if red < CRS:
@@ -291,7 +304,7 @@ def kernels(dt, out, tiles, bias_threads):
                             ws[int64(ch) * (int64(TP * TQ) * K * CRS) + o] = acc[i, j]
 
     @cuda.jit(fastmath=False)
-    def conv2d_dgrad_kernel(dy, w, dx, rtab, stab, rcnt, scnt, N, C, H, W, K, P, Q, R, S,
+    def conv2d_dgrad_kernel(dy, w, dx, rtab, stab, rcnt, scnt, N, C, H, W, K, P, Q, R, S, G,
                             TP, TQ, LH, LW, ncw, colblocks):
         # Input classes: h % LH, w % LW with LH = sh*TP, LW = sw*TQ. Inside one class every
         # input row sees the same taps r (those with (h + ph - r*dh) % sh == 0) with the same
@@ -305,7 +318,13 @@ def kernels(dt, out, tiles, bias_threads):
         tn = t % NT
         cls = cuda.blockIdx.x // colblocks
         j0 = (cuda.blockIdx.x % colblocks) * BN
-        c0 = cuda.blockIdx.y * BM
+        # y: group * block of BM of its C / G channels; the reduction runs over the group's filters
+        Cg = C // G
+        cbg = (Cg + BM - 1) // BM
+        grp = cuda.blockIdx.y // cbg
+        c0 = grp * Cg + (cuda.blockIdx.y - grp * cbg) * BM
+        cend = (grp + 1) * Cg
+        kb = grp * (K // G)
         alpha = cls // ncw
         beta = cls % ncw
         Hc = extent_d(H, alpha, LH)
@@ -315,7 +334,7 @@ def kernels(dt, out, tiles, bias_threads):
             return
         nr = rcnt[alpha]
         ns = scnt[beta]
-        nred = K * nr * ns               # reduction: (k, valid r, valid s)
+        nred = (K // G) * nr * ns        # reduction: (the group's k, valid r, valid s)
         rt = int64(alpha) * R * 3        # this class's rows of the tap tables
         st = int64(beta) * S * 3
         As = cuda.shared.array((BK, BM1), ft)
@@ -344,14 +363,14 @@ def kernels(dt, out, tiles, bias_threads):
                     kk = e - m * BK
                     red = red0 + kk
                     v = ft(0)
-                    if c0 + m < C and red < nred:
+                    if c0 + m < cend and red < nred:
                         k = red // (nr * ns)
                         rem = red - k * (nr * ns)
                         ri = rem // ns
                         si = rem - ri * ns
                         bank = rtab[rt + ri * 3 + 2] * TQ + stab[st + si * 3 + 2]
-                        v = w[off4_d(bank * K + k, c0 + m, rtab[rt + ri * 3],
-                                     stab[st + si * 3], C, R, S)]
+                        v = w[off4_d(bank * K + kb + k, c0 + m - grp * Cg, rtab[rt + ri * 3],
+                                     stab[st + si * 3], Cg, R, S)]
                     As[kk, m] = v
             for u in range(LB):
                 e = t + u * NTH
@@ -367,7 +386,7 @@ def kernels(dt, out, tiles, bias_threads):
                         p = rtab[rt + ri * 3 + 1] + bhi[u] * TP
                         q = stab[st + si * 3 + 1] + bwi[u] * TQ
                         if p >= 0 and p < P and q >= 0 and q < Q:
-                            v = dy[off4_d(bn[u], k, p, q, K, P, Q)]
+                            v = dy[off4_d(bn[u], kb + k, p, q, K, P, Q)]
                     Bs[kk, e - kk * BN] = v
             cuda.syncthreads()
             tile_fma(As, Bs, acc, a, b, tm, tn)
@@ -382,7 +401,7 @@ def kernels(dt, out, tiles, bias_threads):
                 ww = beta + (rem - hi * Wc) * LW
                 for i in range(TM):
                     c = c0 + tm + i * MT
-                    if c < C:
+                    if c < cend:
                         dx[off4_d(n, c, h, ww, C, H, W)] = narrow_out(acc[i, j])
 
     @cuda.jit(fastmath=False)
