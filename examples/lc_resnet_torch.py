@@ -4,9 +4,14 @@
 `--every` optimizer steps sharenet_fast.torch.BankAverager sets each layer's banks to their mean
 (the network is a convnet at that moment, and drifts apart again until the next sync).
 
-    python examples/lc_resnet_torch.py [--every 10] [--groups-of all|GP,GQ] [--epochs 8]
+The residual blocks' layers are grouped (`--groups`, as in torch.nn.Conv2d: each filter sees
+C / groups channels), as Pogodin et al.'s LocallyConnected2d allows.
 
-Prints the test accuracy and the time per step with and without the averaging.
+    python examples/lc_resnet_torch.py [--every 10] [--groups-of all|GP,GQ] [--epochs 8]
+                                       [--groups 2]
+
+Prints the test accuracy and the time per step with and without the averaging, and the time
+per step of the same model built on unfold + einsum (Pogodin et al.'s formulation).
 """
 from __future__ import annotations
 
@@ -19,24 +24,40 @@ import sharenet_fast.torch as sft
 from digits_torch import data
 
 
-class Block(torch.nn.Module):
-    """x + LC(ReLU(LC(x))), both 3x3 with padding 1 (the size kept)."""
+class EinsumLC(sft.LocallyConnected2d):
+    """The same layer (parameters, initialisation) computed the way Pogodin et al. do: unfold,
+    then one einsum per group with a bank per position. The peer for the step-time comparison."""
 
-    def __init__(self, channels, size):
+    def forward(self, x):
+        N = x.shape[0]
+        P, Q, K, Cg, R, S = self.weight.shape
+        G = self.groups
+        cols = torch.nn.functional.unfold(x, (R, S), dilation=self.dilation,
+                                          padding=self.padding, stride=self.stride)
+        cols = cols.view(N, G, Cg * R * S, P * Q)
+        w = self.weight.view(P * Q, G, K // G, Cg * R * S)
+        y = torch.einsum("ngtl,lgkt->ngkl", cols, w).reshape(N, K, P, Q)
+        return y if self.bias is None else y + self.bias.permute(2, 0, 1)
+
+
+class Block(torch.nn.Module):
+    """x + LC(ReLU(LC(x))), both 3x3 with padding 1 (the size kept), `groups` channel groups."""
+
+    def __init__(self, channels, size, groups, lc):
         super().__init__()
-        self.a = sft.LocallyConnected2d(channels, channels, 3, input_size=size, padding=1)
-        self.b = sft.LocallyConnected2d(channels, channels, 3, input_size=size, padding=1)
+        self.a = lc(channels, channels, 3, input_size=size, padding=1, groups=groups)
+        self.b = lc(channels, channels, 3, input_size=size, padding=1, groups=groups)
 
     def forward(self, x):
         return torch.relu(x + self.b(torch.relu(self.a(x))))
 
 
-def model():
+def model(groups=2, lc=sft.LocallyConnected2d):
     return torch.nn.Sequential(
-        sft.LocallyConnected2d(1, 8, 3, input_size=(8, 8), padding=1), torch.nn.ReLU(),
-        Block(8, (8, 8)),
-        sft.LocallyConnected2d(8, 16, 3, input_size=(8, 8), stride=2, padding=1),
-        torch.nn.ReLU(), Block(16, (4, 4)),
+        lc(1, 8, 3, input_size=(8, 8), padding=1), torch.nn.ReLU(),
+        Block(8, (8, 8), groups, lc),
+        lc(8, 16, 3, input_size=(8, 8), stride=2, padding=1),
+        torch.nn.ReLU(), Block(16, (4, 4), groups, lc),
         torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10))
 
 
@@ -44,16 +65,19 @@ def local_layers(net):
     return [m for m in net.modules() if isinstance(m, sft.LocallyConnected2d)]
 
 
-def train(every=10, groups_of="all", epochs=8, seed=0, batch=64, log=print):
-    """(test accuracy, seconds per step, the BankAverager or None); every=None: no averaging."""
+def train(every=10, groups_of="all", epochs=8, seed=0, batch=64, log=print, groups=2,
+          lc=sft.LocallyConnected2d):
+    """(test accuracy, seconds per step, the BankAverager or None); every=None: no averaging;
+    lc: the layer class (EinsumLC: the unfold + einsum peer)."""
     torch.manual_seed(seed)
     xtr, ytr, xte, yte = data(seed)
-    net = model()
+    net = model(groups, lc)
     averager = sft.BankAverager(local_layers(net), every, groups_of) if every else None
     if averager:
         with torch.no_grad():                      # start shared, as Pogodin et al. do: every
             for m in local_layers(net):            # bank a copy of one (the mean of random
                 m.weight.copy_(m.weight[:1, :1].expand_as(m.weight))   # banks would be tiny)
+        sft.average_banks_(torch.zeros(2, 2, 1, 1, 1, 1))   # compile it before the timing
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     steps = 0
@@ -72,7 +96,8 @@ def train(every=10, groups_of="all", epochs=8, seed=0, batch=64, log=print):
         acc = (net(xte).argmax(1) == yte).float().mean().item()
     if log:
         how = f"banks averaged every {every} steps over {groups_of}" if every else "no averaging"
-        log(f"{how}: test accuracy {acc:.3f}, {per_step * 1e3:.1f} ms per step")
+        log(f"{lc.__name__}, groups {groups}, {how}: test accuracy {acc:.3f}, "
+            f"{per_step * 1e3:.1f} ms per step")
     return acc, per_step, averager
 
 
@@ -82,11 +107,15 @@ def main(argv=None):
     p.add_argument("--groups-of", default="all",
                    help="'all' or GP,GQ: blocks of positions averaged together")
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--groups", type=int, default=2, help="channel groups of the blocks' layers")
     args = p.parse_args(argv)
-    groups = (args.groups_of if args.groups_of == "all"
-              else tuple(int(v) for v in args.groups_of.split(",")))
-    train(None, epochs=args.epochs)
-    train(args.every, groups, args.epochs)
+    groups_of = (args.groups_of if args.groups_of == "all"
+                 else tuple(int(v) for v in args.groups_of.split(",")))
+    _, ours, _ = train(None, epochs=args.epochs, groups=args.groups)
+    train(args.every, groups_of, args.epochs, groups=args.groups)
+    _, peer, _ = train(None, epochs=args.epochs, groups=args.groups, lc=EinsumLC)
+    print(f"step time: sharenet_fast {ours * 1e3:.1f} ms, unfold + einsum {peer * 1e3:.1f} ms "
+          f"({peer / ours:.1f}x)")
 
 
 if __name__ == "__main__":

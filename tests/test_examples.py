@@ -40,3 +40,16 @@ def test_lc_resnet_example_learns_with_dynamic_weight_sharing():
         assert (w - w[:1, :1]).abs().max().item() == 0.0
     acc, _, averager = lc_resnet_torch.train(10, (2, 2), epochs=4, log=None)
     assert acc > 0.85 and averager.calls > 10, acc
+
+
+def test_lc_resnet_example_is_grouped_and_its_einsum_peer_computes_the_same_model():
+    import torch
+
+    import lc_resnet_torch
+    torch.manual_seed(0)
+    ours = lc_resnet_torch.model(groups=2)
+    peer = lc_resnet_torch.model(groups=2, lc=lc_resnet_torch.EinsumLC)
+    peer.load_state_dict(ours.state_dict())
+    assert ours[2].a.groups == 2 and ours[2].a.weight.shape[-3] == 4
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(ours(x), peer(x), rtol=1e-5, atol=1e-5)
