@@ -35,6 +35,10 @@ GROUPED_CASES = [
                     groups=4), (2, 2)),
     UntiedCase(Case("depthwise_s2_even_w_pad1", 1, 2, 9, 8, 4, 3, 2, stride=2, padding=1,
                     dilation=(1, 3), groups=2), (1, 1)),
+    # the phase split's general stride (3 column phases) and a 5-wide kernel (a 3-tap pass and
+    # two single taps per row)
+    UntiedCase(Case("depthwise_s3_k5", 2, 2, 13, 14, 4, 3, 5, stride=3, padding=2,
+                    groups=2), (1, 1)),
 ]
 GROUPED_IDS = [uc.case.id for uc in GROUPED_CASES]
 LAYERS = ["conv2d", "tiled_conv2d", "local2d"]

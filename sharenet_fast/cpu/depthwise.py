@@ -46,6 +46,27 @@ def _axpy(dst, src, a):
 
 
 @njit(**njit_options(), inline="always")
+def _axpy3(dst, a, b, c, wa, wb, wc):
+    """dst += wa*a + wb*b + wc*c: three taps of a row per pass over dst (a third of the
+    accumulator's loads and stores of three _axpy: the plane kernels' taps are L1-bound)."""
+    for i in range(dst.shape[0]):
+        dst[i] += wa * a[i] + wb * b[i] + wc * c[i]
+
+
+@njit(**njit_options(), inline="always")
+def _dot3(d, a, b, c, zero):
+    """(d.a, d.b, d.c): three taps' dot products sharing d's loads."""
+    ta = zero
+    tb = zero
+    tc = zero
+    for i in range(d.shape[0]):
+        ta += d[i] * a[i]
+        tb += d[i] * b[i]
+        tc += d[i] * c[i]
+    return ta, tb, tc
+
+
+@njit(**njit_options(), inline="always")
 def _dot(a, b, zero):
     t = zero
     for i in range(a.shape[0]):
@@ -194,69 +215,85 @@ def conv2d_dw_dgrad_kernel(dy, w, dx, R, S, sh, sw, dh, dw, ph, pw, TP, TQ):
 # q >= Q are scratch and dropped). Stride 1 is the one-phase case. The input gradient is the
 # same walk scattered (dy copied at row stride Wph, zero past Q), the weight gradient its dot
 # products.
+# The phase split and its inverse, one function per column stride case: one function holding
+# all three loops (unit, pairwise, general stride) ran 3x slower even at stride 1 (its copy loop
+# no longer vectorised).
+@njit(**njit_options(), inline="always")
+def _split_unit(buf, src, H, W, ph, pw, sh, PL, Wph, back):
+    """Column stride 1: row h -> phase row ((h+ph) % sh, (h+ph) // sh), from column pw on
+    (back: the other way, buf -> src)."""
+    for h in range(H):
+        o = ((h + ph) % sh) * PL + ((h + ph) // sh) * Wph + pw
+        d = buf[o:o + W]
+        x = src[h * W:(h + 1) * W]
+        if back:
+            for j in range(W):
+                x[j] = d[j]
+        else:
+            for j in range(W):
+                d[j] = x[j]
+
+
+@njit(**njit_options(), inline="always")
+def _split_pairs(buf, src, H, W, ph, pw, sh, PL, Wph, back):
+    """Column stride 2, W even: even column 2j -> phase pw % 2 at j + pw // 2, odd 2j + 1 ->
+    the other phase at j + pw // 2 + pw % 2; one loop over the pairs (a vector shuffle)."""
+    for h in range(H):
+        r = ((h + ph) % sh) * 2 * PL + ((h + ph) // sh) * Wph
+        e = buf[r + (pw % 2) * PL + pw // 2:][:W // 2]
+        f = buf[r + ((pw + 1) % 2) * PL + pw // 2 + pw % 2:][:W // 2]
+        x = src[h * W:(h + 1) * W]
+        if back:
+            for j in range(W // 2):
+                x[2 * j] = e[j]
+                x[2 * j + 1] = f[j]
+        else:
+            for j in range(W // 2):
+                e[j] = x[2 * j]
+                f[j] = x[2 * j + 1]
+
+
+@njit(**njit_options(), inline="always")
+def _split_strided(buf, src, H, W, ph, pw, sh, sw, PL, Wph, back):
+    """Any column stride: per phase b, the columns w = w0, w0 + sw, ... ((w + pw) % sw == b)."""
+    for h in range(H):
+        for b in range(sw):
+            w0 = (b - pw) % sw
+            if w0 >= W:
+                continue
+            n = (W - 1 - w0) // sw + 1
+            o = (((h + ph) % sh) * sw + b) * PL + ((h + ph) // sh) * Wph + (w0 + pw) // sw
+            for j in range(n):
+                if back:
+                    src[h * W + w0 + j * sw] = buf[o + j]
+                else:
+                    buf[o + j] = src[h * W + w0 + j * sw]
+
+
+@njit(**njit_options(), inline="always")
+def _phases(buf, src, H, W, ph, pw, sh, sw, Hph, Wph, back):
+    PL = Hph * Wph + Wph
+    if sw == 1:
+        _split_unit(buf, src, H, W, ph, pw, sh, PL, Wph, back)
+    elif sw == 2 and W % 2 == 0:
+        _split_pairs(buf, src, H, W, ph, pw, sh, PL, Wph, back)
+    else:
+        _split_strided(buf, src, H, W, ph, pw, sh, sw, PL, Wph, back)
+
+
 @njit(**njit_options(), inline="always")
 def _to_phases(buf, src, H, W, ph, pw, sh, sw, Hph, Wph):
     """buf (sh*sw planes of Hph*Wph + Wph) = the phases of src (H x W) zero-padded by ph, pw
     (zero past it)."""
     for i in range(buf.shape[0]):
         buf[i] = 0
-    PL = Hph * Wph + Wph
-    for h in range(H):
-        a = (h + ph) % sh
-        i = (h + ph) // sh
-        if sw == 1:                            # unit-stride slices: a vector copy
-            o1 = a * PL + i * Wph + pw
-            d1 = buf[o1:o1 + W]
-            x1 = src[h * W:(h + 1) * W]
-            for j in range(W):
-                d1[j] = x1[j]
-            continue
-        if sw == 2 and W % 2 == 0:             # de-interleave pairs: a vector shuffle
-            # even column 2j -> phase pw % 2 at j + pw // 2; odd 2j + 1 -> the other phase at
-            # j + pw // 2 + pw % 2
-            e = buf[(a * 2 + pw % 2) * PL + i * Wph + pw // 2:][:W // 2]
-            f = buf[(a * 2 + (pw + 1) % 2) * PL + i * Wph + pw // 2 + (pw % 2):][:W // 2]
-            x2 = src[h * W:(h + 1) * W]
-            for j in range(W // 2):
-                e[j] = x2[2 * j]
-                f[j] = x2[2 * j + 1]
-            continue
-        for b in range(sw):
-            w0 = (b - pw) % sw                 # the first column of phase b
-            if w0 >= W:
-                continue
-            n = (W - 1 - w0) // sw + 1
-            o = (a * sw + b) * PL + i * Wph + (w0 + pw) // sw
-            d = buf[o:o + n]
-            x = src[h * W + w0:h * W + w0 + (n - 1) * sw + 1:sw]
-            for j in range(n):
-                d[j] = x[j]
+    _phases(buf, src, H, W, ph, pw, sh, sw, Hph, Wph, False)
 
 
 @njit(**njit_options(), inline="always")
 def _from_phases(dst, buf, H, W, ph, pw, sh, sw, Hph, Wph):
     """dst (H x W) = the interior of the padded plane held as phases in buf (_to_phases)."""
-    PL = Hph * Wph + Wph
-    for h in range(H):
-        a = (h + ph) % sh
-        i = (h + ph) // sh
-        if sw == 1:
-            o1 = a * PL + i * Wph + pw
-            s1 = buf[o1:o1 + W]
-            d1 = dst[h * W:(h + 1) * W]
-            for j in range(W):
-                d1[j] = s1[j]
-            continue
-        for b in range(sw):
-            w0 = (b - pw) % sw
-            if w0 >= W:
-                continue
-            n = (W - 1 - w0) // sw + 1
-            o = (a * sw + b) * PL + i * Wph + (w0 + pw) // sw
-            s = buf[o:o + n]
-            d = dst[h * W + w0:h * W + w0 + (n - 1) * sw + 1:sw]
-            for j in range(n):
-                d[j] = s[j]
+    _phases(buf, dst, H, W, ph, pw, sh, sw, Hph, Wph, True)
 
 
 @njit(**njit_options(), inline="always")
@@ -302,9 +339,18 @@ def conv2d_dw_fwd_plane_kernel(x, w, bias, has_bias, y, R, S, sh, sw, dh, dw, ph
             for i in range(L):
                 acc[i] = b
             for r in range(R):
-                for s in range(S):
-                    o = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
-                    _axpy(acc, buf[o:o + L], wf[k * RS + r * S + s])
+                s = 0
+                while s + 3 <= S:           # taps s, s+1, s+2 of row r in one pass
+                    o0 = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
+                    o1 = _tap_offset(r, s + 1, dh, dw, sh, sw, Hph, Wph)
+                    o2 = _tap_offset(r, s + 2, dh, dw, sh, sw, Hph, Wph)
+                    w0 = k * RS + r * S + s
+                    _axpy3(acc, buf[o0:o0 + L], buf[o1:o1 + L], buf[o2:o2 + L], wf[w0],
+                           wf[w0 + 1], wf[w0 + 2])
+                    s += 3
+                for s2 in range(s, S):
+                    o = _tap_offset(r, s2, dh, dw, sh, sw, Hph, Wph)
+                    _axpy(acc, buf[o:o + L], wf[k * RS + r * S + s2])
             for p in range(P):
                 d = yf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
                 a = acc[p * Wph:p * Wph + Q]
@@ -364,9 +410,20 @@ def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, sh, sw, dh, dw, ph, pw, Hph, 
                        sw, Hph, Wph)
             _rows_at(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph)
             for r in range(R):
-                for s in range(S):
-                    o = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
-                    acc[r * S + s] += _dot(dyb, buf[o:o + L], typed_zero(dy))
+                s = 0
+                while s + 3 <= S:
+                    o0 = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
+                    o1 = _tap_offset(r, s + 1, dh, dw, sh, sw, Hph, Wph)
+                    o2 = _tap_offset(r, s + 2, dh, dw, sh, sw, Hph, Wph)
+                    ta, tb, tc = _dot3(dyb, buf[o0:o0 + L], buf[o1:o1 + L], buf[o2:o2 + L],
+                                       typed_zero(dy))
+                    acc[r * S + s] += ta
+                    acc[r * S + s + 1] += tb
+                    acc[r * S + s + 2] += tc
+                    s += 3
+                for s2 in range(s, S):
+                    o = _tap_offset(r, s2, dh, dw, sh, sw, Hph, Wph)
+                    acc[r * S + s2] += _dot(dyb, buf[o:o + L], typed_zero(dy))
         for i in range(RS):
             if accumulate:
                 of[k * RS + i] += acc[i]
