@@ -315,10 +315,13 @@ def _sim_group(test, mark, params):
         rest = tuple(sorted((k, str(v)) for k, v in params.items() if k not in _CASE_KEYS))
         return (test, rest), cost
     if "uc" in params:
-        layer, pass_, tile = params["layer"], params["pass_"], params["uc"].tile
+        # a test of one pass (pass_) or of them all (no pass_: its signature is every pass's)
+        layer, tile = params["layer"], params["uc"].tile
+        passes = (params["pass_"],) if "pass_" in params else PASSES
     else:
-        layer, pass_, tile = "conv2d", params["op"], (1, 1)
-    return (test, sim_signature(layer, pass_, case, tile, params["dtype"])), cost
+        layer, passes, tile = "conv2d", (params["op"],), (1, 1)
+    return (test, tuple(sim_signature(layer, p, case, tile, params["dtype"])
+                        for p in passes)), cost
 
 
 def sim_repeats(tests):
