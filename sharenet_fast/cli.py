@@ -38,6 +38,10 @@ VERIFY_SHAPES = [
 ]
 # soft_sharing_penalty sizes: one element, a few blocks, past one CPU chunk (config.PENALTY_CHUNK)
 PENALTY_SIZES = (1, 1000, 70001)
+# neighbour_penalty / average_banks: a banked weight (TP, TQ, K, C, R, S) and the variants
+BANKED_SHAPE = (5, 6, 3, 2, 3, 2)
+NEIGHBOUR_VARIANTS = (("l2", 4, False), ("l2", 8, True), ("cosine", 4, True),
+                      ("cosine", 8, False))
 
 
 # ---------------------------------------------------------------------------------------- info
@@ -197,6 +201,48 @@ def verify(backends=None, dtypes=dtypes_.NAMES, seed=None, out=sys.stdout):
                             penalty_check, ("penalty", "grad_a", "grad_b"), dtype)
                 checks += 1
                 failures += not ok
+    print("", file=out)
+    print("| backend | op | variant | dtype | penalty / out= | gradient / in place | result |",
+          file=out)
+    print("|---|---|---|---|---|---|---|", file=out)
+    bank_less = set()
+    w64 = _random(rng, BANKED_SHAPE)
+    g64 = _random(rng, BANKED_SHAPE)
+    for backend in backends:
+        be = registry.get(backend)
+        if not all(hasattr(be, op) for op in (optable.NEIGHBOUR, optable.AVERAGE)):
+            bank_less.add(backend)
+            continue
+        for dtype in _dtypes_of(backend, dtypes):
+            for metric, hood, wrap in NEIGHBOUR_VARIANTS:
+                def neighbour_check():
+                    w, g0 = w64.astype(dtype), g64.astype(dtype)
+                    want, dw = reference.neighbour_penalty(w.astype(np.float64), 0.7, metric,
+                                                           hood, wrap)
+                    ref = {"penalty": want, "grad": g0.astype(np.float64) + dw}
+                    p = api.neighbour_penalty(w, 0.7, metric=metric, neighbourhood=hood,
+                                              wrap=wrap, grad_weight=g0, backend=backend)
+                    return {"penalty": p, "grad": g0}, ref
+                ok = _check(out, f"{backend} | neighbour_penalty | {metric}/{hood}"
+                            f"{' wrap' if wrap else ''} | {dtype}", neighbour_check,
+                            ("penalty", "grad"), dtype)
+                checks += 1
+                failures += not ok
+            for groups_of in ("all", (2, 2)):
+                def average_check():
+                    w = w64.astype(dtype)
+                    want = reference.average_banks(
+                        w.astype(np.float64), w.shape[:2] if groups_of == "all" else groups_of)
+                    into = np.empty_like(w)
+                    got = api.average_banks(w, groups_of=groups_of, out=into, backend=backend)
+                    api.average_banks(w, groups_of=groups_of, backend=backend)   # in place
+                    return {"out": got, "in_place": w}, {"out": want, "in_place": want}
+                ok = _check(out, f"{backend} | average_banks | {groups_of} | {dtype}",
+                            average_check, ("out", "in_place"), dtype)
+                checks += 1
+                failures += not ok
+    for b in sorted(bank_less):
+        print(f"{b}: no neighbour_penalty / average_banks kernels yet: not checked", file=out)
     lacking = {b: [d for d in dtypes if d not in registry.get(b).DTYPES] for b in backends
                if registry.backends()[b] == "available"}
     for b, missing in lacking.items():

@@ -71,7 +71,8 @@ def test_verify_passes_on_the_cpu():
     code, text = run("verify", "--backend", "cpu", "--dtype", "float64", "--seed", "5")
     assert code == 0, text
     table = [line for line in text.splitlines() if line.startswith("| cpu |")]
-    assert len(table) == len(cli.VERIFY_SHAPES) * len(cli.LAYERS) + len(cli.PENALTY_SIZES)
+    assert len(table) == (len(cli.VERIFY_SHAPES) * len(cli.LAYERS) + len(cli.PENALTY_SIZES)
+                          + len(cli.NEIGHBOUR_VARIANTS) + 2)      # + average_banks' two
     assert all(line.endswith("| pass |") for line in table)
     assert sum("| soft_sharing_penalty | 70001 |" in line for line in table) == 1
     assert f"{len(table)} checks, 0 failed" in text
@@ -104,6 +105,29 @@ def test_verify_fails_when_the_penalty_is_wrong(monkeypatch):
     fails = [line for line in text.splitlines() if line.endswith("| FAIL |")]
     assert len(fails) == len(cli.PENALTY_SIZES)
     assert all("| soft_sharing_penalty |" in line for line in fails)
+
+
+def test_verify_fails_when_the_neighbour_gradient_or_the_average_is_wrong(monkeypatch):
+    cpu = sf.registry.get("cpu")
+    real_n, real_a = cpu.neighbour_penalty, cpu.average_banks
+
+    def wrong_n(weight, strength, metric, neighbourhood, wrap, grad_weight=None):
+        p = real_n(weight, strength, metric, neighbourhood, wrap, grad_weight)
+        if metric == "cosine" and grad_weight is not None:
+            grad_weight.reshape(-1)[0] += 1e-2
+        return p
+
+    def wrong_a(weight, groups_of, out):
+        res = real_a(weight, groups_of, out)
+        res.reshape(-1)[-1] *= 1.01
+        return res
+    monkeypatch.setattr(cpu, "neighbour_penalty", wrong_n)
+    monkeypatch.setattr(cpu, "average_banks", wrong_a)
+    code, text = run("verify", "--backend", "cpu", "--dtype", "float64", "--seed", "9")
+    assert code == 1
+    fails = [line for line in text.splitlines() if line.endswith("| FAIL |")]
+    assert len(fails) == 2 + 2, fails               # the two cosine variants, both averages
+    assert all("| neighbour_penalty | cosine" in f or "| average_banks |" in f for f in fails)
 
 
 def test_verify_reports_a_crashing_backend(monkeypatch):
