@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from . import config
+from . import reference as ref
 from ._gpu_kernels import pack, row, same
 
 MAX_GRID_Y = 65535
@@ -265,6 +266,55 @@ def soft_sharing_penalty(dev, a, b, strength, grad_a=None, grad_b=None):
     return out
 
 
+def neighbour_penalty(dev, weight, strength, metric, neighbourhood, wrap, grad_weight=None):
+    """The neighbour penalty of a C-contiguous banked weight (TP, TQ, K, C, R, S) as a
+    1-element float64 device array; its gradient added into grad_weight (weight's dtype, or
+    float32 master gradients of 16-bit banks; None: not wanted). Deterministic: owner-computes
+    gradients, fixed-order block partials (numba_cuda/sharing.py says how)."""
+    TP, TQ, K = weight.shape[:3]
+    F = math.prod(weight.shape[3:])
+    dt = row(weight.dtype)
+    nt = config.CUDA_PENALTY_THREADS
+    n = weight.size
+    blocks = max(1, min(-(-n // nt), config.CUDA_PENALTY_BLOCKS))
+    partials = dev.empty(weight, (blocks,), np.float64)
+    out = dev.empty(weight, (1,), np.float64)
+    has = grad_weight is not None
+    grad = dev.flat(grad_weight) if has else dev.empty(weight, (1,), weight.dtype)
+    w = dev.flat(weight)
+    eight = neighbourhood == 8
+    pairs = ref.neighbour_count((TP, TQ), neighbourhood, wrap)
+    if metric == "l2":
+        _launch(dev, "neighbour_l2", dt, None, check_grid(blocks, 1), nt, weight, None,
+                w=w, grad=grad, strength=strength, TP=TP, TQ=TQ, KF=K * F, eight=eight,
+                wrap=wrap, has_grad=has, partials=partials)
+        scale = 0.5 * float(strength)
+    else:
+        norms = dev.empty(weight, (TP * TQ * K,), np.float64)
+        dots = dev.zeros(weight, (4 * TP * TQ * K,), np.float64)
+        _launch(dev, "neighbour_dots", dt, None, check_grid(TP * TQ * K, 1), nt, weight, None,
+                w=w, norms=norms, dots=dots, TP=TP, TQ=TQ, K=K, F=F, eight=eight, wrap=wrap)
+        scale = float(strength) / (pairs * K) if pairs else 0.0
+        _launch(dev, "neighbour_cosine", dt, None, check_grid(blocks, 1), nt, weight, None,
+                w=w, grad=grad, norms=norms, dots=dots, scale=scale, TP=TP, TQ=TQ, K=K, F=F,
+                eight=eight, wrap=wrap, has_grad=has, partials=partials)
+    _launch(dev, "penalty_reduce", dt, None, 1, nt, weight, None,
+            partials=partials, nparts=blocks, scale=scale, out=out)
+    return out
+
+
+def average_banks(dev, weight, groups_of, out):
+    """Each gp x gq block of positions of C-contiguous banks (TP, TQ, ...) set to its mean, in
+    `out` (may be weight itself); returns out."""
+    TP, TQ = weight.shape[:2]
+    F = math.prod(weight.shape[2:])
+    gp, gq = groups_of
+    size = -(-TP // gp) * -(-TQ // gq) * F
+    _launch(dev, "average", row(weight.dtype), None, *elementwise_grid(size), weight, None,
+            w=dev.flat(weight), out=dev.flat(out), TP=TP, TQ=TQ, F=F, gp=gp, gq=gq)
+    return out
+
+
 # ----------------------------------------------------- the registry interface, for every layer
 def layer_ops(dev, spec):
     """The host functions of one op-table layer on `dev` (optable.py's signatures), as
@@ -296,3 +346,17 @@ def penalty_op(dev):
         return soft_sharing_penalty(dev, a, b, strength, grad_a, grad_b)
     soft_sharing_penalty_.__name__ = "soft_sharing_penalty"
     return soft_sharing_penalty_
+
+
+def bank_ops(dev):
+    """(neighbour_penalty, average_banks) with the op table's signatures (optable.NEIGHBOUR,
+    optable.AVERAGE) on `dev`."""
+    def neighbour_penalty_(weight, strength, metric, neighbourhood, wrap, grad_weight=None):
+        return neighbour_penalty(dev, weight, strength, metric, neighbourhood, wrap,
+                                 grad_weight)
+
+    def average_banks_(weight, groups_of, out):
+        return average_banks(dev, weight, groups_of, out)
+    neighbour_penalty_.__name__ = "neighbour_penalty"
+    average_banks_.__name__ = "average_banks"
+    return neighbour_penalty_, average_banks_

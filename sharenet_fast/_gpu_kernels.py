@@ -15,7 +15,8 @@ from KERNELS below, so nothing can drift:
                   prototype of kernels/*.cu and checks template, names, order and types here
 
 Tags follow the op table's pass kernel tags (optable.PASSES: fwd, dgrad, wgrad, bgrad), plus
-wgrad_reduce, penalty, penalty_reduce, and fill (Numba only: device_zeros for Numba arrays,
+wgrad_reduce, penalty, penalty_reduce, neighbour_l2, neighbour_dots, neighbour_cosine, average,
+and fill (Numba only: device_zeros for Numba arrays,
 which have no device-side memset under the simulator).
 
 Argument types, spelt as in CUDA C (a pointer is a flat C-contiguous device array):
@@ -171,6 +172,19 @@ KERNELS = MappingProxyType({k.tag: k for k in (
     Kernel("penalty_reduce", "soft_sharing_reduce_kernel", "sharing.cu", ("NT",),
            (("partials", "const double*"), ("nparts", "i64"), ("scale", "double"),
             ("out", "double*"))),
+    Kernel("neighbour_l2", "neighbour_l2_kernel", "sharing.cu", ("T", "A", "O", "NT"),
+           (("w", "const T*"), ("grad", "O*"), ("strength", "A"))
+           + _i64("TP", "TQ", "KF", "eight", "wrap", "has_grad") + (("partials", "double*"),)),
+    Kernel("neighbour_dots", "neighbour_dots_kernel", "sharing.cu", ("T", "A", "NT"),
+           (("w", "const T*"), ("norms", "double*"), ("dots", "double*"))
+           + _i64("TP", "TQ", "K", "F", "eight", "wrap")),
+    Kernel("neighbour_cosine", "neighbour_cosine_kernel", "sharing.cu", ("T", "A", "O", "NT"),
+           (("w", "const T*"), ("grad", "O*"), ("norms", "const double*"),
+            ("dots", "const double*"), ("scale", "double"))
+           + _i64("TP", "TQ", "K", "F", "eight", "wrap", "has_grad")
+           + (("partials", "double*"),)),
+    Kernel("average", "average_banks_kernel", "sharing.cu", ("T", "A"),
+           (("w", "const T*"), ("out", "T*")) + _i64("TP", "TQ", "F", "gp", "gq")),
     Kernel("fill", "fill_kernel", None, ("T",),
            (("a", "T*"), ("value", "T"), ("size", "i64"))),
 )})

@@ -465,7 +465,7 @@ def average_banks(weight, *, groups_of="all", out=None, backend="auto"):
 
     In place (out=None: weight is overwritten and returned) or into `out` (weight's shape and
     dtype, not overlapping it). Summed in float64, each element read and written once; 16-bit
-    banks rounded once. The CPU and reference backends have it (NumPy arrays).
+    banks rounded once. Every backend has it (the GPU ones: one thread per (block, element)).
     """
     kind = _banked("weight", weight)
     if isinstance(groups_of, str):
@@ -517,8 +517,8 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
 
     grad_weight, when given (weight's shape and dtype; float32 for bfloat16/float16 weights),
     is ADDED INTO in place with the penalty's gradient, in one pass over the banks. Returns the
-    penalty as numpy.float64 (summed in a fixed order: the same bits on every run). The CPU
-    and reference backends have it (NumPy arrays); the GPU kernels are not written yet.
+    penalty as numpy.float64 (a 0-d CuPy array for CuPy inputs; summed in a fixed order: the
+    same bits on every run). Every backend has it.
     """
     kind = _banked("weight", weight)
     _strength(strength)
@@ -543,7 +543,7 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
                   grad_weight=out)
     if grad_weight is not None:
         c.land(grad_weight, out, None)
-    return np.float64(penalty)
+    return _device.scalar(c.get(penalty), c.kind)
 
 
 def param_count(sharing, input_shape, filters, kernel, *, stride=1, padding=0, dilation=1,

@@ -171,7 +171,7 @@ PENALTY = "soft_sharing_penalty"
 # Optional (a backend without it is refused by the API with a message saying which have it):
 # neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight=None) on a
 # C-contiguous banked weight (TP, TQ, K, C, R, S) -> the float64 penalty. The GPU kernels of
-# it have not been written yet: the CPU and reference backends export it.
+# it: numba_cuda/sharing.py and kernels/sharing.cu (every backend exports it).
 NEIGHBOUR = "neighbour_penalty"
 # Optional too: average_banks(weight, groups_of, out) -> out (may be weight) on C-contiguous
 # banked arrays, each block of groups_of = (gp, gq) positions set to its mean.

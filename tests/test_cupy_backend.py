@@ -164,6 +164,11 @@ def test_instances_cover_every_tile_dtype_and_kernel_size():
         "conv2d_bgrad_kernel": {r + (str(nb),) for r in rows},
         "soft_sharing_penalty_kernel": {r + (str(nt),) for r in rows},
         "soft_sharing_reduce_kernel": {(str(nt),)},
+        "neighbour_l2_kernel": {r + (str(nt),) for r in rows},
+        "neighbour_cosine_kernel": {r + (str(nt),) for r in rows},
+        "neighbour_dots_kernel": {(dt.ctype, dt.accum_ctype, str(nt))
+                                  for dt in dtypes.DTYPES.values()},
+        "average_banks_kernel": {(dt.ctype, dt.accum_ctype) for dt in dtypes.DTYPES.values()},
     }
     assert by_kernel == want
 

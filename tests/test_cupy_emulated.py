@@ -275,3 +275,47 @@ def test_soft_sharing_penalty_reduced_emulated(dev, dt, grads, monkeypatch):
         if got is not None:
             tol = dt.tol if got.dtype == dt.storage else dt.out_tol
             assert rel_err(got, start + step) <= tol, got.dtype
+
+
+# neighbour soft sharing and bank averaging: the CUDA C kernels through the shared host side
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("metric,neighbourhood,wrap",
+                         [("l2", 4, False), ("l2", 8, True), ("cosine", 4, True),
+                          ("cosine", 8, False)], ids=["l2-4", "l2-8-wrap", "cos-4-wrap", "cos-8"])
+def test_neighbour_penalty_emulated(dev, metric, neighbourhood, wrap, dtype):
+    row = dtypes.lookup(dtype)
+    rng = np.random.default_rng(44)
+    for grid in ((3, 4), (2, 1)):
+        w = random_array(rng, grid + (2, 2, 3, 2), row.storage)
+        w[0, 0, 1] = 0                                     # a zero filter
+        want, dw = reference.neighbour_penalty(w, 0.4, metric, neighbourhood, wrap)
+        for gdtype in dict.fromkeys((row.storage, row.accum)):
+            start = random_array(rng, w.shape, gdtype)
+            buf = start.copy()
+            got = host.neighbour_penalty(dev, w, 0.4, metric, neighbourhood, wrap, buf)
+            assert abs(float(got[0]) - want) <= row.tol * max(1.0, abs(want))
+            assert rel_err(buf, start.astype(np.float64) + dw) <= dtypes.tol(gdtype)
+        alone = host.neighbour_penalty(dev, w, 0.4, metric, neighbourhood, wrap, None)
+        assert float(alone[0]) == float(got[0])           # the same sum, the same order
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("groups_of", [(5, 7), (2, 3), (1, 1)], ids=["all", "2x3", "1x1"])
+def test_average_banks_emulated(dev, groups_of, dtype):
+    row = dtypes.lookup(dtype)
+    w = random_array(np.random.default_rng(45), (5, 7, 2, 3, 2, 1), row.storage)
+    want = reference.average_banks(w, groups_of)
+    out = np.full_like(w, np.nan)
+    assert host.average_banks(dev, w, groups_of, out) is out
+    assert rel_err(out, want) <= row.tol
+    inplace = w.copy()
+    host.average_banks(dev, inplace, groups_of, inplace)
+    assert np.array_equal(inplace, out)
+
+
+def test_cosine_eps_is_the_oracles():
+    import os
+    import re
+    src = open(os.path.join(_loader.kernel_dir(), "sharing.cu")).read()
+    eps = float(re.search(r"#define SHARENET_COSINE_EPS (\S+)", src).group(1))
+    assert eps == reference.COSINE_EPS

@@ -125,14 +125,32 @@ def test_bad_input_names_the_argument():
         sf.neighbour_penalty(w, 1.0, grad_weight=ro)
 
 
-def test_gpu_backend_is_refused_with_the_backends_that_have_it():
-    have = [n for n, why in sf.backends().items() if why == "available" and n in ("numba-cuda",
-                                                                                 "cupy")]
-    if not have:
+GPU_BACKENDS = [n for n, why in sf.backends().items()
+                if why == "available" and n in sf.registry.GPU]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS or ["none"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("metric,neighbourhood,wrap", CASES, ids=IDS)
+def test_gpu_backend_matches_oracle(backend, dtype, metric, neighbourhood, wrap):
+    """The GPU kernels (numba-cuda here on the simulator; cupy's CUDA C on the g++ emulator:
+    test_cupy_emulated.py) on a grid with a zero filter, edges and a 1-wide axis; float32 and
+    bfloat16 with float32 master gradients (every dtype runs on a GPU: tests/test_gpu.py)."""
+    if backend == "none":
         pytest.skip("no GPU backend importable here")
-    w = np.ones((2, 2, 1, 1, 2, 2), np.float32)
-    with pytest.raises(TypeError, match="no neighbour_penalty kernels yet.*'cpu'"):
-        sf.neighbour_penalty(w, 1.0, backend=have[0])
+    row = dtypes.lookup(dtype)
+    rng = np.random.default_rng(3)
+    for grid in ((3, 4), (1, 3)):
+        w = random_array(rng, grid + (2, 2, 2, 3)).astype(row.storage)
+        w[0, 0, 1] = 0                                     # a zero filter: cosine defined
+        want, dw = ref.neighbour_penalty(w, 0.3, metric, neighbourhood, wrap)
+        start = random_array(rng, w.shape).astype(row.accum)
+        buf = start.copy()
+        got = sf.neighbour_penalty(w, 0.3, metric=metric, neighbourhood=neighbourhood,
+                                   wrap=wrap, grad_weight=buf, backend=backend)
+        assert isinstance(got, np.float64)
+        assert abs(got - want) <= row.tol * max(1.0, abs(want)), (grid, got, want)
+        assert rel_err(buf.astype(np.float64), start.astype(np.float64) + dw) <= row.out_tol
 
 
 def test_torch_function_is_differentiable():
@@ -165,7 +183,7 @@ def test_benchmark_runs_and_checks(capsys):
 
 
 # ------------------------------------------------------------------------- average_banks
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"] + GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", dtypes.NAMES)
 @pytest.mark.parametrize("groups_of", ["all", (2, 3), (1, 1), (3, 1), (10, 10)],
                          ids=["all", "2x3", "1x1", "3x1", "past-grid"])

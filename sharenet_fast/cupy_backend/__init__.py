@@ -91,3 +91,4 @@ tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bi
 local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad = \
     host.layer_ops(DEV, LAYERS["local2d"])
 soft_sharing_penalty = host.penalty_op(DEV)
+neighbour_penalty, average_banks = host.bank_ops(DEV)

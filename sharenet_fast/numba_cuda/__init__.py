@@ -57,3 +57,4 @@ tiled_conv2d, tiled_conv2d_input_grad, tiled_conv2d_weight_grad, tiled_conv2d_bi
 local2d, local2d_input_grad, local2d_weight_grad, local2d_bias_grad = \
     _gpu_host.layer_ops(DEV, LAYERS["local2d"])
 soft_sharing_penalty = _gpu_host.penalty_op(DEV)
+neighbour_penalty, average_banks = _gpu_host.bank_ops(DEV)

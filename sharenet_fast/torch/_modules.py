@@ -86,7 +86,7 @@ def neighbour_penalty(weight, strength, *, metric="l2", neighbourhood=4, wrap=Fa
                       backend="auto"):
     """sharenet_fast.neighbour_penalty (each bank of a (TP, TQ, K, C, R, S) weight near its
     grid neighbours; l2 or cosine) as a 0-d tensor of weight's dtype, differentiable in
-    weight. CPU tensors (the GPU kernels are not written yet)."""
+    weight."""
     _ops._check_args(weight=weight)
     return _ops_ns.neighbour_penalty(weight, float(strength), metric, int(neighbourhood),
                                      bool(wrap), backend)
