@@ -105,6 +105,9 @@ def test_accumulates_into_views(backend, layer, contiguous, needs, rng):
 
 
 # ------------------------------------------------------------------ NaN-poisoned allocations
+NAN_MODULES = ("conv2d", "local2d", "depthwise")
+
+
 class _NanNumpy:
     """numpy, except that empty() returns NaN-filled arrays: an unwritten element stays NaN."""
 
@@ -129,7 +132,7 @@ def test_cpu_writes_every_element_of_nan_poisoned_outputs(layer, uc, monkeypatch
     for pass_ in PASSES:  # compile with the real numpy first
         layer_call(layer, pass_, "cpu", d, kw)
     calls = []
-    for mod in ("conv2d", "local2d", "tiled"):
+    for mod in NAN_MODULES:   # every module of the CPU backend that allocates results
         monkeypatch.setattr(importlib.import_module(f"sharenet_fast.cpu.{mod}"), "np",
                             _NanNumpy(calls))
     outs = [layer_call(layer, p, "cpu", d, kw) for p in PASSES]
