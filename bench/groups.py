@@ -23,6 +23,15 @@ from sharenet_fast.geometry import ConvGeometry
 
 from bench import cpu
 
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_lines = []
+
+
+def emit(line=""):
+    """Print one line of the report (and keep it for --save)."""
+    print(line, flush=True)
+    _lines.append(line)
+
 # name: (N, C, H, W, K, R, S, stride, padding, groups)
 CONV_SHAPES = {
     "resnext_g2": (8, 64, 56, 56, 64, 3, 3, 1, 1, 2),
@@ -51,9 +60,9 @@ def _stats(samples):
 def conv_rows(shapes, repeat, gbps, gflops):
     import torch
     torch.set_num_threads(os.cpu_count())
-    print("| shape | groups | pass | ours ms (range) | torch ms (range) | ours / torch speed "
+    emit("| shape | groups | pass | ours ms (range) | torch ms (range) | ours / torch speed "
           "| ours % of floor | torch % of floor | rel err vs torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    emit("|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for name, (N, C, H, W, K, R, S, st, pd, G) in shapes.items():
         g = ConvGeometry.make(N, C, H, W, K, R, S, st, pd, 1, G)
@@ -88,15 +97,14 @@ def conv_rows(shapes, repeat, gbps, gflops):
             t = cpu.measure_interleaved({"ours": ours, "torch": peer}, repeat, 0.3)
             (mo, ro), (mt, rt) = _stats(t["ours"]), _stats(t["torch"])
             floor = _floor(g, fl, 1, gbps, gflops)
-            print(f"| {name} | {G} | {pass_} | {mo * 1e3:.2f} ({ro}) | {mt * 1e3:.2f} ({rt}) | "
+            emit(f"| {name} | {G} | {pass_} | {mo * 1e3:.2f} ({ro}) | {mt * 1e3:.2f} ({rt}) | "
                   f"{mt / mo:.2f}x | {100 * floor / mo:.0f}% | {100 * floor / mt:.0f}% | "
                   f"{err:.1e} |")
-            sys.stdout.flush()
 
 
 def local_rows(shapes, repeat, gbps, gflops):
-    print("| shape | groups | pass | ms (range) | floor ms | % of floor | bound by |")
-    print("|---|---|---|---|---|---|---|")
+    emit("| shape | groups | pass | ms (range) | floor ms | % of floor | bound by |")
+    emit("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(1)
     for name, (N, C, H, W, K, R, S, st, pd, G) in shapes.items():
         g = ConvGeometry.make(N, C, H, W, K, R, S, st, pd, 1, G)
@@ -114,9 +122,8 @@ def local_rows(shapes, repeat, gbps, gflops):
             mem = g.min_bytes(fl, 4, banks) / gbps / 1e9
             comp = g.flops(fl) / gflops / 1e9
             floor = max(mem, comp)
-            print(f"| {name} | {G} | {pass_} | {med * 1e3:.2f} ({rng_ms}) | {floor * 1e3:.2f} | "
+            emit(f"| {name} | {G} | {pass_} | {med * 1e3:.2f} ({rng_ms}) | {floor * 1e3:.2f} | "
                   f"{100 * floor / med:.0f}% | {'bytes' if mem >= comp else 'FLOPs'} |")
-            sys.stdout.flush()
 
 
 def main(argv=None):
@@ -125,17 +132,29 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--only", nargs="*", help="shape names (default: all)")
     ap.add_argument("--read-mb", type=int, default=512, help="the bandwidth probe's array")
+    ap.add_argument("--save", action="store_true",
+                    help="write bench/results/groups_<machine>[_avx2].md")
     args = ap.parse_args(argv)
     pick = (lambda table: {k: v for k, v in table.items()
                            if not args.only or k in args.only})
     gbps, gflops = cpu.read_gbps(args.read_mb), cpu.sgemm_gflops()
-    print(f"# grouped layers; {cpu.cpu_model()}; read bandwidth {gbps:.1f} GB/s, sgemm "
-          f"{gflops:.0f} GFLOP/s (this run); float32")
+    isa = os.environ.get("NUMBA_CPU_NAME") or "native"
+    emit(f"# grouped layers; {cpu.cpu_model()}, {os.cpu_count()} CPUs, our kernels' target "
+         f"{isa}; read bandwidth {gbps:.1f} GB/s, sgemm {gflops:.0f} GFLOP/s (this run); "
+         f"float32")
     if pick(CONV_SHAPES):
         conv_rows(pick(CONV_SHAPES), args.repeat, gbps, gflops)
-        print()
+        emit()
     if pick(LOCAL_SHAPES):
         local_rows(pick(LOCAL_SHAPES), args.repeat, gbps, gflops)
+    if args.save:
+        from bench.report.build import slug
+        isa = "_avx2" if os.environ.get("NUMBA_CPU_NAME") == "haswell" else ""
+        path = os.path.join(RESULTS, "groups_" + slug(f"{cpu.cpu_model()} {os.cpu_count()}core")
+                            + isa + ".md")
+        with open(path, "w") as f:
+            f.write("\n".join(_lines) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

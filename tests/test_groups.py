@@ -222,3 +222,18 @@ def test_geometry_counts_the_grouped_work():
     dw = sf.ConvGeometry.make(8, 32, 56, 56, 32, 3, 3, 1, 1, 1, groups=32)
     assert dw.depthwise and dw.w_shape == (32, 1, 3, 3)
     assert dw.min_bytes("forward") == 4 * (8 * 32 * 56 * 56 * 2 + 32 * 9)
+
+
+def test_bench_groups_runs_on_small_shapes(monkeypatch, capsys):
+    """python -m bench.groups end to end on small shapes: every row, each peer pair checked to
+    compute the same layer first (the benchmark asserts it), % of floor printed."""
+    pytest.importorskip("torch")
+    from bench import groups
+    monkeypatch.setattr(groups, "CONV_SHAPES", {"g2": (2, 4, 9, 9, 4, 3, 3, 1, 1, 2),
+                                                "dw_s2": (2, 4, 9, 10, 8, 3, 3, 2, 1, 4)})
+    monkeypatch.setattr(groups, "LOCAL_SHAPES", {"lc_g2": (2, 4, 7, 7, 4, 3, 3, 1, 1, 2)})
+    assert groups.main(["--repeat", "1", "--read-mb", "8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len([r for r in rows if r.startswith(("| g2 ", "| dw_s2 "))]) == 4
+    assert len([r for r in rows if r.startswith("| lc_g2 ")]) == 2
+    assert all("%" in r for r in rows if r.startswith(("| g2", "| dw", "| lc")))
