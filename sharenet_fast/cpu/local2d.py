@@ -186,6 +186,60 @@ def _fwd_kernel(MR, NV, U, WB, DOT):
     return local2d_fwd_kernel
 
 
+@njit(**njit_options(parallel=True))
+def local2d_dw_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blocks):
+    """The depthwise forward (groups == C: filter k reads channel k // M alone): xt (NB, C, Hp,
+    Wp, GB) as the forward's, w (P, Q, K, 1, R, S) (or its 16-bit view), bias (P, Q, K), y
+    (N, K, P, Q). The general kernel would run a GEMM of one filter and R*S steps per group
+    behind an 8-filter register tile; here a filter's output for a block of images is R*S
+    vector multiply-adds read straight from xt (GB images contiguous under each tap: no
+    gathered patch). Positions in `blocks` runs, outputs staged in runs of QB along q, as the
+    general forward does."""
+    NB, C, Hp, Wp, GB = xt.shape
+    P, Q, K = w.shape[0], w.shape[1], w.shape[2]
+    M = K // C
+    RS = R * S
+    G = NB * GB
+    PQ = P * Q
+    XB = C * Hp * Wp * GB
+    xf = xt.ravel()
+    wf = w.ravel()
+    bf = bias.ravel()
+    yf = y.ravel()
+    for b in prange(blocks):
+        lo = b * PQ // blocks
+        hi = (b + 1) * PQ // blocks
+        obuf = np.empty(QB * K * G, dtype=bias.dtype)
+        pos = lo
+        while pos < hi:
+            p = pos // Q
+            q0 = pos - p * Q
+            nq = min(QB, Q - q0, hi - pos)
+            for qi in range(nq):
+                q = q0 + qi
+                for k in range(K):
+                    c = k // M
+                    wk = ((pos + qi) * K + k) * RS
+                    for nb in range(NB):
+                        acc = obuf[(qi * K + k) * G + nb * GB:(qi * K + k) * G + nb * GB + GB]
+                        bk = bf[(pos + qi) * K + k] if has_bias else typed_zero(bias)
+                        for i in range(GB):
+                            acc[i] = bk
+                        for r in range(R):
+                            row = nb * XB + ((c * Hp + p * sh + r * dh) * Wp + q * sw) * GB
+                            for s in range(S):
+                                wv = widen(wf[wk + r * S + s])
+                                xs = xf[row + s * dw * GB:row + s * dw * GB + GB]
+                                for i in range(GB):
+                                    acc[i] += wv * xs[i]
+            for n in range(N):
+                for k in range(K):
+                    base = (n * K + k) * PQ + pos
+                    for qi in range(nq):
+                        yf[base + qi] = narrow(obuf[(qi * K + k) * G + n], yf)
+            pos += nq
+
+
 def _fwd_tile(G, U, itemsize):
     """(MR, NV) register tile of the forward: MR filters x NV vectors of images (no more
     vectors than the padded batch fills)."""
@@ -200,6 +254,14 @@ def local2d(x, weight, bias, g, grid, out_dtype=None):
     acc = row.accum
     y = np.empty(g.y_shape, dtype=result_dtype(x.dtype, out_dtype))
     b = widened(bias) if bias is not None else np.zeros((1, 1, 1), dtype=acc)
+    if g.depthwise:       # no reduction over channels: its own kernel, vectors along the batch
+        GB = min(lanes(acc.itemsize), -(-g.N // 8) * 8)
+        with _launch_lock:
+            xt = _transposed(widened(x), g.pads(), GB, "local_xt")
+            local2d_dw_fwd_kernel(xt, dtypes.kernel_view(weight), b, bias is not None,
+                                  dtypes.kernel_view(y), g.N, g.R, g.S, *g.stride, *g.dilation,
+                                  min(g.P * g.Q, POSITION_BLOCKS))
+        return y
     dot = DOT_BF16 and row.name == "bfloat16"
     if dot:       # blocks of 8 images x 4 steps of bfloat16 per vector (_simd.py)
         GB, U, tile = DOT_BF16_COLUMNS, 4, (8, 1)
@@ -343,6 +405,101 @@ def _iwgrad_kernel(WB):
     return local2d_iwgrad_kernel
 
 
+@njit(**njit_options(parallel=True))
+def local2d_dw_iwgrad_kernel(xt, dyv, w, dxt, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
+                             want_dw, accumulate):
+    """The depthwise input and/or weight gradient (groups == C), with local2d_iwgrad_kernel's
+    tasks and phases (tiles of one phase touch disjoint input pixels: no atomics, a fixed
+    order). xt: padded input as (NB, C, Hp, Wp, GB), zero past N; dyv: dy as (P, Q, K, G),
+    images innermost, zero past N; w, dwo: (P, Q, K, 1, R, S) (16-bit views allowed); dxt:
+    the zeroed padded input gradient, xt's layout. Per filter and tap, over the images:
+    dW = dy . x (one dot product of G lanes), dx += w * dy (one vector multiply-add), both on
+    the GB images that sit contiguously under the tap: no gathered patch."""
+    NB, C, Hp, Wp, GB = xt.shape if want_dw else dxt.shape
+    P, Q, K, G = dyv.shape
+    M = K // C
+    RS = R * S
+    XB = C * Hp * Wp * GB
+    xf = xt.ravel()
+    dyf = dyv.ravel()
+    wf = w.ravel()
+    dxf = dxt.ravel()
+    of = dwo.ravel()
+    TPn = -(-P // BP)
+    TQn = -(-Q // BQ)
+    for phase in range(4):
+        fp = phase // 2
+        fq = phase % 2
+        ntp = (TPn - fp + 1) // 2
+        ntq = (TQn - fq + 1) // 2
+        for task in prange(ntp * ntq):
+            tp = fp + 2 * (task // ntq)
+            tq = fq + 2 * (task % ntq)
+            for p in range(tp * BP, min(P, tp * BP + BP)):
+                for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
+                    pos = p * Q + q
+                    for k in range(K):
+                        c = k // M
+                        wk = (pos * K + k) * RS
+                        for r in range(R):
+                            for s in range(S):
+                                o = ((c * Hp + p * sh + r * dh) * Wp + q * sw + s * dw) * GB
+                                wv = widen(wf[wk + r * S + s]) if want_dx else typed_zero(xt)
+                                t = typed_zero(dyv)
+                                for nb in range(NB):
+                                    d = dyf[(pos * K + k) * G + nb * GB:
+                                            (pos * K + k) * G + nb * GB + GB]
+                                    if want_dw:
+                                        xs = xf[nb * XB + o:nb * XB + o + GB]
+                                        for i in range(GB):
+                                            t += d[i] * xs[i]
+                                    if want_dx:
+                                        dd = dxf[nb * XB + o:nb * XB + o + GB]
+                                        for i in range(GB):
+                                            dd[i] += wv * d[i]
+                                if want_dw:
+                                    if accumulate:
+                                        of[wk + r * S + s] = narrow(
+                                            widen(of[wk + r * S + s]) + t, of)
+                                    else:
+                                        of[wk + r * S + s] = narrow(t, of)
+
+
+def _dw_backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype):
+    """The depthwise local layer's backward (local2d_dw_iwgrad_kernel): (dx or None, dw or
+    None), dw added into `out` when given."""
+    dt = dtypes.lookup(dy.dtype).accum
+    GB = min(lanes(dt.itemsize), -(-g.N // 8) * 8)
+    NB = -(-g.N // GB)
+    (ph, bh), (pw, bw) = g.pads()
+    Hp, Wp = g.H + ph + bh, g.W + pw + bw
+    accumulate = out is not None
+    if want_dw and out is None:
+        out = result((g.P, g.Q) + g.w_shape, result_dtype(dy.dtype, out_dtype))
+    dwo = dtypes.kernel_view(out) if want_dw else np.zeros(1, dt)
+    w = dtypes.kernel_view(weight) if want_dx else np.zeros(1, dt)
+    with _launch_lock:
+        dyv = scratch("local_dyv", (g.P, g.Q, g.K, NB * GB), dt)
+        dyv[..., g.N:] = 0
+        dyv[..., :g.N] = widened(dy).transpose(2, 3, 1, 0)
+        xt = (_transposed(widened(x), g.pads(), GB, "local_xt") if want_dw
+              else np.zeros((1, 1, 1, 1, 1), dt))
+        dxt = (scratch("local_dxt", (NB, g.C, Hp, Wp, GB), dt) if want_dx
+               else np.zeros((1, 1, 1, 1, 1), dt))
+        if want_dx:
+            dxt[...] = 0
+        local2d_dw_iwgrad_kernel(xt, dyv, w, dxt, dwo, g.R, g.S, *g.stride, *g.dilation,
+                                 *_tiles(g), want_dx, want_dw, accumulate)
+        dx = None
+        if want_dx:
+            dx = np.empty(g.x_shape, result_dtype(dy.dtype, out_dtype))
+            # (NB, C, Hp, Wp, GB) -> (N, C, H, W): images back out of the lanes, padding off
+            inner = dxt[:, :, ph:ph + g.H, pw:pw + g.W, :].transpose(0, 4, 1, 2, 3)
+            _round_into(dtypes.kernel_view(dx),
+                        inner.reshape(NB * GB, g.C, g.H, g.W)[:g.N])
+    return dx, (out if want_dw else None)
+
+
 def _tiles(g):
     """(BP, BQ): position tiles whose same-parity neighbours (two tiles apart) share no input
     pixel: (BP + 1) * sh >= dh*(R-1) + 1, likewise along q; at least POSITION_TILE positions
@@ -357,6 +514,8 @@ def _tiles(g):
 def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
     """(dx or None, dw or None); dw added into `out` when given (any storage: a float32 out
     for reduced storage is a master-weight buffer)."""
+    if g.depthwise:
+        return _dw_backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype)
     (ph, bh), (pw, bw) = g.pads()
     dt = dtypes.lookup(dy.dtype).accum
     accumulate = out is not None
