@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import sharenet_fast as sf
-from _support import (BACKENDS, PASSES, Case, UntiedCase, assert_close, layer_call,
-                      layer_reference, make_layer_inputs)
+from _support import (BACKENDS, PASSES, Case, UntiedCase, assert_close, layer_reference,
+                      make_layer_inputs)
 from sharenet_fast import dtypes, reference
 
 # Kernel paths a group meets: groups 2-4 (CPU shared/tiled: per-group slices; local: the group
@@ -131,22 +131,8 @@ def test_grouped_layer_is_the_block_diagonal_ungrouped_layer(layer, uc):
 def test_grouped_cpu_writes_every_element_of_nan_poisoned_outputs(layer, uc, monkeypatch):
     """Every result array the CPU backend allocates (np.empty in its modules) starts as NaN:
     the per-group slices, the depthwise planes and phases must cover every element."""
-    import importlib
-
-    from test_untied import NAN_MODULES, _NanNumpy
-    d = _inputs(layer, uc, np.float64)
-    kw = uc.case.kw
-    for pass_ in PASSES:                         # compile with the real numpy first
-        layer_call(layer, pass_, "cpu", d, kw)
-    calls = []
-    for mod in NAN_MODULES:
-        monkeypatch.setattr(importlib.import_module(f"sharenet_fast.cpu.{mod}"), "np",
-                            _NanNumpy(calls))
-    outs = [layer_call(layer, p, "cpu", d, kw) for p in PASSES]
-    assert calls, "the NaN allocator was not used: the test no longer poisons anything"
-    for pass_, out in zip(PASSES, outs):
-        assert not np.isnan(out).any(), f"{pass_}: {np.isnan(out).sum()} elements never written"
-        assert_close(out, layer_reference(layer, pass_, d, kw), np.float64, pass_)
+    from test_untied import check_nan_poisoned
+    check_nan_poisoned(layer, _inputs(layer, uc, np.float64), uc.case.kw, monkeypatch)
 
 
 @pytest.mark.parametrize("uc", [GROUPED_CASES[0], GROUPED_CASES[6]], ids=lambda u: u.id)
