@@ -163,18 +163,18 @@ class _NanEmptyNumpy:
 
 
 @pytest.fixture
-def nan_empty_cpu(monkeypatch):
+def nan_empty_cpu(monkeypatch, dtype, case):
     """Replace `np` in the CPU launcher module so its host-side np.empty allocations (outputs and
-    the weight-gradient partials) start as NaN. Kernels are compiled beforehand, so Numba never
-    sees the stand-in (inside kernels np.empty is compiled code and is not affected)."""
+    the weight-gradient partials) start as NaN. The test's own case runs once beforehand, so
+    every kernel it picks is compiled (or loaded from the cache) before the stand-in is in place:
+    Numba never types a kernel's `np` global as the stand-in (inside kernels np.empty is
+    compiled code and is not affected)."""
     # importlib, not `import ... as`: sharenet_fast.cpu.conv2d is also the name of a function
     cpu_conv2d = importlib.import_module("sharenet_fast.cpu.conv2d")
 
-    for dtype in DTYPES:  # warm up: every kernel signature the test will use
-        case = SHAPES_BY_ID["K1"]
-        d = make_inputs(case, dtype)
-        sf.conv2d(d.x, d.w, d.b, backend="cpu", **case.kw)
-        sf.conv2d_backward(d.dy, d.x, d.w, backend="cpu", **case.kw)
+    d = make_inputs(case, dtype)  # warm up: the kernels (which depend on the shape) of this case
+    sf.conv2d(d.x, d.w, d.b, backend="cpu", **case.kw)
+    sf.conv2d_backward(d.dy, d.x, d.w, backend="cpu", **case.kw)
     calls = []
 
     class Spy(_NanEmptyNumpy):

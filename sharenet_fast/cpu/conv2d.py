@@ -433,12 +433,13 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     if g.groups == 1:
         return _ungrouped_weight_grad(dy, x, g, tile, out, accumulate)
     slices, one = _groups(g)
-    view = out.reshape(tile[0] * tile[1], g.K, g.Cg, g.R, g.S)
+    banks = tile[0] * tile[1]
+    view = out.reshape(banks, g.K, g.Cg, g.R, g.S)
+    part = np.empty((banks, g.Kg, g.Cg, g.R, g.S), dtype=x.dtype)
     for cs, ks in slices:
-        # the group's filters: a contiguous block of each bank, added in place below
-        part = _ungrouped_weight_grad(np.ascontiguousarray(dy[:, ks]), x[:, cs], one, tile,
-                                      None, False)
-        part = part.reshape(tile[0] * tile[1], g.Kg, g.Cg, g.R, g.S)
+        # the group's filters: a block of each bank (strided in out), added in place below
+        _ungrouped_weight_grad(np.ascontiguousarray(dy[:, ks]), x[:, cs], one, tile, part,
+                               False)
         if accumulate:
             view[:, ks] += part
         else:
@@ -447,12 +448,10 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
 
 
 def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate):
-    """The tiled conv's weight gradient at ungrouped g into `out` (None: a fresh array)."""
+    """The tiled conv's weight gradient at ungrouped g, written (or added) into `out`, a
+    C-contiguous array of TP*TQ*K*C*R*S elements."""
     TP, TQ = tile
-    w_shape = tuple(tile) + g.w_shape if tuple(tile) != (1, 1) else g.w_shape
     rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
-    if out is None:
-        out = np.empty(w_shape, dtype=x.dtype)
     direct = (wgrad_direct_tile(g.K, g.S * g.C, x.dtype.itemsize)
               if (TP, TQ) == (1, 1) and g.dilation[1] == 1 else None)
     with _launch_lock:

@@ -5,10 +5,12 @@ there is no reduction over channels: an output is R*S multiply-adds, and the lay
 moving x and y, not by arithmetic (9 FMAs per 8 bytes at 3 x 3). The GEMM microkernels of
 conv2d.py would run with a reduction of R*S and one filter per group; here every pass walks
 planes instead, vectors along q (output columns: contiguous in x and y when the column stride
-is 1), each input row read from L1 by the R*S taps that use it:
+is 1), each input row read from L1 by the R*S taps that use it. With one bank (the shared
+conv) the phase-plane kernels below run (each tap one long loop over a whole plane); the row
+kernels here serve tiled grids:
 
   forward  y[n, k, p, :] = sum_{r, s} w[bank, k, r, s] * xp[n, c, p*sh + r*dh, s*dw + :*sw]
-           one task per plane (n, k): the row accumulated in a buffer, bias first
+           one task per plane (n, k): each row accumulated in place in y, bias first
   wgrad    dw[bank, k, r, s] = sum_{n, p, q in the bank's class} dy[n, k, p, q] * xp[...]
            one task per filter k (owner computes: no shared writes), sums in a fixed order
   dgrad    dxp[n, c, p*sh + r*dh, s*dw + :*sw] += w[bank, k, r, s] * dy[n, k, p, :] over the
@@ -305,13 +307,18 @@ def _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph):
 
 
 @njit(**njit_options(), inline="always")
-def _rows_at(dst, src, P, Q, Wph):
-    """dst's rows p (row stride Wph, first Q columns) = src's rows (row stride Q)."""
+def _rows(wide, packed, P, Q, Wph, back):
+    """wide's rows p (row stride Wph, first Q columns) = packed's rows (row stride Q); back:
+    the other way, packed = wide's first Q columns."""
     for p in range(P):
-        d = dst[p * Wph:p * Wph + Q]
-        s = src[p * Q:(p + 1) * Q]
-        for q in range(Q):
-            d[q] = s[q]
+        w = wide[p * Wph:p * Wph + Q]
+        k = packed[p * Q:(p + 1) * Q]
+        if back:
+            for q in range(Q):
+                k[q] = w[q]
+        else:
+            for q in range(Q):
+                w[q] = k[q]
 
 
 @njit(**njit_options(parallel=True))
@@ -351,11 +358,7 @@ def conv2d_dw_fwd_plane_kernel(x, w, bias, has_bias, y, R, S, sh, sw, dh, dw, ph
                 for s2 in range(s, S):
                     o = _tap_offset(r, s2, dh, dw, sh, sw, Hph, Wph)
                     _axpy(acc, buf[o:o + L], wf[k * RS + r * S + s2])
-            for p in range(P):
-                d = yf[((n * K + k) * P + p) * Q:((n * K + k) * P + p + 1) * Q]
-                a = acc[p * Wph:p * Wph + Q]
-                for q in range(Q):
-                    d[q] = a[q]
+            _rows(acc, yf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph, True)
 
 
 @njit(**njit_options(parallel=True))
@@ -377,7 +380,7 @@ def conv2d_dw_dgrad_plane_kernel(dy, w, dx, R, S, sh, sw, dh, dw, ph, pw, Hph, W
         acc = np.zeros(sh * sw * (Hph * Wph + Wph), dtype=dx.dtype)
         dyb = np.zeros(L, dtype=dx.dtype)
         for k in range(c * M, c * M + M):
-            _rows_at(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph)
+            _rows(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph, False)
             for r in range(R):
                 for s in range(S):
                     o = _tap_offset(r, s, dh, dw, sh, sw, Hph, Wph)
@@ -408,7 +411,7 @@ def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, sh, sw, dh, dw, ph, pw, Hph, 
         for n in range(N):
             _to_phases(buf, xf[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, ph, pw, sh,
                        sw, Hph, Wph)
-            _rows_at(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph)
+            _rows(dyb, dyf[(n * K + k) * P * Q:(n * K + k + 1) * P * Q], P, Q, Wph, False)
             for r in range(R):
                 s = 0
                 while s + 3 <= S:
@@ -432,13 +435,12 @@ def conv2d_dw_wgrad_plane_kernel(dy, x, out, R, S, sh, sw, dh, dw, ph, pw, Hph, 
 
 
 def _plane(g, tile):
-    """(stride, Hph, Wph) of the phase-plane kernels (phase planes of the padded input, each
-    Hph x Wph), or None where the row kernels run (a tiled grid)."""
+    """(Hph, Wph), the size of the phase-plane kernels' planes (the padded input split by the
+    stride), or None where the row kernels run (a tiled grid)."""
     if tuple(tile) != (1, 1):
         return None
     (t, b), (l, r) = g.pads()
-    (sh, sw) = g.stride
-    return sh, sw, -(-(g.H + t + b) // sh), -(-(g.W + l + r) // sw)
+    return -(-(g.H + t + b) // g.stride[0]), -(-(g.W + l + r) // g.stride[1])
 
 
 def _banks(banks):
@@ -457,8 +459,8 @@ def forward(x, banks, bias, g, y):
     with _launch_lock:
         if plane is not None:
             conv2d_dw_fwd_plane_kernel(np.ascontiguousarray(x), _banks(banks), b,
-                                       bias is not None, y, g.R, g.S, *plane[:2],
-                                       *g.dilation, *g.padding, *plane[2:])
+                                       bias is not None, y, g.R, g.S, *g.stride,
+                                       *g.dilation, *g.padding, *plane)
             return
         conv2d_dw_fwd_kernel(np.ascontiguousarray(x), _banks(banks), b, bias is not None, y,
                              g.R, g.S, *g.stride, *g.dilation, *g.padding, TP, TQ)
@@ -471,7 +473,7 @@ def weight_grad(dy, x, g, tile, out, accumulate):
         if plane is not None:
             conv2d_dw_wgrad_plane_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(x),
                                          out.reshape(-1, g.K, g.R * g.S), g.R, g.S,
-                                         *plane[:2], *g.dilation, *g.padding, *plane[2:],
+                                         *g.stride, *g.dilation, *g.padding, *plane,
                                          accumulate)
             return
         conv2d_dw_wgrad_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(x),
@@ -485,7 +487,7 @@ def input_grad(dy, banks, g, dx):
     with _launch_lock:
         if plane is not None:
             conv2d_dw_dgrad_plane_kernel(np.ascontiguousarray(dy), _banks(banks), dx, g.R, g.S,
-                                         *plane[:2], *g.dilation, *g.padding, *plane[2:])
+                                         *g.stride, *g.dilation, *g.padding, *plane)
             return
         conv2d_dw_dgrad_kernel(np.ascontiguousarray(dy), _banks(banks), dx, g.R, g.S,
                                *g.stride, *g.dilation, *g.padding, TP, TQ)

@@ -79,6 +79,18 @@ def _accumulate(dst, src):
         dst[i] = narrow(widen(dst[i]) + src[i], dst)
 
 
+@njit(**njit_options(), inline="always")
+def _store_run(yf, obuf, N, K, G, PQ, pos, nq):
+    """The forwards' outputs of nq consecutive positions from pos, staged in obuf as (q, k,
+    image) with G image columns, into flat NCHW y: each y[n, k, p, q0:q0 + nq] one run
+    (rounded to y's storage as written)."""
+    for n in range(N):
+        for k in range(K):
+            base = (n * K + k) * PQ + pos
+            for qi in range(nq):
+                yf[base + qi] = narrow(obuf[(qi * K + k) * G + n], yf)
+
+
 @lru_cache(maxsize=None)
 def _fwd_kernel(MR, NV, U, WB, DOT):
     # each step reads MR*U weights of WB bytes (one 64-byte line at MR = 8, U = 2 in float32;
@@ -176,11 +188,7 @@ def _fwd_kernel(MR, NV, U, WB, DOT):
                                               bf, (pos + qi) * K + k0, has_bias,
                                               wrow + FWD_PREFETCH * MR * T)
                         k0 += kn
-                for n in range(N):
-                    for k in range(K):
-                        base = (n * K + k) * PQ + pos
-                        for qi in range(nq):
-                            yf[base + qi] = narrow(obuf[(qi * K + k) * G + n], yf)
+                _store_run(yf, obuf, N, K, G, PQ, pos, nq)
                 pos += nq
 
     return local2d_fwd_kernel
@@ -232,11 +240,7 @@ def local2d_dw_fwd_kernel(xt, w, bias, has_bias, y, N, R, S, sh, sw, dh, dw, blo
                                 xs = xf[row + s * dw * GB:row + s * dw * GB + GB]
                                 for i in range(GB):
                                     acc[i] += wv * xs[i]
-            for n in range(N):
-                for k in range(K):
-                    base = (n * K + k) * PQ + pos
-                    for qi in range(nq):
-                        yf[base + qi] = narrow(obuf[(qi * K + k) * G + n], yf)
+            _store_run(yf, obuf, N, K, G, PQ, pos, nq)
             pos += nq
 
 

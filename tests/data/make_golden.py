@@ -24,13 +24,19 @@ CASES = {
 }
 
 
-def make(name, N, C, H, W, K, R, S, stride, padding, dilation, seed):
+def _random(seed):
+    """rand(*shape): float64 values in +-[0.5, 1.5) (never zero) from one generator."""
     g = torch.Generator().manual_seed(seed)
 
-    def rand(*shape):  # values in +-[0.5, 1.5): never zero
+    def rand(*shape):
         mag = torch.rand(*shape, generator=g, dtype=torch.float64) + 0.5
         sign = torch.randint(0, 2, shape, generator=g).to(torch.float64) * 2 - 1
         return mag * sign
+    return rand
+
+
+def make(name, N, C, H, W, K, R, S, stride, padding, dilation, seed):
+    rand = _random(seed)
 
     x = rand(N, C, H, W).requires_grad_()
     w = rand(K, C, R, S).requires_grad_()
@@ -94,12 +100,7 @@ def tiled_torch(x, w, b, stride, padding, dilation):
 
 
 def make_untied(name, layer, N, C, H, W, K, R, S, stride, padding, dilation, tile, seed):
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):  # values in +-[0.5, 1.5): never zero
-        mag = torch.rand(*shape, generator=g, dtype=torch.float64) + 0.5
-        sign = torch.randint(0, 2, shape, generator=g).to(torch.float64) * 2 - 1
-        return mag * sign
+    rand = _random(seed)
 
     P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1
     Q = (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) // stride[1] + 1
@@ -172,12 +173,7 @@ def tiled_grouped_torch(x, w, b, stride, padding, dilation, groups):
 
 def make_grouped(name, layer, N, C, H, W, K, R, S, stride, padding, dilation, tile, groups,
                  seed):
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):  # values in +-[0.5, 1.5): never zero
-        mag = torch.rand(*shape, generator=g, dtype=torch.float64) + 0.5
-        sign = torch.randint(0, 2, shape, generator=g).to(torch.float64) * 2 - 1
-        return mag * sign
+    rand = _random(seed)
 
     P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1
     Q = (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) // stride[1] + 1
