@@ -29,6 +29,22 @@ def data(seed=0):
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
+class EinsumLC(sft.LocallyConnected2d):
+    """The same layer (parameters, initialisation) computed the way Pogodin et al. do: unfold,
+    then one einsum per group with a bank per position. The peer for the step-time comparison."""
+
+    def forward(self, x):
+        N = x.shape[0]
+        P, Q, K, Cg, R, S = self.weight.shape
+        G = self.groups
+        cols = torch.nn.functional.unfold(x, (R, S), dilation=self.dilation,
+                                          padding=self.padding, stride=self.stride)
+        cols = cols.view(N, G, Cg * R * S, P * Q)
+        w = self.weight.view(P * Q, G, K // G, Cg * R * S)
+        y = torch.einsum("ngtl,lgkt->ngkl", cols, w).reshape(N, K, P, Q)
+        return y if self.bias is None else y + self.bias.permute(2, 0, 1)
+
+
 def model(first="local"):
     layer1 = {
         "local": lambda: sft.LocallyConnected2d(1, 16, 3, input_size=(8, 8), padding=1),

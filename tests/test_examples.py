@@ -53,3 +53,27 @@ def test_lc_resnet_example_is_grouped_and_its_einsum_peer_computes_the_same_mode
     assert ours[2].a.groups == 2 and ours[2].a.weight.shape[-3] == 4
     x = torch.randn(5, 1, 8, 8)
     torch.testing.assert_close(ours(x), peer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_topographic_example_peer_computes_the_same_model_and_penalty():
+    import torch
+
+    import sharenet_fast.torch as sft
+    torch.manual_seed(0)
+    ours = topographic_torch.model()
+    peer = topographic_torch.model(digits_torch.EinsumLC)
+    peer.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(ours(x), peer(x), rtol=1e-5, atol=1e-5)
+    # the plain-torch penalty: the same value and gradient as sft.neighbour_penalty (float64,
+    # a zero bank included: the eps branch of the formula)
+    w = torch.randn(5, 4, 3, 2, 3, 3, dtype=torch.float64)
+    w[1, 2, 0] = 0
+    w.requires_grad_(True)
+    w2 = w.detach().clone().requires_grad_(True)
+    a = sft.neighbour_penalty(w, 0.7, metric="cosine", neighbourhood=8)
+    b = topographic_torch.torch_neighbour_penalty(w2, 0.7)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-12)
