@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,17 @@ import numpy as np
 from bench import ops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def slug(text):
+    """A file-name-safe lower-case form of `text` (results files are named by machine)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def results_stem(kind):
+    """bench/results/<kind>_<this CPU's model>_<n>core (no extension)."""
+    return os.path.join(REPO, "bench", "results",
+                        f"{kind}_" + slug(f"{cpu_model()} {os.cpu_count()}core"))
 
 
 def log(msg):
@@ -295,5 +307,3 @@ def startup(name, shape):
             runs[which] = dict(json.loads(proc.stdout.strip().splitlines()[-1]),
                                process_wall_s=time.perf_counter() - t0)
     return runs
-
-

@@ -23,7 +23,6 @@ from sharenet_fast.geometry import ConvGeometry
 
 from bench import cpu
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 _lines = []
 
 
@@ -52,19 +51,20 @@ def _floor(g, pass_, banks, gbps, gflops):
     return max(g.min_bytes(pass_, 4, banks) / gbps / 1e9, g.flops(pass_) / gflops / 1e9)
 
 
-def _stats(samples):
-    med = float(np.median(samples))
-    return med, f"{min(samples) * 1e3:.2f}-{max(samples) * 1e3:.2f}"
+def _dims(N, C, H, W, K, R, S, st, pd, G):
+    return f"{N}x{C}x{H}x{W} -> {K}, {R}x{S}, stride {st}, pad {pd}"
 
 
-def conv_rows(shapes, repeat, gbps, gflops):
+def conv_records(shapes, repeat, gbps, gflops, progress=None):
+    """[record] of the grouped shared conv, ours and torch interleaved, each pass: a dict with
+    the shape, groups, pass, both sides' samples (s) and medians (ours: median_s), the floor
+    and the rel err."""
     import torch
     torch.set_num_threads(os.cpu_count())
-    emit("| shape | groups | pass | ours ms (range) | torch ms (range) | ours / torch speed "
-          "| ours % of floor | torch % of floor | rel err vs torch |")
-    emit("|---|---|---|---|---|---|---|---|---|")
+    out = []
     rng = np.random.default_rng(0)
-    for name, (N, C, H, W, K, R, S, st, pd, G) in shapes.items():
+    for name, dims in shapes.items():
+        N, C, H, W, K, R, S, st, pd, G = dims
         g = ConvGeometry.make(N, C, H, W, K, R, S, st, pd, 1, G)
         x = rng.standard_normal(g.x_shape, dtype=np.float32)
         w = rng.standard_normal(g.w_shape, dtype=np.float32)
@@ -90,23 +90,27 @@ def conv_rows(shapes, repeat, gbps, gflops):
         for a, t in zip(ours_bwd(), torch_bwd()):
             err = max(err, dtypes.rel_err(a, t.numpy()))
         assert err < 1e-4, f"{name}: ours and torch differ (rel err {err:.2g})"
-        for pass_, ours, peer, fl in (
-                ("forward", lambda: sf.conv2d(x, w, b, **kw), torch_fwd, "forward"),
-                ("backward", ours_bwd, torch_bwd, "backward")):
+        for pass_, ours, peer in (("forward", lambda: sf.conv2d(x, w, b, **kw), torch_fwd),
+                                  ("backward", ours_bwd, torch_bwd)):
             ours(), peer()                                   # warm: compile, pages
             t = cpu.measure_interleaved({"ours": ours, "torch": peer}, repeat, 0.3)
-            (mo, ro), (mt, rt) = _stats(t["ours"]), _stats(t["torch"])
-            floor = _floor(g, fl, 1, gbps, gflops)
-            emit(f"| {name} | {G} | {pass_} | {mo * 1e3:.2f} ({ro}) | {mt * 1e3:.2f} ({rt}) | "
-                  f"{mt / mo:.2f}x | {100 * floor / mo:.0f}% | {100 * floor / mt:.0f}% | "
-                  f"{err:.1e} |")
+            out.append(dict(shape=name, dims=_dims(*dims), N=N, groups=G, **{"pass": pass_},
+                            ours_s=t["ours"], torch_s=t["torch"],
+                            median_s=float(np.median(t["ours"])),
+                            torch_median_s=float(np.median(t["torch"])),
+                            floor_s=_floor(g, pass_, 1, gbps, gflops), rel_err=float(err)))
+            if progress:
+                progress(f"groups: conv2d {name} {pass_}")
+    return out
 
 
-def local_rows(shapes, repeat, gbps, gflops):
-    emit("| shape | groups | pass | ms (range) | floor ms | % of floor | bound by |")
-    emit("|---|---|---|---|---|---|---|")
+def local_records(shapes, repeat, gbps, gflops, progress=None):
+    """[record] of local2d at each shape and pass (backward: input + weight gradients): the
+    samples (s), median, floor, % of floor and what bounds it (bytes or FLOPs)."""
+    out = []
     rng = np.random.default_rng(1)
-    for name, (N, C, H, W, K, R, S, st, pd, G) in shapes.items():
+    for name, dims in shapes.items():
+        N, C, H, W, K, R, S, st, pd, G = dims
         g = ConvGeometry.make(N, C, H, W, K, R, S, st, pd, 1, G)
         banks = g.P * g.Q
         x = rng.standard_normal(g.x_shape, dtype=np.float32)
@@ -117,13 +121,45 @@ def local_rows(shapes, repeat, gbps, gflops):
                           ("backward", lambda: sf.local2d_backward(dy, x, w, needs=(
                               "input", "weight"), **kw))):
             fn()
-            med, rng_ms = _stats(cpu.measure(fn, repeat, 0.3))
+            samples = cpu.measure(fn, repeat, 0.3)
             fl = "input_weight" if pass_ == "backward" else "forward"
             mem = g.min_bytes(fl, 4, banks) / gbps / 1e9
             comp = g.flops(fl) / gflops / 1e9
-            floor = max(mem, comp)
-            emit(f"| {name} | {G} | {pass_} | {med * 1e3:.2f} ({rng_ms}) | {floor * 1e3:.2f} | "
-                  f"{100 * floor / med:.0f}% | {'bytes' if mem >= comp else 'FLOPs'} |")
+            med = float(np.median(samples))
+            out.append(dict(shape=name, dims=_dims(*dims), N=N, groups=G, **{"pass": pass_},
+                            samples_s=samples, median_s=med, floor_s=max(mem, comp),
+                            pct_floor=100 * max(mem, comp) / med,
+                            bound="bytes" if mem >= comp else "FLOPs"))
+            if progress:
+                progress(f"groups: local2d {name} {pass_}")
+    return out
+
+
+def _range(samples):
+    return f"{min(samples) * 1e3:.2f}-{max(samples) * 1e3:.2f}"
+
+
+def conv_table(records):
+    lines = ["| shape | groups | pass | ours ms (range) | torch ms (range) | ours / torch speed "
+             "| ours % of floor | torch % of floor | rel err vs torch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        mo, mt, fl = r["median_s"], r["torch_median_s"], r["floor_s"]
+        lines.append(f"| {r['shape']} | {r['groups']} | {r['pass']} | {mo * 1e3:.2f} "
+                     f"({_range(r['ours_s'])}) | {mt * 1e3:.2f} ({_range(r['torch_s'])}) | "
+                     f"{mt / mo:.2f}x | {100 * fl / mo:.0f}% | {100 * fl / mt:.0f}% | "
+                     f"{r['rel_err']:.1e} |")
+    return lines
+
+
+def local_table(records):
+    lines = ["| shape | groups | pass | ms (range) | floor ms | % of floor | bound by |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['shape']} | {r['groups']} | {r['pass']} | {r['median_s'] * 1e3:.2f}"
+                     f" ({_range(r['samples_s'])}) | {r['floor_s'] * 1e3:.2f} | "
+                     f"{r['pct_floor']:.0f}% | {r['bound']} |")
+    return lines
 
 
 def main(argv=None):
@@ -143,15 +179,15 @@ def main(argv=None):
          f"{isa}; read bandwidth {gbps:.1f} GB/s, sgemm {gflops:.0f} GFLOP/s (this run); "
          f"float32")
     if pick(CONV_SHAPES):
-        conv_rows(pick(CONV_SHAPES), args.repeat, gbps, gflops)
+        for line in conv_table(conv_records(pick(CONV_SHAPES), args.repeat, gbps, gflops)):
+            emit(line)
         emit()
     if pick(LOCAL_SHAPES):
-        local_rows(pick(LOCAL_SHAPES), args.repeat, gbps, gflops)
+        for line in local_table(local_records(pick(LOCAL_SHAPES), args.repeat, gbps, gflops)):
+            emit(line)
     if args.save:
-        from bench.report.build import slug
         isa = "_avx2" if os.environ.get("NUMBA_CPU_NAME") == "haswell" else ""
-        path = os.path.join(RESULTS, "groups_" + slug(f"{cpu.cpu_model()} {os.cpu_count()}core")
-                            + isa + ".md")
+        path = cpu.results_stem("groups") + isa + ".md"
         with open(path, "w") as f:
             f.write("\n".join(_lines) + "\n")
         print(f"wrote {path}", file=sys.stderr)

@@ -9,7 +9,9 @@ compile is never timed), and the floor, the bytes that must move over the read b
 measured in the same run (bench.cpu.read_gbps): the banks read once (the penalty alone), plus
 the gradient read and written once (with grad_weight). Each row is checked against the float64
 oracle first (reference.neighbour_penalty; a grid of at most 8x8 of the same banks).
-Then average_banks into a separate out= (floor: the banks read once and written once).
+Then average_banks into a separate out= (floor: the banks read once and written once; and
+the bytes moved per second against the copy bandwidth). `python -m bench --full` runs the same
+rows (bench/report/build.py) and rates them (bench/report/targets.py).
 """
 import argparse
 import sys
@@ -31,6 +33,87 @@ def _check(weight, metric, neighbourhood, wrap):
     return max(abs(got - want) / max(1.0, abs(want)), dtypes.rel_err(grad, dw))
 
 
+def penalty_records(weight, repeat, gbps, wrap=False, progress=None):
+    """[record] of neighbour_penalty on `weight` for each metric, neighbourhood and with/without
+    grad_weight: samples (s), median, floor (bytes over the read bandwidth), % of it, rel err."""
+    row = dtypes.lookup(weight.dtype)
+    grad = np.zeros(weight.shape, row.accum)
+    out = []
+    for metric in ("l2", "cosine"):
+        for n in (4, 8):
+            err = _check(weight, metric, n, wrap)
+            for with_grad in (False, True):
+                kw = dict(metric=metric, neighbourhood=n, wrap=wrap,
+                          grad_weight=grad if with_grad else None)
+                call = (lambda kw=kw: sf.neighbour_penalty(weight, 0.5, **kw))
+                call()                                         # compile, warm the pages
+                samples = cpu.measure(call, max(1, repeat), 0.0)
+                nbytes = weight.nbytes + (2 * grad.nbytes if with_grad else 0)
+                floor, med = nbytes / gbps / 1e9, float(np.median(samples))
+                out.append(dict(banks=_shape(weight), metric=metric, neighbourhood=n,
+                                grad_weight=with_grad,
+                                wrap=wrap, samples_s=samples, median_s=med, floor_s=floor,
+                                pct_floor=100 * floor / med, rel_err=float(err)))
+                if progress:
+                    progress(f"neighbour_penalty {metric}/{n}"
+                             + (" with grad_weight" if with_grad else ""))
+    return out
+
+
+def average_records(weight, repeat, gbps, copy_gbps, progress=None):
+    """[record] of average_banks into a separate out=: samples (s), median, floor (the banks
+    read and written once over the read bandwidth), and the bytes moved per second as % of
+    the copy bandwidth (both measured in the caller's run)."""
+    out = []
+    for groups_of in ("all", (2, 2)):
+        small = np.ascontiguousarray(weight[:8, :8])
+        want = reference.average_banks(small, (8, 8) if groups_of == "all" else groups_of)
+        err = dtypes.rel_err(sf.average_banks(small.copy(), groups_of=groups_of), want)
+        dst = np.empty_like(weight)
+        call = (lambda g=groups_of: sf.average_banks(weight, groups_of=g, out=dst))
+        call()                                                          # compile, touch out
+        samples = cpu.measure(call, max(1, repeat), 0.0)
+        moved = 2 * weight.nbytes                                       # read + write
+        med = float(np.median(samples))
+        out.append(dict(banks=_shape(weight), groups_of=str(groups_of), samples_s=samples, median_s=med,
+                        floor_s=moved / gbps / 1e9, pct_floor=100 * moved / gbps / 1e9 / med,
+                        gbps=moved / med / 1e9, pct_copy=100 * moved / med / 1e9 / copy_gbps,
+                        rel_err=float(err)))
+        if progress:
+            progress(f"average_banks {groups_of}")
+    return out
+
+
+def _shape(weight):
+    return "x".join(map(str, weight.shape)) + f" ({weight.nbytes / 1e6:.0f} MB)"
+
+
+def _range(samples):
+    return f"{min(samples) * 1e3:.1f}-{max(samples) * 1e3:.1f}"
+
+
+def penalty_table(records):
+    lines = ["| metric | neighbourhood | grad_weight | median ms | range ms | floor ms "
+             "| % of floor | rel err |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['metric']} | {r['neighbourhood']} | "
+                     f"{'yes' if r['grad_weight'] else 'no'} | {r['median_s'] * 1e3:.1f} | "
+                     f"{_range(r['samples_s'])} | {r['floor_s'] * 1e3:.1f} | "
+                     f"{r['pct_floor']:.0f}% | {r['rel_err']:.1e} |")
+    return lines
+
+
+def average_table(records):
+    lines = ["| average_banks groups_of | median ms | range ms | floor ms | % of floor | GB/s "
+             "| % of copy | rel err |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['groups_of']} | {r['median_s'] * 1e3:.1f} | "
+                     f"{_range(r['samples_s'])} | {r['floor_s'] * 1e3:.1f} | "
+                     f"{r['pct_floor']:.0f}% | {r['gbps']:.1f} | {r['pct_copy']:.0f}% | "
+                     f"{r['rel_err']:.1e} |")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.neighbour", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,48 +125,22 @@ def main(argv=None):
     ap.add_argument("--wrap", action="store_true")
     ap.add_argument("--read-mb", type=int, default=512, help="the bandwidth probe's array")
     args = ap.parse_args(argv)
-    row = dtypes.lookup(args.dtype)
-    rng = np.random.default_rng(0)
-    shape = tuple(args.grid) + tuple(args.bank)
-    weight = rng.standard_normal(shape, dtype=np.float32).astype(row.storage)
-    grad = np.zeros(shape, row.storage)
+    weight = banks(tuple(args.grid) + tuple(args.bank), args.dtype)
     gbps = cpu.read_gbps(args.read_mb)
-    print(f"# neighbour_penalty, weight {shape} {row.name} ({weight.nbytes / 1e6:.0f} MB), "
-          f"wrap={args.wrap}; {cpu.cpu_model()}; read bandwidth {gbps:.1f} GB/s (this run)")
-    print("| metric | neighbourhood | grad_weight | median ms | range ms | floor ms | % of floor "
-          "| rel err |")
-    print("|---|---|---|---|---|---|---|---|")
-    for metric in ("l2", "cosine"):
-        for n in (4, 8):
-            err = _check(weight, metric, n, args.wrap)
-            for with_grad in (False, True):
-                kw = dict(metric=metric, neighbourhood=n, wrap=args.wrap,
-                          grad_weight=grad if with_grad else None)
-                call = (lambda kw=kw: sf.neighbour_penalty(weight, 0.5, **kw))
-                call()                                         # compile, warm the pages
-                samples = cpu.measure(call, max(1, args.repeat), 0.0)
-                nbytes = weight.nbytes * (3 if with_grad else 1)
-                floor, med = nbytes / gbps / 1e9, float(np.median(samples))
-                print(f"| {metric} | {n} | {'yes' if with_grad else 'no'} | {med * 1e3:.1f} | "
-                      f"{min(samples) * 1e3:.1f}-{max(samples) * 1e3:.1f} | {floor * 1e3:.1f} | "
-                      f"{100 * floor / med:.0f}% | {err:.1e} |")
-                sys.stdout.flush()
+    copy = max(cpu.copy_gbps())
+    print(f"# neighbour_penalty, weight {weight.shape} {args.dtype} "
+          f"({weight.nbytes / 1e6:.0f} MB), wrap={args.wrap}; {cpu.cpu_model()}; read bandwidth "
+          f"{gbps:.1f} GB/s, copy {copy:.1f} GB/s (this run)")
+    print("\n".join(penalty_table(penalty_records(weight, args.repeat, gbps, args.wrap))))
     print()
-    print("| average_banks groups_of | median ms | range ms | floor ms | % of floor | rel err |")
-    print("|---|---|---|---|---|---|")
-    for groups_of in ("all", (2, 2)):
-        small = np.ascontiguousarray(weight[:8, :8])
-        want = reference.average_banks(small, (8, 8) if groups_of == "all" else groups_of)
-        err = dtypes.rel_err(sf.average_banks(small.copy(), groups_of=groups_of), want)
-        out = np.empty_like(weight)
-        call = (lambda g=groups_of: sf.average_banks(weight, groups_of=g, out=out))
-        call()                                                          # compile, touch out
-        samples = cpu.measure(call, max(1, args.repeat), 0.0)
-        floor, med = 2 * weight.nbytes / gbps / 1e9, float(np.median(samples))   # read + write
-        print(f"| {groups_of} | {med * 1e3:.1f} | {min(samples) * 1e3:.1f}-"
-              f"{max(samples) * 1e3:.1f} | {floor * 1e3:.1f} | {100 * floor / med:.0f}% | "
-              f"{err:.1e} |")
+    print("\n".join(average_table(average_records(weight, args.repeat, gbps, copy))))
     return 0
+
+
+def banks(shape, dtype="float32"):
+    """Random banked weights of `shape` in storage dtype `dtype` (seeded)."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(shape, dtype=np.float32).astype(dtypes.lookup(dtype).storage)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ import time
 
 import numpy as np
 
-from bench.cpu import REPO, cpu_model, log, measure_interleaved
+from bench.cpu import cpu_model, log, measure_interleaved, results_stem
 
-RESULTS = os.path.join(REPO, "bench", "results")
 OVERHEAD_TARGET_US = 30.0
 
 
@@ -195,9 +194,7 @@ def main(argv=None):
     print(text)
     paths = [args.json] if args.json else []
     if args.save:
-        from bench.report.build import slug
-
-        stem = os.path.join(RESULTS, "torch_step_" + slug(f"{cpu_model()} {os.cpu_count()}core"))
+        stem = results_stem("torch_step")
         paths.append(stem + ".json")
         with open(stem + ".md", "w") as f:
             f.write(text + "\n")

@@ -355,6 +355,46 @@ def test_full_mode_measures_peak_memory_and_first_call(tmp_path, capsys, monkeyp
     assert "cold cache: first call" in out
 
 
+def test_sharing_ops_tables_and_targets():
+    """The --full run's sharing-op part (bench/sharing.py) on small shapes: every record
+    checked against its oracle and timed, its tables in the report, rated by the targets
+    (grouped speed vs oneDNN, the grouped local layer's gap to ungrouped, the neighbour
+    penalty's floor, average_banks' share of copy); the document stays schema-valid."""
+    pytest.importorskip("torch")
+    from bench import sharing
+
+    limits = dict(read_gbps=40.0, sgemm_gflops=200.0, copy_gbps=30.0)
+    steps = []
+    sh = sharing.sharing_ops(
+        limits, 1, steps.append,
+        conv_shapes={"tiny_g2": (2, 4, 9, 9, 4, 3, 3, 1, 1, 2)},
+        local_shapes={"tiny_g1": (2, 4, 9, 9, 4, 3, 3, 1, 1, 1),
+                      "tiny_dw": (2, 4, 9, 9, 4, 3, 3, 1, 1, 4)},
+        banks=(6, 5, 4, 2, 3, 3))
+    assert len(steps) == 2 + 4 + 8 + 2
+    assert {r["groups"] for r in sh["groups_local"]} == {1, 4}
+    assert all(r["rel_err"] < 1e-4 for r in sh["neighbour"] + sh["average"])
+    doc = make_doc({("s", "conv2d", "forward", "cpu"): [1e-3]})
+    doc["sharing"] = sh
+    assert schema.validate(doc) == []
+    text = report.format_report(doc, markdown=True)
+    for title in ("Grouped and depthwise conv2d", "Grouped local2d", "neighbour_penalty on banks "
+                  "6x5x4x2x3x3", "average_banks into out="):
+        assert title in text
+    lines = "\n".join(targets.section(doc)[1])
+    assert "conv2d tiny_g2 (groups 2) forward: " in lines and "PyTorch's grouped conv" in lines
+    assert "local2d tiny_dw (groups 4) backward: " in lines and "points below" in lines
+    assert "neighbour_penalty cosine, 8-neighbourhood + grad_weight" in lines
+    assert "average_banks groups_of=all" in lines and "% of copy" in lines
+    gap = next(it for it in targets.evaluate(doc) if it.row.metric == "grouped_gap"
+               and it.subject.endswith("forward"))
+    base = next(r for r in sh["groups_local"] if r["groups"] == 1 and r["pass"] == "forward")
+    dw = next(r for r in sh["groups_local"] if r["groups"] == 4 and r["pass"] == "forward")
+    assert gap.rated and gap.value == pytest.approx(base["pct_floor"] - dw["pct_floor"])
+    doc["sharing"]["neighbour"] = [{"median": 1}]
+    assert any("sharing.neighbour" in p for p in schema.validate(doc))
+
+
 def _bench_imports():
     """{module: modules of bench/ and experiments/ it imports}, from the source (every import
     statement, at top level or inside a function)."""

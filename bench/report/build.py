@@ -44,7 +44,6 @@ import json
 import os
 from importlib import metadata
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -54,7 +53,8 @@ import numpy as np
 import sharenet_fast as sf
 from bench import harness, isa, ops, precompile
 from bench.report import schema, targets
-from bench.cpu import REPO, CpuTarget, log, peak_memory, startup
+from bench.cpu import REPO, CpuTarget, log, peak_memory, slug, startup
+from bench.sharing import sharing_ops, sharing_steps, sharing_tables
 from bench.shapes import SUITE, geometry
 
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -210,6 +210,7 @@ def format_report(report, markdown=False):
         "||out - ref|| / ||ref|| against the float64 oracle (conv2d, CPU) or the first peer "
         "(its outputs in our layouts).",
     ]
+    out += sharing_tables(report.get("sharing"), markdown)
     title, lines = targets.section(report)
     if lines:
         out += ["", title + ":"] + [bullet + line for line in lines]
@@ -248,10 +249,6 @@ def versions():
     except OSError:
         v["git"] = None
     return v
-
-
-def slug(text):
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 # ------------------------------------------------------------------------------- main
@@ -400,7 +397,11 @@ def run(args, progress_stream=None, shapes=None):
     steps = harness.plan(target, args.layers, backends, full=full, dtypes=args.dtypes)
     extras = (args.target == "cpu" and args.mode == "full"
               and any(ops.SPECS[layer].sharing == "local" for layer in args.layers))
-    progress = Progress(len(steps) * len(shapes) + (3 if extras else 0), progress_stream)
+    # a --full CPU run of the whole suite also times the sharing ops (grouped layers, the
+    # neighbour penalty, bank averaging) at their own shapes: bench/groups.py, bench/neighbour.py
+    sharing = extras and suite and set(args.layers) == set(ops.LAYERS)
+    progress = Progress(len(steps) * len(shapes) + (3 if extras else 0)
+                        + (sharing_steps() if sharing else 0), progress_stream)
     results = []
     for name, shape in shapes.items():
         progress.log(f"{name}: x {shape.describe()}")
@@ -416,6 +417,8 @@ def run(args, progress_stream=None, shapes=None):
         st = startup(args.shapes[0], shapes[args.shapes[0]])
         progress.step("first call after import, cache cold")
         progress.step("first call after import, cache warm")
+    if sharing:
+        sharing = sharing_ops(limits, args.repeat, progress.step)
     progress.close()
     report = dict(
         schema=schema.VERSION,
@@ -432,7 +435,7 @@ def run(args, progress_stream=None, shapes=None):
                         gflop_forward=ops.SPECS[ops.LAYERS[0]].flops(geometry(s), "forward")
                         / 1e9)
                 for n, s in shapes.items()},
-        results=results, startup=st, peak_memory=peak)
+        results=results, startup=st, peak_memory=peak, sharing=sharing or None)
     problems = schema.validate(report)
     if problems:  # a bug in this file: say so rather than write a file compare.py can't read
         raise RuntimeError("report does not match bench/report/schema.py: "

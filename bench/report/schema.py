@@ -35,6 +35,9 @@ OPT_STR = (str, type(None))
 TOP = {"schema": str, "machine": dict, "versions": dict, "limits": dict, "config": dict,
        "shapes": dict, "results": list, "startup": (dict, type(None)),
        "peak_memory": (dict, type(None))}
+# optional (a --full CPU run has it): the sharing ops' extra tables (bench/cpu.py sharing_ops)
+OPTIONAL = {"sharing": (dict, type(None))}
+SHARING = ("groups_conv", "groups_local", "neighbour", "average")
 MACHINE = {"device": str, "date": str, "load_average_at_start": NUM, "isa": str}
 CONFIG = {"mode": str, "target": str, "backends": list, "repeat": int, "min_time_s": NUM,
           "batch": (int, type(None)), "shapes": list, "layers": list, "tile": list,
@@ -118,8 +121,15 @@ def validate(doc):
         return [f"schema: {doc.get('schema')!r}, expected {VERSION!r} (a file from an older "
                 "bench/report/build.py? re-run python -m bench --json)"]
     _fields("document", doc, TOP, problems)
+    _fields("document", doc, {k: v for k, v in OPTIONAL.items() if k in doc}, problems)
     if problems:
         return problems
+    for name, rows in (doc.get("sharing") or {}).items():
+        if name not in SHARING:
+            problems.append(f"sharing.{name}: not one of {SHARING}")
+        elif not isinstance(rows, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("median_s"), NUM) for r in rows):
+            problems.append(f"sharing.{name}: expected a list of timings with median_s")
     _fields("machine", doc["machine"], MACHINE, problems)
     _fields("config", doc["config"], CONFIG, problems)
     bad = [v for v in doc["config"].get("layers") or () if v not in CHOICES["layer"]]

@@ -82,6 +82,12 @@ TABLE = tuple(Target(*row) for row in (
     ("bf16_speedup",     "cpu", "cpu", LOCAL, PEN16, "speedup",     ">= 1.8", ANY,  ANY, PEN),
     ("bf16_speedup",     "cpu", "cpu", CONV,  FWD16, "speedup",     "-",      ANY,  ANY, FWD),
     ("bf16_speedup",     "cpu", "cpu", CONV,  BWD16, "speedup",     "-",      ANY,  ANY, "backward"),
+    # the sharing ops' own tables (a --full CPU run: bench/cpu.py sharing_ops)
+    ("grouped_vs_onednn", "cpu", "cpu", CONV, FB,  "grouped_speed", ">= 0.9", ANY,  ANY, ONEDNN),
+    ("grouped_floor_gap", "cpu", "cpu", LOCAL, FB, "grouped_gap",   "<= 10",  ANY,  ANY, "-"),
+    ("neighbour_floor",  "cpu", "cpu", ANY,   ANY, "neighbour_floor", ">= 70", ANY, ANY, "-"),
+    ("neighbour_floor",  "cpu", "cpu", ANY,   ANY, "neighbour_alone", "-",    ANY,  ANY, "-"),
+    ("average_copy",     "cpu", "cpu", ANY,   ANY, "average_copy",  ">= 70",  ANY,  ANY, "-"),
     ("conv_vs_cudnn",    "gpu", NC,    CONV,  FB,  "speed",         ">= 0.5", ANY,  64,  CUDNN),
     ("conv_vs_cudnn",    "gpu", CP,    CONV,  FB,  "speed",         ">= 0.8", ANY,  64,  CUDNN),
     ("local_stream",     "gpu", NC,    LOCAL, FB,  "weight_stream", ">= 60",  ANY,  64,  "-"),
@@ -252,6 +258,32 @@ def _slower_ops(report, row, by):
     return out
 
 
+def _sharing(kind, pick, value, subject, figure):
+    """Items of one table of the run's sharing ops (report["sharing"][kind]): the records
+    `pick(record, records)` keeps, each with value(r, rs), subject(r) and figure(r, v, rs)."""
+    def items(report, row, by):
+        if row.impl not in report["config"]["backends"]:
+            return []
+        rs = (report.get("sharing") or {}).get(kind) or []
+        out = []
+        for r in rs:
+            if pick(r, rs):
+                v = value(r, rs)
+                out.append(Item(row, r.get("shape", "-"), r.get("N", ANY),
+                                f"{row.impl}: {subject(r)}", figure(r, v, rs), v))
+        return out
+    return items
+
+
+def _ungrouped(r, rs):
+    return next((o for o in rs if o["groups"] == 1 and o["pass"] == r["pass"]), None)
+
+
+def _neighbour_subject(r):
+    return (f"neighbour_penalty {r['metric']}, {r['neighbourhood']}-neighbourhood"
+            + (" + grad_weight" if r["grad_weight"] else "") + f" (banks {r['banks']})")
+
+
 METRICS = {
     "floor": Metric("%", _per_record(
         lambda r, o: r["pct_floor"],
@@ -273,6 +305,29 @@ METRICS = {
         lambda r, o, v, d: f"{v:.2f}x the time of {d()}", True)),
     "peak_memory": Metric("x the weights", _peak_memory),
     "slower_ops": Metric(" ops slower", _slower_ops),
+    "grouped_speed": Metric("x", _sharing(
+        "groups_conv", lambda r, rs: True,
+        lambda r, rs: r["torch_median_s"] / r["median_s"],
+        lambda r: f"conv2d {r['shape']} (groups {r['groups']}) {r['pass']}",
+        lambda r, v, rs: f"{v:.2f}x the speed of PyTorch's grouped conv (oneDNN)")),
+    "grouped_gap": Metric(" points", _sharing(
+        "groups_local", lambda r, rs: r["groups"] > 1 and _ungrouped(r, rs) is not None,
+        lambda r, rs: _ungrouped(r, rs)["pct_floor"] - r["pct_floor"],
+        lambda r: f"local2d {r['shape']} (groups {r['groups']}) {r['pass']}",
+        lambda r, v, rs: (f"{r['pct_floor']:.0f}% of its floor, ungrouped "
+                          f"{_ungrouped(r, rs)['pct_floor']:.0f}%: {v:.0f} points below"))),
+    "neighbour_floor": Metric("%", _sharing(
+        "neighbour", lambda r, rs: r["grad_weight"], lambda r, rs: r["pct_floor"],
+        _neighbour_subject,
+        lambda r, v, rs: f"{r['median_s'] * 1e3:.1f} ms = {v:.0f}% of its floor")),
+    "neighbour_alone": Metric("%", _sharing(
+        "neighbour", lambda r, rs: not r["grad_weight"], lambda r, rs: r["pct_floor"],
+        _neighbour_subject,
+        lambda r, v, rs: f"{r['median_s'] * 1e3:.1f} ms = {v:.0f}% of its floor")),
+    "average_copy": Metric("%", _sharing(
+        "average", lambda r, rs: True, lambda r, rs: r["pct_copy"],
+        lambda r: f"average_banks groups_of={r['groups_of']} (banks {r['banks']})",
+        lambda r, v, rs: f"{r['gbps']:.1f} GB/s = {v:.0f}% of copy")),
 }
 
 
