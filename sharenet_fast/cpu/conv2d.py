@@ -106,9 +106,10 @@ def _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw, dh, d
 @lru_cache(maxsize=None)
 def _fwd_kernel(MR, NV):
     @njit(**njit_options(parallel=True))
-    def conv2d_fwd_kernel(xh, wt, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ):
-        """xh: padded NHWC input; wt: TP*TQ banks of (R*S*C, K), filters innermost; y: (N, K,
-        P, Q) output; bias (TP*TQ*K).
+    def conv2d_fwd_kernel(xh, wt, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ, k_base):
+        """xh: padded NHWC input; wt: TP*TQ banks of (R*S*C, K), filters innermost; y: (N, KY,
+        P, Q) output, of which this call writes filters k_base..k_base+K (a group of a grouped
+        conv writes its slice of y in place); bias (TP*TQ*K).
 
         Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1). One task = one
         output row (n, p): gather its Q patches (rows of R*S*C, unit stride along (s, c) when
@@ -119,7 +120,8 @@ def _fwd_kernel(MR, NV):
         y's row n, k, p as runs along q.
         """
         N, Hp, Wp, C = xh.shape
-        _, K, P, Q = y.shape
+        _, KY, P, Q = y.shape
+        K = wt.shape[2]
         T = R * S * C
         VK = NV * lanes_of(y)
         xf = xh.ravel()
@@ -145,7 +147,7 @@ def _fwd_kernel(MR, NV):
                                       wf, bank * T * K + k0, K, T, 0,
                                       obuf, i0 * K + k0, K, 1, min(MR, row + nq - i0),
                                       min(VK, K - k0), False, obuf, 0, False, 0)
-                base = n * K * P * Q + p * Q
+                base = (n * KY + k_base) * P * Q + p * Q
                 for k in range(K):
                     bk = bias[bank * K + k] if has_bias else typed_zero(y)
                     for j in range(nq):
@@ -179,12 +181,9 @@ def _layer_forward(x, banks, bias, g):
     elif g.groups == 1:
         _forward(x, banks, bias, g.pads(), g.stride, g.dilation, y)
     else:
-        slices, one = _groups(g)
-        yg = np.empty(one.y_shape, dtype=x.dtype)
-        for cs, ks in slices:
+        for cs, ks in _groups(g)[0]:   # each group writes its filters' planes of y
             _forward(x[:, cs], banks[:, :, ks], None if bias is None else bias[:, :, ks],
-                     g.pads(), g.stride, g.dilation, yg)
-            y[:, ks] = yg
+                     g.pads(), g.stride, g.dilation, y, ks.start)
     return y
 
 
@@ -192,10 +191,10 @@ def _layer_forward(x, banks, bias, g):
 def _fwd_rows_kernel(MR, NV):
 
     @njit(**njit_options(parallel=True))
-    def conv2d_fwd_rows_kernel(xp, w, bias, has_bias, y, R, S, sh, dh, dw):
+    def conv2d_fwd_rows_kernel(xp, w, bias, has_bias, y, R, S, sh, dh, dw, k_base):
         """The shared conv forward with vectors along q (the other orientation of
         conv2d_fwd_kernel, for few filters and unit column stride): xp: padded NCHW input;
-        w: (K, C*R*S) in its own layout; y: (N, K, P, Q).
+        w: (K, C*R*S) in its own layout; y: (N, KY, P, Q), filters k_base..k_base+K written.
 
         One task = one output row (n, p): y[n, :, p, :] (K x Q) = W (K x T) . X, where X's row
         t = (c, r, s) is the run of Q inputs of row (n, c, p*sh + r*dh) from column s*dw on,
@@ -205,7 +204,8 @@ def _fwd_rows_kernel(MR, NV):
         load per FMA.
         """
         N, C, Hp, Wp = xp.shape
-        _, K, P, Q = y.shape
+        _, KY, P, Q = y.shape
+        K = w.shape[0]
         T = C * R * S
         VQ = NV * lanes_of(y)
         xf = xp.ravel()
@@ -220,7 +220,8 @@ def _fwd_rows_kernel(MR, NV):
                     # steps (c, r, s): B row = input row (n, c, p*sh + r*dh) from column
                     # s*dw + q0, read in place
                     outer_product_nested(MR, NV, wf, k0 * T, T, 1, xf, row0 + q0, dw, S,
-                                         yf, ((n * K + k0) * P + p) * Q + q0, P * Q, 1,
+                                         yf, ((n * KY + k_base + k0) * P + p) * Q + q0,
+                                         P * Q, 1,
                                          min(MR, K - k0), min(VQ, Q - q0), False,
                                          bias, k0, has_bias, R, dh * Wp, C, Hp * Wp)
 
@@ -233,12 +234,13 @@ def _rows_form(TP, TQ, K, stride, itemsize):
     return (TP, TQ) == (1, 1) and stride[1] == 1 and -(-K // lanes(itemsize)) < CONV_NVMAX
 
 
-def _forward(x, banks, bias, pads, stride, dilation, y):
-    """y = tiled conv of x zero-padded by `pads` (_padded) with banks (TP, TQ, K, C, R, S),
-    bias (TP, TQ, K) or None."""
+def _forward(x, banks, bias, pads, stride, dilation, y, k_base=0):
+    """y[:, k_base:k_base + K] = tiled conv of x zero-padded by `pads` (_padded) with banks
+    (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None; y (N, >= k_base + K, P, Q) C-contiguous."""
     TP, TQ, K, C, R, S = banks.shape
     T = R * S * C
-    b = bias.reshape(-1) if bias is not None else np.zeros(1, dtype=x.dtype)
+    b = (np.ascontiguousarray(bias).reshape(-1) if bias is not None
+         else np.zeros(1, dtype=x.dtype))
     if _rows_form(TP, TQ, K, stride, x.dtype.itemsize):
         Q = y.shape[3]
         NV = max(1, min(CONV_ROWS_NVMAX, -(-Q // lanes(x.dtype.itemsize))))
@@ -246,14 +248,14 @@ def _forward(x, banks, bias, pads, stride, dilation, y):
         with _launch_lock:
             xp = _padded(x, pads, "nchw", "fwd_x")
             kernel(xp, np.ascontiguousarray(banks.reshape(K, C * R * S)), b, bias is not None,
-                   y, R, S, stride[0], *dilation)
+                   y, R, S, stride[0], *dilation, k_base)
         return
     kernel = _fwd_kernel(*conv_tile(K, x.dtype.itemsize))
     with _launch_lock:
         xh = _padded(x, pads, "nhwc", "fwd_x")
         wt = scratch("fwd_w", (TP * TQ, T, K), x.dtype)
         wt.reshape(TP, TQ, R, S, C, K)[...] = banks.transpose(0, 1, 4, 5, 3, 2)
-        kernel(xh, wt, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ)
+        kernel(xh, wt, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ, k_base)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -571,16 +573,17 @@ def _layer_input_grad(dy, banks, g):
         return _input_grad(dy, banks, g)
     slices, one = _groups(g)
     dx = np.empty(g.x_shape, dtype=dy.dtype)
-    for cs, ks in slices:
-        dx[:, cs] = _input_grad(dy[:, ks], banks[:, :, ks], one)
+    for cs, ks in slices:      # each group writes its channels' planes of dx
+        _input_grad(dy[:, ks], banks[:, :, ks], one, dx, cs.start)
     return dx
 
 
-def _input_grad(dy, banks, g):
+def _input_grad(dy, banks, g, dx=None, c_base=0):
     """Input gradient of the tiled conv with banks (TP, TQ, K, C, R, S) (shared: 1 x 1) at
-    ungrouped g."""
+    ungrouped g: into dx[:, c_base:c_base + C] (dx None: a new (N, C, H, W) array)."""
     TP, TQ, K, C, R, S = banks.shape
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    if dx is None:
+        dx = np.empty(g.x_shape, dtype=dy.dtype)
     if g.stride == (1, 1):
         # With stride 1 the input gradient is itself a convolution: dy padded by
         # dilation*(R-1) - padding, correlated with the flipped kernel with K and C swapped.
@@ -603,7 +606,7 @@ def _input_grad(dy, banks, g):
         (th, bh), (tw, bw) = g.pads()
         eh, ew = dh * (R - 1), dw * (S - 1)
         _forward(dy, flipped, None, ((eh - th, eh - bh), (ew - tw, ew - bw)), (1, 1),
-                 g.dilation, dx)
+                 g.dilation, dx, c_base)
         return dx
     with _launch_lock:
         dyt = scratch("dgrad_dy", (g.N, g.P, g.Q, K), dy.dtype)
@@ -611,8 +614,9 @@ def _input_grad(dy, banks, g):
         wt = scratch("dgrad_w", (TP, TQ, R, K, S, C), dy.dtype)
         wt[...] = banks.transpose(0, 1, 4, 2, 5, 3)
         kernel = _dgrad_kernel(*conv_tile(S * C, dy.dtype.itemsize))
-        kernel(dyt, wt.reshape(TP * TQ * R, K * S * C), dx, g.H, g.W, *g.padding, *g.stride,
-               *g.dilation, TP, TQ)
+        # a channel slice of dx is a strided view: the kernel indexes dx 4-D
+        kernel(dyt, wt.reshape(TP * TQ * R, K * S * C), dx[:, c_base:c_base + C], g.H, g.W,
+               *g.padding, *g.stride, *g.dilation, TP, TQ)
     return dx
 
 
