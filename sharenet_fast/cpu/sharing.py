@@ -18,7 +18,7 @@ from numba.extending import overload
 
 from .. import config, dtypes
 from ..reference import COSINE_EPS, NEIGHBOURHOODS, neighbour_count
-from ._simd import narrow, widen
+from ._simd import narrow, stream_copy, widen
 from ._workspace import launch_lock
 
 
@@ -290,13 +290,27 @@ def neighbour_penalty(weight, strength, metric, neighbourhood, wrap, grad_weight
 
 
 # ------------------------------------------------------------------------- bank averaging
+def _mean_row(o, m):
+    """An empty row of m elements in the type o's elements are written from: float64 for
+    float64 banks, else float32 (rounded to 16-bit storage by the store)."""
+
+
+@overload(_mean_row, inline="always")
+def _mean_row_impl(o, m):
+    if o.dtype == types.float64:
+        return lambda o, m: np.empty(m, np.float64)
+    return lambda o, m: np.empty(m, np.float32)
+
+
 @njit(**config.njit_options(parallel=True))
 def average_banks_kernel(w, out, gp, gq, chunk):
     """w, out: (TP, TQ, L) banks (out may be w: in place). Each block of gp x gq positions
     (the last ones clipped at the grid's edge) gets the mean of its banks, summed in float64.
-    A task takes one chunk of a bank's elements over one row of blocks: it reads the block's
-    chunks, then writes them, so in place is safe and each element is read and written once
-    (the block's chunks, gp*gq*chunk elements, stay in cache between the two)."""
+    A task takes one chunk of a bank's elements over one row of blocks: it sums the block's
+    chunks, then writes their mean over them, so in place is safe and each element is read
+    and written once. The mean is written with non-temporal stores (the banks are not read
+    again soon: an ordinary store would first read each line of out for ownership, a third
+    stream)."""
     TP, TQ, L = w.shape
     nbp, nbq = (TP + gp - 1) // gp, (TQ + gq - 1) // gq
     nchunks = (L + chunk - 1) // chunk
@@ -306,22 +320,29 @@ def average_banks_kernel(w, out, gp, gq, chunk):
         p0 = (t % nbp) * gp
         p1 = min(TP, p0 + gp)
         acc = np.empty(m, np.float64)
+        mean = _mean_row(out, m)
         for bq in range(nbq):
             q0 = bq * gq
             q1 = min(TQ, q0 + gq)
             for i in range(m):
                 acc[i] = 0.0
             for p in range(p0, p1):
-                for q in range(q0, q1):
+                # two banks per pass over acc: half the passes over it (load, add, store)
+                for q in range(q0, q1 - 1, 2):
                     a = w[p, q, lo:lo + m]
+                    b = w[p, q + 1, lo:lo + m]
+                    for i in range(m):
+                        acc[i] += np.float64(widen(a[i])) + np.float64(widen(b[i]))
+                if (q1 - q0) % 2:
+                    a = w[p, q1 - 1, lo:lo + m]
                     for i in range(m):
                         acc[i] += widen(a[i])
             inv = 1.0 / ((p1 - p0) * (q1 - q0))
+            for i in range(m):
+                mean[i] = acc[i] * inv
             for p in range(p0, p1):
                 for q in range(q0, q1):
-                    o = out[p, q, lo:lo + m]
-                    for i in range(m):
-                        _store(o, i, acc[i] * inv)
+                    stream_copy(out[p, q], lo, mean, 0, m)
 
 
 def average_banks(weight, groups_of, out):
@@ -331,9 +352,10 @@ def average_banks(weight, groups_of, out):
     w = dtypes.kernel_view(weight).reshape(TP, TQ, -1)
     o = dtypes.kernel_view(out).reshape(TP, TQ, -1)
     gp, gq = min(groups_of[0], TP), min(groups_of[1], TQ)
-    # a block's chunks in about 256 KB (L2) between the read and the write, at least
-    # AVERAGE_CHUNK elements a run (the summation order does not depend on the chunk)
-    chunk = max(config.AVERAGE_CHUNK, (1 << 16) // (gp * gq))
+    # the summation order does not depend on the chunk; longer runs where tasks are plenty
+    chunk = config.AVERAGE_CHUNK
+    if -(-TP // gp) * -(-w.shape[2] // (2 * chunk)) >= 64:
+        chunk *= 2
     with launch_lock:
         average_banks_kernel(w, o, gp, gq, chunk)
     return out
