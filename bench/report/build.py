@@ -5,8 +5,9 @@
                                         with the kernels in Numba's cache: bench/precompile.py;
                                         --dtypes float32,bfloat16: ~115 s / ~70 s)
     python -m bench --full              the docs/design.md suite at its own batch, float32 and
-                                        bfloat16, plus the local2d peak memory and the
-                                        first-call-after-import cost
+                                        bfloat16, plus the local2d peak memory, the
+                                        first-call-after-import cost and the sharing ops'
+                                        tables (bench/sharing.py)
     python -m bench --gpu [--full]      the same on the GPU (batch 8, --full: batch 64) with every
                                         available GPU backend, cuDNN with TF32 off as the peer
     python -m bench --isa avx2 [...]    the CPU run again in a child process compiled for AVX2
