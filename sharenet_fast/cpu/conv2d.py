@@ -323,9 +323,11 @@ def _wgrad_kernel(MR, NV):
 @lru_cache(maxsize=None)
 def _wgrad_direct_kernel(MR, NV):
     @njit(**njit_options(parallel=True))
-    def conv2d_wgrad_direct_kernel(dy, xh, partial, R, S, sh, sw, dh, rows):
+    def conv2d_wgrad_direct_kernel(dy, xh, partial, R, S, sh, sw, dh, rows, k_base):
         """The shared conv's weight gradient read in place (no gathered patches, no copy of
-        dy): dy (N, K, P, Q); xh: padded NHWC input; partial: (B, 1, K, R*S*C) as in
+        dy): dy (N, KY, P, Q), of which filters k_base..k_base+K are read (a group of a
+        grouped conv reads its slice of dy in place); xh: padded NHWC input; partial:
+        (B, 1, K, R*S*C) as in
         conv2d_wgrad_kernel, the same work units and owners. Column dilation 1: tap r's S*C
         inputs under (p, q) are one run of xh's row p*sh + r*dh from column q*sw.
 
@@ -335,9 +337,9 @@ def _wgrad_direct_kernel(MR, NV):
         per q, sh rows per p), the unit's positions reduced in registers. Where C*S fills whole
         vectors this does the GEMM of conv2d_wgrad_kernel without writing and re-reading its
         patch matrix (8 MB per image at deepface_l4)."""
-        N, K, P, Q = dy.shape
+        N, KY, P, Q = dy.shape
         _, Hp, Wp, C = xh.shape
-        B = partial.shape[0]
+        B, _, K, _ = partial.shape
         SC = S * C
         T = R * SC
         chunks = (P + rows - 1) // rows
@@ -356,7 +358,8 @@ def _wgrad_direct_kernel(MR, NV):
                     xrow = (n * Hp + p0 * sh + r * dh) * Wp * C
                     for sc0 in range(0, SC, VT):
                         for k0 in range(0, K, MR):
-                            outer_product_nested(MR, NV, dyf, ((n * K + k0) * P + p0) * Q,
+                            outer_product_nested(MR, NV, dyf,
+                                                 ((n * KY + k_base + k0) * P + p0) * Q,
                                                  P * Q, 1, xf, xrow + sc0, sw * C, Q,
                                                  pf, (b * K + k0) * T + r * SC + sc0, T, 1,
                                                  min(MR, K - k0), min(VT, SC - sc0), True,
@@ -438,10 +441,10 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     banks = tile[0] * tile[1]
     view = out.reshape(banks, g.K, g.Cg, g.R, g.S)
     part = np.empty((banks, g.Kg, g.Cg, g.R, g.S), dtype=x.dtype)
+    dy = np.ascontiguousarray(dy)
     for cs, ks in slices:
         # the group's filters: a block of each bank (strided in out), added in place below
-        _ungrouped_weight_grad(np.ascontiguousarray(dy[:, ks]), x[:, cs], one, tile, part,
-                               False)
+        _ungrouped_weight_grad(dy, x[:, cs], one, tile, part, False, ks.start)
         if accumulate:
             view[:, ks] += part
         else:
@@ -449,9 +452,10 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     return out
 
 
-def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate):
+def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate, k_base=0):
     """The tiled conv's weight gradient at ungrouped g, written (or added) into `out`, a
-    C-contiguous array of TP*TQ*K*C*R*S elements."""
+    C-contiguous array of TP*TQ*K*C*R*S elements; dy's filters k_base..k_base+K (dy may hold
+    more: a grouped conv's whole dy)."""
     TP, TQ = tile
     rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
     direct = (wgrad_direct_tile(g.K, g.S * g.C, x.dtype.itemsize)
@@ -461,9 +465,10 @@ def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate):
         partial = scratch("wgrad_partial", (nparts, TP * TQ, g.K, g.R * g.S * g.C), x.dtype)
         if direct is not None:
             _wgrad_direct_kernel(*direct)(np.ascontiguousarray(dy), xh, partial, g.R, g.S,
-                                          *g.stride, g.dilation[0], rows)
+                                          *g.stride, g.dilation[0], rows, k_base)
         else:
-            dyd = _deinterleaved(dy, TQ, "wgrad_dy")
+            dyd = _deinterleaved(np.ascontiguousarray(dy[:, k_base:k_base + g.K]), TQ,
+                                 "wgrad_dy")
             _wgrad_kernel(*conv_tile(g.K, x.dtype.itemsize))(
                 dyd, xh, partial, g.Q, g.R, g.S, *g.stride, *g.dilation, rows, TP, TQ)
         # partial banks are (K, R, S, C); out is (..., K, C, R, S)
