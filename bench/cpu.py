@@ -33,6 +33,11 @@ def results_stem(kind):
                         f"{kind}_" + slug(f"{cpu_model()} {os.cpu_count()}core"))
 
 
+def ms_range(samples, digits=2):
+    """'min-max' of timing samples (seconds) in milliseconds, for the tables' range columns."""
+    return f"{min(samples) * 1e3:.{digits}f}-{max(samples) * 1e3:.{digits}f}"
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 

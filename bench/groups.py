@@ -135,10 +135,6 @@ def local_records(shapes, repeat, gbps, gflops, progress=None):
     return out
 
 
-def _range(samples):
-    return f"{min(samples) * 1e3:.2f}-{max(samples) * 1e3:.2f}"
-
-
 def conv_table(records):
     lines = ["| shape | groups | pass | ours ms (range) | torch ms (range) | ours / torch speed "
              "| ours % of floor | torch % of floor | rel err vs torch |",
@@ -146,7 +142,8 @@ def conv_table(records):
     for r in records:
         mo, mt, fl = r["median_s"], r["torch_median_s"], r["floor_s"]
         lines.append(f"| {r['shape']} | {r['groups']} | {r['pass']} | {mo * 1e3:.2f} "
-                     f"({_range(r['ours_s'])}) | {mt * 1e3:.2f} ({_range(r['torch_s'])}) | "
+                     f"({cpu.ms_range(r['ours_s'])}) | {mt * 1e3:.2f} "
+                     f"({cpu.ms_range(r['torch_s'])}) | "
                      f"{mt / mo:.2f}x | {100 * fl / mo:.0f}% | {100 * fl / mt:.0f}% | "
                      f"{r['rel_err']:.1e} |")
     return lines
@@ -157,7 +154,7 @@ def local_table(records):
              "|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['shape']} | {r['groups']} | {r['pass']} | {r['median_s'] * 1e3:.2f}"
-                     f" ({_range(r['samples_s'])}) | {r['floor_s'] * 1e3:.2f} | "
+                     f" ({cpu.ms_range(r['samples_s'])}) | {r['floor_s'] * 1e3:.2f} | "
                      f"{r['pct_floor']:.0f}% | {r['bound']} |")
     return lines
 

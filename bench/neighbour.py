@@ -33,14 +33,21 @@ def _check(weight, metric, neighbourhood, wrap):
     return max(abs(got - want) / max(1.0, abs(want)), dtypes.rel_err(grad, dw))
 
 
+# what the tables time: every metric x neighbourhood, with and without grad_weight; two
+# blockings of average_banks (bench/sharing.py counts its progress steps from these)
+METRICS = ("l2", "cosine")
+NEIGHBOURHOODS = (4, 8)
+GROUPS_OF = ("all", (2, 2))
+
+
 def penalty_records(weight, repeat, gbps, wrap=False, progress=None):
     """[record] of neighbour_penalty on `weight` for each metric, neighbourhood and with/without
     grad_weight: samples (s), median, floor (bytes over the read bandwidth), % of it, rel err."""
     row = dtypes.lookup(weight.dtype)
     grad = np.zeros(weight.shape, row.accum)
     out = []
-    for metric in ("l2", "cosine"):
-        for n in (4, 8):
+    for metric in METRICS:
+        for n in NEIGHBOURHOODS:
             err = _check(weight, metric, n, wrap)
             for with_grad in (False, True):
                 kw = dict(metric=metric, neighbourhood=n, wrap=wrap,
@@ -65,7 +72,7 @@ def average_records(weight, repeat, gbps, copy_gbps, progress=None):
     read and written once over the read bandwidth), and the bytes moved per second as % of
     the copy bandwidth (both measured in the caller's run)."""
     out = []
-    for groups_of in ("all", (2, 2)):
+    for groups_of in GROUPS_OF:
         small = np.ascontiguousarray(weight[:8, :8])
         want = reference.average_banks(small, (8, 8) if groups_of == "all" else groups_of)
         err = dtypes.rel_err(sf.average_banks(small.copy(), groups_of=groups_of), want)
@@ -74,9 +81,9 @@ def average_records(weight, repeat, gbps, copy_gbps, progress=None):
         call()                                                          # compile, touch out
         samples = cpu.measure(call, max(1, repeat), 0.0)
         moved = 2 * weight.nbytes                                       # read + write
-        med = float(np.median(samples))
-        out.append(dict(banks=_shape(weight), groups_of=str(groups_of), samples_s=samples, median_s=med,
-                        floor_s=moved / gbps / 1e9, pct_floor=100 * moved / gbps / 1e9 / med,
+        floor, med = moved / gbps / 1e9, float(np.median(samples))
+        out.append(dict(banks=_shape(weight), groups_of=str(groups_of), samples_s=samples,
+                        median_s=med, floor_s=floor, pct_floor=100 * floor / med,
                         gbps=moved / med / 1e9, pct_copy=100 * moved / med / 1e9 / copy_gbps,
                         rel_err=float(err)))
         if progress:
@@ -88,17 +95,13 @@ def _shape(weight):
     return "x".join(map(str, weight.shape)) + f" ({weight.nbytes / 1e6:.0f} MB)"
 
 
-def _range(samples):
-    return f"{min(samples) * 1e3:.1f}-{max(samples) * 1e3:.1f}"
-
-
 def penalty_table(records):
     lines = ["| metric | neighbourhood | grad_weight | median ms | range ms | floor ms "
              "| % of floor | rel err |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['metric']} | {r['neighbourhood']} | "
                      f"{'yes' if r['grad_weight'] else 'no'} | {r['median_s'] * 1e3:.1f} | "
-                     f"{_range(r['samples_s'])} | {r['floor_s'] * 1e3:.1f} | "
+                     f"{cpu.ms_range(r['samples_s'], 1)} | {r['floor_s'] * 1e3:.1f} | "
                      f"{r['pct_floor']:.0f}% | {r['rel_err']:.1e} |")
     return lines
 
@@ -108,7 +111,7 @@ def average_table(records):
              "| % of copy | rel err |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['groups_of']} | {r['median_s'] * 1e3:.1f} | "
-                     f"{_range(r['samples_s'])} | {r['floor_s'] * 1e3:.1f} | "
+                     f"{cpu.ms_range(r['samples_s'], 1)} | {r['floor_s'] * 1e3:.1f} | "
                      f"{r['pct_floor']:.0f}% | {r['gbps']:.1f} | {r['pct_copy']:.0f}% | "
                      f"{r['rel_err']:.1e} |")
     return lines

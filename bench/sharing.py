@@ -26,9 +26,14 @@ def sharing_ops(limits, repeat, step=None, conv_shapes=None, local_shapes=None,
     return out
 
 
-def sharing_steps():
-    """How many records (progress steps) sharing_ops makes."""
-    return 2 * (len(groups.CONV_SHAPES) + len(groups.LOCAL_SHAPES)) + 2 * 2 * 2 + 2
+def sharing_steps(conv_shapes=None, local_shapes=None):
+    """How many records (progress steps) sharing_ops makes with these shapes (the same
+    defaults)."""
+    conv_shapes = groups.CONV_SHAPES if conv_shapes is None else conv_shapes
+    local_shapes = groups.LOCAL_SHAPES if local_shapes is None else local_shapes
+    return (2 * (len(conv_shapes) + len(local_shapes))
+            + 2 * len(neighbour.METRICS) * len(neighbour.NEIGHBOURHOODS)
+            + len(neighbour.GROUPS_OF))
 
 
 def sharing_tables(sharing, markdown=False):

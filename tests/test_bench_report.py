@@ -365,13 +365,11 @@ def test_sharing_ops_tables_and_targets():
 
     limits = dict(read_gbps=40.0, sgemm_gflops=200.0, copy_gbps=30.0)
     steps = []
-    sh = sharing.sharing_ops(
-        limits, 1, steps.append,
-        conv_shapes={"tiny_g2": (2, 4, 9, 9, 4, 3, 3, 1, 1, 2)},
-        local_shapes={"tiny_g1": (2, 4, 9, 9, 4, 3, 3, 1, 1, 1),
-                      "tiny_dw": (2, 4, 9, 9, 4, 3, 3, 1, 1, 4)},
-        banks=(6, 5, 4, 2, 3, 3))
-    assert len(steps) == 2 + 4 + 8 + 2
+    conv = {"tiny_g2": (2, 4, 9, 9, 4, 3, 3, 1, 1, 2)}
+    local = {"tiny_g1": (2, 4, 9, 9, 4, 3, 3, 1, 1, 1), "tiny_dw": (2, 4, 9, 9, 4, 3, 3, 1, 1, 4)}
+    sh = sharing.sharing_ops(limits, 1, steps.append, conv_shapes=conv, local_shapes=local,
+                             banks=(6, 5, 4, 2, 3, 3))
+    assert len(steps) == 2 + 4 + 8 + 2 == sharing.sharing_steps(conv, local)
     assert {r["groups"] for r in sh["groups_local"]} == {1, 4}
     assert all(r["rel_err"] < 1e-4 for r in sh["neighbour"] + sh["average"])
     doc = make_doc({("s", "conv2d", "forward", "cpu"): [1e-3]})

@@ -400,9 +400,9 @@ def run(args, progress_stream=None, shapes=None):
               and any(ops.SPECS[layer].sharing == "local" for layer in args.layers))
     # a --full CPU run of the whole suite also times the sharing ops (grouped layers, the
     # neighbour penalty, bank averaging) at their own shapes: bench/groups.py, bench/neighbour.py
-    sharing = extras and suite and set(args.layers) == set(ops.LAYERS)
+    with_sharing = extras and suite and set(args.layers) == set(ops.LAYERS)
     progress = Progress(len(steps) * len(shapes) + (3 if extras else 0)
-                        + (sharing_steps() if sharing else 0), progress_stream)
+                        + (sharing_steps() if with_sharing else 0), progress_stream)
     results = []
     for name, shape in shapes.items():
         progress.log(f"{name}: x {shape.describe()}")
@@ -418,8 +418,7 @@ def run(args, progress_stream=None, shapes=None):
         st = startup(args.shapes[0], shapes[args.shapes[0]])
         progress.step("first call after import, cache cold")
         progress.step("first call after import, cache warm")
-    if sharing:
-        sharing = sharing_ops(limits, args.repeat, progress.step)
+    sharing = sharing_ops(limits, args.repeat, progress.step) if with_sharing else None
     progress.close()
     report = dict(
         schema=schema.VERSION,
@@ -436,7 +435,7 @@ def run(args, progress_stream=None, shapes=None):
                         gflop_forward=ops.SPECS[ops.LAYERS[0]].flops(geometry(s), "forward")
                         / 1e9)
                 for n, s in shapes.items()},
-        results=results, startup=st, peak_memory=peak, sharing=sharing or None)
+        results=results, startup=st, peak_memory=peak, sharing=sharing)
     problems = schema.validate(report)
     if problems:  # a bug in this file: say so rather than write a file compare.py can't read
         raise RuntimeError("report does not match bench/report/schema.py: "

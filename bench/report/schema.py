@@ -35,7 +35,7 @@ OPT_STR = (str, type(None))
 TOP = {"schema": str, "machine": dict, "versions": dict, "limits": dict, "config": dict,
        "shapes": dict, "results": list, "startup": (dict, type(None)),
        "peak_memory": (dict, type(None))}
-# optional (a --full CPU run has it): the sharing ops' extra tables (bench/cpu.py sharing_ops)
+# optional (a --full CPU run has it): the sharing ops' extra tables (bench/sharing.py)
 OPTIONAL = {"sharing": (dict, type(None))}
 SHARING = ("groups_conv", "groups_local", "neighbour", "average")
 MACHINE = {"device": str, "date": str, "load_average_at_start": NUM, "isa": str}

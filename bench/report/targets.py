@@ -82,7 +82,7 @@ TABLE = tuple(Target(*row) for row in (
     ("bf16_speedup",     "cpu", "cpu", LOCAL, PEN16, "speedup",     ">= 1.8", ANY,  ANY, PEN),
     ("bf16_speedup",     "cpu", "cpu", CONV,  FWD16, "speedup",     "-",      ANY,  ANY, FWD),
     ("bf16_speedup",     "cpu", "cpu", CONV,  BWD16, "speedup",     "-",      ANY,  ANY, "backward"),
-    # the sharing ops' own tables (a --full CPU run: bench/cpu.py sharing_ops)
+    # the sharing ops' own tables (a --full CPU run: bench/sharing.py)
     ("grouped_vs_onednn", "cpu", "cpu", CONV, FB,  "grouped_speed", ">= 0.9", ANY,  ANY, ONEDNN),
     ("grouped_floor_gap", "cpu", "cpu", LOCAL, FB, "grouped_gap",   "<= 10",  ANY,  ANY, "-"),
     ("neighbour_floor",  "cpu", "cpu", ANY,   ANY, "neighbour_floor", ">= 70", ANY, ANY, "-"),
