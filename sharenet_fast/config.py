@@ -100,6 +100,10 @@ else:
 WGRAD_DIRECT_FILL = 0.8
 # cache lines of the next bank the input gradient prefetches per reduction step
 DGRAD_PREFETCH = 4
+# local2d input gradient (images innermost): rows = channels or kernel rows of one tap,
+# columns = up to DGRAD_NVMAX vectors of images, reduction over the filters
+DGRAD_ROWS = 8
+DGRAD_NVMAX = 2
 
 # local2d forward: the weights are prefetched into L2 this many tiles of MR filters ahead
 # (alexnet_conv1, one core: 1 tile ahead 15.6-15.8 us per position, 4 ahead 14.8, none 24).

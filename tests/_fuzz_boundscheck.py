@@ -54,8 +54,11 @@ pair = st.tuples  # readability below
 
 
 @st.composite
-def shapes(draw, max_n=3, max_c=4, max_k=6, max_hw=12, max_rs=5):
-    N = draw(st.integers(1, max_n))
+def shapes(draw, max_n=3, max_c=4, max_k=6, max_hw=12, max_rs=5, big_n=(16, 17)):
+    # big_n: batches of a vector or more (16 float32 lanes), where local2d's CPU input
+    # gradient keeps the images innermost
+    N = draw(st.one_of(st.integers(1, max_n), st.sampled_from(big_n)) if big_n
+             else st.integers(1, max_n))
     C = draw(st.integers(1, max_c))
     K = draw(st.integers(1, max_k))
     H, W = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))

@@ -3,6 +3,7 @@ float64 oracle, accumulation, poisoned outputs, non-contiguous inputs, the ident
 the three layers together, finite differences, the adjoint identity and determinism."""
 import importlib
 
+import ml_dtypes
 import numba
 import numpy as np
 import pytest
@@ -375,3 +376,29 @@ def test_results_survive_the_next_call(backend, layer, case_id):
     bwd(other[3], other[0], other[1], needs="input", backend=backend, **kw)
     for a, b in zip(first, kept):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------- local2d with a batch of a vector or more
+# The CPU input gradient of local2d keeps the images innermost when the batch fills a vector
+# (N >= 16 float32 lanes with AVX-512, 8 with AVX2 or float64): in float32 no case above
+# reaches it. One vector a call and two (DGRAD_NVMAX) with a partial one, a second chunk of
+# images, groups, a strided and dilated w (one run per tap), 16-bit storage; alone and beside
+# the weight gradient.
+BATCH_CASES = [
+    Case("batch16", 16, 3, 7, 8, 5, 3, 3, padding=1),
+    Case("batch35_groups", 35, 4, 6, 7, 6, 3, 2, stride=(2, 1), groups=2),
+    Case("batch20_dil", 20, 2, 7, 9, 3, 2, 3, stride=(1, 2), padding=1, dilation=(1, 2)),
+]
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
+@pytest.mark.parametrize("dtype", [*DTYPES, ml_dtypes.bfloat16, np.float16],
+                         ids=[*DTYPE_IDS, "bf16", "f16"])
+@pytest.mark.parametrize("case", BATCH_CASES, ids=lambda c: c.id)
+def test_local_backward_with_batches_of_vectors(case, dtype):
+    d = make_layer_inputs("local2d", UntiedCase(case, (1, 1)), dtype)
+    for needs in (("input",), ("input", "weight", "bias")):
+        g = sf.local2d_backward(d.dy, d.x, d.w, needs=needs, backend="cpu", **case.kw)
+        for pass_ in needs:
+            assert_close(getattr(g, pass_), layer_reference("local2d", pass_, d, case.kw),
+                         dtype, f"{case.id} {pass_} with {needs}")

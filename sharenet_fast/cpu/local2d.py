@@ -9,12 +9,13 @@ that would be a second weight-sized buffer and a second pass over memory).
   forward  y[:, :, p, q] = W_pq (K x T) . patch_pq^T (T x N)      NT GEMM, reduction over T=C*R*S
   wgrad    dW_pq (K x T) (+)= dy_pq^T (K x N) . patch_pq (N x T)  NN form, reduction over the
                                                                   batch only (owner computes)
-  dgrad    dpatch (N x T) = dy_pq (N x K) . W_pq (K x T), then added into the input rows under
-           (p, q). One task owns one output row p; tasks run in G phases of rows p = phase mod G
-           with G*sh > the kernel's extent, so two tasks of one phase never touch one input row:
-           no atomics, and every input pixel gets its sum in a fixed order. (The gather form,
-           one task per input row, would need W with k innermost: a transposed weight copy.)
-  wgrad and dgrad run in one pass when both are needed (local2d_input_weight_grad).
+  dgrad    a batch of a vector or more (N >= lanes): dpatch^T (T x N) = W_pq^T . dy_pq^T,
+           images as the vector columns, added into a (C, H, W, N) input gradient as runs of
+           S*N values (local2d_dgrad_kernel); a smaller batch: dpatch (N x T) = dy_pq (N x K) .
+           W_pq (K x T), added into the NCHW input rows under (p, q) as runs of S. Tasks are
+           tiles of positions in 4 phases (tiles of one phase never touch one input pixel): no
+           atomics, and every input pixel gets its sum in a fixed order.
+  wgrad and the small-batch dgrad run in one pass when both are needed.
 
 patch_pq (N x T) holds the C*R*S inputs under (p, q) for each image, in the (c, r, s) order of
 the weights, gathered from the zero-padded NCHW input (runs of S along w when dilation is 1).
@@ -32,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import dtypes
-from ..config import (DGRAD_PREFETCH, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_BF16_COLUMNS,
+from ..config import (DGRAD_NVMAX, DGRAD_PREFETCH, DGRAD_ROWS, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_BF16_COLUMNS,
                       FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB,
                       WGRAD_TILE, njit_options)
 from ._precision import result_dtype, widened
@@ -311,13 +312,13 @@ def _iwgrad_kernel(WB):
     # next position's bank, DGRAD_PREFETCH lines a step, while this one's is used from L2
 
     @njit(**njit_options(parallel=True))
-    def local2d_iwgrad_kernel(dyt, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
+    def local2d_iwgrad_kernel(dyv, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
                               want_dw, accumulate, NG):
         """Input and/or weight gradient in one pass over the positions.
 
-        dyt: dy as (P, Q, N, K); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed
+        dyv: dy as (P, Q, K, N) (_by_position); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed
         padded NCHW input gradient; dwo: (P, Q, K, C, R, S) weight gradient (added into if
-        accumulate). dyt, xp, dxp in the accumulation dtype; w and dwo in any storage (w
+        accumulate). dyv, xp, dxp in the accumulation dtype; w and dwo in any storage (w
         widened as the microkernel loads it, dwo rounded as it is written).
 
         Tasks are tiles of BP x BQ positions, run in 4 phases by the parity of the tile's row and
@@ -332,21 +333,21 @@ def _iwgrad_kernel(WB):
         NG groups: W_pq is (K, C/NG * R * S); group grp's filters meet the patch columns of
         its channels only (a contiguous segment of each patch row): one GEMM per group.
         """
-        P, Q, N, K = dyt.shape
+        P, Q, K, N = dyv.shape
         _, C, Hp, Wp = xp.shape if want_dw else dxp.shape  # the other one is a placeholder
         TF = C * R * S                # a patch row: every channel
         Kg = K // NG
         T = TF // NG                  # one filter's reduction: its group's channels
-        nTD = -(-T // (ND * lanes_of(dyt)))
+        nTD = -(-T // (ND * lanes_of(dyv)))
         xf = xp.ravel()
         wf = w.ravel()
-        dyf = dyt.ravel()
+        dyf = dyv.ravel()
         dxf = dxp.ravel()
         of = dwo.ravel()
         TPn = -(-P // BP)
         TQn = -(-Q // BQ)
-        VW = NW * lanes_of(dyt)
-        VD = ND * lanes_of(dyt)
+        VW = NW * lanes_of(dyv)
+        VD = ND * lanes_of(dyv)
         for phase in range(4):
             fp = phase // 2
             fq = phase % 2
@@ -355,9 +356,9 @@ def _iwgrad_kernel(WB):
             for task in prange(ntp * ntq):
                 tp = fp + 2 * (task // ntq)
                 tq = fq + 2 * (task % ntq)
-                patch = np.empty(N * TF if want_dw else 1, dtype=dyt.dtype)
-                bank = np.empty(K * T if want_dw else 1, dtype=dyt.dtype)
-                dpatch = np.empty(N * TF if want_dx else 1, dtype=dyt.dtype)
+                patch = np.empty(N * TF if want_dw else 1, dtype=dyv.dtype)
+                bank = np.empty(K * T if want_dw else 1, dtype=dyv.dtype)
+                dpatch = np.empty(N * TF if want_dx else 1, dtype=dyv.dtype)
                 for p in range(tp * BP, min(P, tp * BP + BP)):
                     for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
                         pos = p * Q + q
@@ -365,12 +366,12 @@ def _iwgrad_kernel(WB):
                         if want_dw:
                             _gather_patches(xf, patch, N, C, Hp, Wp, R, S, p * sh, q * sw,
                                             dh, dw)
-                            # A[k, n] = dyt[p, q, n, k]: row stride 1, step stride K;
+                            # A[k, n] = dyv[p, q, k, n]: row stride N, step stride 1;
                             # B: the patch columns of filter k's group
                             for grp in range(NG):
                                 for k0 in range(grp * Kg, (grp + 1) * Kg, MW):
                                     for t0 in range(0, T, VW):
-                                        outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0, 1, K,
+                                        outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0 * N, N, 1,
                                                       patch, grp * T + t0, TF, N, 0,
                                                       bank, k0 * T + t0, T, 1,
                                                       min(MW, (grp + 1) * Kg - k0),
@@ -381,14 +382,14 @@ def _iwgrad_kernel(WB):
                             else:
                                 stream_copy(of, pos * K * T, bank, 0, K * T)
                         if want_dx:
-                            # dpatch[n, grp's t] = sum over grp's k of dyt[p, q, n, k] *
+                            # dpatch[n, grp's t] = sum over grp's k of dyv[p, q, k, n] *
                             # w[p, q, k, t]
                             nxt = (pos + 1) * K * T
                             for grp in range(NG):
                                 for t0 in range(0, T, VD):
                                     for n0 in range(0, N, MD):
                                         outer_product(MD, ND, 1, DGRAD_PREFETCH, 1,
-                                                      dyf, dyo + n0 * K + grp * Kg, K, 1,
+                                                      dyf, dyo + grp * Kg * N + n0, 1, N,
                                                       wf, (pos * K + grp * Kg) * T + t0, T, Kg,
                                                       0, dpatch, n0 * TF + grp * T + t0, TF, 1,
                                                       min(MD, N - n0), min(VD, T - t0), False,
@@ -407,6 +408,130 @@ def _iwgrad_kernel(WB):
                                                 dxf[dst + s * dw] += dpatch[src + s]
 
     return local2d_iwgrad_kernel
+
+
+@lru_cache(maxsize=None)
+def _dgrad_kernel(NV):
+    # NV: vectors of images per microkernel row
+    MR = DGRAD_ROWS
+
+    @njit(**njit_options(parallel=True))
+    def local2d_dgrad_kernel(dyv, w, dxt, R, S, sh, sw, dh, dw, BP, BQ, NG):
+        """The input gradient with the images innermost.
+
+        dyv: dy as (P, Q, K, N); w: (P, Q, K, C, R, S), any storage; dxt: the zeroed padded
+        input gradient as (C, Hp, Wp, N), in dyv's dtype. Per position and group:
+          dpatch^T (T x N) = W_pq^T (T x K) . dy_pq^T (K x N)
+        either with the images as columns (NV > 0: rows = MR consecutive t of the bank,
+        broadcast, T apart along k: each step reads one line of the bank and the next MR rows
+        reuse it from L1), or as rows (NV = 0: the NN form dy (N x K) . W (K x T) with
+        vectors along t, written transposed by the microkernel's epilogue, ldcn = N). Then
+        for each (c, r), the S taps x N images of dpatch^T are the S*N contiguous values of
+        dxt[c, p*sh + r*dh, q*sw:, :] (dilation 1 along w): one add of a long run, where the
+        NCHW form added runs of S floats (3 at vgg_3x3, 46% of that kernel's time there).
+        Tiles and phases as local2d_iwgrad_kernel (tiles of one phase touch disjoint input
+        pixels): no atomics, every pixel's sum in a fixed order.
+        """
+        P, Q, K, N = dyv.shape
+        C, Hp, Wp, _ = dxt.shape
+        Kg = K // NG
+        TF = C * R * S
+        T = TF // NG
+        VN = NV * lanes_of(dyv)
+        line = line_of(w)
+        wf = w.ravel()
+        dyf = dyv.ravel()
+        dxf = dxt.ravel()
+        TPn = -(-P // BP)
+        TQn = -(-Q // BQ)
+        for phase in range(4):
+            fp = phase // 2
+            fq = phase % 2
+            ntp = (TPn - fp + 1) // 2
+            ntq = (TQn - fq + 1) // 2
+            for task in prange(ntp * ntq):
+                tp = fp + 2 * (task // ntq)
+                tq = fq + 2 * (task % ntq)
+                dpt = np.empty(TF * N, dtype=dyv.dtype)
+                for p in range(tp * BP, min(P, tp * BP + BP)):
+                    for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
+                        pos = p * Q + q
+                        nxt = (pos + 1) * K * T     # the next bank, prefetched meanwhile
+                        for grp in range(NG):
+                            a_grp = (pos * K + grp * Kg) * T
+                            b_grp = (pos * K + grp * Kg) * N
+                            pf = nxt + grp * (T // MR + 1) * -(-N // VN) * Kg * line
+                            for t0 in range(0, T, MR):
+                                for n0 in range(0, N, VN):
+                                    outer_product(MR, NV, 1, 1, 0, wf, a_grp + t0, 1, T,
+                                                  dyf, b_grp + n0, N, Kg, 0,
+                                                  dpt, (grp * T + t0) * N + n0, N, 1,
+                                                  min(MR, T - t0), min(VN, N - n0),
+                                                  False, dpt, 0, False, pf)
+                                    pf += Kg * line
+                        for c in range(C):
+                            for r in range(R):
+                                dst = ((c * Hp + p * sh + r * dh) * Wp + q * sw) * N
+                                src = (c * R + r) * S * N
+                                if dw == 1:
+                                    add_run(dxf, dst, dpt, src, S * N)
+                                else:
+                                    for s in range(S):
+                                        add_run(dxf, dst + s * dw * N, dpt, src + s * N, N)
+
+    return local2d_dgrad_kernel
+
+
+def _input_grad(dyv, dy_dtype, weight, g, out_dtype):
+    """The input gradient through local2d_dgrad_kernel (images innermost); dyv from
+    _by_position, under the launch lock."""
+    (ph, bh), (pw, bw) = g.pads()
+    NV = min(DGRAD_NVMAX, -(-g.N // lanes_of(dyv)))
+    dxt = scratch("local_dxt", (g.C, g.H + ph + bh, g.W + pw + bw, g.N), dyv.dtype)
+    dxt[...] = 0
+    _dgrad_kernel(NV)(dyv, dtypes.kernel_view(weight), dxt, g.R, g.S, *g.stride, *g.dilation,
+                      *_tiles(g), g.groups)
+    dx = np.empty(g.x_shape, result_dtype(dy_dtype, out_dtype))
+    _from_images_innermost(dxt, dtypes.kernel_view(dx), ph, pw)
+    return dx
+
+
+@njit(**njit_options(parallel=True))
+def _positions_kernel(src, out):
+    """out[m, k, n] = src[n, k, m] (widened): dy (N, K, P*Q) to (P*Q, K, N), in tiles of 16
+    positions x 16 images (read and written in L1: a plain loop, or NumPy's transposing copy,
+    walks one side at a 4 KB stride and took 3-5x as long at cifar_5x5)."""
+    N, K, M = src.shape
+    TB = 16
+    nmb = -(-M // TB)
+    for task in prange(nmb * K):
+        m0 = (task // K) * TB
+        k = task % K
+        for n0 in range(0, N, TB):
+            for m in range(m0, min(M, m0 + TB)):
+                for n in range(n0, min(N, n0 + TB)):
+                    out[m, k, n] = widen(src[n, k, m])
+
+
+def _by_position(dy, g, dt):
+    """dy as (P, Q, K, N) in the accumulation dtype, in the scratch "local_dyv": per position,
+    dy's row k holds the images contiguously (the kernels' B operand, or A with stride N)."""
+    dyv = scratch("local_dyv", (g.P, g.Q, g.K, g.N), dt)
+    _positions_kernel(dtypes.kernel_view(dy).reshape(g.N, g.K, g.P * g.Q),
+                      dyv.reshape(g.P * g.Q, g.K, g.N))
+    return dyv
+
+
+@njit(**njit_options(parallel=True))
+def _from_images_innermost(dxt, dx, ph, pw):
+    """dx[n, c, h, w] = dxt[c, ph + h, pw + w, n], rounded to dx's storage: one task per input
+    row (c, h), whose W x N block is read once and written as N runs of W."""
+    N, C, H, W = dx.shape
+    for ch in prange(C * H):
+        c, h = ch // H, ch % H
+        for n in range(N):
+            for w in range(W):
+                dx[n, c, h, w] = narrow(dxt[c, ph + h, pw + w, n], dx)
 
 
 @njit(**njit_options(parallel=True))
@@ -520,31 +645,38 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
     for reduced storage is a master-weight buffer)."""
     if g.depthwise:
         return _dw_backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype)
-    (ph, bh), (pw, bw) = g.pads()
     dt = dtypes.lookup(dy.dtype).accum
+    (ph, bh), (pw, bw) = g.pads()
+    # a batch of a vector or more: the images-innermost input gradient (long runs into a
+    # (C, H, W, N) buffer, no NCHW scatter: vgg_3x3 43 -> 32 ms); with fewer images than lanes
+    # the idle lanes cost more than the scatter saves (deepface_l4 13.9 vs 11.9 ms), and the
+    # gathered kernel computes dx beside dW, sharing the position loop
+    dx_apart = want_dx and g.N >= lanes(dt.itemsize)
+    dx_here = want_dx and not dx_apart
     accumulate = out is not None
     if want_dw and out is None:  # written whole: from the result pool (cpu/_workspace.py)
         out = result((g.P, g.Q) + g.w_shape, result_dtype(dy.dtype, out_dtype))
     dwo = dtypes.kernel_view(out) if want_dw else np.zeros((1, 1, 1, 1, 1, 1), dt)
-    w = dtypes.kernel_view(weight) if want_dx else np.zeros((1, 1, 1, 1, 1, 1), dt)
+    w = dtypes.kernel_view(weight) if dx_here else np.zeros((1, 1, 1, 1, 1, 1), dt)
+    dx = None
     with _launch_lock:
-        dyt = scratch("local_dy", (g.P, g.Q, g.N, g.K), dt)
-        dyt[...] = widened(dy).transpose(2, 3, 0, 1)
-        xp = (_padded(widened(x), g.pads(), "nchw", "local_x") if want_dw
-              else np.zeros((1, 1, 1, 1), dt))
-        if want_dx:
-            dxp = scratch("local_dx", (g.N, g.C, g.H + ph + bh, g.W + pw + bw), dt)
-            dxp[...] = 0
-        else:
-            dxp = np.zeros((1, 1, 1, 1), dt)
-        kernel = _iwgrad_kernel(weight.dtype.itemsize if want_dx else 4)
-        kernel(dyt, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
-                         want_dx, want_dw, accumulate, g.groups)
-        # a fresh array (the scratch is reused by the next call), in the result dtype
-        dx = None
-        if want_dx:
-            dx = np.empty(g.x_shape, result_dtype(dy.dtype, out_dtype))
-            _round_into(dtypes.kernel_view(dx), dxp[:, :, ph:ph + g.H, pw:pw + g.W])
+        dyv = _by_position(dy, g, dt)
+        if dx_apart:
+            dx = _input_grad(dyv, dy.dtype, weight, g, out_dtype)
+        if want_dw or dx_here:
+            xp = (_padded(widened(x), g.pads(), "nchw", "local_x") if want_dw
+                  else np.zeros((1, 1, 1, 1), dt))
+            if dx_here:
+                dxp = scratch("local_dx", (g.N, g.C, g.H + ph + bh, g.W + pw + bw), dt)
+                dxp[...] = 0
+            else:
+                dxp = np.zeros((1, 1, 1, 1), dt)
+            kernel = _iwgrad_kernel(weight.dtype.itemsize if dx_here else 4)
+            kernel(dyv, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
+                   dx_here, want_dw, accumulate, g.groups)
+            if dx_here:  # a fresh array (the scratch is reused by the next call)
+                dx = np.empty(g.x_shape, result_dtype(dy.dtype, out_dtype))
+                _round_into(dtypes.kernel_view(dx), dxp[:, :, ph:ph + g.H, pw:pw + g.W])
     return dx, (out if want_dw else None)
 
 
