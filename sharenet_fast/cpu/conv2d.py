@@ -32,8 +32,8 @@ from . import depthwise
 
 
 def _padded(a, pads, layout, name):
-    """Copy of NCHW `a` zero-padded by pads = ((top, bottom), (left, right)), in NCHW or NHWC
-    layout (ConvGeometry.pads(): padding="same"'s odd extra row/column goes at the end).
+    """Copy of NCHW `a` zero-padded by pads = ((top, bottom), (left, right)), in NCHW, NHWC or
+    HNCW layout (ConvGeometry.pads(): padding="same"'s odd extra row/column goes at the end).
 
     Kernels read the padded copy and never test bounds. A negative amount crops instead
     (the input-gradient-as-convolution needs that when padding > dilation * (R - 1)).
@@ -47,6 +47,9 @@ def _padded(a, pads, layout, name):
     if layout == "nhwc":
         out = scratch(name, (N, Hp, Wp, C), a.dtype)
         dst = out.transpose(0, 3, 1, 2)  # written through an NCHW view
+    elif layout == "hncw":
+        out = scratch(name, (Hp, N, C, Wp), a.dtype)
+        dst = out.transpose(1, 2, 0, 3)
     else:
         out = dst = scratch(name, (N, C, Hp, Wp), a.dtype)
     # zero only the border; the interior is overwritten

@@ -46,11 +46,14 @@ from .conv2d import _copy, _padded
 
 @njit(**njit_options(), inline="always")
 def _gather_patches(xf, patch, N, C, Hp, Wp, R, S, h0, w0, dh, dw):
-    """patch[n*T + (c*R + r)*S + s] = xp[n, c, h0 + r*dh, w0 + s*dw]."""
-    for n in range(N):
-        for c in range(C):
-            for r in range(R):
-                src = ((n * C + c) * Hp + h0 + r * dh) * Wp + w0
+    """patch[n*T + (c*R + r)*S + s] = xh[h0 + r*dh, n, c, w0 + s*dw], xh the padded input in
+    (H, N, C, W) layout: the runs of one kernel row r, for every image and channel, lie Wp
+    apart in one block that is walked in order (from NCHW they were a plane, 4 KB or more,
+    apart: vgg_3x3's gather 30% faster)."""
+    for r in range(R):
+        for n in range(N):
+            for c in range(C):
+                src = (((h0 + r * dh) * N + n) * C + c) * Wp + w0
                 dst = ((n * C + c) * R + r) * S
                 if dw == 1:
                     copy_run(patch, dst, xf, src, S)
@@ -316,12 +319,12 @@ def _iwgrad_kernel(WB):
                               want_dw, accumulate, NG):
         """Input and/or weight gradient in one pass over the positions.
 
-        dyv: dy as (P, Q, K, N) (_by_position); xp: padded NCHW input; w: (P, Q, K, C, R, S); dxp: zeroed
-        padded NCHW input gradient; dwo: (P, Q, K, C, R, S) weight gradient (added into if
-        accumulate). dyv, xp, dxp in the accumulation dtype; w and dwo in any storage (w
+        dyv: dy as (P, Q, K, N) (_by_position); xp: padded input as (H, N, C, W); w: (P, Q,
+        K, C, R, S); dxp: zeroed padded NCHW input gradient; dwo: (P, Q, K, C, R, S) weight
+        gradient (added into if accumulate). dyv, xp, dxp in the accumulation dtype; w and dwo in any storage (w
         widened as the microkernel loads it, dwo rounded as it is written).
 
-        Tasks are tiles of BP x BQ positions, run in 4 phases by the parity of the tile's row and
+        Tasks are tiles of BP x BQ positions, run (with dx) in 4 phases by the parity of the tile's row and
         column (with BP*sh + sh >= the kernel's extent, and the same along q, tiles of one phase
         touch disjoint input pixels), so the whole grid is parallel, a 1-D layer (P = 1) too, and
         every input pixel gets its sum in a fixed order whatever the thread count. Per position:
@@ -334,7 +337,10 @@ def _iwgrad_kernel(WB):
         its channels only (a contiguous segment of each patch row): one GEMM per group.
         """
         P, Q, K, N = dyv.shape
-        _, C, Hp, Wp = xp.shape if want_dw else dxp.shape  # the other one is a placeholder
+        if want_dw:                   # the other one is a placeholder
+            Hp, _, C, Wp = xp.shape
+        else:
+            _, C, Hp, Wp = dxp.shape
         TF = C * R * S                # a patch row: every channel
         Kg = K // NG
         T = TF // NG                  # one filter's reduction: its group's channels
@@ -348,14 +354,16 @@ def _iwgrad_kernel(WB):
         TQn = -(-Q // BQ)
         VW = NW * lanes_of(dyv)
         VD = ND * lanes_of(dyv)
-        for phase in range(4):
-            fp = phase // 2
-            fq = phase % 2
-            ntp = (TPn - fp + 1) // 2
-            ntq = (TQn - fq + 1) // 2
+        # the weight gradient alone writes only its own banks: one parallel sweep, no phases
+        ST = 2 if want_dx else 1
+        for phase in range(ST * ST):
+            fp = phase // ST
+            fq = phase % ST
+            ntp = (TPn - fp + ST - 1) // ST
+            ntq = (TQn - fq + ST - 1) // ST
             for task in prange(ntp * ntq):
-                tp = fp + 2 * (task // ntq)
-                tq = fq + 2 * (task % ntq)
+                tp = fp + ST * (task // ntq)
+                tq = fq + ST * (task % ntq)
                 patch = np.empty(N * TF if want_dw else 1, dtype=dyv.dtype)
                 bank = np.empty(K * T if want_dw else 1, dtype=dyv.dtype)
                 dpatch = np.empty(N * TF if want_dx else 1, dtype=dyv.dtype)
@@ -664,7 +672,7 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
         if dx_apart:
             dx = _input_grad(dyv, dy.dtype, weight, g, out_dtype)
         if want_dw or dx_here:
-            xp = (_padded(widened(x), g.pads(), "nchw", "local_x") if want_dw
+            xp = (_padded(widened(x), g.pads(), "hncw", "local_x") if want_dw
                   else np.zeros((1, 1, 1, 1), dt))
             if dx_here:
                 dxp = scratch("local_dx", (g.N, g.C, g.H + ph + bh, g.W + pw + bw), dt)
