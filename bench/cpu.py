@@ -218,7 +218,50 @@ class CpuTarget:
             info["numba_threading_layer"] = numba.threading_layer()  # once a kernel ran
         except ValueError:
             info["numba_threading_layer"] = None
+        if ops.torch:
+            info["onednn"] = onednn_convs()
         return info
+
+
+ONEDNN_SCRIPT = r"""
+import torch
+for dt in (torch.float32, torch.bfloat16):
+    x = torch.randn(4, 16, 12, 12, dtype=dt, requires_grad=True)
+    w = torch.randn(32, 16, 3, 3, dtype=dt, requires_grad=True)
+    torch.nn.functional.conv2d(x, w, padding=1).sum().backward()
+"""
+
+
+def onednn_convs():
+    """What oneDNN (PyTorch's CPU convolution, the conv2d peer) runs on this machine, in this
+    environment (ONEDNN_MAX_CPU_ISA of --isa avx2 included): {"isa": its info line,
+    "float32" / "bfloat16": {direction: implementation}}, e.g. bfloat16 forward_training
+    "jit_bf16:avx512_core_bf16" (AVX512_BF16) or "brg_conv_fwd:avx512_core_amx" (AMX tiles).
+    From ONEDNN_VERBOSE=1 in a fresh process (the variable is read once, at oneDNN's start),
+    for a small 3 x 3 conv (oneDNN picks per shape: others may differ); None where that fails.
+    An empty dtype: oneDNN ran no convolution in it (PyTorch's own kernel did)."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    try:
+        out = subprocess.run([sys.executable, "-c", ONEDNN_SCRIPT], env=env, timeout=120,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_onednn_verbose(out)
+
+
+def parse_onednn_verbose(text):
+    """onednn_convs' dict from ONEDNN_VERBOSE=1 output (None without oneDNN's isa line)."""
+    info = {"isa": None, "float32": {}, "bfloat16": {}}
+    for line in text.splitlines():
+        f = line.split(",")
+        if "info" in f and any(x.startswith("isa:") for x in f):
+            info["isa"] = next(x for x in f if x.startswith("isa:"))[4:]
+        elif "exec" in f and "convolution" in f:
+            i = f.index("convolution")
+            impl, direction, mds = f[i + 1], f[i + 2], f[i + 3]
+            dt = "bfloat16" if "src:bf16" in mds else "float32"
+            info[dt].setdefault(direction, impl)
+    return info if info["isa"] else None
 
 
 # ------------------------------------------------------------------ CPU extras (--full)

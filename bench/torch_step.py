@@ -30,6 +30,7 @@ import numpy as np
 from bench.cpu import cpu_model, log, measure_interleaved, results_stem
 
 OVERHEAD_TARGET_US = 30.0
+STEP_TARGET = 20.0     # the local training step against the unfold+einsum model's (issue 26)
 
 
 def _models(N, C, K, R, S, input_size):
@@ -159,6 +160,10 @@ def markdown(rep):
              "| first layer | ms per step | vs sft.LocallyConnected2d |", "|---|---:|---:|"]
     for name, s in rep["step_s"].items():
         lines.append(f"| {name} | {s * 1e3:.2f} | {s / base:.2f}x |")
+    ratio = rep["step_s"].get("unfold+einsum local", float("nan")) / base
+    lines += ["", f"sft.LocallyConnected2d's step is {ratio:.1f}x as fast as the unfold+einsum "
+              f"model's (target >= {STEP_TARGET:.0f}x: "
+              f"{'met' if ratio >= STEP_TARGET else 'NOT met'})."]
     lines += ["", "Per-call overhead of the torch path on a tiny layer (x 1x2x6x6, 3x3), "
               f"median us per call (target: torch - NumPy < {OVERHEAD_TARGET_US:.0f} us; "
               "forward+backward = y.sum().backward() with the weight requiring grad, so it "

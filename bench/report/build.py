@@ -180,6 +180,7 @@ def format_report(report, markdown=False):
            + (f", compiled for {m['isa']}" if cfg["target"] == "cpu" else ""),
            f"{bullet}software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
            f"{bullet}limits: {lim.get('describe', 'not measured')}",
+           *([f"{bullet}{onednn_line(m['onednn'])}"] if m.get("onednn") else []),
            f"{bullet}run: {cfg['mode']} ({cfg['target']}), backends {', '.join(cfg['backends'])},"
            f" median of >= {cfg['repeat']} samples and >= {cfg['min_time_s']} s per timing, "
            "ours and the peers timed in alternation after a warm-up call"]
@@ -226,6 +227,18 @@ def format_report(report, markdown=False):
                        f"{r['second_call_s'] * 1e3:.1f} ms, import {r['import_s'] * 1e3:.0f} ms, "
                        f"whole process {r['process_wall_s']:.1f} s")
     return "\n".join(out)
+
+
+def onednn_line(info):
+    """One line naming what oneDNN (the PyTorch conv2d peer's library) ran, per dtype."""
+    def impls(d):
+        if not d:
+            return "not oneDNN (PyTorch's own kernel)"
+        names = sorted(set(d.values()))
+        return (names[0] if len(names) == 1
+                else ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items()))
+    return (f"oneDNN (PyTorch's conv2d): {info['isa']}; float32 convs {impls(info['float32'])}, "
+            f"bfloat16 convs {impls(info['bfloat16'])}")
 
 
 def versions():
