@@ -306,6 +306,17 @@ def _transposed(x, pads, GB, name):
 
 
 # ------------------------------------------------------------------ weight and input grads
+@njit(**njit_options(), inline="always")
+def _phase_grid(phase, ST, TPn, TQn):
+    """Phase `phase` of ST*ST over a TPn x TQn grid of position tiles: (first tile row, first
+    tile column, tile rows, tile columns), the phase's tiles ST apart. ST = 2 for kernels that
+    add into the input gradient (tiles two apart touch disjoint input pixels: _tiles), 1 for
+    those that write only their own banks."""
+    fp = phase // ST
+    fq = phase % ST
+    return fp, fq, (TPn - fp + ST - 1) // ST, (TQn - fq + ST - 1) // ST
+
+
 @lru_cache(maxsize=None)
 def _iwgrad_kernel(WB):
     # WB: the weights' itemsize (16-bit weights: a wider input-gradient tile, config.py)
@@ -357,10 +368,7 @@ def _iwgrad_kernel(WB):
         # the weight gradient alone writes only its own banks: one parallel sweep, no phases
         ST = 2 if want_dx else 1
         for phase in range(ST * ST):
-            fp = phase // ST
-            fq = phase % ST
-            ntp = (TPn - fp + ST - 1) // ST
-            ntq = (TQn - fq + ST - 1) // ST
+            fp, fq, ntp, ntq = _phase_grid(phase, ST, TPn, TQn)
             for task in prange(ntp * ntq):
                 tp = fp + ST * (task // ntq)
                 tq = fq + ST * (task % ntq)
@@ -453,10 +461,7 @@ def _dgrad_kernel(NV):
         TPn = -(-P // BP)
         TQn = -(-Q // BQ)
         for phase in range(4):
-            fp = phase // 2
-            fq = phase % 2
-            ntp = (TPn - fp + 1) // 2
-            ntq = (TQn - fq + 1) // 2
+            fp, fq, ntp, ntq = _phase_grid(phase, 2, TPn, TQn)
             for task in prange(ntp * ntq):
                 tp = fp + 2 * (task // ntq)
                 tq = fq + 2 * (task % ntq)
@@ -565,10 +570,7 @@ def local2d_dw_iwgrad_kernel(xt, dyv, w, dxt, dwo, R, S, sh, sw, dh, dw, BP, BQ,
     TPn = -(-P // BP)
     TQn = -(-Q // BQ)
     for phase in range(4):
-        fp = phase // 2
-        fq = phase % 2
-        ntp = (TPn - fp + 1) // 2
-        ntq = (TQn - fq + 1) // 2
+        fp, fq, ntp, ntq = _phase_grid(phase, 2, TPn, TQn)
         for task in prange(ntp * ntq):
             tp = fp + 2 * (task // ntq)
             tq = fq + 2 * (task % ntq)
