@@ -234,6 +234,8 @@ UNTIED_CASES = [
     UntiedCase(SHAPES_BY_ID["stride4_k11_small"], (2, 3)),
     UntiedCase(SHAPES_BY_ID["same_even_kernel"], (2, 3)),
     UntiedCase(SHAPES_BY_ID["same_dilated"], (3, 2)),
+    # S*C fills whole vectors: the tiled weight gradient class by class, in place (cpu)
+    UntiedCase(SHAPES_BY_ID["wgrad_inplace"], (2, 3)),
 ]
 UNTIED_IDS = [c.id for c in UNTIED_CASES]
 UNTIED_BY_ID = {c.case.id: c for c in UNTIED_CASES}

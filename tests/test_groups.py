@@ -21,7 +21,7 @@ GROUPED_CASES = [
     UntiedCase(Case("g4_dil_Kg1", 5, 8, 9, 9, 4, 3, 3, padding=2, dilation=2, groups=4),
                (3, 2)),
     UntiedCase(Case("g2_batch16", 16, 4, 6, 7, 8, 3, 3, padding=1, groups=2), (2, 1)),
-    UntiedCase(Case("g2_wgrad_inplace", 2, 32, 8, 8, 10, 3, 2, groups=2), (1, 1)),
+    UntiedCase(Case("g2_wgrad_inplace", 2, 32, 8, 8, 10, 3, 2, groups=2), (2, 2)),
     UntiedCase(Case("depthwise", 2, 4, 9, 10, 4, 3, 3, padding=1, groups=4), (2, 2)),
     UntiedCase(Case("depthwise_m2_s2", 2, 3, 11, 11, 6, 3, 3, stride=2, padding=1, groups=3),
                (2, 3)),
