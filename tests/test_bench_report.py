@@ -248,8 +248,9 @@ def test_target_verdicts_only_at_the_suite_batch():
 
 def test_cpu_floor_and_peer_targets():
     """The CPU rows on the floor (local2d forward >= 75% at batch 8, backward >= 60% and with
-    grad_weight= >= 50% at the suite shape), on tf-keras (>= 3x at alexnet_conv1 / deepface_l4 batch 8, >= 1.5x at
-    the suite shape), on oneDNN (conv2d >= 0.9x at the suite shape) and on JAX (figure only)."""
+    grad_weight= >= 50% at the suite shape), on tf-keras (>= 3x at alexnet_conv1 / deepface_l4
+    batch 8, >= 1.5x at the suite shape), on oneDNN (conv2d >= 0.9x at the suite shape) and on
+    JAX (figure only)."""
     from bench.shapes import SUITE
 
     s = "alexnet_conv1"

@@ -33,7 +33,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import dtypes
-from ..config import (DGRAD_NVMAX, DGRAD_PREFETCH, DGRAD_ROWS, DGRAD_TILE, DGRAD_TILE_16, DOT_BF16, DOT_BF16_COLUMNS,
+from ..config import (DGRAD_NVMAX, DGRAD_PREFETCH, DGRAD_ROWS, DGRAD_TILE, DGRAD_TILE_16,
+                      DOT_BF16, DOT_BF16_COLUMNS,
                       FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB,
                       WGRAD_TILE, njit_options)
 from ._precision import result_dtype, widened
@@ -332,13 +333,14 @@ def _iwgrad_kernel(WB):
 
         dyv: dy as (P, Q, K, N) (_by_position); xp: padded input as (H, N, C, W); w: (P, Q,
         K, C, R, S); dxp: zeroed padded NCHW input gradient; dwo: (P, Q, K, C, R, S) weight
-        gradient (added into if accumulate). dyv, xp, dxp in the accumulation dtype; w and dwo in any storage (w
-        widened as the microkernel loads it, dwo rounded as it is written).
+        gradient (added into if accumulate). dyv, xp, dxp in the accumulation dtype; w and dwo
+        in any storage (w widened as the microkernel loads it, dwo rounded as it is written).
 
-        Tasks are tiles of BP x BQ positions, run (with dx) in 4 phases by the parity of the tile's row and
-        column (with BP*sh + sh >= the kernel's extent, and the same along q, tiles of one phase
-        touch disjoint input pixels), so the whole grid is parallel, a 1-D layer (P = 1) too, and
-        every input pixel gets its sum in a fixed order whatever the thread count. Per position:
+        Tasks are tiles of BP x BQ positions, run (with dx) in 4 phases by the parity of the
+        tile's row and column (with BP*sh + sh >= the kernel's extent, and the same along q,
+        tiles of one phase touch disjoint input pixels), so the whole grid is parallel, a 1-D
+        layer (P = 1) too, and every input pixel gets its sum in a fixed order whatever the
+        thread count. Without dx, one sweep over all tiles (dW is owner-computes). Per position:
           weight gradient  dW_pq (K x T) (+)= dy_pq^T (K x N) . patch (N x T): owner computes,
                            a sum over the batch in registers, each dW row written once;
           input gradient   dpatch (N x T) = dy_pq (N x K) . W_pq (K x T), added into the input
