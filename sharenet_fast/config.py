@@ -100,8 +100,8 @@ else:
 WGRAD_DIRECT_FILL = 0.8
 # cache lines of the next bank the input gradient prefetches per reduction step
 DGRAD_PREFETCH = 4
-# local2d input gradient (images innermost): rows = channels or kernel rows of one tap,
-# columns = up to DGRAD_NVMAX vectors of images, reduction over the filters
+# local2d input gradient (images innermost): rows = consecutive taps t of a bank, columns =
+# up to DGRAD_NVMAX vectors of images, reduction over the filters
 DGRAD_ROWS = 8
 DGRAD_NVMAX = 2
 

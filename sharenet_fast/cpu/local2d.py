@@ -440,13 +440,12 @@ def _dgrad_kernel(NV):
         dyv: dy as (P, Q, K, N); w: (P, Q, K, C, R, S), any storage; dxt: the zeroed padded
         input gradient as (C, Hp, Wp, N), in dyv's dtype. Per position and group:
           dpatch^T (T x N) = W_pq^T (T x K) . dy_pq^T (K x N)
-        either with the images as columns (NV > 0: rows = MR consecutive t of the bank,
-        broadcast, T apart along k: each step reads one line of the bank and the next MR rows
-        reuse it from L1), or as rows (NV = 0: the NN form dy (N x K) . W (K x T) with
-        vectors along t, written transposed by the microkernel's epilogue, ldcn = N). Then
-        for each (c, r), the S taps x N images of dpatch^T are the S*N contiguous values of
-        dxt[c, p*sh + r*dh, q*sw:, :] (dilation 1 along w): one add of a long run, where the
-        NCHW form added runs of S floats (3 at vgg_3x3, 46% of that kernel's time there).
+        rows = MR consecutive t of the bank (A, broadcast, T apart along k: each step reads one
+        line of the bank, and the next MR rows reuse it from L1), columns = NV vectors of
+        images (B: dy's row k). Then for each (c, r), the S taps x N images of dpatch^T are
+        the S*N contiguous values of dxt[c, p*sh + r*dh, q*sw:, :] (dilation 1 along w): one
+        add of a long run, where the NCHW form added runs of S floats (3 at vgg_3x3: 35 of
+        that kernel's 58 ms there, timed alone).
         Tiles and phases as local2d_iwgrad_kernel (tiles of one phase touch disjoint input
         pixels): no atomics, every pixel's sum in a fixed order.
         """
