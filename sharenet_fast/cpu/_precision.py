@@ -94,11 +94,13 @@ def result_dtype(storage, out_dtype):
     return np.dtype(storage) if out_dtype is None else np.dtype(out_dtype)
 
 
-def adapted(fn):
+def adapted(fn, native=None):
     """Host function `fn` (float32/float64 kernels) for every storage dtype: float32/float64
     calls go straight through; reduced ones through float32 copies of the arrays, with the
     result rounded back (or kept float32: out_dtype=). An out= buffer is added into: a float32
-    one (master weights) by the kernel itself, a reduced one by one rounding of the sum."""
+    one (master weights) by the kernel itself, a reduced one by one rounding of the sum.
+    Where native(*args) says so, fn runs on the reduced arrays themselves and takes out_dtype=
+    (conv2d's bfloat16 pairs kernels)."""
     grads = fn.__name__.endswith(("_weight_grad", "_bias_grad"))   # take out=, added into
     both = fn.__name__.endswith("_input_weight_grad")    # returns (dx, dw)
 
@@ -107,6 +109,8 @@ def adapted(fn):
         storage = next(a.dtype for a in args if isinstance(a, np.ndarray))
         if not dtypes.lookup(storage).reduced:
             return fn(*args, **kw)
+        if native is not None and native(*args, **kw):
+            return fn(*args, out_dtype=out_dtype, **kw)
         wide = tuple(widened(a) if isinstance(a, np.ndarray) else a for a in args)
         rdt = result_dtype(storage, out_dtype)
         if not grads:                                          # forward, input gradient
@@ -121,6 +125,7 @@ def adapted(fn):
 
     # the op table's signature plus out_dtype=, as every pass of a backend with 16-bit storage
     sig = inspect.signature(fn)
-    call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
+    params = [p for name, p in sig.parameters.items() if name != "out_dtype"]
+    call.__signature__ = sig.replace(parameters=[*params, inspect.Parameter(
         "out_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)])
     return call

@@ -309,6 +309,53 @@ def outer_product_nested(typingctx, MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C,
     return sig, codegen
 
 
+@intrinsic(prefer_literal=True)
+def outer_product_pairs(typingctx, MR, NV, A, a0, lda, B, b0, ldb, nk, C, c0, ldc, nrows, ncols,
+                        D, d0, add_d, nk1, ldb1, nk2, ldb2):
+    """outer_product on AVX512_BF16's vdpbf16ps with the reduction taken in pairs of steps that
+    the caller has laid out that way (no shuffles): A and B bfloat16 (uint16 views), C and D
+    float32, U = 1 in every other respect (NV vectors of VL float32 columns, one column a lane).
+
+      C[c0 + i*ldc + n] = (D[d0 + i] if add_d) + sum_j sum_p A[a0 + i*lda + 2j + p] *
+                                                        B[b0 + j'*ldb ... + 2n + p]
+    over pairs j = (j2*nk1 + j1)*nk + j0 (the nested index of outer_product_nested: B's pair j
+    at b0 + j2*ldb2 + j1*ldb1 + j0*ldb; A's at a0 + i*lda + 2j), p < 2. So A's row holds the
+    steps in order (one 32-bit broadcast per pair) and B's row of a pair holds each column's
+    two steps side by side: word 2n + p, 2*VL words a vector. A step count that is odd is the
+    caller's to pad with a zero step. Columns past ncols are masked on B's loads (a word pair
+    per column) and C's stores. Only where config.DOT_BF16."""
+    consts = (MR, NV)
+    if not all(isinstance(t, types.IntegerLiteral) for t in consts):
+        raise errors.TypingError("outer_product_pairs: MR, NV must be compile-time integer "
+                                 f"constants, got {consts}")
+    mr, nv = (t.literal_value for t in consts)
+    if not (_operands_ok(A, B, C, D) and A.dtype == B.dtype == types.uint16
+            and C.dtype == types.float32):
+        return None
+    sig = types.void(MR, NV, A, a0, lda, B, b0, ldb, nk, C, c0, ldc, nrows, ncols, D, d0, add_d,
+                     nk1, ldb1, nk2, ldb2)
+
+    def codegen(context, builder, signature, args):
+        a = signature.args
+        i64 = lambda k: context.cast(builder, args[k], a[k], types.int64)  # noqa: E731
+        zero = context.get_constant(types.int64, 0)
+        one = context.get_constant(types.int64, 1)
+        two = context.get_constant(types.int64, 2)
+        false = context.get_constant(types.boolean, False)
+        # outer_product's operand list: ldaj = 2, ntail = 0, ldcn = 1, beta off, pf = 0
+        flat = [(args[2], a[2]), (args[3], a[3]), (args[4], a[4]), (two, types.int64),
+                (args[5], a[5]), (args[6], a[6]), (args[7], a[7]), (args[8], a[8]),
+                (zero, types.int64), (args[9], a[9]), (args[10], a[10]), (args[11], a[11]),
+                (one, types.int64), (args[12], a[12]), (args[13], a[13]),
+                (false, types.boolean), (args[14], a[14]), (args[15], a[15]),
+                (args[16], a[16]), (zero, types.int64)]
+        sub = signature.replace(args=tuple(t for _, t in flat))
+        return _emit(context, builder, sub, [v for v, _ in flat], mr, nv, 1, 0, False,
+                     nest=(i64(17), i64(18), i64(19), i64(20)), dot="pairs")
+
+    return sig, codegen
+
+
 def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, dot=False):
     tys = signature.args
     vals = [context.cast(builder, v, t, types.int64) if isinstance(t, types.Integer) else v
@@ -324,7 +371,7 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
     VL = VEC_BYTES // itemsize
     # dot (outer_product_dot): a vector of VL float32 lanes holds FOLD = 2 lanes per column,
     # each summing pairs of steps inside the instruction; otherwise U lanes per column
-    FOLD = 2 if dot else U
+    FOLD = 2 if dot is True else U
     # A's and B's element types and, for 16-bit storage, how they widen (None: already flt)
     a_ety, b_ety = (context.get_value_type(tys[k].dtype) for k in (0, 4))
     a_kind, b_kind = (_HALF.get(tys[k].dtype) for k in (0, 4))
@@ -386,12 +433,7 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
     a_pattern = _i32s([c % U for c in range(VL)])
     b_perm = _i32s([(c % U) * G + c // U for c in range(VL)])
     if dot:
-        # 2*VL bfloat16 per vector; word w of the permuted B: dword lane L = w // 2 = 2n + p
-        # (column n, step pair p), its low / high word steps 2p / 2p + 1 (w % 2) of column n,
-        # at word (2p + w % 2) * G + n of the natural row; A's U = 4 steps repeat every 4 words
         bw_ty = ir.VectorType(ir.IntType(16), 2 * VL)
-        b_perm = _i32s([(2 * ((w // 2) % 2) + w % 2) * G + (w // 2) // 2 for w in range(2 * VL)])
-        a_pattern = _i32s([w % U for w in range(2 * VL)])
         bf_ty = ir.VectorType(_BFLOAT, 2 * VL)
         dpbf16_fn = _declare(mod, f"llvm.x86.avx512bf16.dpbf16ps.{VL * 32}",
                              ir.FunctionType(vty, [vty, bf_ty, bf_ty]))
@@ -399,6 +441,21 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
         def dpbf16(acc, bvec, avec):
             return builder.call(dpbf16_fn, [acc, builder.bitcast(bvec, bf_ty),
                                             builder.bitcast(avec, bf_ty)])
+    pairs = dot == "pairs"
+    if pairs:
+        # B's word w belongs to column w // 2 of its vector
+        pmasks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(I64, 2 * VL),
+                                                       [w // 2 for w in range(2 * VL)]),
+                                      splat(builder.sub(ncols, c64(v * VL)),
+                                            ir.VectorType(I64, 2 * VL)))
+                  for v in range(NV)]
+    if dot is True:
+        # 2*VL bfloat16 per vector; word w of the permuted B: dword lane L = w // 2 = 2n + p
+        # (column n, step pair p), its low / high word steps 2p / 2p + 1 (w % 2) of column n,
+        # at word (2p + w % 2) * G + n of the natural row; A's U = 4 steps repeat every 4 words
+        bw_ty = ir.VectorType(ir.IntType(16), 2 * VL)
+        b_perm = _i32s([(2 * ((w // 2) % 2) + w % 2) * G + (w // 2) // 2 for w in range(2 * VL)])
+        a_pattern = _i32s([w % U for w in range(2 * VL)])
     accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
     for row in accs:
         for a in row:
@@ -408,6 +465,15 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
         if boff is None:
             boff = builder.add(b0, builder.mul(j, ldb))
         out = []
+        if pairs:    # NV loads of 2*VL bfloat16, already paired
+            for v in range(NV):
+                p = builder.bitcast(builder.gep(pB, [builder.add(boff, c64(2 * v * VL))]),
+                                    bw_ty.as_pointer())
+                out.append(builder.call(masked_load(b_ety, 2 * VL),
+                                        [p, ir.Constant(I32, b_size), pmasks[v],
+                                         ir.Constant(bw_ty, None)]) if masked
+                           else builder.load(p, align=b_size))
+            return out
         if dot:      # one load of 2*VL bfloat16, paired by one vpermw
             p = builder.bitcast(builder.gep(pB, [boff]), bw_ty.as_pointer())
             val = builder.load(p, align=b_size)
@@ -428,6 +494,10 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
 
     def load_a(i, j, umask=None):
         off = builder.add(a_rows[i], builder.mul(j, ldaj))
+        if pairs:    # the pair's 32 bits, broadcast
+            s = builder.load(builder.bitcast(builder.gep(pA, [off]), I32.as_pointer()),
+                             align=a_size)
+            return splat(s, ir.VectorType(I32, VL))
         if U == 1:
             s = builder.load(builder.gep(pA, [off]))
             return splat(s if a_kind is None else widen_ir(builder, s, a_kind))

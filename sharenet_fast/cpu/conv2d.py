@@ -22,18 +22,21 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX, WGRAD_CHUNK,
-                      WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS,
+from .. import dtypes
+from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX, DOT_BF16,
+                      WGRAD_CHUNK, WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS,
                       WGRAD_MAX_WORKSPACE, njit_options)
-from ._simd import lanes, lanes_of, outer_product, outer_product_nested, typed_zero
+from ._simd import (lanes, lanes_of, narrow, outer_product, outer_product_nested,
+                    outer_product_pairs, typed_zero)
 from ._workspace import launch_lock as _launch_lock
 from ._workspace import scratch
 from . import depthwise
 
 
 def _padded(a, pads, layout, name):
-    """Copy of NCHW `a` zero-padded by pads = ((top, bottom), (left, right)), in NCHW, NHWC or
-    HNCW layout (ConvGeometry.pads(): padding="same"'s odd extra row/column goes at the end).
+    """Copy of NCHW `a` zero-padded by pads = ((top, bottom), (left, right)), in NCHW, NHWC,
+    HNCW or channel-pairs layout (ConvGeometry.pads(): padding="same"'s odd extra row/column
+    goes at the end).
 
     Kernels read the padded copy and never test bounds. A negative amount crops instead
     (the input-gradient-as-convolution needs that when padding > dilation * (R - 1)).
@@ -47,6 +50,21 @@ def _padded(a, pads, layout, name):
     if layout == "nhwc":
         out = scratch(name, (N, Hp, Wp, C), a.dtype)
         dst = out.transpose(0, 3, 1, 2)  # written through an NCHW view
+    elif layout == "pairs":
+        # (N, C2, Hp, Wp, 2): channels 2c2 and 2c2 + 1 side by side (an odd C's last pair
+        # zero), for the bfloat16 pairs kernels
+        out = scratch(name, (N, (C + 1) // 2, Hp, Wp, 2), a.dtype)
+        dst = out.transpose(0, 1, 4, 2, 3)
+        if C % 2:
+            dst[:, -1, 1] = 0
+        for k in (0, 1):
+            d = dst[:, :(C - k + 1) // 2, k]
+            d[:, :, :t] = 0
+            d[:, :, Hp - b:] = 0
+            d[:, :, :, :l] = 0
+            d[:, :, :, Wp - r:] = 0
+            d[:, :, t:Hp - b, l:Wp - r] = src[:, k::2]
+        return out
     elif layout == "hncw":
         out = scratch(name, (Hp, N, C, Wp), a.dtype)
         dst = out.transpose(1, 2, 0, 3)
@@ -86,11 +104,11 @@ def conv_tile(K, itemsize):
 
 
 @njit(**njit_options(), inline="always")
-def _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw, dh, dw):
+def _gather_rows(xf, patch, T, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw, dh, dw):
     """Patches of output row (n, p), columns q = tq, tq + TQ, ... into patch rows row, row+1,
-    ...: row = the R*S*C inputs under (p, q) from NHWC xf, (r, s, c) order, unit-stride runs
-    of S*C when dilation is 1. Returns the next free row."""
-    T = R * S * C
+    ... (T elements apart): row = the R*S*C inputs under (p, q) from NHWC xf, (r, s, c) order,
+    unit-stride runs of S*C when dilation is 1; a row's T - R*S*C last elements are zeroed
+    (the pairs form's padding step). Returns the next free row."""
     SC = S * C
     for q in range(tq, Q, TQ):
         for r in range(R):
@@ -102,31 +120,38 @@ def _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw, dh, d
                 for s in range(S):
                     _copy(patch[dst + s * C:dst + (s + 1) * C],
                           xf[src + s * dw * C:src + s * dw * C + C])
+        for t in range(row * T + R * SC, (row + 1) * T):
+            patch[t] = 0
         row += 1
     return row
 
 
 @lru_cache(maxsize=None)
-def _fwd_kernel(MR, NV):
+def _fwd_kernel(MR, NV, PAIRS):
     @njit(**njit_options(parallel=True))
     def conv2d_fwd_kernel(xh, wt, bias, has_bias, y, R, S, sh, sw, dh, dw, TP, TQ, k_base):
-        """xh: padded NHWC input; wt: TP*TQ banks of (R*S*C, K), filters innermost; y: (N, KY,
-        P, Q) output, of which this call writes filters k_base..k_base+K (a group of a grouped
-        conv writes its slice of y in place); bias (TP*TQ*K).
+        """xh: padded NHWC input; wt: TP*TQ banks of (R*S*C, K), filters innermost (PAIRS: of
+        (T2/2, K2, 2), T2 = R*S*C rounded up to even, K2 = K rounded up to whole vectors, steps
+        2j and 2j + 1 of a filter side by side); y: (N, KY, P, Q) output, of which this call
+        writes filters k_base..k_base+K (a group of a grouped conv writes its slice of y in
+        place); bias (TP*TQ*K), in the accumulator's dtype.
 
         Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1). One task = one
         output row (n, p): gather its Q patches (rows of R*S*C, unit stride along (s, c) when
         dilation is 1), class by class of q % TQ; then, per class, out (positions x K) =
         patch (positions x T) . bank (T x K), MR positions x NV vectors of filters at a time:
-        each step broadcasts one input value per position and loads NV vectors of weights
-        (the bank stays in L2 across tasks). The block is stored (positions, K) and written to
-        y's row n, k, p as runs along q.
+        each step broadcasts one input value per position (PAIRS, bfloat16: one pair of
+        consecutive inputs, for vdpbf16ps) and loads NV vectors of weights (the bank stays in
+        L2 across tasks). The block is stored (positions, K) and written to y's row n, k, p
+        as runs along q (rounded into y's storage).
         """
         N, Hp, Wp, C = xh.shape
         _, KY, P, Q = y.shape
-        K = wt.shape[2]
+        K = len(bias) // (TP * TQ) if PAIRS else wt.shape[2]
         T = R * S * C
-        VK = NV * lanes_of(y)
+        TS = T + (T & 1) if PAIRS else T       # a patch row's length
+        VK = NV * 16 if PAIRS else NV * lanes_of(y)
+        J, L = wt.shape[1], wt.shape[2]        # a bank's steps and its row's length
         xf = xh.ravel()
         wf = wt.ravel()
         yf = y.ravel()
@@ -134,34 +159,53 @@ def _fwd_kernel(MR, NV):
             n = task // P
             p = task - n * P
             tp = p % TP
-            patch = np.empty(Q * T, dtype=xh.dtype)
-            obuf = np.empty(Q * K, dtype=xh.dtype)
+            patch = np.empty(Q * TS, dtype=xh.dtype)
+            obuf = np.empty(Q * K, dtype=bias.dtype)
             row = 0
             for tq in range(TQ):
-                row = _gather_rows(xf, patch, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh, sw,
-                                   dh, dw)
+                row = _gather_rows(xf, patch, TS, row, n, p, tq, TQ, Q, Hp, Wp, C, R, S, sh,
+                                   sw, dh, dw)
             row = 0
             for tq in range(TQ):
                 nq = (Q - tq + TQ - 1) // TQ
                 bank = tp * TQ + tq
                 for i0 in range(row, row + nq, MR):
                     for k0 in range(0, K, VK):
-                        outer_product(MR, NV, 1, 0, 0, patch, i0 * T, T, 1,
-                                      wf, bank * T * K + k0, K, T, 0,
-                                      obuf, i0 * K + k0, K, 1, min(MR, row + nq - i0),
-                                      min(VK, K - k0), False, obuf, 0, False, 0)
+                        if PAIRS:
+                            outer_product_pairs(MR, NV, patch, i0 * TS, TS,
+                                                wf, bank * J * L + 2 * k0, L, J,
+                                                obuf, i0 * K + k0, K, min(MR, row + nq - i0),
+                                                min(VK, K - k0), obuf, 0, False, 1, 0, 1, 0)
+                        else:
+                            outer_product(MR, NV, 1, 0, 0, patch, i0 * T, T, 1,
+                                          wf, bank * T * K + k0, K, T, 0,
+                                          obuf, i0 * K + k0, K, 1, min(MR, row + nq - i0),
+                                          min(VK, K - k0), False, obuf, 0, False, 0)
                 base = (n * KY + k_base) * P * Q + p * Q
                 for k in range(K):
-                    bk = bias[bank * K + k] if has_bias else typed_zero(y)
+                    bk = bias[bank * K + k] if has_bias else typed_zero(obuf)
                     for j in range(nq):
-                        yf[base + k * P * Q + tq + j * TQ] = obuf[(row + j) * K + k] + bk
+                        yf[base + k * P * Q + tq + j * TQ] = narrow(obuf[(row + j) * K + k] + bk,
+                                                                    yf)
                 row += nq
 
     return conv2d_fwd_kernel
 
 
-def conv2d(x, weight, bias, g, grid):
-    return _layer_forward(x, weight[None, None], None if bias is None else bias[None, None], g)
+def conv2d(x, weight, bias, g, grid, out_dtype=None):
+    return _layer_forward(x, weight[None, None], None if bias is None else bias[None, None], g,
+                          out_dtype)
+
+
+def native_forward(x, weight, bias, g, grid):
+    """Whether the forward runs on x's storage itself (bfloat16 pairs, _pairs) rather than on
+    float32 copies (_precision.adapted): every ungrouped and grouped conv, not depthwise."""
+    return _pairs(x) and not g.depthwise
+
+
+def native_input_grad(dy, weight, g, grid):
+    """The input gradient likewise: where it is a convolution itself (stride 1)."""
+    return _pairs(dy) and not g.depthwise and g.stride == (1, 1)
 
 
 # ------------------------------------------------------------------------------------ groups
@@ -176,9 +220,10 @@ def _groups(g):
             for i in range(g.groups)], one
 
 
-def _layer_forward(x, banks, bias, g):
-    """y of the tiled conv at g (shared: 1 x 1 banks (1, 1, K, C/G, R, S)), any groups."""
-    y = np.empty(g.y_shape, dtype=x.dtype)
+def _layer_forward(x, banks, bias, g, out_dtype=None):
+    """y of the tiled conv at g (shared: 1 x 1 banks (1, 1, K, C/G, R, S)), any groups; in
+    out_dtype (a native bfloat16 pass's float32 result) or x's dtype."""
+    y = np.empty(g.y_shape, dtype=out_dtype or x.dtype)
     if g.depthwise:
         depthwise.forward(x, banks, bias, g, y)
     elif g.groups == 1:
@@ -191,42 +236,57 @@ def _layer_forward(x, banks, bias, g):
 
 
 @lru_cache(maxsize=None)
-def _fwd_rows_kernel(MR, NV):
+def _fwd_rows_kernel(MR, NV, PAIRS):
 
     @njit(**njit_options(parallel=True))
     def conv2d_fwd_rows_kernel(xp, w, bias, has_bias, y, R, S, sh, dh, dw, k_base):
         """The shared conv forward with vectors along q (the other orientation of
-        conv2d_fwd_kernel, for few filters and unit column stride): xp: padded NCHW input;
-        w: (K, C*R*S) in its own layout; y: (N, KY, P, Q), filters k_base..k_base+K written.
+        conv2d_fwd_kernel, for few filters and unit column stride): xp: padded NCHW input
+        (PAIRS: channel pairs side by side, (N, C2, Hp, 2*Wp): _padded's "pairs");
+        w: (K, C*R*S) in its own layout (PAIRS: (K, C2*R*S*2), steps (c2, r, s, pair));
+        y: (N, KY, P, Q), filters k_base..k_base+K written.
 
         One task = one output row (n, p): y[n, :, p, :] (K x Q) = W (K x T) . X, where X's row
         t = (c, r, s) is the run of Q inputs of row (n, c, p*sh + r*dh) from column s*dw on,
         read in place (no gathered copy: a direct convolution); MR filters x NV vectors of q
-        at a time, stored straight into y's rows with the bias added. Per step: NV loads and
-        MR broadcasts for MR*NV FMAs, where the filters-along-vector form at K = 16 needs a
-        load per FMA.
+        at a time, stored straight into y's rows with the bias added (PAIRS: through a float32
+        block, rounded into y's storage). Per step: NV loads and MR broadcasts for MR*NV FMAs
+        (PAIRS: vdpbf16ps, two channels each), where the filters-along-vector form at K = 16
+        needs a load per FMA.
         """
-        N, C, Hp, Wp = xp.shape
+        N, CE, Hp, WE = xp.shape
         _, KY, P, Q = y.shape
         K = w.shape[0]
-        T = C * R * S
-        VQ = NV * lanes_of(y)
+        E = 2 if PAIRS else 1                  # elements per step and column
+        T = w.shape[1] // E                    # steps (PAIRS: channel pairs x taps)
+        VQ = NV * 16 if PAIRS else NV * lanes_of(y)
         xf = xp.ravel()
         wf = w.ravel()
         yf = y.ravel()
         for task in prange(N * P):
             n = task // P
             p = task - n * P
-            row0 = ((n * C) * Hp + p * sh) * Wp
+            row0 = ((n * CE) * Hp + p * sh) * WE
+            obuf = np.empty(MR * Q if PAIRS else 0, dtype=bias.dtype)
             for k0 in range(0, K, MR):
+                mr = min(MR, K - k0)
                 for q0 in range(0, Q, VQ):
                     # steps (c, r, s): B row = input row (n, c, p*sh + r*dh) from column
                     # s*dw + q0, read in place
-                    outer_product_nested(MR, NV, wf, k0 * T, T, 1, xf, row0 + q0, dw, S,
-                                         yf, ((n * KY + k_base + k0) * P + p) * Q + q0,
-                                         P * Q, 1,
-                                         min(MR, K - k0), min(VQ, Q - q0), False,
-                                         bias, k0, has_bias, R, dh * Wp, C, Hp * Wp)
+                    if PAIRS:
+                        outer_product_pairs(MR, NV, wf, k0 * 2 * T, 2 * T, xf, row0 + 2 * q0,
+                                            2 * dw, S, obuf, q0, Q, mr, min(VQ, Q - q0),
+                                            bias, k0, has_bias, R, dh * WE, CE, Hp * WE)
+                    else:
+                        outer_product_nested(MR, NV, wf, k0 * T, T, 1, xf, row0 + q0, dw, S,
+                                             yf, ((n * KY + k_base + k0) * P + p) * Q + q0,
+                                             P * Q, 1, mr, min(VQ, Q - q0), False,
+                                             bias, k0, has_bias, R, dh * WE, CE, Hp * WE)
+                if PAIRS:
+                    for i in range(mr):
+                        base = ((n * KY + k_base + k0 + i) * P + p) * Q
+                        for q in range(Q):
+                            yf[base + q] = narrow(obuf[i * Q + q], yf)
 
     return conv2d_fwd_rows_kernel
 
@@ -237,28 +297,63 @@ def _rows_form(TP, TQ, K, stride, itemsize):
     return (TP, TQ) == (1, 1) and stride[1] == 1 and -(-K // lanes(itemsize)) < CONV_NVMAX
 
 
+def _pairs(x):
+    """Whether a pass on x runs in bfloat16 pairs (vdpbf16ps): bfloat16 storage on a target
+    with AVX512_BF16 (config.DOT_BF16); float16 and the rest widen (cpu/_precision.py)."""
+    return DOT_BF16 and x.dtype == dtypes.BFLOAT16
+
+
+def _even(n):
+    return n + (n & 1)
+
+
 def _forward(x, banks, bias, pads, stride, dilation, y, k_base=0):
     """y[:, k_base:k_base + K] = tiled conv of x zero-padded by `pads` (_padded) with banks
-    (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None; y (N, >= k_base + K, P, Q) C-contiguous."""
+    (TP, TQ, K, C, R, S), bias (TP, TQ, K) or None; y (N, >= k_base + K, P, Q) C-contiguous.
+    bfloat16 x and banks (_pairs): multiplied as such (a float32 bias; y bfloat16 or float32)."""
     TP, TQ, K, C, R, S = banks.shape
     T = R * S * C
-    b = (np.ascontiguousarray(bias).reshape(-1) if bias is not None
-         else np.zeros(1, dtype=x.dtype))
-    if _rows_form(TP, TQ, K, stride, x.dtype.itemsize):
+    pairs = _pairs(x)
+    acc = np.float32 if pairs else x.dtype
+    b = (np.ascontiguousarray(bias, dtype=acc).reshape(-1) if bias is not None
+         else np.zeros(TP * TQ * K, dtype=acc))      # the pairs kernel's K = len(b) / banks
+    xv, bv, yv = (dtypes.kernel_view(a) for a in (x, banks, y))
+    lanes_acc = lanes(np.dtype(acc).itemsize)
+    if _rows_form(TP, TQ, K, stride, np.dtype(acc).itemsize):
         Q = y.shape[3]
-        NV = max(1, min(CONV_ROWS_NVMAX, -(-Q // lanes(x.dtype.itemsize))))
-        kernel = _fwd_rows_kernel(min(8, CONV_ROWS_ACC // NV), NV)
+        NV = max(1, min(CONV_ROWS_NVMAX, -(-Q // lanes_acc)))
+        kernel = _fwd_rows_kernel(min(8, CONV_ROWS_ACC // NV), NV, pairs)
         with _launch_lock:
-            xp = _padded(x, pads, "nchw", "fwd_x")
-            kernel(xp, np.ascontiguousarray(banks.reshape(K, C * R * S)), b, bias is not None,
-                   y, R, S, stride[0], *dilation, k_base)
+            if pairs:
+                xp = _padded(xv, pads, "pairs", "fwd_x")
+                # (K, C2, R, S, 2): channels 2c2, 2c2 + 1 side by side (an odd C's last
+                # pair padded with zero weights)
+                wide = np.zeros((K, _even(C), R, S), xv.dtype)
+                wide[:, :C] = bv.reshape(K, C, R, S)
+                w = np.ascontiguousarray(
+                    wide.reshape(K, -1, 2, R, S).transpose(0, 1, 3, 4, 2)).reshape(K, -1)
+            else:
+                xp = _padded(xv, pads, "nchw", "fwd_x")
+                w = np.ascontiguousarray(bv.reshape(K, C * R * S))
+            kernel(xp.reshape(xp.shape[0], xp.shape[1], xp.shape[2], -1), w, b,
+                   bias is not None, yv, R, S, stride[0], *dilation, k_base)
         return
-    kernel = _fwd_kernel(*conv_tile(K, x.dtype.itemsize))
+    MR, NV = conv_tile(K, np.dtype(acc).itemsize)
+    kernel = _fwd_kernel(MR, NV, pairs)
     with _launch_lock:
-        xh = _padded(x, pads, "nhwc", "fwd_x")
-        wt = scratch("fwd_w", (TP * TQ, T, K), x.dtype)
-        wt.reshape(TP, TQ, R, S, C, K)[...] = banks.transpose(0, 1, 4, 5, 3, 2)
-        kernel(xh, wt, b, bias is not None, y, R, S, *stride, *dilation, TP, TQ, k_base)
+        xh = _padded(xv, pads, "nhwc", "fwd_x")
+        if pairs:
+            # (bank, T2/2, K2, 2): steps 2j, 2j + 1 of filter k at words 2k, 2k + 1 of row j
+            K2 = -(-K // (NV * lanes_acc)) * NV * lanes_acc
+            wide = np.zeros((TP * TQ, _even(T), K2), xv.dtype)
+            wide[:, :T, :K] = bv.transpose(0, 1, 4, 5, 3, 2).reshape(TP * TQ, T, K)
+            wt = scratch("fwd_w", (TP * TQ, _even(T) // 2, K2, 2), xv.dtype)
+            wt[...] = wide.reshape(TP * TQ, -1, 2, K2).transpose(0, 1, 3, 2)
+        else:
+            wt = scratch("fwd_w", (TP * TQ, T, K), x.dtype)
+            wt.reshape(TP, TQ, R, S, C, K)[...] = banks.transpose(0, 1, 4, 5, 3, 2)
+        kernel(xh, wt.reshape(TP * TQ, wt.shape[1], -1), b, bias is not None, yv, R, S,
+               *stride, *dilation, TP, TQ, k_base)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -305,8 +400,8 @@ def _wgrad_kernel(MR, NV):
                             continue
                         row = 0
                         for i in range(nr):
-                            row = _gather_rows(xf, patch, row, n, pa + i * TP, tq, TQ, Q, Hp,
-                                               Wp, C, R, S, sh, sw, dh, dw)
+                            row = _gather_rows(xf, patch, T, row, n, pa + i * TP, tq, TQ, Q,
+                                               Hp, Wp, C, R, S, sh, sw, dh, dw)
                         for k in range(K):
                             for i in range(nr):
                                 src = (((n * K + k) * P + pa + i * TP) * TQ + tq) * Qd
@@ -603,20 +698,20 @@ def _dgrad_kernel(MR, NV):
     return conv2d_dgrad_kernel
 
 
-def conv2d_input_grad(dy, weight, g, grid):
-    return _layer_input_grad(dy, weight[None, None], g)
+def conv2d_input_grad(dy, weight, g, grid, out_dtype=None):
+    return _layer_input_grad(dy, weight[None, None], g, out_dtype)
 
 
-def _layer_input_grad(dy, banks, g):
-    """Input gradient of the tiled conv at g with banks (TP, TQ, K, C/G, R, S), any groups."""
+def _layer_input_grad(dy, banks, g, out_dtype=None):
+    """Input gradient of the tiled conv at g with banks (TP, TQ, K, C/G, R, S), any groups
+    (in out_dtype or dy's dtype)."""
+    dx = np.empty(g.x_shape, dtype=out_dtype or dy.dtype)
     if g.depthwise:
-        dx = np.empty(g.x_shape, dtype=dy.dtype)
         depthwise.input_grad(dy, banks, g, dx)
         return dx
     if g.groups == 1:
-        return _input_grad(dy, banks, g)
+        return _input_grad(dy, banks, g, dx)
     slices, one = _groups(g)
-    dx = np.empty(g.x_shape, dtype=dy.dtype)
     for cs, ks in slices:      # each group writes its channels' planes of dx
         _input_grad(dy[:, ks], banks[:, :, ks], one, dx, cs.start)
     return dx

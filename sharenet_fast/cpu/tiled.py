@@ -7,15 +7,16 @@ class by its bank; the weight gradient adds each class into its own bank of the 
 partials; the input gradient is, with stride 1, a tiled convolution itself (by input class, see
 conv2d._input_grad) and otherwise the gather-form kernel with one bank per class of q.
 """
-from .conv2d import _bias_grad, _layer_forward, _layer_input_grad, _weight_grad
+from .conv2d import (_bias_grad, _layer_forward, _layer_input_grad, _weight_grad,
+                     native_forward, native_input_grad)
 
 
-def tiled_conv2d(x, weight, bias, g, grid):
-    return _layer_forward(x, weight, bias, g)
+def tiled_conv2d(x, weight, bias, g, grid, out_dtype=None):
+    return _layer_forward(x, weight, bias, g, out_dtype)
 
 
-def tiled_conv2d_input_grad(dy, weight, g, grid):
-    return _layer_input_grad(dy, weight, g)
+def tiled_conv2d_input_grad(dy, weight, g, grid, out_dtype=None):
+    return _layer_input_grad(dy, weight, g, out_dtype)
 
 
 def tiled_conv2d_weight_grad(dy, x, g, grid, out=None, deterministic=False):
