@@ -86,6 +86,11 @@ if VEC_BYTES == 64:
     WGRAD_DIRECT_NVMAX = 6
     # the direct (rows form) forward: accumulators and vectors along q
     CONV_ROWS_ACC, CONV_ROWS_NVMAX = 24, 4
+    # ... in bfloat16 pairs (vdpbf16ps): 8 filters x 2 vectors (deepface_l4 forward 2.05 ms
+    # against 2.85 at 6 x 4, whose 16 filters take 3 tiles of 6, same process)
+    CONV_ROWS_PAIRS_NVMAX = 2
+    # the shared conv's weight gradient in bfloat16 pairs: 8 filters x 3 vectors of taps
+    WGRAD_PAIRS_TILE = (8, 3)
 else:
     FWD_TILE = (4, 2)
     FWD_TILE_SPLIT = (8, 1)
@@ -96,6 +101,8 @@ else:
     # a 4 x 3 or 6 x 2 tile in the direct forward's 3-level loop spilled on 16 ymm: deepface_l4
     # (K = 16) 15.5 ms, 2.5x the gathered form; 4 x 2: 3.3 ms at K = 8 (gathered 3.7)
     CONV_ROWS_ACC, CONV_ROWS_NVMAX = 8, 2
+    CONV_ROWS_PAIRS_NVMAX = 2       # (no pairs kernels without AVX-512)
+    WGRAD_PAIRS_TILE = (8, 3)
 # ... used where S*C fills at least this fraction of its vectors' lanes (else the gathered form)
 WGRAD_DIRECT_FILL = 0.8
 # cache lines of the next bank the input gradient prefetches per reduction step

@@ -15,7 +15,7 @@ from .sharing import average_banks, neighbour_penalty, soft_sharing_penalty
 
 conv2d = adapted(_conv2d.conv2d, _conv2d.native_forward)
 conv2d_input_grad = adapted(_conv2d.conv2d_input_grad, _conv2d.native_input_grad)
-conv2d_weight_grad = adapted(_conv2d.conv2d_weight_grad)
+conv2d_weight_grad = adapted(_conv2d.conv2d_weight_grad, _conv2d.native_weight_grad)
 conv2d_bias_grad = adapted(_conv2d.conv2d_bias_grad)
 tiled_conv2d = adapted(_tiled.tiled_conv2d, _tiled.native_forward)
 tiled_conv2d_input_grad = adapted(_tiled.tiled_conv2d_input_grad, _tiled.native_input_grad)

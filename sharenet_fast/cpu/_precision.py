@@ -99,8 +99,9 @@ def adapted(fn, native=None):
     calls go straight through; reduced ones through float32 copies of the arrays, with the
     result rounded back (or kept float32: out_dtype=). An out= buffer is added into: a float32
     one (master weights) by the kernel itself, a reduced one by one rounding of the sum.
-    Where native(*args) says so, fn runs on the reduced arrays themselves and takes out_dtype=
-    (conv2d's bfloat16 pairs kernels)."""
+    Where native(*args) says so, fn runs on the reduced arrays themselves (conv2d's bfloat16
+    pairs kernels): a forward or input gradient takes out_dtype= and rounds in its kernel, a
+    gradient returns float32 and goes on as above."""
     grads = fn.__name__.endswith(("_weight_grad", "_bias_grad"))   # take out=, added into
     both = fn.__name__.endswith("_input_weight_grad")    # returns (dx, dw)
 
@@ -109,10 +110,13 @@ def adapted(fn, native=None):
         storage = next(a.dtype for a in args if isinstance(a, np.ndarray))
         if not dtypes.lookup(storage).reduced:
             return fn(*args, **kw)
-        if native is not None and native(*args, **kw):
-            return fn(*args, out_dtype=out_dtype, **kw)
-        wide = tuple(widened(a) if isinstance(a, np.ndarray) else a for a in args)
         rdt = result_dtype(storage, out_dtype)
+        if native is not None and native(*args, **kw):
+            if not grads:     # rounded into rdt by the kernels
+                return fn(*args, out_dtype=rdt, **kw)
+            wide = args       # the kernels read the storage and return float32
+        else:
+            wide = tuple(widened(a) if isinstance(a, np.ndarray) else a for a in args)
         if not grads:                                          # forward, input gradient
             return narrowed(fn(*wide, **kw), rdt)
         out = kw.pop("out", None)

@@ -311,29 +311,34 @@ def outer_product_nested(typingctx, MR, NV, A, a0, lda, ldaj, B, b0, ldb, nk, C,
 
 @intrinsic(prefer_literal=True)
 def outer_product_pairs(typingctx, MR, NV, A, a0, lda, B, b0, ldb, nk, C, c0, ldc, nrows, ncols,
-                        D, d0, add_d, nk1, ldb1, nk2, ldb2):
+                        beta, D, d0, add_d, nk1, ldb1, nk2, ldb2):
     """outer_product on AVX512_BF16's vdpbf16ps with the reduction taken in pairs of steps that
     the caller has laid out that way (no shuffles): A and B bfloat16 (uint16 views), C and D
     float32, U = 1 in every other respect (NV vectors of VL float32 columns, one column a lane).
 
-      C[c0 + i*ldc + n] = (D[d0 + i] if add_d) + sum_j sum_p A[a0 + i*lda + 2j + p] *
-                                                        B[b0 + j'*ldb ... + 2n + p]
+      C[c0 + i*ldc + n] = (C[...] if beta) + (D[d0 + i] if add_d)
+                          + sum_j sum_p A[a0 + i*lda + 2j + p] * B[(pair j) + 2n + p]
     over pairs j = (j2*nk1 + j1)*nk + j0 (the nested index of outer_product_nested: B's pair j
     at b0 + j2*ldb2 + j1*ldb1 + j0*ldb; A's at a0 + i*lda + 2j), p < 2. So A's row holds the
     steps in order (one 32-bit broadcast per pair) and B's row of a pair holds each column's
     two steps side by side: word 2n + p, 2*VL words a vector. A step count that is odd is the
-    caller's to pad with a zero step. Columns past ncols are masked on B's loads (a word pair
-    per column) and C's stores. Only where config.DOT_BF16."""
+    caller's to pad with a zero step. B is read in whole vectors (masked loads of 16-bit words
+    made a tail block 1.5x slower): every row read must have NV*VL columns (2*NV*VL words) in
+    the caller's buffer, what lies past ncols only reaches lanes whose stores are masked off
+    (vdpbf16ps treats denormals as zero: no slow path). C's stores are masked past ncols.
+    C float32, or bfloat16 (uint16: each sum rounded to nearest even as it is stored; beta
+    must be off there). Only where config.DOT_BF16."""
     consts = (MR, NV)
     if not all(isinstance(t, types.IntegerLiteral) for t in consts):
         raise errors.TypingError("outer_product_pairs: MR, NV must be compile-time integer "
                                  f"constants, got {consts}")
     mr, nv = (t.literal_value for t in consts)
-    if not (_operands_ok(A, B, C, D) and A.dtype == B.dtype == types.uint16
-            and C.dtype == types.float32):
+    if not (all(isinstance(a, types.Array) for a in (A, B, C, D))
+            and A.dtype == B.dtype == types.uint16 and D.dtype == types.float32
+            and C.dtype in (types.float32, types.uint16)):
         return None
-    sig = types.void(MR, NV, A, a0, lda, B, b0, ldb, nk, C, c0, ldc, nrows, ncols, D, d0, add_d,
-                     nk1, ldb1, nk2, ldb2)
+    sig = types.void(MR, NV, A, a0, lda, B, b0, ldb, nk, C, c0, ldc, nrows, ncols, beta, D, d0,
+                     add_d, nk1, ldb1, nk2, ldb2)
 
     def codegen(context, builder, signature, args):
         a = signature.args
@@ -341,17 +346,16 @@ def outer_product_pairs(typingctx, MR, NV, A, a0, lda, B, b0, ldb, nk, C, c0, ld
         zero = context.get_constant(types.int64, 0)
         one = context.get_constant(types.int64, 1)
         two = context.get_constant(types.int64, 2)
-        false = context.get_constant(types.boolean, False)
-        # outer_product's operand list: ldaj = 2, ntail = 0, ldcn = 1, beta off, pf = 0
+        # outer_product's operand list: ldaj = 2, ntail = 0, ldcn = 1, pf = 0
         flat = [(args[2], a[2]), (args[3], a[3]), (args[4], a[4]), (two, types.int64),
                 (args[5], a[5]), (args[6], a[6]), (args[7], a[7]), (args[8], a[8]),
                 (zero, types.int64), (args[9], a[9]), (args[10], a[10]), (args[11], a[11]),
                 (one, types.int64), (args[12], a[12]), (args[13], a[13]),
-                (false, types.boolean), (args[14], a[14]), (args[15], a[15]),
-                (args[16], a[16]), (zero, types.int64)]
+                (args[14], a[14]), (args[15], a[15]), (args[16], a[16]),
+                (args[17], a[17]), (zero, types.int64)]
         sub = signature.replace(args=tuple(t for _, t in flat))
         return _emit(context, builder, sub, [v for v, _ in flat], mr, nv, 1, 0, False,
-                     nest=(i64(17), i64(18), i64(19), i64(20)), dot="pairs")
+                     nest=(i64(18), i64(19), i64(20), i64(21)), dot="pairs")
 
     return sig, codegen
 
@@ -366,7 +370,10 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
      add_d, pf) = vals
     beta = context.cast(builder, beta, tys[15], types.boolean)
     add_d = context.cast(builder, add_d, tys[18], types.boolean)
-    flt = context.get_value_type(tys[9].dtype)       # the accumulator: C's dtype
+    # the accumulator: C's dtype; a 16-bit C (outer_product_pairs) accumulates in float32 and
+    # is stored rounded
+    c_kind = _HALF.get(tys[9].dtype)
+    flt = ir.FloatType() if c_kind else context.get_value_type(tys[9].dtype)
     itemsize = context.get_abi_sizeof(flt)
     VL = VEC_BYTES // itemsize
     # dot (outer_product_dot): a vector of VL float32 lanes holds FOLD = 2 lanes per column,
@@ -397,6 +404,9 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
                                             t]))
     mstore = _declare(mod, f"llvm.masked.store.{sfx}.p0",
                       ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), I32, mty]))
+    ity = ir.VectorType(ir.IntType(16), VL)
+    mstore16 = _declare(mod, f"llvm.masked.store.v{VL}i16.p0",
+                        ir.FunctionType(ir.VoidType(), [ity, ity.as_pointer(), I32, mty]))
     i8p = ir.IntType(8).as_pointer()
     prefetch = _declare(mod, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(),
                                                                  [i8p, I32, I32, I32]))
@@ -442,13 +452,6 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
             return builder.call(dpbf16_fn, [acc, builder.bitcast(bvec, bf_ty),
                                             builder.bitcast(avec, bf_ty)])
     pairs = dot == "pairs"
-    if pairs:
-        # B's word w belongs to column w // 2 of its vector
-        pmasks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(I64, 2 * VL),
-                                                       [w // 2 for w in range(2 * VL)]),
-                                      splat(builder.sub(ncols, c64(v * VL)),
-                                            ir.VectorType(I64, 2 * VL)))
-                  for v in range(NV)]
     if dot is True:
         # 2*VL bfloat16 per vector; word w of the permuted B: dword lane L = w // 2 = 2n + p
         # (column n, step pair p), its low / high word steps 2p / 2p + 1 (w % 2) of column n,
@@ -465,14 +468,11 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
         if boff is None:
             boff = builder.add(b0, builder.mul(j, ldb))
         out = []
-        if pairs:    # NV loads of 2*VL bfloat16, already paired
+        if pairs:    # NV whole loads of 2*VL bfloat16, already paired
             for v in range(NV):
                 p = builder.bitcast(builder.gep(pB, [builder.add(boff, c64(2 * v * VL))]),
                                     bw_ty.as_pointer())
-                out.append(builder.call(masked_load(b_ety, 2 * VL),
-                                        [p, ir.Constant(I32, b_size), pmasks[v],
-                                         ir.Constant(bw_ty, None)]) if masked
-                           else builder.load(p, align=b_size))
+                out.append(builder.load(p, align=b_size))
             return out
         if dot:      # one load of 2*VL bfloat16, paired by one vpermw
             p = builder.bitcast(builder.gep(pB, [boff]), bw_ty.as_pointer())
@@ -548,11 +548,14 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
                                                     builder.mul(l1.index, ldb1)))
                 inner(masked, jbase, bbase)
 
-    with builder.if_else(bfull) as (then, otherwise):
-        with then:
-            main_loop(False)
-        with otherwise:
-            main_loop(True)
+    if pairs:        # (B never masked)
+        main_loop(False)
+    else:
+        with builder.if_else(bfull) as (then, otherwise):
+            with then:
+                main_loop(False)
+            with otherwise:
+                main_loop(True)
     if U > 1:  # the last, partial group of steps
         with builder.if_then(builder.icmp_signed(">", ntail, c64(0))):
             umask = builder.icmp_signed("<", ir.Constant(ir.VectorType(I64, U), list(range(U))),
@@ -584,6 +587,22 @@ def _emit(context, builder, signature, args, MR, NV, U, PF, PF_ON_B, nest=None, 
                 # C is read only when beta: a select would add whatever the (maybe
                 # uninitialised) output holds, and a denormal there costs a microcode assist
                 # per lane (that made the epilogue 3x the whole reduction at alexnet_conv1)
+                if c_kind:     # rounded into 16-bit storage (beta is off there)
+                    with builder.if_else(unit) as (contiguous, strided):
+                        with contiguous:
+                            p = builder.bitcast(builder.gep(pC, [builder.add(crow, c64(v * VL))]),
+                                                ity.as_pointer())
+                            builder.call(mstore16, [narrow_ir(builder, val, c_kind), p,
+                                                    ir.Constant(I32, 2), cmask[v]])
+                        with strided:
+                            for c in range(VL):
+                                col = v * VL + c
+                                with builder.if_then(builder.icmp_signed("<", c64(col), ncols)):
+                                    p = builder.gep(pC, [builder.add(crow, builder.mul(
+                                        c64(col), ldcn))])
+                                    x = builder.extract_element(val, ir.Constant(I32, c))
+                                    builder.store(narrow_ir(builder, x, c_kind), p)
+                    continue
                 with builder.if_else(unit) as (contiguous, strided):
                     with contiguous:
                         p = vptr(pC, builder.add(crow, c64(v * VL)))

@@ -29,17 +29,19 @@ launch_lock = threading.RLock()
 _cache = {}
 
 
-def scratch(name, shape, dtype):
-    """An uninitialised C-contiguous array of `shape`, reused by the next call with this name."""
+def scratch(name, shape, dtype, tail=0):
+    """An uninitialised C-contiguous array of `shape`, reused by the next call with this name;
+    `tail` more elements exist past its end (a kernel's whole-vector reads of a row's end stay
+    inside the buffer)."""
     dtype = np.dtype(dtype)
     n = 1
     for s in shape:
         n *= int(s)
     if n * dtype.itemsize > WORKSPACE_CACHE_BYTES:
-        return np.empty(shape, dtype=dtype)
+        return np.empty(n + tail, dtype=dtype)[:n].reshape(shape)
     buf = _cache.get((name, dtype))
-    if buf is None or buf.size < n:
-        buf = np.empty(max(n, 1), dtype=dtype)
+    if buf is None or buf.size < n + tail:
+        buf = np.empty(max(n + tail, 1), dtype=dtype)
         _cache[(name, dtype)] = buf
     return buf[:n].reshape(shape)
 

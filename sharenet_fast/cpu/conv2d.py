@@ -23,8 +23,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import dtypes
-from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX, DOT_BF16,
-                      WGRAD_CHUNK, WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS,
+from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX,
+                      CONV_ROWS_PAIRS_NVMAX, DOT_BF16, WGRAD_CHUNK, WGRAD_PAIRS_TILE, WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS,
                       WGRAD_MAX_WORKSPACE, njit_options)
 from ._simd import (lanes, lanes_of, narrow, outer_product, outer_product_nested,
                     outer_product_pairs, typed_zero)
@@ -33,14 +33,14 @@ from ._workspace import scratch
 from . import depthwise
 
 
-def _padded(a, pads, layout, name):
+def _padded(a, pads, layout, name, tail=0):
     """Copy of NCHW `a` zero-padded by pads = ((top, bottom), (left, right)), in NCHW, NHWC,
     HNCW or channel-pairs layout (ConvGeometry.pads(): padding="same"'s odd extra row/column
     goes at the end).
 
     Kernels read the padded copy and never test bounds. A negative amount crops instead
     (the input-gradient-as-convolution needs that when padding > dilation * (R - 1)).
-    The copy is scratch `name` (call under _launch_lock).
+    The copy is scratch `name` (call under _launch_lock), `tail` elements longer.
     """
     N, C, H, W = a.shape
     (t, b), (l, r) = pads
@@ -53,17 +53,8 @@ def _padded(a, pads, layout, name):
     elif layout == "pairs":
         # (N, C2, Hp, Wp, 2): channels 2c2 and 2c2 + 1 side by side (an odd C's last pair
         # zero), for the bfloat16 pairs kernels
-        out = scratch(name, (N, (C + 1) // 2, Hp, Wp, 2), a.dtype)
-        dst = out.transpose(0, 1, 4, 2, 3)
-        if C % 2:
-            dst[:, -1, 1] = 0
-        for k in (0, 1):
-            d = dst[:, :(C - k + 1) // 2, k]
-            d[:, :, :t] = 0
-            d[:, :, Hp - b:] = 0
-            d[:, :, :, :l] = 0
-            d[:, :, :, Wp - r:] = 0
-            d[:, :, t:Hp - b, l:Wp - r] = src[:, k::2]
+        out = scratch(name, (N, (C + 1) // 2, Hp, Wp, 2), a.dtype, tail)
+        pairs_pad_kernel(src, out.view(np.uint32).reshape(out.shape[:4]), t, l)
         return out
     elif layout == "hncw":
         out = scratch(name, (Hp, N, C, Wp), a.dtype)
@@ -77,6 +68,36 @@ def _padded(a, pads, layout, name):
     dst[:, :, :, Wp - r:] = 0
     dst[:, :, t:Hp - b, l:Wp - r] = src
     return out
+
+
+@njit(**njit_options(parallel=True))
+def pairs_pad_kernel(src, out, t, l):
+    """out (N, C2, Hp, Wp) 32-bit words = src (N, C, H, W) 16-bit with channels 2c2, 2c2 + 1
+    side by side (the low half first; an odd C's last pair's high half zero), zero-padded by t
+    rows / l columns before (and the rest after). One task per (image, channel pair), whole
+    words: numpy's two strided assignments took 1.5 ms at vgg_3x3 (16 x 64 x 56 x 56)."""
+    N, C, H, W = src.shape
+    _, C2, Hp, Wp = out.shape
+    for task in prange(N * C2):
+        n = task // C2
+        c = 2 * (task - n * C2)
+        o = out[n, c // 2]
+        for h in range(Hp):
+            row = o[h]
+            if h < t or h >= t + H:
+                row[:] = 0
+                continue
+            row[:l] = 0
+            row[l + W:] = 0
+            dst = row[l:l + W]
+            s0 = src[n, c, h - t]
+            if c + 1 < C:
+                s1 = src[n, c + 1, h - t]
+                for w in range(W):
+                    dst[w] = np.uint32(s0[w]) | (np.uint32(s1[w]) << np.uint32(16))
+            else:
+                for w in range(W):
+                    dst[w] = np.uint32(s0[w])
 
 
 @njit(**njit_options(), inline="always")
@@ -175,7 +196,8 @@ def _fwd_kernel(MR, NV, PAIRS):
                             outer_product_pairs(MR, NV, patch, i0 * TS, TS,
                                                 wf, bank * J * L + 2 * k0, L, J,
                                                 obuf, i0 * K + k0, K, min(MR, row + nq - i0),
-                                                min(VK, K - k0), obuf, 0, False, 1, 0, 1, 0)
+                                                min(VK, K - k0), False, obuf, 0, False,
+                                                1, 0, 1, 0)
                         else:
                             outer_product(MR, NV, 1, 0, 0, patch, i0 * T, T, 1,
                                           wf, bank * T * K + k0, K, T, 0,
@@ -208,6 +230,13 @@ def native_input_grad(dy, weight, g, grid):
     return _pairs(dy) and not g.depthwise and g.stride == (1, 1)
 
 
+def native_weight_grad(dy, x, g, grid, out=None, deterministic=False):
+    """The shared conv's weight gradient likewise (a float32 result, which _precision.adapted
+    rounds or adds into out=), not depthwise, column dilation 1 (it reads a tap's S*C inputs
+    as one run)."""
+    return _pairs(x) and not g.depthwise and g.dilation[1] == 1
+
+
 # ------------------------------------------------------------------------------------ groups
 # A grouped conv (1 < groups < C) is `groups` ungrouped convs over channel slices: each kernel
 # builds its padded copy of its slice of x anyway (so slicing costs nothing there), and each
@@ -236,7 +265,7 @@ def _layer_forward(x, banks, bias, g, out_dtype=None):
 
 
 @lru_cache(maxsize=None)
-def _fwd_rows_kernel(MR, NV, PAIRS):
+def _fwd_rows_kernel(MR, NV, PAIRS, ROWS_PER_TASK=1):
 
     @njit(**njit_options(parallel=True))
     def conv2d_fwd_rows_kernel(xp, w, bias, has_bias, y, R, S, sh, dh, dw, k_base):
@@ -249,8 +278,8 @@ def _fwd_rows_kernel(MR, NV, PAIRS):
         One task = one output row (n, p): y[n, :, p, :] (K x Q) = W (K x T) . X, where X's row
         t = (c, r, s) is the run of Q inputs of row (n, c, p*sh + r*dh) from column s*dw on,
         read in place (no gathered copy: a direct convolution); MR filters x NV vectors of q
-        at a time, stored straight into y's rows with the bias added (PAIRS: through a float32
-        block, rounded into y's storage). Per step: NV loads and MR broadcasts for MR*NV FMAs
+        at a time, stored straight into y's rows with the bias added (PAIRS: rounded into y's
+        storage as they are stored). Per step: NV loads and MR broadcasts for MR*NV FMAs
         (PAIRS: vdpbf16ps, two channels each), where the filters-along-vector form at K = 16
         needs a load per FMA.
         """
@@ -263,38 +292,39 @@ def _fwd_rows_kernel(MR, NV, PAIRS):
         xf = xp.ravel()
         wf = w.ravel()
         yf = y.ravel()
-        for task in prange(N * P):
-            n = task // P
-            p = task - n * P
-            row0 = ((n * CE) * Hp + p * sh) * WE
-            obuf = np.empty(MR * Q if PAIRS else 0, dtype=bias.dtype)
+        PB = ROWS_PER_TASK
+        nb = (P + PB - 1) // PB
+        for task in prange(N * nb):
+            n = task // nb
+            pb = task - n * nb
             for k0 in range(0, K, MR):
-                mr = min(MR, K - k0)
+              mr = min(MR, K - k0)
+              for p in range(pb * PB, min(P, pb * PB + PB)):
+                row0 = ((n * CE) * Hp + p * sh) * WE
+                y0 = ((n * KY + k_base + k0) * P + p) * Q
                 for q0 in range(0, Q, VQ):
                     # steps (c, r, s): B row = input row (n, c, p*sh + r*dh) from column
                     # s*dw + q0, read in place
                     if PAIRS:
                         outer_product_pairs(MR, NV, wf, k0 * 2 * T, 2 * T, xf, row0 + 2 * q0,
-                                            2 * dw, S, obuf, q0, Q, mr, min(VQ, Q - q0),
-                                            bias, k0, has_bias, R, dh * WE, CE, Hp * WE)
+                                            2 * dw, S, yf, y0 + q0, P * Q, mr, min(VQ, Q - q0),
+                                            False, bias, k0, has_bias, R, dh * WE, CE,
+                                            Hp * WE)
                     else:
                         outer_product_nested(MR, NV, wf, k0 * T, T, 1, xf, row0 + q0, dw, S,
-                                             yf, ((n * KY + k_base + k0) * P + p) * Q + q0,
-                                             P * Q, 1, mr, min(VQ, Q - q0), False,
-                                             bias, k0, has_bias, R, dh * WE, CE, Hp * WE)
-                if PAIRS:
-                    for i in range(mr):
-                        base = ((n * KY + k_base + k0 + i) * P + p) * Q
-                        for q in range(Q):
-                            yf[base + q] = narrow(obuf[i * Q + q], yf)
+                                             yf, y0 + q0, P * Q, 1, mr, min(VQ, Q - q0),
+                                             False, bias, k0, has_bias, R, dh * WE, CE,
+                                             Hp * WE)
 
     return conv2d_fwd_rows_kernel
 
 
-def _rows_form(TP, TQ, K, stride, itemsize):
+def _rows_form(TP, TQ, K, stride, itemsize, pairs=False):
     """Whether the forward runs with vectors along q: a shared conv with unit column stride
-    whose filters fill fewer vectors than the filters-along-vector tile takes."""
-    return (TP, TQ) == (1, 1) and stride[1] == 1 and -(-K // lanes(itemsize)) < CONV_NVMAX
+    whose filters fill fewer vectors than the filters-along-vector tile takes; in bfloat16
+    pairs, at any K (vgg_3x3, 64 filters: 7.75 ms against 8.62 gathered, same process)."""
+    return ((TP, TQ) == (1, 1) and stride[1] == 1
+            and (pairs or -(-K // lanes(itemsize)) < CONV_NVMAX))
 
 
 def _pairs(x):
@@ -319,13 +349,15 @@ def _forward(x, banks, bias, pads, stride, dilation, y, k_base=0):
          else np.zeros(TP * TQ * K, dtype=acc))      # the pairs kernel's K = len(b) / banks
     xv, bv, yv = (dtypes.kernel_view(a) for a in (x, banks, y))
     lanes_acc = lanes(np.dtype(acc).itemsize)
-    if _rows_form(TP, TQ, K, stride, np.dtype(acc).itemsize):
+    if _rows_form(TP, TQ, K, stride, np.dtype(acc).itemsize, pairs):
         Q = y.shape[3]
-        NV = max(1, min(CONV_ROWS_NVMAX, -(-Q // lanes_acc)))
+        nvmax = CONV_ROWS_PAIRS_NVMAX if pairs else CONV_ROWS_NVMAX
+        NV = max(1, min(nvmax, -(-Q // lanes_acc)))
         kernel = _fwd_rows_kernel(min(8, CONV_ROWS_ACC // NV), NV, pairs)
         with _launch_lock:
             if pairs:
-                xp = _padded(xv, pads, "pairs", "fwd_x")
+                # the kernel reads whole vectors (2*VQ words) from the last row's end on
+                xp = _padded(xv, pads, "pairs", "fwd_x", 2 * NV * lanes_acc)
                 # (K, C2, R, S, 2): channels 2c2, 2c2 + 1 side by side (an odd C's last
                 # pair padded with zero weights)
                 wide = np.zeros((K, _even(C), R, S), xv.dtype)
@@ -467,6 +499,88 @@ def _wgrad_direct_kernel(MR, NV):
     return conv2d_wgrad_direct_kernel
 
 
+@njit(**njit_options(parallel=True))
+def column_pairs_kernel(src, out, t, l, sw):
+    """out (N, Hp, W2, C) 32-bit words: word (h, w, c) = the zero-padded input (pads t rows /
+    l columns before, zeros after) at (c, h, w) in its low half and at (c, h, w + sw) in its
+    high half: the two inputs that positions q and q + 1 meet at the same tap, side by side
+    for conv2d_wgrad_pairs_kernel. src (N, C, H, W) 16-bit. One task per (image, row): the
+    row is first transposed to (w, c) in a local buffer (L1-sized), then combined with
+    unit-stride loops (writing the words channel-innermost straight from NCHW took 4.6 ms
+    at vgg_3x3 against 1.1 this way)."""
+    N, C, H, W = src.shape
+    _, Hp, W2, _ = out.shape
+    for task in prange(N * Hp):
+        n = task // Hp
+        h = task - n * Hp
+        row = out[n, h].ravel()
+        if h < t or h >= t + H:
+            row[:] = 0
+            continue
+        buf = np.zeros((W2 + sw) * C, dtype=src.dtype)
+        for c in range(C):
+            s = src[n, c, h - t]
+            for w in range(max(0, -l), min(W, W2 + sw - l)):
+                buf[(w + l) * C + c] = s[w]
+        lo = buf[:W2 * C]
+        hi = buf[sw * C:(W2 + sw) * C]
+        for i in range(W2 * C):
+            row[i] = np.uint32(lo[i]) | (np.uint32(hi[i]) << np.uint32(16))
+
+
+@lru_cache(maxsize=None)
+def _wgrad_pairs_kernel(MR, NV):
+    @njit(**njit_options(parallel=True))
+    def conv2d_wgrad_pairs_kernel(dy, x2, partial, R, S, sh, sw, dh, rows, k_base):
+        """The shared conv's weight gradient in bfloat16 pairs (vdpbf16ps), read in place as
+        conv2d_wgrad_direct_kernel (column dilation 1): dy (N, KY, P, Q) bfloat16 (uint16),
+        filters k_base..k_base+K; x2 (N, Hp, W2, C, 2) the input's column pairs
+        (column_pairs_kernel); partial (B, K, R*S*C) float32, the same work units and owners.
+
+        The reduction over a row's positions goes two at a time: q and q + 1 (Q odd: the last
+        pair's second one has a zero dy). A = the unit's dy rows copied to even length (one
+        32-bit broadcast = dy at q, q + 1), B = x2's row from column q*sw: word pair (s, c) =
+        the inputs under q and q + 1 at tap (r, s), channel c, so a tap's S*C columns are one
+        run, 2*sw*C pairs on per position pair. MR filters x NV vectors of (s, c).
+        """
+        N, KY, P, Q = dy.shape
+        _, Hp, W2, C, _ = x2.shape
+        B, K, T = partial.shape
+        SC = S * C
+        Q2 = Q + (Q & 1)
+        chunks = (P + rows - 1) // rows
+        U = N * chunks
+        VT = NV * 16
+        dyf = dy.ravel()
+        xf = x2.ravel()
+        pf = partial.ravel()
+        for b in prange(B):
+            dyc = np.empty(K * rows * Q2, dtype=dy.dtype)
+            pf[b * K * T:(b + 1) * K * T] = 0
+            for u in range(b * U // B, (b + 1) * U // B):
+                n = u // chunks
+                p0 = (u - n * chunks) * rows
+                nr = min(rows, P - p0)
+                for k in range(K):
+                    for i in range(nr):
+                        src = ((n * KY + k_base + k) * P + p0 + i) * Q
+                        dst = (k * nr + i) * Q2
+                        _copy(dyc[dst:dst + Q], dyf[src:src + Q])
+                        if Q2 > Q:
+                            dyc[dst + Q] = 0
+                for r in range(R):
+                    xrow = ((n * Hp + p0 * sh + r * dh) * W2) * C * 2
+                    for sc0 in range(0, SC, VT):
+                        for k0 in range(0, K, MR):
+                            outer_product_pairs(MR, NV, dyc, k0 * nr * Q2, nr * Q2,
+                                                xf, xrow + 2 * sc0, 4 * sw * C, Q2 // 2,
+                                                pf, (b * K + k0) * T + r * SC + sc0, T,
+                                                min(MR, K - k0), min(VT, SC - sc0), True,
+                                                pf, 0, False, nr, sh * W2 * C * 2, 1, 0)
+
+    return conv2d_wgrad_pairs_kernel
+
+
 def wgrad_direct_tile(K, SC, itemsize):
     """(MR, NV) of the in-place weight gradient, or None where the gathered form is the better
     one: vectors run along a tap's S*C inputs, so S*C must fill them (alexnet_conv1's 33 would
@@ -531,8 +645,9 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     """Weight gradient of the tiled conv at g (shared: tile 1 x 1), any groups; `out` (a
     C-contiguous w_shape array) added into when given."""
     accumulate = out is not None
+    acc = np.float32 if _pairs(x) else x.dtype     # bfloat16 pairs: a float32 result
     if out is None:
-        out = np.empty(w_shape, dtype=x.dtype)
+        out = np.empty(w_shape, dtype=acc)
     if g.depthwise:
         depthwise.weight_grad(dy, x, g, tile, out, accumulate)
         return out
@@ -541,7 +656,7 @@ def _weight_grad(dy, x, g, tile, w_shape, out):
     slices, one = _groups(g)
     banks = tile[0] * tile[1]
     view = out.reshape(banks, g.K, g.Cg, g.R, g.S)
-    part = np.empty((banks, g.Kg, g.Cg, g.R, g.S), dtype=x.dtype)
+    part = np.empty((banks, g.Kg, g.Cg, g.R, g.S), dtype=acc)
     dy = np.ascontiguousarray(dy)
     for cs, ks in slices:
         # the group's filters: a block of each bank (strided in out), added in place below
@@ -558,6 +673,23 @@ def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate, k_base=0):
     C-contiguous array of TP*TQ*K*C*R*S elements; dy's filters k_base..k_base+K (dy may hold
     more: a grouped conv's whole dy)."""
     TP, TQ = tile
+    if _pairs(x) and (TP, TQ) == (1, 1):
+        rows, nparts = _wgrad_split(g, 1, 4)
+        kernel = _wgrad_pairs_kernel(*WGRAD_PAIRS_TILE)
+        (t, _), (l, _) = g.pads()
+        sh, sw = g.stride
+        Hp = g.H + sum(g.pads()[0])
+        # x2's columns: every one a position pair starts a tap run from (the last pair of an
+        # odd Q included), and the run's last vector read whole
+        W2 = (g.Q + (g.Q & 1)) * sw + g.S + 2 * WGRAD_PAIRS_TILE[1] * 16 // g.C + 1
+        with _launch_lock:
+            x2 = scratch("wgrad_x", (g.N, Hp, W2, g.C, 2), np.uint16)
+            column_pairs_kernel(dtypes.kernel_view(x), x2.view(np.uint32)[..., 0], t, l, sw)
+            partial = scratch("wgrad_partial", (nparts, 1, g.K, g.R * g.S * g.C), np.float32)
+            kernel(dtypes.kernel_view(np.ascontiguousarray(dy)), x2, partial[:, 0], g.R, g.S,
+                   sh, sw, g.dilation[0], rows, k_base)
+            _sum_partials_into(partial, out.reshape(g.K, g.C, g.R, g.S), accumulate)
+        return out
     rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
     direct = (wgrad_direct_tile(g.K, g.S * g.C, x.dtype.itemsize)
               if g.dilation[1] == 1 else None)
