@@ -212,3 +212,66 @@ def test_rounding_is_ml_dtypes_bit_for_bit(dtype, rng):
     back = np.empty(x.size, np.float32)
     _widen_all(got, back)
     np.testing.assert_array_equal(back, got.view(dtype).astype(np.float32))
+
+
+# conv2d's bfloat16 pairs kernels (vdpbf16ps, where config.DOT_BF16): shapes that reach each
+# of their edges: odd C (a zero channel pair), odd R*S*C (a zero step), Q not a multiple of
+# the vector (whole-vector reads past the row), odd Q (the weight gradient's zero position),
+# stride 2 (the gathered forward, column pairs sw apart), K past one filter tile, groups.
+PAIRS_CASES = [
+    # N, C, H, W, K, R, S, stride, padding, dilation, groups
+    (2, 3, 23, 23, 20, 5, 5, 2, 0, 1, 1),
+    (2, 16, 17, 17, 16, 3, 3, 1, 1, 1, 1),
+    (3, 5, 13, 21, 7, 3, 2, 1, 1, (2, 1), 1),
+    (2, 8, 12, 40, 64, 3, 3, 1, 1, 1, 2),
+    (1, 7, 11, 37, 9, 3, 3, 1, 0, 1, 1),
+    (2, 4, 9, 9, 3, 3, 3, 2, 1, (2, 3), 1),
+    (16, 6, 6, 6, 33, 1, 1, 1, 0, 1, 1),
+]
+
+
+def _conv2d_module():
+    import sys
+    import sharenet_fast.cpu  # noqa: F401  (the package's conv2d name is the host function)
+    return sys.modules["sharenet_fast.cpu.conv2d"]
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="CPU backend only")
+@pytest.mark.parametrize("case", PAIRS_CASES, ids=[f"pairs{i}" for i in range(len(PAIRS_CASES))])
+def test_bf16_conv_pairs_kernels(case, monkeypatch):
+    """Every conv2d pass in bfloat16 against the float64 oracle (float32 results, 1e-5) and
+    against the widening path (the float32 kernels on widened copies) where the target has
+    the pairs kernels; that they are the route taken is checked through the native flags."""
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C, H, W)).astype(BF16)
+    w = rng.standard_normal((K, C // groups, R, S)).astype(BF16)
+    b = rng.standard_normal(K).astype(BF16)
+    y64 = sf.conv2d(*(a.astype(np.float64) for a in (x, w, b)), **kw)
+    dy = rng.standard_normal(y64.shape).astype(BF16)
+    g64 = sf.conv2d_backward(*(a.astype(np.float64) for a in (dy, x, w)), **kw)
+    c2 = _conv2d_module()
+    results = {}
+    for native in ((True, False) if config.DOT_BF16 else (False,)):
+        monkeypatch.setattr(c2, "DOT_BF16", native)
+        y = sf.conv2d(x, w, b, backend="cpu", out_dtype=np.float32, **kw)
+        g = sf.conv2d_backward(dy, x, w, backend="cpu", out_dtype=np.float32, **kw)
+        for name, got, want in (("forward", y, y64), ("input", g.input, g64.input),
+                                ("weight", g.weight, g64.weight), ("bias", g.bias, g64.bias)):
+            assert got.dtype == np.float32
+            assert rel_err(got, want) <= 1e-5, (name, native)
+        results[native] = (y, g.input, g.weight)
+        # the storage-dtype results: the float32 ones rounded
+        yb = sf.conv2d(x, w, b, backend="cpu", **kw)
+        assert yb.dtype == BF16
+        np.testing.assert_array_equal(yb.view(np.uint16), y.astype(BF16).view(np.uint16))
+    if config.DOT_BF16:
+        monkeypatch.setattr(c2, "DOT_BF16", True)
+        from sharenet_fast.geometry import ConvGeometry
+        g = ConvGeometry.make(N, C, H, W, K, R, S, **kw)
+        assert c2.native_forward(x, w, b, g, (1, 1))
+        assert c2.native_input_grad(dy, w, g, (1, 1)) == (g.stride == (1, 1))
+        assert c2.native_weight_grad(dy, x, g, (1, 1)) == (g.dilation[1] == 1)
+        for new, old in zip(results[True], results[False]):
+            assert rel_err(new, old.astype(np.float64)) <= 2e-6
