@@ -49,7 +49,8 @@ def _padded(a, pads, layout, name, tail=0):
     t, b, l, r = max(0, t), max(0, b), max(0, l), max(0, r)
     if layout == "nhwc":
         out = scratch(name, (N, Hp, Wp, C), a.dtype)
-        dst = out.transpose(0, 3, 1, 2)  # written through an NCHW view
+        nhwc_pad_kernel(src, out, t, l)
+        return out
     elif layout == "pairs":
         # (N, C2, Hp, Wp, 2): channels 2c2 and 2c2 + 1 side by side (an odd C's last pair
         # zero), for the bfloat16 pairs kernels
@@ -68,6 +69,29 @@ def _padded(a, pads, layout, name, tail=0):
     dst[:, :, :, Wp - r:] = 0
     dst[:, :, t:Hp - b, l:Wp - r] = src
     return out
+
+
+@njit(**njit_options(parallel=True))
+def nhwc_pad_kernel(src, out, t, l):
+    """out (N, Hp, Wp, C) = src (N, C, H, W) zero-padded by t rows / l columns before (and
+    the rest after), channels innermost. One task per (image, output row), each row written
+    once in order (numpy's transposing assignment: 1.1 ms single-threaded at alexnet_conv1's
+    input)."""
+    N, C, H, W = src.shape
+    _, Hp, Wp, _ = out.shape
+    for task in prange(N * Hp):
+        n = task // Hp
+        h = task - n * Hp
+        row = out[n, h]
+        if h < t or h >= t + H:
+            row[:, :] = 0
+            continue
+        row[:l, :] = 0
+        row[l + W:, :] = 0
+        for c in range(C):
+            s = src[n, c, h - t]
+            for w in range(W):
+                row[l + w, c] = s[w]
 
 
 @njit(**njit_options(parallel=True))
