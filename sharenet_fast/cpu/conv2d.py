@@ -524,32 +524,32 @@ def _wgrad_direct_kernel(MR, NV):
 
 
 @njit(**njit_options(parallel=True))
-def column_pairs_kernel(src, out, t, l, sw):
-    """out (N, Hp, W2, C) 32-bit words: word (h, w, c) = the zero-padded input (pads t rows /
-    l columns before, zeros after) at (c, h, w) in its low half and at (c, h, w + sw) in its
-    high half: the two inputs that positions q and q + 1 meet at the same tap, side by side
-    for conv2d_wgrad_pairs_kernel. src (N, C, H, W) 16-bit. One task per (image, row): the
-    row is first transposed to (w, c) in a local buffer (L1-sized), then combined with
-    unit-stride loops (writing the words channel-innermost straight from NCHW took 4.6 ms
-    at vgg_3x3 against 1.1 this way)."""
+def image_pairs_kernel(src, out, t, l):
+    """out (N2, Hp, Wp, C) 32-bit words, N2 = ceil(N/2): word (h, w, c) of image pair m = the
+    zero-padded input (pads t rows / l columns before, zeros after) of image 2m at (c, h, w)
+    in its low half and of image 2m + 1 in its high half (zero past an odd N): NHWC with the
+    batch folded into pairs, for conv2d_wgrad_pairs_kernel. src (N, C, H, W) 16-bit. One task
+    per (image pair, row)."""
     N, C, H, W = src.shape
-    _, Hp, W2, _ = out.shape
-    for task in prange(N * Hp):
-        n = task // Hp
-        h = task - n * Hp
-        row = out[n, h].ravel()
+    N2, Hp, Wp, _ = out.shape
+    for task in prange(N2 * Hp):
+        m = task // Hp
+        h = task - m * Hp
+        row = out[m, h]
         if h < t or h >= t + H:
-            row[:] = 0
+            row[:, :] = 0
             continue
-        buf = np.zeros((W2 + sw) * C, dtype=src.dtype)
+        row[:l, :] = 0
+        row[l + W:, :] = 0
         for c in range(C):
-            s = src[n, c, h - t]
-            for w in range(max(0, -l), min(W, W2 + sw - l)):
-                buf[(w + l) * C + c] = s[w]
-        lo = buf[:W2 * C]
-        hi = buf[sw * C:(W2 + sw) * C]
-        for i in range(W2 * C):
-            row[i] = np.uint32(lo[i]) | (np.uint32(hi[i]) << np.uint32(16))
+            s0 = src[2 * m, c, h - t]
+            if 2 * m + 1 < N:
+                s1 = src[2 * m + 1, c, h - t]
+                for w in range(W):
+                    row[l + w, c] = np.uint32(s0[w]) | (np.uint32(s1[w]) << np.uint32(16))
+            else:
+                for w in range(W):
+                    row[l + w, c] = np.uint32(s0[w])
 
 
 @lru_cache(maxsize=None)
@@ -558,49 +558,53 @@ def _wgrad_pairs_kernel(MR, NV):
     def conv2d_wgrad_pairs_kernel(dy, x2, partial, R, S, sh, sw, dh, rows, k_base):
         """The shared conv's weight gradient in bfloat16 pairs (vdpbf16ps), read in place as
         conv2d_wgrad_direct_kernel (column dilation 1): dy (N, KY, P, Q) bfloat16 (uint16),
-        filters k_base..k_base+K; x2 (N, Hp, W2, C, 2) the input's column pairs
-        (column_pairs_kernel); partial (B, K, R*S*C) float32, the same work units and owners.
+        filters k_base..k_base+K; x2 (N2, Hp, Wp, C, 2) the padded input with images 2m and
+        2m + 1 side by side (image_pairs_kernel); partial (B, K, R*S*C) float32, the work
+        units (image pair, rows p0..p1) split among the partials as conv2d_wgrad_kernel's.
 
-        The reduction over a row's positions goes two at a time: q and q + 1 (Q odd: the last
-        pair's second one has a zero dy). A = the unit's dy rows copied to even length (one
-        32-bit broadcast = dy at q, q + 1), B = x2's row from column q*sw: word pair (s, c) =
-        the inputs under q and q + 1 at tap (r, s), channel c, so a tap's S*C columns are one
-        run, 2*sw*C pairs on per position pair. MR filters x NV vectors of (s, c).
-        """
+        The reduction over positions takes the same position of two images at once: A = the
+        unit's dy rows of both images interleaved (one 32-bit broadcast = dy of images 2m and
+        2m + 1 at (k, p, q); zero for a missing last image), B = x2's row p*sh + r*dh from
+        column q*sw: word pair (s, c) = the two images' inputs at tap (r, s), channel c, so a
+        tap's S*C columns are one run, sw*C pairs on per position. MR filters x NV vectors of
+        (s, c). Both operands hold each input once (no duplicated columns)."""
         N, KY, P, Q = dy.shape
-        _, Hp, W2, C, _ = x2.shape
+        N2, Hp, Wp, C, _ = x2.shape
         B, K, T = partial.shape
         SC = S * C
-        Q2 = Q + (Q & 1)
         chunks = (P + rows - 1) // rows
-        U = N * chunks
+        U = N2 * chunks
         VT = NV * 16
         dyf = dy.ravel()
         xf = x2.ravel()
         pf = partial.ravel()
         for b in prange(B):
-            dyc = np.empty(K * rows * Q2, dtype=dy.dtype)
+            words = np.empty(K * rows * Q, dtype=np.uint32)
+            dyc = words.view(np.uint16)
             pf[b * K * T:(b + 1) * K * T] = 0
             for u in range(b * U // B, (b + 1) * U // B):
-                n = u // chunks
-                p0 = (u - n * chunks) * rows
-                nr = min(rows, P - p0)
+                m = u // chunks
+                p0 = (u - m * chunks) * rows
+                L = min(rows, P - p0) * Q
                 for k in range(K):
-                    for i in range(nr):
-                        src = ((n * KY + k_base + k) * P + p0 + i) * Q
-                        dst = (k * nr + i) * Q2
-                        _copy(dyc[dst:dst + Q], dyf[src:src + Q])
-                        if Q2 > Q:
-                            dyc[dst + Q] = 0
+                    d = words[k * L:(k + 1) * L]
+                    s0 = dyf[((2 * m * KY + k_base + k) * P + p0) * Q:]
+                    if 2 * m + 1 < N:
+                        s1 = dyf[(((2 * m + 1) * KY + k_base + k) * P + p0) * Q:]
+                        for i in range(L):
+                            d[i] = np.uint32(s0[i]) | (np.uint32(s1[i]) << np.uint32(16))
+                    else:
+                        for i in range(L):
+                            d[i] = np.uint32(s0[i])
                 for r in range(R):
-                    xrow = ((n * Hp + p0 * sh + r * dh) * W2) * C * 2
+                    xrow = ((m * Hp + p0 * sh + r * dh) * Wp) * C * 2
                     for sc0 in range(0, SC, VT):
                         for k0 in range(0, K, MR):
-                            outer_product_pairs(MR, NV, dyc, k0 * nr * Q2, nr * Q2,
-                                                xf, xrow + 2 * sc0, 4 * sw * C, Q2 // 2,
+                            outer_product_pairs(MR, NV, dyc, k0 * 2 * L, 2 * L,
+                                                xf, xrow + 2 * sc0, 2 * sw * C, Q,
                                                 pf, (b * K + k0) * T + r * SC + sc0, T,
                                                 min(MR, K - k0), min(VT, SC - sc0), True,
-                                                pf, 0, False, nr, sh * W2 * C * 2, 1, 0)
+                                                pf, 0, False, L // Q, sh * Wp * C * 2, 1, 0)
 
     return conv2d_wgrad_pairs_kernel
 
@@ -626,17 +630,22 @@ def wgrad_direct_tile(K, SC, itemsize):
 
 @njit(**njit_options(parallel=True))
 def reduce_partials_kernel(partial, out, accumulate):
-    """out (+)= sum_b partial[b], b in increasing order: the same bits whatever the threads."""
+    """out (+)= sum_b partial[b], b in increasing order: the same bits whatever the threads.
+    Blocks of 512 elements, each summed partial by partial with whole-vector adds (element by
+    element over b, the 64 strided reads per element took 2.2 ms at vgg_3x3's 64 partials of
+    36864 weights; the order of each element's sum is the same)."""
     B = partial.shape[0]
     M = partial.shape[1]
-    for i in prange(M):
-        acc = partial[0, i]
+    for blk in prange((M + 511) // 512):
+        i0 = blk * 512
+        i1 = min(M, i0 + 512)
+        acc = partial[0, i0:i1].copy()
         for b in range(1, B):
-            acc += partial[b, i]
+            _add(acc, partial[b, i0:i1])
         if accumulate:
-            out[i] += acc
+            _add(out[i0:i1], acc)
         else:
-            out[i] = acc
+            _copy(out[i0:i1], acc)
 
 
 def _wgrad_split(g, banks=1, itemsize=4, grid=None):
@@ -698,20 +707,19 @@ def _ungrouped_weight_grad(dy, x, g, tile, out, accumulate, k_base=0):
     more: a grouped conv's whole dy)."""
     TP, TQ = tile
     if _pairs(x) and (TP, TQ) == (1, 1):
-        rows, nparts = _wgrad_split(g, 1, 4)
+        # work units over image pairs (each position counts twice)
+        rows, nparts = _wgrad_split(dataclasses.replace(g, N=(g.N + 1) // 2), 1, 4)
         kernel = _wgrad_pairs_kernel(*WGRAD_PAIRS_TILE)
-        (t, _), (l, _) = g.pads()
-        sh, sw = g.stride
-        Hp = g.H + sum(g.pads()[0])
-        # x2's columns: every one a position pair starts a tap run from (the last pair of an
-        # odd Q included), and the run's last vector read whole
-        W2 = (g.Q + (g.Q & 1)) * sw + g.S + 2 * WGRAD_PAIRS_TILE[1] * 16 // g.C + 1
+        (t, b), (l, r) = g.pads()
+        Hp, Wp = g.H + t + b, g.W + l + r
         with _launch_lock:
-            x2 = scratch("wgrad_x", (g.N, Hp, W2, g.C, 2), np.uint16)
-            column_pairs_kernel(dtypes.kernel_view(x), x2.view(np.uint32)[..., 0], t, l, sw)
+            # a tap run's last vector is read whole: the copy's tail covers it
+            x2 = scratch("wgrad_x", ((g.N + 1) // 2, Hp, Wp, g.C, 2), np.uint16,
+                         2 * WGRAD_PAIRS_TILE[1] * 16)
+            image_pairs_kernel(dtypes.kernel_view(x), x2.view(np.uint32)[..., 0], t, l)
             partial = scratch("wgrad_partial", (nparts, 1, g.K, g.R * g.S * g.C), np.float32)
             kernel(dtypes.kernel_view(np.ascontiguousarray(dy)), x2, partial[:, 0], g.R, g.S,
-                   sh, sw, g.dilation[0], rows, k_base)
+                   *g.stride, g.dilation[0], rows, k_base)
             _sum_partials_into(partial, out.reshape(g.K, g.C, g.R, g.S), accumulate)
         return out
     rows, nparts = _wgrad_split(g, TP * TQ, x.dtype.itemsize)
