@@ -2,8 +2,9 @@
 (optable.py), exported for dispatch.
 
 Every storage dtype of dtypes.py: local2d and the penalty read bfloat16/float16 in their kernels
-(their weights are the traffic); the shared and tiled conv run on float32 copies of reduced
-arrays (_precision.adapted: they are bound by arithmetic, not bytes).
+(their weights are the traffic); the shared conv's bfloat16 passes run kernels of their own on
+AVX512_BF16 targets (conv2d.py, vdpbf16ps); everything else runs on float32 copies of reduced
+arrays (_precision.adapted).
 """
 from .. import dtypes
 from . import conv2d as _conv2d

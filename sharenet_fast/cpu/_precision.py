@@ -6,10 +6,12 @@ weights) is added into in float32. Kernels see reduced arrays as their 16-bit in
 (dtypes.py) and widen them in registers (_simd.widen / narrow).
 
 Where the weights are the traffic (local2d, the penalty) the kernels read the 16-bit values
-themselves. The shared and tiled conv go through `adapted` below (cpu/__init__.py): it widens
-the inputs to float32 in one parallel pass, runs the float32 kernels, and rounds the result
-back; their weights are small and reused N*P*Q times, so their time is arithmetic, and the
-extra pass over the activations is a few percent of it (the benchmark's bf16 rows show it).
+themselves. The shared and tiled conv go through `adapted` below (cpu/__init__.py): where the
+target has AVX512_BF16 the shared conv's bfloat16 passes run kernels of their own
+(conv2d.py's pairs kernels, vdpbf16ps: twice the multiply-adds of an FMA); elsewhere it
+widens the inputs to float32 in one parallel pass, runs the float32 kernels, and rounds the
+result back (their weights are small and reused N*P*Q times, so the extra pass over the
+activations is a few percent of the time).
 The conversions are parallel kernels: launched under launch_lock, like every kernel here.
 """
 import inspect

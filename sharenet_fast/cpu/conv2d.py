@@ -12,6 +12,11 @@ gathers into a private, L2-sized buffer:
                             form: one task owns one input row, so no atomics (stride 1: the
                             forward of the flipped layer)
 
+bfloat16 on AVX512_BF16 (config.DOT_BF16, _pairs): the same passes on the 16-bit storage with
+the reduction taken two steps at a time (_simd.outer_product_pairs, vdpbf16ps): the forward
+over channel pairs (rows form) or even-length patches (gathered form), the stride-1 input
+gradient as that forward, the weight gradient over the same position of two images.
+
 Public host launchers (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad: the op
 table's signatures, optable.py) take validated arrays, a ConvGeometry and the bank grid (1 x 1
 here); kernels are named <layer>_<kernel tag>_kernel.
