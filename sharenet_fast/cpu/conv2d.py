@@ -29,8 +29,9 @@ from numba import njit, prange
 
 from .. import dtypes
 from ..config import (CONV_ACC, CONV_NVMAX, CONV_ROWS_ACC, CONV_ROWS_NVMAX,
-                      CONV_ROWS_PAIRS_NVMAX, DOT_BF16, WGRAD_CHUNK, WGRAD_PAIRS_TILE, WGRAD_DIRECT_FILL, WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS,
-                      WGRAD_MAX_WORKSPACE, njit_options)
+                      CONV_ROWS_PAIRS_NVMAX, DOT_BF16, WGRAD_CHUNK, WGRAD_DIRECT_FILL,
+                      WGRAD_DIRECT_NVMAX, WGRAD_MAX_PARTIALS, WGRAD_MAX_WORKSPACE,
+                      WGRAD_PAIRS_TILE, njit_options)
 from ._simd import (lanes, lanes_of, narrow, outer_product, outer_product_nested,
                     outer_product_pairs, typed_zero)
 from ._workspace import launch_lock as _launch_lock
