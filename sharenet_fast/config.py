@@ -86,10 +86,11 @@ if VEC_BYTES == 64:
     WGRAD_DIRECT_NVMAX = 6
     # the direct (rows form) forward: accumulators and vectors along q
     CONV_ROWS_ACC, CONV_ROWS_NVMAX = 24, 4
-    # ... in bfloat16 pairs (vdpbf16ps): 8 filters x 2 vectors (deepface_l4 forward 2.05 ms
-    # against 2.85 at 6 x 4, whose 16 filters take 3 tiles of 6, same process)
+    # ... in bfloat16 pairs (vdpbf16ps): 8 filters x 2 vectors (6 x 4 ties with it at
+    # deepface_l4 and vgg_3x3, and was 1.4x slower while B's tail loads were masked)
     CONV_ROWS_PAIRS_NVMAX = 2
     # the shared conv's weight gradient in bfloat16 pairs: 8 filters x 3 vectors of taps
+    # (alexnet_conv1 3.37 ms, deepface_l4 1.35 against 4.4-4.5 and 1.5-1.9 at 6 x 4 and 8 x 2)
     WGRAD_PAIRS_TILE = (8, 3)
 else:
     FWD_TILE = (4, 2)

@@ -295,7 +295,7 @@ def _layer_forward(x, banks, bias, g, out_dtype=None):
 
 
 @lru_cache(maxsize=None)
-def _fwd_rows_kernel(MR, NV, PAIRS, ROWS_PER_TASK=1):
+def _fwd_rows_kernel(MR, NV, PAIRS):
 
     @njit(**njit_options(parallel=True))
     def conv2d_fwd_rows_kernel(xp, w, bias, has_bias, y, R, S, sh, dh, dw, k_base):
@@ -322,15 +322,12 @@ def _fwd_rows_kernel(MR, NV, PAIRS, ROWS_PER_TASK=1):
         xf = xp.ravel()
         wf = w.ravel()
         yf = y.ravel()
-        PB = ROWS_PER_TASK
-        nb = (P + PB - 1) // PB
-        for task in prange(N * nb):
-            n = task // nb
-            pb = task - n * nb
+        for task in prange(N * P):
+            n = task // P
+            p = task - n * P
+            row0 = ((n * CE) * Hp + p * sh) * WE
             for k0 in range(0, K, MR):
-              mr = min(MR, K - k0)
-              for p in range(pb * PB, min(P, pb * PB + PB)):
-                row0 = ((n * CE) * Hp + p * sh) * WE
+                mr = min(MR, K - k0)
                 y0 = ((n * KY + k_base + k0) * P + p) * Q
                 for q0 in range(0, Q, VQ):
                     # steps (c, r, s): B row = input row (n, c, p*sh + r*dh) from column
