@@ -77,6 +77,19 @@ def _padded(a, pads, layout, name, tail=0):
     return out
 
 
+@njit(**njit_options(), inline="always")
+def _pad_border(row, h, t, H, l, W):
+    """Zero what padding output row `row` (row h of a copy padded by t rows / l columns before)
+    holds: all of it above and below the input, else its first l and its columns past l + W
+    along the first axis. True when the row holds input (its l..l+W-1 still to be written)."""
+    if h < t or h >= t + H:
+        row[:] = 0
+        return False
+    row[:l] = 0
+    row[l + W:] = 0
+    return True
+
+
 @njit(**njit_options(parallel=True))
 def nhwc_pad_kernel(src, out, t, l):
     """out (N, Hp, Wp, C) = src (N, C, H, W) zero-padded by t rows / l columns before (and
@@ -89,11 +102,8 @@ def nhwc_pad_kernel(src, out, t, l):
         n = task // Hp
         h = task - n * Hp
         row = out[n, h]
-        if h < t or h >= t + H:
-            row[:, :] = 0
+        if not _pad_border(row, h, t, H, l, W):
             continue
-        row[:l, :] = 0
-        row[l + W:, :] = 0
         for c in range(C):
             s = src[n, c, h - t]
             for w in range(W):
@@ -114,11 +124,8 @@ def pairs_pad_kernel(src, out, t, l):
         o = out[n, c // 2]
         for h in range(Hp):
             row = o[h]
-            if h < t or h >= t + H:
-                row[:] = 0
+            if not _pad_border(row, h, t, H, l, W):
                 continue
-            row[:l] = 0
-            row[l + W:] = 0
             dst = row[l:l + W]
             s0 = src[n, c, h - t]
             if c + 1 < C:
@@ -185,7 +192,7 @@ def _fwd_kernel(MR, NV, PAIRS):
         (T2/2, K2, 2), T2 = R*S*C rounded up to even, K2 = K rounded up to whole vectors, steps
         2j and 2j + 1 of a filter side by side); y: (N, KY, P, Q) output, of which this call
         writes filters k_base..k_base+K (a group of a grouped conv writes its slice of y in
-        place); bias (TP*TQ*K), in the accumulator's dtype.
+        place); bias (TP*TQ*K, zeros when has_bias is off), in the accumulator's dtype.
 
         Output (p, q) uses bank [p % TP, q % TQ] (shared conv: TP = TQ = 1). One task = one
         output row (n, p): gather its Q patches (rows of R*S*C, unit stride along (s, c) when
@@ -198,7 +205,7 @@ def _fwd_kernel(MR, NV, PAIRS):
         """
         N, Hp, Wp, C = xh.shape
         _, KY, P, Q = y.shape
-        K = len(bias) // (TP * TQ) if PAIRS else wt.shape[2]
+        K = len(bias) // (TP * TQ)             # (the host passes zeros without a bias)
         T = R * S * C
         TS = T + (T & 1) if PAIRS else T       # a patch row's length
         VK = NV * 16 if PAIRS else NV * lanes_of(y)
@@ -373,7 +380,7 @@ def _forward(x, banks, bias, pads, stride, dilation, y, k_base=0):
     pairs = _pairs(x)
     acc = np.float32 if pairs else x.dtype
     b = (np.ascontiguousarray(bias, dtype=acc).reshape(-1) if bias is not None
-         else np.zeros(TP * TQ * K, dtype=acc))      # the pairs kernel's K = len(b) / banks
+         else np.zeros(TP * TQ * K, dtype=acc))      # the gathered kernel's K = len(b) / banks
     xv, bv, yv = (dtypes.kernel_view(a) for a in (x, banks, y))
     lanes_acc = lanes(np.dtype(acc).itemsize)
     if _rows_form(TP, TQ, K, stride, np.dtype(acc).itemsize, pairs):
@@ -539,11 +546,8 @@ def image_pairs_kernel(src, out, t, l):
         m = task // Hp
         h = task - m * Hp
         row = out[m, h]
-        if h < t or h >= t + H:
-            row[:, :] = 0
+        if not _pad_border(row, h, t, H, l, W):
             continue
-        row[:l, :] = 0
-        row[l + W:, :] = 0
         for c in range(C):
             s0 = src[2 * m, c, h - t]
             if 2 * m + 1 < N:
