@@ -2,13 +2,14 @@
 connected layers and a tiled one, position parallel (sharenet_fast.torch.parallel) over gloo on
 loopback, or in one process on the whole batch (WORLD 1, the reference).
 
-    python tests/_parallel_worker.py RANK WORLD PORT OUT MODE [DIR]
+    python tests/_parallel_worker.py RANK WORLD PORT OUT MODE [save=DIR] [load=DIR]
 
-MODE: "pos" (a 1-D mesh of WORLD ranks), "dp_pos" (a 2 x WORLD/2 ("dp", "pos") mesh, the batch
-split over "dp"), "save" (pos, then a torch.distributed.checkpoint of model and optimizer in
-DIR), "load" (pos: load DIR, whatever world saved it, then more steps), "errors" (the bad
-inputs raise on every rank and no rank hangs). Rank 0 writes the final full parameters of each
-of CONFIGS to OUT.
+MODE: "pos" (a 1-D mesh of WORLD ranks) or "dp_pos" (a 2 x WORLD/2 ("dp", "pos") mesh, the
+batch split over "dp"). save=: a torch.distributed.checkpoint of model and optimizer after the
+steps; load=: one (whatever world saved it) before them. Rank 0 writes the final full
+parameters of each of CONFIGS to OUT; WORLD 1 (no load) also STEPS more ("<config>+": what a
+checkpoint's load and STEPS more must give). A run of WORLD > 1 also checks that each bad input
+raises on every rank without a hang ("errors": the messages seen).
 """
 import os
 import sys
@@ -95,7 +96,7 @@ def mesh_for(world, mode):
     return init_device_mesh("cpu", (world,), mesh_dim_names=("pos",))
 
 
-def run(rank, world, mode, ckpt):
+def run(world, mode, save=None, load=None):
     results = {}
     for dtype, opt_name in CONFIGS:
         key = f"{dtype}-{opt_name}"
@@ -111,12 +112,16 @@ def run(rank, world, mode, ckpt):
                 i = mesh.get_local_rank("dp")
                 x, t = x[i * share:(i + 1) * share], t[i * share:(i + 1) * share]
         opt = optimizer(net.parameters(), opt_name)
-        if mode == "load":
-            _load(net, opt, os.path.join(ckpt, key))
+        if load:
+            _load(net, opt, os.path.join(load, key))
         train(net, opt, x, t, STEPS, dp_group, dp)
-        if mode == "save":
-            _save(net, opt, os.path.join(ckpt, key))
         results[key] = full(net)
+        if save:
+            _save(net, opt, os.path.join(save, key))
+        if world == 1 and not load:
+            # the reference goes on: what loading a checkpoint of it and STEPS more must give
+            train(net, opt, x, t, STEPS)
+            results[key + "+"] = full(net)
     return results
 
 
@@ -158,21 +163,21 @@ def errors(world):
     small = sft.LocallyConnected2d(2, 3, 3, input_size=(world + 1, 5))       # P = world - 1
     expect(ValueError, "more than the layer's", lambda: parallelize_module(
         small, mesh, PositionParallel()))
-    tiled = parallelize_module(sft.TiledConv2d(2, 3, 3, tiles=(3, 1), padding=1), mesh,
+    tiled = parallelize_module(sft.TiledConv2d(2, 3, 3, tiles=(4, 1), padding=1), mesh,
                                PositionParallel())
-    x = torch.randn(2, 2, 8, 6)                          # P = 8: bands of 4 (2 ranks) or 2
+    x = torch.randn(2, 2, 10, 6)                         # P = 10: bands of 5 (2 ranks) or 3
     expect(ValueError, "tiles", lambda: tiled(x))
     other = init_device_mesh("cpu", (world,), mesh_dim_names=("other",))
-    lc = parallelize_module(sft.LocallyConnected2d(2, 3, 3, input_size=(8, 6)), mesh,
+    lc = parallelize_module(sft.LocallyConnected2d(2, 3, 3, input_size=(10, 6)), mesh,
                             PositionParallel())
     xo = distribute_tensor(x, other, [Replicate()])
     expect(ValueError, "different device mesh", lambda: lc(xo))
     expect(TypeError, "LocallyConnected2d or TiledConv2d", lambda: parallelize_module(
         nn.Conv2d(2, 3, 3), mesh, PositionParallel()))
-    expect(ValueError, "built for inputs", lambda: lc(torch.randn(2, 2, 9, 6)))
+    expect(ValueError, "built for inputs", lambda: lc(torch.randn(2, 2, 11, 6)))
     expect(ValueError, "output_layouts", lambda: PositionParallel(output_layouts=Shard0()))
     lc(x).full_tensor()                                  # and it still works afterwards
-    return {"errors": seen}
+    return seen
 
 
 def Shard0():
@@ -180,12 +185,16 @@ def Shard0():
     return Shard(0)
 
 
-def main(rank, world, port, out, mode, ckpt=None):
+def main(rank, world, port, out, mode, *options):
+    words = dict(o.split("=", 1) for o in options)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=120))
-    results = errors(world) if mode == "errors" else run(rank, world, mode, ckpt)
+    seen = errors(world) if world > 1 else None
+    results = run(world, mode, **words)
+    if seen is not None:
+        results["errors"] = seen
     if rank == 0:
         torch.save(results, out)
     if world > 1:
