@@ -34,7 +34,8 @@ from bench.cpu import cpu_model, log, results_stem
 
 SHAPE = dict(C=3, K=96, R=11, H=227, stride=4)      # alexnet_conv1
 QUICK = dict(C=3, K=32, R=11, H=99, stride=4)
-MEMORY_SLACK = 0.05                                  # per rank <= 1/W + 5% of one process
+MEMORY_SLACK = 0.05
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))                                  # per rank <= 1/W + 5% of one process
 
 
 def _free_port():
@@ -132,8 +133,9 @@ def _launch(world, threads, batch, steps, quick, tmp):
     cmd = [sys.executable, "-m", "bench.position_parallel", "--rank-of", str(world),
            "--port", str(port), "--out", out, "--batch", str(batch), "--steps", str(steps)]
     cmd += ["--quick"] * quick
-    procs = [subprocess.Popen(cmd + ["--rank", str(r)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(world)]
+    procs = [subprocess.Popen(cmd + ["--rank", str(r)], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
     logs = [p.communicate(timeout=1800)[0] for p in procs]
     for p, text in zip(procs, logs):
         if p.returncode:

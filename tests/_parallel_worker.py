@@ -37,16 +37,18 @@ def optimizer(params, name):
 
 
 def model(dtype, device=None):
-    """16 x 11 input; lc1: "same" padding with an even kernel width (uneven column padding) and
-    groups; tiled: 2 x 3 banks; lc2: stride, row dilation and padding, P = 7 (uneven bands over
+    """16 x 11 input; stem: a plain layer before them (replicated: its input gradient is the
+    sum over the ranks' bands); lc1: "same" padding with an even kernel width (uneven column padding) and
+    groups; tiled: 2 x 3 banks, no bias; lc2: stride, row dilation and padding, P = 7 (uneven bands over
     4 ranks, halos from two neighbours)."""
     torch.manual_seed(0)
     kw = dict(dtype=dtype, device=device)
     return nn.Sequential(OrderedDict(
+        stem=nn.Conv2d(2, 2, 1, dtype=dtype),
         lc1=sft.LocallyConnected2d(2, 4, (3, 4), input_size=(16, 11), padding="same",
                                    groups=2, **kw),
         act1=nn.Tanh(),
-        tiled=sft.TiledConv2d(4, 4, 3, tiles=(2, 3), padding=1, **kw),
+        tiled=sft.TiledConv2d(4, 4, 3, tiles=(2, 3), padding=1, bias=False, **kw),
         act2=nn.Tanh(),
         lc2=sft.LocallyConnected2d(4, 3, (4, 3), input_size=(16, 11), stride=(2, 1),
                                    padding=(2, 0), dilation=(2, 1), **kw),
@@ -81,9 +83,9 @@ def train(net, opt, x, t, steps, dp_group=None, dp=1):
         opt.zero_grad()
         F.mse_loss(net(x), t).backward()
         if dp_group is not None:
-            # the head's plain parameters: data parallel by hand (the position-parallel layers
+            # the plain layers' parameters: data parallel by hand (the position-parallel layers
             # average their own gradients over "dp")
-            for p in net.head.parameters():
+            for p in [*net.stem.parameters(), *net.head.parameters()]:
                 dist.all_reduce(p.grad, group=dp_group)
                 p.grad /= dp
         opt.step()

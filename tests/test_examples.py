@@ -1,7 +1,8 @@
 """The examples run, and learn: examples/digits_torch.py trains on scikit-learn's digits with
 sharenet_fast.torch's LocallyConnected2d and TiledConv2d, torch.compile off and on;
 examples/topographic_torch.py's neighbour penalty aligns neighbouring banks;
-examples/lc_resnet_torch.py learns with its banks averaged every k steps."""
+examples/lc_resnet_torch.py learns with its banks averaged every k steps;
+examples/position_parallel_torch.py trains over 2 processes a model past one process's cap."""
 import os
 import sys
 
@@ -77,3 +78,15 @@ def test_topographic_example_peer_computes_the_same_model_and_penalty():
     b.backward()
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_position_parallel_example_trains_a_model_past_one_process_cap(tmp_path):
+    import position_parallel_torch as ex
+
+    out, cap_mb = str(tmp_path / "run.pt"), 8
+    assert ex.state_bytes(16) > cap_mb * 2**20          # one process would not fit the cap
+    ex.train(world=2, size=16, steps=8, cap_mb=cap_mb, out=out)
+    import torch
+    run = torch.load(out)
+    assert run["held"] <= cap_mb * 2**20 < 2 * run["held"], run["held"]
+    assert run["losses"][-1] < 0.9 * run["losses"][0], run["losses"]

@@ -110,3 +110,16 @@ def test_bands_and_style_arguments():
         PositionParallel(use_local_output=1)
     with pytest.raises(TypeError, match="mesh_dim"):
         PositionParallel(mesh_dim=0)
+
+
+def test_benchmark_quick_run():
+    """bench.position_parallel runs (a small layer, one step per run) and its memory split
+    holds: each rank's weight + gradient + Adam state <= 1/W + 5% of one process's."""
+    from bench import position_parallel as pp
+    rep = pp.report(quick=True, batch=2, steps=1)
+    assert [(r["world"], len(r["ranks"])) for r in rep["runs"]] == [(1, 1), (1, 1), (2, 2),
+                                                                     (4, 4)]
+    for run in rep["runs"]:
+        assert run["state_met"] and run["step_ms"] > 0, run
+        assert sum(r["rows"] for r in run["ranks"]) == rep["runs"][0]["ranks"][0]["rows"]
+    assert "| 4 x 1 |" in pp.markdown(rep)
