@@ -179,6 +179,15 @@ def errors(world):
     expect(ValueError, "built for inputs", lambda: lc(torch.randn(2, 2, 11, 6)))
     expect(ValueError, "output_layouts", lambda: PositionParallel(output_layouts=Shard0()))
     lc(x).full_tensor()                                  # and it still works afterwards
+    # built on the meta device, processes seeded apart: the replicated banks still agree
+    torch.manual_seed(1000 + dist.get_rank())
+    tiled = parallelize_module(sft.TiledConv2d(2, 3, 3, tiles=(2, 1), device="meta"), mesh,
+                               PositionParallel())
+    local = tiled.weight.to_local()
+    every = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(every, local)
+    assert local.abs().max() > 0 and all(torch.equal(w, local) for w in every)
+    seen.append("meta replicas agree")
     return seen
 
 

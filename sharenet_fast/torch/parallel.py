@@ -177,8 +177,9 @@ class _Plan:
     def _initialise(self, p):
         """A layer built on the meta device: this rank's part made here, never the whole.
         torch.nn.Conv2d's initialisation (uniform in +-1/sqrt(fan-in of one bank)) from a
-        generator seeded by torch.initial_seed() and the band, so that ranks along the data-
-        parallel dimensions hold the same values without communicating."""
+        generator seeded by the mesh's first rank's torch.initial_seed() and the band, so that
+        the ranks holding the same rows (along the data-parallel dimensions; all of them for
+        a tiled layer's banks) hold the same values."""
         shape, first = list(p.shape), 0
         if self.local:
             first, stop = bands(shape[0], self.n)[self.rank]
@@ -186,11 +187,22 @@ class _Plan:
         device = self.mesh.device_type
         if device != "cpu":
             device = torch.device(device, torch.get_device_module(device).current_device())
-        gen = torch.Generator().manual_seed((torch.initial_seed() * 1_000_003 + first)
-                                            % 2**63)
+        gen = torch.Generator().manual_seed((self._seed() * 1_000_003 + first) % 2**63)
         bound = 1 / math.sqrt(self.module._fan_in)
         local = torch.empty(shape, dtype=p.dtype).uniform_(-bound, bound, generator=gen)
         return local.to(device)
+
+    def _seed(self):
+        """torch.initial_seed() of the mesh's first rank, on every rank (broadcast along each
+        mesh dimension in turn): replicas agree even where the processes were seeded apart."""
+        if getattr(self, "seed", None) is None:
+            t = torch.tensor([torch.initial_seed() % 2**62], dtype=torch.int64,
+                             device=self.mesh.device_type)
+            for d in range(self.mesh.ndim):
+                group = self.mesh.get_group(d)
+                dist.broadcast(t, src=dist.get_global_rank(group, 0), group=group)
+            self.seed = int(t.item())
+        return self.seed
 
     def _local(self, p):
         """A parameter's local tensor for the kernels; its gradient comes back as a DTensor of
