@@ -34,8 +34,8 @@ from bench.cpu import cpu_model, log, results_stem
 
 SHAPE = dict(C=3, K=96, R=11, H=227, stride=4)      # alexnet_conv1
 QUICK = dict(C=3, K=32, R=11, H=99, stride=4)
-MEMORY_SLACK = 0.05
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))                                  # per rank <= 1/W + 5% of one process
+MEMORY_SLACK = 0.05                                  # per rank <= 1/W + 5% of one process
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _free_port():
@@ -148,7 +148,10 @@ def report(quick=False, batch=8, steps=5):
     import tempfile
     cores = os.cpu_count() or 1
     runs = [(1, cores), (1, 1)] + [(w, max(1, cores // w)) for w in (2, 4)]
-    rep = dict(machine=cpu_model(), cores=cores, quick=quick, batch=batch, steps=steps,
+    import llvmlite.binding as ll
+    # the model name alone ("AMD EPYC") does not tell the VMs' generations apart
+    rep = dict(machine=f"{cpu_model()} ({ll.get_host_cpu_name()})", cores=cores, quick=quick,
+               batch=batch, steps=steps,
                shape=QUICK if quick else SHAPE, runs=[])
     with tempfile.TemporaryDirectory() as tmp:
         for world, threads in runs:

@@ -38,9 +38,9 @@ def optimizer(params, name):
 
 def model(dtype, device=None):
     """16 x 11 input; stem: a plain layer before them (replicated: its input gradient is the
-    sum over the ranks' bands); lc1: "same" padding with an even kernel width (uneven column padding) and
-    groups; tiled: 2 x 3 banks, no bias; lc2: stride, row dilation and padding, P = 7 (uneven bands over
-    4 ranks, halos from two neighbours)."""
+    sum over the ranks' bands); lc1: "same" padding with an even kernel width (uneven column
+    padding) and groups; tiled: 2 x 3 banks, no bias; lc2: stride, row dilation and padding,
+    P = 7 (uneven bands over 4 ranks, halos from two neighbours)."""
     torch.manual_seed(0)
     kw = dict(dtype=dtype, device=device)
     return nn.Sequential(OrderedDict(
