@@ -253,19 +253,15 @@ class _Plan:
         if C != m.in_channels:
             raise ValueError(f"x has {C} channels, the layer takes {m.in_channels}")
         st, pd, word, dl, groups = m._geo
-        R, S = m.kernel_size
-        g = ConvGeometry.make(N, C, H, W, m.out_channels, R, S, st, word or pd, dl, groups)
-        p0, p1 = self._check_bands(g.P)[self.rank]
-        # the input rows the band reads, in unpadded coordinates (past the edges: zero rows)
-        sh, dh, ph = g.stride[0], g.dilation[0], g.padding[0]
-        a, e = p0 * sh - ph, (p1 - 1) * sh + (R - 1) * dh + 1 - ph
-        lo = min(max(a, 0), H)
-        hi = max(min(e, H), lo)
+        g = ConvGeometry.make(N, C, H, W, m.out_channels, *m.kernel_size, st, word or pd, dl,
+                              groups)
+        rows = self._check_bands(g.P)
+        a, e, lo, hi = _reads(g, *rows[self.rank])
         xl = x.to_local(grad_placements=x.placements)
         if x.placements[self.pos] == Replicate():
             band = _RowSlice.apply(xl, lo, hi, self.group)
         else:
-            needs = [self._needs(g, R, *rows) for rows in bands(g.P, self.n)]
+            needs = [_reads(g, *band_rows)[2:] for band_rows in rows]
             band = _Halo.apply(xl, bands(H, self.n), needs, self)
         # rows past the edges padded here; columns by the kernel unless "same" pads them
         # unevenly (the operator takes one padding per side pair)
@@ -286,13 +282,14 @@ class _Plan:
             y = y.redistribute(self.mesh, placements)
         return y.to_local() if self.style.use_local_output else y
 
-    @staticmethod
-    def _needs(g, R, p0, p1):
-        """The input rows [lo, hi) output rows [p0, p1) read, clipped to the input."""
-        sh, dh, ph = g.stride[0], g.dilation[0], g.padding[0]
-        a, e = p0 * sh - ph, (p1 - 1) * sh + (R - 1) * dh + 1 - ph
-        lo = min(max(a, 0), g.H)
-        return lo, max(min(e, g.H), lo)
+
+def _reads(g, p0, p1):
+    """The input rows output rows [p0, p1) read: [a, e) in unpadded coordinates (rows outside
+    [0, H) are padding: zero rows) and [lo, hi), that range clipped to the input."""
+    sh, dh, ph = g.stride[0], g.dilation[0], g.padding[0]
+    a, e = p0 * sh - ph, (p1 - 1) * sh + (g.R - 1) * dh + 1 - ph
+    lo = min(max(a, 0), g.H)
+    return a, e, lo, max(min(e, g.H), lo)
 
 
 def _contiguous_strides(shape):
