@@ -42,6 +42,47 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def write_results(kind, rep, text, json_path=None, save=False):
+    """A standalone benchmark's outputs: `rep` as JSON to json_path, and with `save` to
+    results_stem(kind).json beside the markdown `text` in results_stem(kind).md."""
+    paths = [json_path] if json_path else []
+    if save:
+        stem = results_stem(kind)
+        paths.append(stem + ".json")
+        with open(stem + ".md", "w") as f:
+            f.write(text.rstrip("\n") + "\n")
+        log(f"wrote {stem}.md")
+    for path in paths:
+        with open(path, "w") as f:
+            json.dump(rep, f, indent=1)
+        log(f"wrote {path}")
+
+
+# ------------------------------------------------------------------- several processes
+def free_port():
+    """A TCP port free on loopback now (for a process group's rendezvous)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(cmd_of_rank, world, timeout, **popen):
+    """Start `world` processes (cmd_of_rank(rank): argv), wait for all, each bounded by
+    `timeout` seconds; any left running (one failed, a hang) are killed. [(returncode, log)]:
+    stdout and stderr together."""
+    procs = [subprocess.Popen(cmd_of_rank(rank), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, **popen)
+             for rank in range(world)]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, text) for p, text in zip(procs, logs)]
+
+
 # ------------------------------------------------------------------------------ timing
 def measure(fn, repeat, min_time):
     """Seconds per call: at least `repeat` samples and at least `min_time` seconds in all."""

@@ -25,23 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 
-from bench.cpu import cpu_model, log, results_stem
+from bench.cpu import REPO, cpu_model, free_port, log, run_ranks, write_results
 
 SHAPE = dict(C=3, K=96, R=11, H=227, stride=4)      # alexnet_conv1
 QUICK = dict(C=3, K=32, R=11, H=99, stride=4)
 MEMORY_SLACK = 0.05                                  # per rank <= 1/W + 5% of one process
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb():
@@ -106,7 +97,7 @@ def rank_main(rank, world, port, out, batch, steps, quick):
         times.append(sum(phases[-1]))
 
     def local_bytes(v):
-        v = getattr(v, "_local_tensor", v)
+        v = v.to_local() if world > 1 else v           # the parallel layer's are DTensors
         return v.numel() * v.element_size()
     state = sum(local_bytes(v) for p in layer.parameters()
                 for v in [p, p.grad, *opt.state[p].values()] if v is not None and v.dim())
@@ -127,18 +118,15 @@ def rank_main(rank, world, port, out, batch, steps, quick):
 
 
 def _launch(world, threads, batch, steps, quick, tmp):
-    out, port = os.path.join(tmp, f"pp_{world}x{threads}.json"), _free_port()
+    out, port = os.path.join(tmp, f"pp_{world}x{threads}.json"), free_port()
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                SHARENET_FAST_CACHE=os.environ.get("SHARENET_FAST_CACHE", "1"))
     cmd = [sys.executable, "-m", "bench.position_parallel", "--rank-of", str(world),
            "--port", str(port), "--out", out, "--batch", str(batch), "--steps", str(steps)]
     cmd += ["--quick"] * quick
-    procs = [subprocess.Popen(cmd + ["--rank", str(r)], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
-    logs = [p.communicate(timeout=1800)[0] for p in procs]
-    for p, text in zip(procs, logs):
-        if p.returncode:
+    for rc, text in run_ranks(lambda r: cmd + ["--rank", str(r)], world, 1800, env=env,
+                              cwd=REPO):
+        if rc:
             raise RuntimeError(f"{world} x {threads}: a rank failed:\n{text[-3000:]}")
     with open(out) as f:
         return json.load(f)
@@ -219,15 +207,7 @@ def main(argv=None):
     rep = report(args.quick, args.batch, args.steps)
     text = markdown(rep)
     print(text)
-    paths = [args.json] if args.json else []
-    if args.save:
-        stem = results_stem("position_parallel")
-        paths.append(stem + ".json")
-        with open(stem + ".md", "w") as f:
-            f.write(text)
-    for path in paths:
-        with open(path, "w") as f:
-            json.dump(rep, f, indent=1)
+    write_results("position_parallel", rep, text, args.json, args.save)
     return 0
 
 

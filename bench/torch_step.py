@@ -20,14 +20,13 @@ dominated by dispatch).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from bench.cpu import cpu_model, log, measure_interleaved, results_stem
+from bench.cpu import cpu_model, log, measure_interleaved, write_results
 
 OVERHEAD_TARGET_US = 30.0
 STEP_TARGET = 20.0     # the local training step against the unfold+einsum model's (issue 26)
@@ -197,17 +196,7 @@ def main(argv=None):
     rep = report(args.quick)
     text = markdown(rep)
     print(text)
-    paths = [args.json] if args.json else []
-    if args.save:
-        stem = results_stem("torch_step")
-        paths.append(stem + ".json")
-        with open(stem + ".md", "w") as f:
-            f.write(text + "\n")
-        log(f"wrote {stem}.md")
-    for path in paths:
-        with open(path, "w") as f:
-            json.dump(rep, f, indent=1)
-        log(f"wrote {path}")
+    write_results("torch_step", rep, text, args.json, args.save)
     return 0
 
 

@@ -2,11 +2,11 @@
 halves of a batch end a few SGD steps with the parameters of one process on the whole batch.
 Each process is bounded in time; skips without torch or torch.distributed's gloo."""
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
+
+from bench.cpu import free_port, run_ranks
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
@@ -16,25 +16,11 @@ WORKER = os.path.join(HERE, "_ddp_worker.py")
 TIMEOUT_S = 300
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(world, out):
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, WORKER, str(rank), str(world), str(port), out],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(world)]
-    try:
-        logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    port = free_port()
+    for rc, log in run_ranks(lambda rank: [sys.executable, WORKER, str(rank), str(world),
+                                           str(port), out], world, TIMEOUT_S):
+        assert rc == 0, log[-3000:]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),

@@ -5,11 +5,11 @@ if uninterrupted; every bad input raises on every rank, with no hang. Each proce
 in time (tests/_parallel_worker.py holds the model and the steps). The processes share one
 on-disk kernel cache: the first compiles, the others load."""
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
+
+from bench.cpu import free_port, run_ranks
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
@@ -25,30 +25,17 @@ ERRORS = ["more than the layer's", "tiles", "different device mesh",
           "meta replicas agree"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launcher(base):
     env = dict(os.environ, SHARENET_FAST_CACHE="1", NUMBA_CACHE_DIR=str(base / "numba"),
                NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
 
     def run(world, mode, name, *options):
-        out, port = str(base / f"{name}.pt"), _free_port()
-        procs = [subprocess.Popen([sys.executable, WORKER, str(rank), str(world), str(port),
-                                   out, mode, *options], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-                 for rank in range(world)]
-        try:
-            logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-        for rank, (p, log) in enumerate(zip(procs, logs)):
-            assert p.returncode == 0, f"{name}: rank {rank} of {world}:\n{log[-3000:]}"
+        out, port = str(base / f"{name}.pt"), free_port()
+        ranks = run_ranks(lambda rank: [sys.executable, WORKER, str(rank), str(world),
+                                        str(port), out, mode, *options], world, TIMEOUT_S,
+                          env=env)
+        for rank, (rc, log) in enumerate(ranks):
+            assert rc == 0, f"{name}: rank {rank} of {world}:\n{log[-3000:]}"
         return torch.load(out)
 
     return run

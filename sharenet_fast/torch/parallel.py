@@ -105,6 +105,7 @@ class _Plan:
 
     def __init__(self, module, mesh, style):
         self.module, self.mesh, self.style = module, mesh, style
+        self.seed = None        # _seed(): broadcast once, if a parameter is on the meta device
         names = mesh.mesh_dim_names
         if mesh.ndim == 1:
             self.pos = 0
@@ -195,7 +196,7 @@ class _Plan:
     def _seed(self):
         """torch.initial_seed() of the mesh's first rank, on every rank (broadcast along each
         mesh dimension in turn): replicas agree even where the processes were seeded apart."""
-        if getattr(self, "seed", None) is None:
+        if self.seed is None:
             t = torch.tensor([torch.initial_seed() % 2**62], dtype=torch.int64,
                              device=self.mesh.device_type)
             for d in range(self.mesh.ndim):
