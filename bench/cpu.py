@@ -89,22 +89,53 @@ def measure(fn, repeat, min_time):
     return measure_interleaved({0: fn}, repeat, min_time)[0]
 
 
+SETTLE_SKIP_S = 1e-3        # settle() after a call shorter than this: none (quick-run calls)
+SETTLE_LIMIT_S = 2.0
+
+
+def settle(after_s, busy=0.25, quiet=2, limit=SETTLE_LIMIT_S):
+    """Wait until this process's other threads are idle after a call that took `after_s`
+    seconds: `quiet` windows in a row in which its CPU time (all its threads) grew by at most
+    `busy` of the window, the window a tenth of that call (1-10 ms); none after a call under
+    SETTLE_SKIP_S; at most `limit` seconds. Returns the seconds waited.
+    Why: a library's threads can stay busy after its call has returned. XLA's ran for another
+    70-80 ms after jax's alexnet_conv1 local backward (block_until_ready), and the call timed
+    next, ours, took 96-148 ms instead of 50-60 (30 involuntary context switches in it vs 1-4).
+    One quiet 1 ms window was not enough (XLA's work comes in bursts: ours then took 71-102 ms).
+    Every timed call now starts on quiet cores, ours and the peers' alike."""
+    if after_s < SETTLE_SKIP_S:
+        return 0.0
+    window = min(10e-3, max(1e-3, after_s / 10))
+    t0 = time.perf_counter()
+    run = 0
+    while run < quiet and time.perf_counter() - t0 < limit:
+        c0 = time.process_time()      # every thread of this process, ns resolution
+        time.sleep(window)
+        run = run + 1 if time.process_time() - c0 <= busy * window else 0
+    return time.perf_counter() - t0
+
+
 def measure_interleaved(fns, repeat, min_time):
     """{name: seconds per call} for several functions timed in alternation (a, b, a, b, ...),
     each to at least `repeat` samples and `min_time` seconds. On a shared machine the load
     drifts over seconds; alternating lets ours and the peers see the same drift, so their
-    ratios are steadier than back-to-back runs give. Each fn has been called once already."""
+    ratios are steadier than back-to-back runs give. Each fn has been called once already.
+    Each call waits for the cores to settle() first (what the previous call left running is
+    not charged to this one)."""
     samples = {name: [] for name in fns}
 
     def done(v):
         return len(v) >= repeat and sum(v) >= min_time
 
+    last = 1.0      # the callers' warm-up calls came just before
     while not all(done(v) for v in samples.values()):
         for name, fn in fns.items():
             if not done(samples[name]):
+                settle(last)
                 t0 = time.perf_counter()
                 fn()
-                samples[name].append(time.perf_counter() - t0)
+                last = time.perf_counter() - t0
+                samples[name].append(last)
     return samples
 
 

@@ -183,7 +183,8 @@ def format_report(report, markdown=False):
            *([f"{bullet}{onednn_line(m['onednn'])}"] if m.get("onednn") else []),
            f"{bullet}run: {cfg['mode']} ({cfg['target']}), backends {', '.join(cfg['backends'])},"
            f" median of >= {cfg['repeat']} samples and >= {cfg['min_time_s']} s per timing, "
-           "ours and the peers timed in alternation after a warm-up call"]
+           "ours and the peers timed in alternation after a warm-up call, each call on quiet "
+           "cores"]
     if m.get("load_average_at_start", 0.0) > 0.5:
         out.append(f"{bullet}WARNING: load average {m['load_average_at_start']:.2f} at start: "
                    "other processes shared the cores; timings are noisy")
