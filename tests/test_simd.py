@@ -8,7 +8,8 @@ import pytest
 from numba import njit
 
 from sharenet_fast import config
-from sharenet_fast.cpu._simd import add_run, copy_run, lanes, outer_product, stream_copy
+from sharenet_fast.cpu._simd import (add_run, copy_run, copy_run_over, lanes, outer_product,
+                                     stream_copy)
 
 POISON = 1e30
 
@@ -208,3 +209,32 @@ def test_copy_and_add_run_touch_exactly_the_run(dt):
             want = base.copy()
             want[d0:d0 + n] += src[3:3 + n]
             np.testing.assert_array_equal(acc, want)
+
+
+@njit
+def _copy_run_over(dst, d0, src, s0, n):
+    copy_run_over(dst, d0, src, s0, n)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64, np.uint16], ids=["f32", "f64", "u16"])
+def test_copy_run_over_copies_the_run_and_overruns_by_less_than_a_vector(dt):
+    """copy_run_over: [d0, d0 + n) equals the source run; what it writes past it is the
+    source's continuation (whole vectors: 16 or 32 bytes for a short run, else full
+    vectors), never more than a vector less one element, and nothing before d0."""
+    rng = np.random.default_rng(5)
+    esize = np.dtype(dt).itemsize
+    VL = lanes(esize)
+    src = (rng.integers(1, 1000, 6 * VL) if dt == np.uint16
+           else rng.standard_normal(6 * VL)).astype(dt)
+    poison = np.array(7777 if dt == np.uint16 else POISON).astype(dt)
+    for d0 in (0, 1, VL - 1):
+        for n in range(1, 3 * VL + 2):
+            dst = np.full(5 * VL, poison, dt)
+            _copy_run_over(dst, d0, src, 3, n)
+            np.testing.assert_array_equal(dst[d0:d0 + n], src[3:3 + n])
+            assert (dst[:d0] == poison).all(), (d0, n)
+            widths = [w for w in (16 // esize, 32 // esize) if w < VL and n <= w]
+            W = widths[0] if widths else -(-n // VL) * VL
+            assert W - n < VL
+            np.testing.assert_array_equal(dst[d0:d0 + W], src[3:3 + W])
+            assert (dst[d0 + W:] == poison).all(), (d0, n, W)

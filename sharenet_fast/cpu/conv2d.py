@@ -64,8 +64,9 @@ def _padded(a, pads, layout, name, tail=0):
         pairs_pad_kernel(src, out.view(np.uint32).reshape(out.shape[:4]), t, l)
         return out
     elif layout == "hncw":
-        out = scratch(name, (Hp, N, C, Wp), a.dtype)
-        dst = out.transpose(1, 2, 0, 3)
+        out = scratch(name, (Hp, N, C, Wp), a.dtype, tail)
+        hncw_pad_kernel(src, out, t, l)
+        return out
     else:
         out = dst = scratch(name, (N, C, Hp, Wp), a.dtype)
     # zero only the border; the interior is overwritten
@@ -108,6 +109,23 @@ def nhwc_pad_kernel(src, out, t, l):
             s = src[n, c, h - t]
             for w in range(W):
                 row[l + w, c] = s[w]
+
+
+@njit(**njit_options(parallel=True))
+def hncw_pad_kernel(src, out, t, l):
+    """out (Hp, N, C, Wp) = src (N, C, H, W) zero-padded by t rows / l columns before (and
+    the rest after): the local weight gradient's patch source. One task per (output row,
+    image), its C rows written in order (numpy's assignment through the transposed view, one
+    thread: 3.6 ms at vgg_3x3, 16 x 64 x 56 x 56)."""
+    N, C, H, W = src.shape
+    Hp, _, _, Wp = out.shape
+    for task in prange(Hp * N):
+        h = task // N
+        n = task - h * N
+        for c in range(C):
+            row = out[h, n, c]
+            if _pad_border(row, h, t, H, l, W):
+                row[l:l + W] = src[n, c, h - t]
 
 
 @njit(**njit_options(parallel=True))

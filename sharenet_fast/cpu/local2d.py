@@ -38,7 +38,7 @@ from ..config import (DGRAD_NVMAX, DGRAD_PREFETCH, DGRAD_ROWS, DGRAD_TILE, DGRAD
                       FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB,
                       WGRAD_TILE, njit_options)
 from ._precision import result_dtype, widened
-from ._simd import (add_run, copy_run, lanes, lanes_of, line_of, narrow, outer_product,
+from ._simd import (add_run, copy_run, copy_run_over, lanes, lanes_of, line_of, narrow, outer_product,
                     outer_product_dot, stream_copy, typed_zero, widen)
 from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
@@ -46,17 +46,40 @@ from .conv2d import _copy, _padded
 
 
 @njit(**njit_options(), inline="always")
+def _over_width(S, itemsize, VL):
+    """The elements copy_run_over moves for a run of S: its narrowest vector that holds S."""
+    w16, w32 = 16 // itemsize, 32 // itemsize
+    if S <= w16 < VL:
+        return w16
+    if S <= w32 < VL:
+        return w32
+    return -(-S // VL) * VL
+
+
+@njit(**njit_options(), inline="always")
 def _gather_patches(xf, patch, N, C, Hp, Wp, R, S, h0, w0, dh, dw):
     """patch[n*T + (c*R + r)*S + s] = xh[h0 + r*dh, n, c, w0 + s*dw], xh the padded input in
     (H, N, C, W) layout: the runs of one kernel row r, for every image and channel, lie Wp
     apart in one block that is walked in order (from NCHW they were a plane, 4 KB or more,
-    apart: vgg_3x3's gather 30% faster)."""
+    apart: vgg_3x3's gather 30% faster).
+    A short run (a 16- or 32-byte vector holds it) is one whole-vector copy (copy_run_over)
+    where what it writes past its end lands on runs of later kernel rows, written after it
+    (W - S <= (R - 1 - r) * S); the last row's runs, and longer ones, are copied exactly
+    (copy_run: masked). vgg_3x3's weight gradient 49.0 -> 44.6 ms, cifar_5x5 9.7 -> 9.4
+    (kernel alone, same process). xf has a vector of
+    room past its end, patch as much (the over-read and over-write)."""
+    VL = lanes_of(xf)
+    W = _over_width(S, xf.itemsize, VL)
     for r in range(R):
+        # (a full-width vector per run was slower than the masked copy: deepface_l4, S = 9)
+        over = dw == 1 and W < VL and W - S <= (R - 1 - r) * S
         for n in range(N):
             for c in range(C):
                 src = (((h0 + r * dh) * N + n) * C + c) * Wp + w0
                 dst = ((n * C + c) * R + r) * S
-                if dw == 1:
+                if over:
+                    copy_run_over(patch, dst, xf, src, S)
+                elif dw == 1:
                     copy_run(patch, dst, xf, src, S)
                 else:
                     _copy(patch[dst:dst + S], xf[src:src + (S - 1) * dw + 1:dw])
@@ -374,7 +397,9 @@ def _iwgrad_kernel(WB):
             for task in prange(ntp * ntq):
                 tp = fp + ST * (task // ntq)
                 tq = fq + ST * (task % ntq)
-                patch = np.empty(N * TF if want_dw else 1, dtype=dyv.dtype)
+                # a vector of room for _gather_patches' whole-vector copies
+                patch = np.empty(N * TF + lanes_of(dyv) if want_dw else 1,
+                                 dtype=dyv.dtype)
                 bank = np.empty(K * T if want_dw else 1, dtype=dyv.dtype)
                 dpatch = np.empty(N * TF if want_dx else 1, dtype=dyv.dtype)
                 for p in range(tp * BP, min(P, tp * BP + BP)):
@@ -678,7 +703,9 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
         if dx_apart:
             dx = _input_grad(dyv, dy.dtype, weight, g, out_dtype)
         if want_dw or dx_here:
-            xp = (_padded(widened(x), g.pads(), "hncw", "local_x") if want_dw
+            # a vector of room past the end: _gather_patches' whole-vector reads
+            xp = (_padded(widened(x), g.pads(), "hncw", "local_x", tail=lanes(dt.itemsize))
+                  if want_dw
                   else np.zeros((1, 1, 1, 1), dt))
             if dx_here:
                 dxp = scratch("local_dx", (g.N, g.C, g.H + ph + bh, g.W + pw + bw), dt)
