@@ -402,3 +402,50 @@ def test_local_backward_with_batches_of_vectors(case, dtype):
         for pass_ in needs:
             assert_close(getattr(g, pass_), layer_reference("local2d", pass_, d, case.kw),
                          dtype, f"{case.id} {pass_} with {needs}")
+
+
+# ------------------------------- local2d weight gradient streamed into an aligned result
+# Where a group's C*R*S is a multiple of the vector and the result is 64-byte aligned (every
+# result is), the weight gradient's tiles go to it with non-temporal stores, no staging bank
+# (cpu/local2d.py _streams). Cases: one vector of T, groups with a filter tile past Kg, a
+# strided and dilated w (the gather's element path), a batch of a vector (the input gradient
+# apart); every element of a NaN-poisoned result written, equal bit for bit to the staged path.
+STREAM_CASES = [
+    Case("stream_t16", 3, 4, 7, 8, 6, 2, 2),
+    Case("stream_groups", 2, 8, 6, 7, 10, 2, 2, groups=2),
+    Case("stream_dil", 2, 3, 11, 12, 5, 4, 4, stride=(2, 1), dilation=(1, 2)),
+    Case("stream_batch16", 16, 2, 6, 6, 4, 2, 4, padding=1),
+]
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend not available")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", STREAM_CASES, ids=lambda c: c.id)
+def test_local_weight_gradient_streamed_to_an_aligned_result(case, dtype, monkeypatch):
+    import sys
+    from sharenet_fast.cpu import _workspace
+    mod = sys.modules["sharenet_fast.cpu.local2d"]
+    real = mod._streams
+    seen = []
+
+    def spy(*a):
+        seen.append(real(*a))
+        return seen[-1] and use[0]
+
+    def poisoned(shape, dt):
+        out = _workspace.result(shape, dt)
+        out[...] = np.nan
+        return out
+    monkeypatch.setattr(mod, "_streams", spy)
+    monkeypatch.setattr(mod, "result", poisoned)
+    d = make_layer_inputs("local2d", UntiedCase(case, (1, 1)), dtype)
+    got = {}
+    for use in ([True], [False]):
+        for needs in (("weight",), ("input", "weight")):
+            g = sf.local2d_backward(d.dy, d.x, d.w, needs=needs, backend="cpu", **case.kw)
+            got[use[0], needs] = g.weight
+            assert_close(g.weight, layer_reference("local2d", "weight", d, case.kw), dtype,
+                         f"{case.id} weight with {needs}")
+    assert seen and all(seen), "the streamed path was not taken"
+    for needs in (("weight",), ("input", "weight")):
+        np.testing.assert_array_equal(got[True, needs], got[False, needs])

@@ -36,12 +36,16 @@ def test_buffer_returns_only_when_the_last_view_dies():
     assert ws.pool_bytes() > 0
     c = ws.result(BIG, np.float32)                  # now the buffer is reused
     assert c.ctypes.data == ptr and ws.pool_bytes() == 0
+    assert c.ctypes.data % ws.ALIGN == 0 and b.ctypes.data % ws.ALIGN == 0
     assert c.flags.c_contiguous and c.flags.writeable and c.dtype == np.float32
 
 
 def test_small_results_are_plain_arrays_and_the_pool_is_bounded(monkeypatch):
     small = ws.result((10, 10), np.float64)
-    assert small.base is None
+    assert small.ctypes.data % ws.ALIGN == 0 and small.flags.c_contiguous
+    del small
+    gc.collect()
+    assert ws.pool_bytes() == 0                     # small results are not pooled
     monkeypatch.setattr(ws, "RESULT_POOL_BYTES", 4 * BIG[0] + 100)
     arrays = [ws.result(BIG, np.float32) for _ in range(3)]
     del arrays

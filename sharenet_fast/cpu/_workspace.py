@@ -53,6 +53,7 @@ def clear():
 
 # ------------------------------------------------------------------------------ result pool
 _pool_lock = threading.Lock()
+ALIGN = 64            # a pooled result's first byte: a multiple of this (a cache line)
 _pool = []            # free uint8 buffers, oldest first
 _pool_bytes = [0]
 
@@ -66,38 +67,45 @@ class _Lease:
 
 def _give_back(buf):
     """Keep the buffer, dropping the least recently returned ones beyond RESULT_POOL_BYTES (a
-    run that moves on to another layer size must not find the pool full of the last size's)."""
-    if buf.nbytes > RESULT_POOL_BYTES:
+    run that moves on to another layer size must not find the pool full of the last size's).
+    The pool counts the results' bytes (each buffer is ALIGN bytes longer)."""
+    if buf.nbytes - ALIGN > RESULT_POOL_BYTES:
         return
     with _pool_lock:
         _pool.append(buf)
-        _pool_bytes[0] += buf.nbytes
+        _pool_bytes[0] += buf.nbytes - ALIGN
         while _pool_bytes[0] > RESULT_POOL_BYTES:
-            _pool_bytes[0] -= _pool.pop(0).nbytes
+            _pool_bytes[0] -= _pool.pop(0).nbytes - ALIGN
 
 
 def result(shape, dtype):
-    """An uninitialised C-contiguous array for a result the caller keeps: from the pool where
-    it is large enough to be worth it (the kernel must write every element)."""
+    """An uninitialised C-contiguous array for a result the caller keeps, starting on an ALIGN
+    boundary: from the pool where it is large enough to be worth it (the kernel must write
+    every element)."""
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if nbytes < RESULT_POOL_MIN_BYTES or RESULT_POOL_BYTES <= 0:
-        return np.empty(shape, dtype)
+        raw = np.empty(nbytes + ALIGN, np.uint8)         # not pooled, aligned all the same
+        off = -raw.ctypes.data % ALIGN
+        return raw[off:off + nbytes].view(dtype).reshape(shape)
+    # ALIGN bytes more: the result starts on a 64-byte boundary (malloc's large blocks start
+    # 16 bytes past a page), so a kernel can stream whole aligned vectors into it
+    size = nbytes + ALIGN
     with _pool_lock:
-        hit = next((i for i in range(len(_pool) - 1, -1, -1) if _pool[i].nbytes == nbytes),
+        hit = next((i for i in range(len(_pool) - 1, -1, -1) if _pool[i].nbytes == size),
                    None)
         buf = _pool.pop(hit) if hit is not None else None
         if buf is not None:
             _pool_bytes[0] -= nbytes
     if buf is None:
-        buf = np.empty(nbytes, np.uint8)
+        buf = np.empty(size, np.uint8)
     lease = _Lease()
     lease.buf = buf
     # the interface as bytes, then viewed: a typestr cannot name every dtype (ml_dtypes'
     # bfloat16 is "<V2" there, a void)
     lease.__array_interface__ = dict(shape=(nbytes,), typestr="|u1", version=3,
-                                     data=(buf.ctypes.data, False))
+                                     data=(buf.ctypes.data + (-buf.ctypes.data) % ALIGN, False))
     weakref.finalize(lease, _give_back, buf)
     return np.asarray(lease).view(dtype).reshape(shape)
 

@@ -34,12 +34,13 @@ from numba import njit, prange
 
 from .. import dtypes
 from ..config import (DGRAD_NVMAX, DGRAD_PREFETCH, DGRAD_ROWS, DGRAD_TILE, DGRAD_TILE_16,
-                      DOT_BF16, DOT_BF16_COLUMNS,
+                      DOT_BF16, DOT_BF16_COLUMNS, VEC_BYTES,
                       FWD_PREFETCH, FWD_TILE, FWD_TILE_SPLIT, POSITION_BLOCKS, POSITION_TILE, QB,
                       WGRAD_TILE, njit_options)
 from ._precision import result_dtype, widened
-from ._simd import (add_run, copy_run, copy_run_over, lanes, lanes_of, line_of, narrow, outer_product,
-                    outer_product_dot, stream_copy, typed_zero, widen)
+from ._simd import (add_run, copy_run, copy_run_over, lanes, lanes_of, line_of, narrow,
+                    outer_product, outer_product_dot, outer_product_stream, store_fence,
+                    stream_copy, typed_zero, widen)
 from ._workspace import result, scratch
 from ._workspace import launch_lock as _launch_lock
 from .conv2d import _copy, _padded
@@ -351,7 +352,7 @@ def _iwgrad_kernel(WB):
 
     @njit(**njit_options(parallel=True))
     def local2d_iwgrad_kernel(dyv, xp, w, dxp, dwo, R, S, sh, sw, dh, dw, BP, BQ, want_dx,
-                              want_dw, accumulate, NG):
+                              want_dw, accumulate, NG, direct, dws):
         """Input and/or weight gradient in one pass over the positions.
 
         dyv: dy as (P, Q, K, N) (_by_position); xp: padded input as (H, N, C, W); w: (P, Q,
@@ -369,6 +370,9 @@ def _iwgrad_kernel(WB):
           input gradient   dpatch (N x T) = dy_pq (N x K) . W_pq (K x T), added into the input
                            rows under (p, q).
         Both together share the patch gather and read W / write dW in one pass.
+        direct (_streams): the dW tiles go from registers to dws (dwo itself, flat, in the
+        accumulation dtype; a placeholder otherwise) with non-temporal stores, no bank staged
+        in L2 and copied out.
         NG groups: W_pq is (K, C/NG * R * S); group grp's filters meet the patch columns of
         its channels only (a contiguous segment of each patch row): one GEMM per group.
         """
@@ -400,7 +404,7 @@ def _iwgrad_kernel(WB):
                 # a vector of room for _gather_patches' whole-vector copies
                 patch = np.empty(N * TF + lanes_of(dyv) if want_dw else 1,
                                  dtype=dyv.dtype)
-                bank = np.empty(K * T if want_dw else 1, dtype=dyv.dtype)
+                bank = np.empty(K * T if want_dw and not direct else 1, dtype=dyv.dtype)
                 dpatch = np.empty(N * TF if want_dx else 1, dtype=dyv.dtype)
                 for p in range(tp * BP, min(P, tp * BP + BP)):
                     for q in range(tq * BQ, min(Q, tq * BQ + BQ)):
@@ -414,13 +418,23 @@ def _iwgrad_kernel(WB):
                             for grp in range(NG):
                                 for k0 in range(grp * Kg, (grp + 1) * Kg, MW):
                                     for t0 in range(0, T, VW):
-                                        outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0 * N, N, 1,
-                                                      patch, grp * T + t0, TF, N, 0,
-                                                      bank, k0 * T + t0, T, 1,
-                                                      min(MW, (grp + 1) * Kg - k0),
-                                                      min(VW, T - t0), False, bank, 0, False, 0)
+                                        if direct:
+                                            outer_product_stream(
+                                                MW, NW, dyf, dyo + k0 * N, N, 1, patch,
+                                                grp * T + t0, TF, N, dws,
+                                                pos * K * T + k0 * T + t0, T,
+                                                min(MW, (grp + 1) * Kg - k0), min(VW, T - t0))
+                                        else:
+                                            outer_product(MW, NW, 1, 0, 0, dyf, dyo + k0 * N, N,
+                                                          1, patch, grp * T + t0, TF, N, 0,
+                                                          bank, k0 * T + t0, T, 1,
+                                                          min(MW, (grp + 1) * Kg - k0),
+                                                          min(VW, T - t0), False, bank, 0,
+                                                          False, 0)
+                            if direct:
+                                store_fence()
                             # the bank, contiguous, from L2 to memory in one sequential run
-                            if accumulate:
+                            elif accumulate:
                                 _accumulate(of[pos * K * T:(pos + 1) * K * T], bank)
                             else:
                                 stream_copy(of, pos * K * T, bank, 0, K * T)
@@ -679,6 +693,17 @@ def _tiles(g):
     return BP, BQ
 
 
+def _streams(dwo, dt, g, accumulate):
+    """Whether the weight-gradient tiles go straight to dwo with non-temporal stores
+    (outer_product_stream) instead of through a bank in L2 copied out by stream_copy: where
+    every vector of them is whole and aligned (a 64-byte aligned output, a group's C*R*S a
+    multiple of the vector), written not added, in the accumulation dtype. Kernel alone, same
+    process: vgg_3x3 41.8 -> 25.9 ms, deepface_l4 17.3 -> 13.4, cifar_5x5 8.3 -> 7.3."""
+    VL = lanes(dt.itemsize)
+    return bool(not accumulate and dwo.dtype == dt and (g.C // g.groups * g.R * g.S) % VL == 0
+                and dwo.ctypes.data % VEC_BYTES == 0)
+
+
 def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
     """(dx or None, dw or None); dw added into `out` when given (any storage: a float32 out
     for reduced storage is a master-weight buffer)."""
@@ -713,8 +738,10 @@ def _backward(dy, x, weight, g, want_dx, want_dw, out, out_dtype=None):
             else:
                 dxp = np.zeros((1, 1, 1, 1), dt)
             kernel = _iwgrad_kernel(weight.dtype.itemsize if dx_here else 4)
+            direct = want_dw and _streams(dwo, dt, g, accumulate)
             kernel(dyv, xp, w, dxp, dwo, g.R, g.S, *g.stride, *g.dilation, *_tiles(g),
-                   dx_here, want_dw, accumulate, g.groups)
+                   dx_here, want_dw, accumulate, g.groups, direct,
+                   dwo.reshape(-1) if direct else np.zeros((1,), dt))   # one signature
             if dx_here:  # a fresh array (the scratch is reused by the next call)
                 dx = np.empty(g.x_shape, result_dtype(dy.dtype, out_dtype))
                 _round_into(dtypes.kernel_view(dx), dxp[:, :, ph:ph + g.H, pw:pw + g.W])
