@@ -53,7 +53,7 @@ def clear():
 
 # ------------------------------------------------------------------------------ result pool
 _pool_lock = threading.Lock()
-ALIGN = 64            # a pooled result's first byte: a multiple of this (a cache line)
+ALIGN = 64            # every result's first byte: a multiple of this (a cache line)
 _pool = []            # free uint8 buffers, oldest first
 _pool_bytes = [0]
 
